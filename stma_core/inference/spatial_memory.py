@@ -1,0 +1,36 @@
+"""Spatial memory: the reference frames the STML block attends to.
+
+A first-in-first-out queue of frame tokens with a fixed capacity; frames on which an object first
+appeared are pinned and never evicted (section 3.3, "Spatial Memory Update").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SpatialMemory:
+    capacity: int = 2  # FIFO slots besides the pinned frames
+    pinned: list[torch.Tensor] = field(default_factory=list)
+    queue: list[torch.Tensor] = field(default_factory=list)
+    version: int = 0  # bumped on every change, so cached reference streams know when to refresh
+
+    def add(self, tokens: torch.Tensor, pin: bool = False) -> None:
+        """tokens: (1, N, C) stride-16 tokens of one frame."""
+        if pin:
+            self.pinned.append(tokens)
+        else:
+            self.queue.append(tokens)
+            while len(self.queue) > self.capacity:
+                self.queue.pop(0)
+        self.version += 1
+
+    def __len__(self) -> int:
+        return len(self.pinned) + len(self.queue)
+
+    def tokens(self) -> torch.Tensor:
+        """(1, M, N, C) all reference frames, pinned first."""
+        return torch.stack(self.pinned + self.queue, dim=1)

