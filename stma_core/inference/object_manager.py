@@ -17,6 +17,9 @@ class ObjectManager:
 
     def add(self, ids: list[int]) -> list[int]:
         """Registers ids not seen before; returns the new ones."""
+        bad = [int(i) for i in ids if not 1 <= int(i) <= MAX_OBJECTS]
+        if bad:
+            raise ValueError(f"object ids must be 1..{MAX_OBJECTS}; got {bad[:5]}")
         new = [int(i) for i in ids if int(i) not in self.user_ids]
         if self.count + len(new) > MAX_OBJECTS:
             raise ValueError(f"at most {MAX_OBJECTS} objects per video; got {self.count + len(new)}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 
-@dataclass
+@dataclass(eq=False)  # entries compare by identity (they hold tensors)
 class _Entry:
     key: torch.Tensor  # (1, N, Ck)
     value: torch.Tensor  # (1, n_at_write, Cv, N)
