@@ -14,11 +14,12 @@ def make_propagator_factory(
     method: str = "stma",
     checkpoint: str | None = None,
     device: str = "auto",
-    size: int = 480,
+    size: int | None = None,
 ) -> Callable[[], Propagator]:
     """Returns a function that makes a fresh per-video propagator; the network is loaded once.
 
     method: 'stma' (the model; checkpoint None = the shipped default), 'copy' or 'flow'.
+    size: short side the model processes; None = the size the checkpoint recommends.
     """
     if method == "copy":
         return CopyPropagator
@@ -32,5 +33,5 @@ def make_propagator_factory(
 
 
 def make_propagator(method: str = "stma", checkpoint: str | None = None, device: str = "auto",
-                    size: int = 480) -> Propagator:
+                    size: int | None = None) -> Propagator:
     return make_propagator_factory(method, checkpoint, device, size)()

@@ -186,13 +186,15 @@ class VideoSession:
             self._last_spatial = t
 
 
-def session_factory(checkpoint: str | None = None, device: str = "auto", size: int = 480,
+def session_factory(checkpoint: str | None = None, device: str = "auto", size: int | None = None,
                     config: InferenceConfig | None = None) -> Callable[[], VideoSession]:
     """Loads the network once; each call returns a fresh VideoSession for one video."""
     from stma_core.checkpoint import load_model
 
     torch_device = resolve_device(device)
-    network, _, _ = load_model(checkpoint, torch_device)
+    network, _, metadata = load_model(checkpoint, torch_device)
+    if size is None:  # the scale the model was trained at works best (see docs/MODEL.md)
+        size = int(metadata.get("inference_size", InferenceConfig.size))
     base = config or InferenceConfig(size=size, device=device)
 
     def make() -> VideoSession:

@@ -1,0 +1,288 @@
+"""Result writers: DAVIS palette PNGs, COCO RLE JSON and an overlay mp4, one video at a time.
+
+Encoding PNGs and H.264 costs about as much as a fast model step, so a background thread does it
+while the next frame is segmented; its queue is bounded so memory stays flat on long videos. Every
+output is written to a `.partial` sibling and renamed only when the whole video succeeded.
+
+RLE JSON schema (one file per video, `<out>/<video>.rle.json`):
+    {"video": "<name>", "width": W, "height": H,
+     "frames": [{"frame": "00000",
+                 "objects": {"1": {"size": [H, W], "counts": "<COCO compressed RLE string>"}, ...}},
+                ...]}
+Every frame is listed in order; an object missing from a frame's "objects" has no pixels there.
+Decode with pycocotools: mask = pycocotools.mask.decode({"size": [H, W], "counts": counts}).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Iterator, Protocol
+
+import imageio_ffmpeg
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from stma_core.errors import StmaOutputError
+from stma_core.io.atomic import commit, partial_path, remove_path
+from stma_core.io.palette import DAVIS_PALETTE, DAVIS_PALETTE_FLAT
+
+FORMATS = ("png", "rle", "overlay")
+OVERLAY_ALPHA = 0.5
+
+
+def output_paths(out_dir: Path, video: str, formats: list[str] | tuple[str, ...]) -> dict[str, Path]:
+    """Final path of each requested output of a video: png -> folder, rle -> .rle.json, overlay -> .overlay.mp4."""
+    names = {"png": video, "rle": f"{video}.rle.json", "overlay": f"{video}.overlay.mp4"}
+    unknown = [f for f in formats if f not in names]
+    if unknown:
+        raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    return {f: out_dir / names[f] for f in formats}
+
+
+def save_palette_png(mask: np.ndarray, path: Path) -> None:
+    """One HxW uint8 id mask as a DAVIS palette PNG (pixel value = id)."""
+    image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
+    image.putpalette(DAVIS_PALETTE_FLAT)
+    image.save(path)
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, dict[str, object]]:
+    """id mask -> {"<id>": {"size": [H, W], "counts": str}} with JSON-safe (str) COCO counts."""
+    objects: dict[str, dict[str, object]] = {}
+    for object_id in np.unique(mask):
+        if object_id == 0:
+            continue
+        rle = mask_utils.encode(np.asfortranarray(mask == object_id, dtype=np.uint8))
+        objects[str(int(object_id))] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return objects
+
+
+def decode_rle(objects: dict[str, dict[str, object]], height: int, width: int) -> np.ndarray:
+    """Inverse of `encode_rle` (for readers of the JSON, e.g. tests and eval)."""
+    mask = np.zeros((height, width), np.uint8)
+    for key, rle in objects.items():
+        with warnings.catch_warnings():  # pycocotools' own __array__ predates numpy 2; harmless
+            warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+            binary = mask_utils.decode({"size": list(rle["size"]), "counts": str(rle["counts"]).encode("ascii")})
+        mask[binary.astype(bool)] = int(key)
+    return mask
+
+
+def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """Frame with objects tinted in their DAVIS colour and outlined, for eyeballing results."""
+    colors = DAVIS_PALETTE[mask].astype(np.float32)
+    out = frame.astype(np.float32)
+    objects = mask != 0
+    out[objects] = out[objects] * (1 - alpha) + colors[objects] * alpha
+    edge = np.zeros(mask.shape, bool)
+    horizontal = mask[:, :-1] != mask[:, 1:]
+    vertical = mask[:-1, :] != mask[1:, :]
+    edge[:, :-1] |= horizontal
+    edge[:, 1:] |= horizontal
+    edge[:-1, :] |= vertical
+    edge[1:, :] |= vertical
+    edge &= objects
+    out[edge] = colors[edge]
+    return out.astype(np.uint8)
+
+
+class Sink(Protocol):
+    """One output of one video, written to `partial` until committed."""
+
+    final: Path
+    partial: Path
+
+    def write(self, name: str, frame: np.ndarray, mask: np.ndarray) -> None: ...
+
+    def finish(self) -> None:
+        """Flushes and closes the partial output (the video is complete)."""
+
+    def close(self) -> None:
+        """Releases handles without finishing (the run failed); safe to call twice."""
+
+
+class PngSink:
+    def __init__(self, final: Path) -> None:
+        self.final, self.partial = final, partial_path(final)
+        self.partial.mkdir()
+
+    def write(self, name: str, frame: np.ndarray, mask: np.ndarray) -> None:
+        save_palette_png(mask, self.partial / f"{name}.png")
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RleSink:
+    """Streams the JSON frame by frame, so even long videos never sit in memory."""
+
+    def __init__(self, final: Path, video: str, size: tuple[int, int]) -> None:
+        self.final, self.partial = final, partial_path(final)
+        self._file: IO[str] | None = open(self.partial, "w", encoding="utf-8")
+        header = json.dumps({"video": video, "width": size[0], "height": size[1]})
+        self._file.write(header[:-1] + ', "frames": [')
+        self._first = True
+
+    def write(self, name: str, frame: np.ndarray, mask: np.ndarray) -> None:
+        assert self._file is not None
+        entry = json.dumps({"frame": name, "objects": encode_rle(mask)}, separators=(",", ":"))
+        self._file.write(("\n" if self._first else ",\n") + entry)
+        self._first = False
+
+    def finish(self) -> None:
+        assert self._file is not None
+        self._file.write("\n]}\n")
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class OverlaySink:
+    """H.264 mp4 of the frames with the masks blended in (odd sizes padded to even for yuv420p)."""
+
+    def __init__(self, final: Path, size: tuple[int, int], fps: float) -> None:
+        self.final, self.partial = final, partial_path(final)
+        width, height = size
+        self._pad = (height % 2, width % 2)
+        self._encoder: Iterator | None = imageio_ffmpeg.write_frames(
+            str(self.partial), (width + self._pad[1], height + self._pad[0]), fps=fps, macro_block_size=1,
+            ffmpeg_log_level="error", output_params=["-f", "mp4"])
+        self._encoder.send(None)  # starts ffmpeg
+
+    def write(self, name: str, frame: np.ndarray, mask: np.ndarray) -> None:
+        assert self._encoder is not None
+        image = overlay(frame, mask)
+        if any(self._pad):
+            image = np.pad(image, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
+        self._encoder.send(np.ascontiguousarray(image).tobytes())
+
+    def finish(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._encoder is not None:
+            encoder, self._encoder = self._encoder, None
+            encoder.close()
+
+
+_STOP = object()
+
+
+class VideoWriter:
+    """All requested outputs of one video, written off the compute thread, committed all-or-nothing.
+
+        with VideoWriter(out, "bear", ["png", "rle"], (854, 480), 24.0) as writer:
+            for name, frame in source:
+                writer.write(name, frame, propagator.step(frame))
+
+    Leaving the block with an exception removes every partial output; leaving it normally renames
+    them to their final names. Existing outputs raise StmaOutputError unless `overwrite`.
+    """
+
+    def __init__(self, out_dir: Path, video: str, formats: list[str], size: tuple[int, int], fps: float,
+                 overwrite: bool = False, queue_size: int = 8) -> None:
+        self.out_dir, self.video, self.size, self.fps, self.overwrite = Path(out_dir), video, size, fps, overwrite
+        self.paths = output_paths(self.out_dir, video, formats)
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._sinks: list[Sink] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name=f"stma-writer-{video}", daemon=True)
+
+    def __enter__(self) -> "VideoWriter":
+        if not self.overwrite:
+            for path in self.paths.values():
+                if path.exists():
+                    raise StmaOutputError(f"{path}: output already exists; "
+                                          "pass --overwrite to replace it or choose another --out")
+        try:
+            for fmt, final in self.paths.items():
+                remove_path(partial_path(final))  # left by a killed run
+                if fmt == "png":
+                    self._sinks.append(PngSink(final))
+                elif fmt == "rle":
+                    self._sinks.append(RleSink(final, self.video, self.size))
+                else:
+                    self._sinks.append(OverlaySink(final, self.size, self.fps))
+        except BaseException as exc:
+            self._discard()
+            if isinstance(exc, OSError):
+                raise StmaOutputError(f"{self.out_dir}: cannot create outputs ({exc}); "
+                                      "pass --out with a writable folder") from exc
+            raise
+        self._thread.start()
+        return self
+
+    def write(self, name: str, frame: np.ndarray, mask: np.ndarray) -> None:
+        """Queues one frame's result; blocks while the queue is full; re-raises a writer-thread failure."""
+        while True:
+            self._raise_worker_error()
+            try:
+                self._queue.put((name, frame, mask), timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    self._raise_worker_error()
+                    raise StmaOutputError(f"{self.out_dir}: output writer stopped; rerun")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop()
+        if exc_type is not None or self._error is not None:
+            self._discard()
+            if exc_type is None:
+                self._raise_worker_error()
+            return
+        try:
+            for sink in self._sinks:
+                sink.finish()
+            for sink in self._sinks:
+                commit(sink.partial, sink.final, self.overwrite)
+        except BaseException:
+            self._discard()
+            raise
+
+    # ---- internals -------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self._error is not None:
+                continue  # keep draining so the producer never blocks forever
+            try:
+                for sink in self._sinks:
+                    sink.write(*item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self._error = exc
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            error = self._error
+            if isinstance(error, OSError):
+                raise StmaOutputError(f"{self.out_dir}: writing outputs failed ({error}); "
+                                      "check free space and permissions of --out") from error
+            raise error
+
+    def _discard(self) -> None:
+        for sink in self._sinks:
+            try:
+                sink.close()
+            finally:
+                remove_path(sink.partial)

@@ -1,0 +1,344 @@
+"""stma_core.io on real inputs: DAVIS frames, mp4s encoded here, DAVIS annotation PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import read_davis_frames, read_davis_mask
+from stma_core.errors import StmaInputError, StmaOutputError
+from stma_core.io.atomic import partial_path
+from stma_core.io.frames import FrameFolderSource, VideoFileSource, find_videos, natural_key, open_frames
+from stma_core.io.masks import fit_mask, keep_new_objects, load_mask, load_mask_folder
+from stma_core.io.palette import DAVIS_PALETTE, DAVIS_PALETTE_FLAT
+from stma_core.io.writers import VideoWriter, decode_rle, encode_rle, output_paths, overlay, save_palette_png
+
+
+def _save(array: np.ndarray, path: Path) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _tennis_ids(tennis: Path, index: int = 0) -> np.ndarray:
+    return np.array(Image.open(tennis / "Annotations" / "480p" / "tennis" / f"{index:05d}.png"))
+
+
+# ---- frames ------------------------------------------------------------------------------------------
+def test_natural_sort_orders_numbers_by_value(tmp_path: Path) -> None:
+    assert sorted(["10.jpg", "2.jpg", "1.jpg", "frame_100.png", "frame_20.png"], key=natural_key) == [
+        "1.jpg", "2.jpg", "10.jpg", "frame_20.png", "frame_100.png"]
+    for index, name in enumerate(["10", "2", "1"]):
+        _save(np.full((8, 10, 3), index * 60, np.uint8), tmp_path / f"{name}.png")
+    source = open_frames(tmp_path)
+    assert isinstance(source, FrameFolderSource)
+    assert [name for name, _ in source] == ["1", "2", "10"]
+    assert source.size == (10, 8) and source.frame_count == 3
+
+
+def test_video_reader_matches_encoded_davis_frames(car_shadow_mp4: tuple[Path, list[np.ndarray]]) -> None:
+    path, frames = car_shadow_mp4
+    source = open_frames(path)
+    assert isinstance(source, VideoFileSource)
+    assert source.name == "car-shadow" and source.size == (854, 480)
+    assert source.frame_count == len(frames) and source.fps == pytest.approx(24, abs=0.1)
+    read = list(source)
+    assert [name for name, _ in read] == [f"{i:05d}" for i in range(len(frames))]
+    for (_, got), want in zip(read, frames):
+        assert got.shape == (480, 854, 3) and got.dtype == np.uint8 and got.flags.writeable
+        assert np.abs(got.astype(int) - want).mean() < 3.0  # H.264 at CRF 12: close, not exact
+    first_again = next(iter(source))[1]  # a source can be read again (a fresh ffmpeg stream)
+    assert np.array_equal(first_again, read[0][1])
+
+
+@pytest.mark.parametrize("extension", [".mov", ".mkv", ".avi", ".webm"])
+def test_other_containers(tmp_path: Path, car_shadow_mp4: tuple[Path, list[np.ndarray]], extension: str) -> None:
+    target = tmp_path / f"clip{extension}"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(car_shadow_mp4[0]), "-frames:v", "3",
+                    "-s", "214x120", "-an", str(target)], check=True)
+    source = open_frames(target)
+    frames = list(source)
+    assert source.size == (214, 120) and source.frame_count == 3 and len(frames) == 3
+    assert frames[2][0] == "00002" and frames[2][1].shape == (120, 214, 3)
+
+
+def test_frame_folder_reads_davis_frames_exactly(davis16: Path) -> None:
+    folder = davis16 / "JPEGImages" / "480p" / "car-shadow"
+    source = open_frames(folder)
+    assert source.name == "car-shadow" and source.size == (854, 480) and source.frame_count == 40
+    name, frame = next(iter(source))
+    assert name == "00000"
+    assert np.array_equal(frame, np.asarray(Image.open(folder / "00000.jpg").convert("RGB")))
+
+
+def test_reader_errors_name_the_file(tmp_path: Path) -> None:
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n")
+    with pytest.raises(StmaInputError, match="notes.mp4: not a readable video"):
+        open_frames(fake)
+    with pytest.raises(StmaInputError, match="missing.mp4: no such file"):
+        open_frames(tmp_path / "missing.mp4")
+    text = tmp_path / "clip.txt"
+    text.write_text("x")
+    with pytest.raises(StmaInputError, match="unsupported file type"):
+        open_frames(text)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StmaInputError, match="empty: folder holds no"):
+        open_frames(empty)
+
+
+def test_frame_folder_with_a_bad_frame_fails_when_reached(tmp_path: Path) -> None:
+    _save(np.zeros((8, 10, 3), np.uint8), tmp_path / "00000.png")
+    _save(np.zeros((6, 10, 3), np.uint8), tmp_path / "00001.png")
+    (tmp_path / "00002.jpg").write_bytes(b"not a jpeg")
+    frames = iter(open_frames(tmp_path))
+    next(frames)
+    with pytest.raises(StmaInputError, match="00001.png: frame is 10x6"):
+        next(frames)
+
+
+def test_find_videos_lists_videos_and_frame_folders(tmp_path: Path, car_shadow_mp4: tuple[Path, list]) -> None:
+    shutil.copy(car_shadow_mp4[0], tmp_path / "b10.mp4")
+    shutil.copy(car_shadow_mp4[0], tmp_path / "b2.MOV")
+    (tmp_path / "frames").mkdir()
+    _save(np.zeros((8, 8, 3), np.uint8), tmp_path / "frames" / "0.jpg")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "no_frames").mkdir()
+    assert [p.name for p in find_videos(tmp_path)] == ["b2.MOV", "b10.mp4", "frames"]
+
+
+# ---- masks -------------------------------------------------------------------------------------------
+def test_palette_mask_with_two_objects_and_void(tennis: Path) -> None:
+    path = tennis / "Annotations" / "480p" / "tennis" / "00000.png"
+    raw = _tennis_ids(tennis)
+    mask = load_mask(path)
+    assert mask.kind == "palette" and mask.object_ids == [1, 2] and mask.mapping == {}
+    assert np.array_equal(mask.ids, np.where(raw == 255, 0, raw))
+    assert len(mask.warnings) == 1 and "225 void pixel(s)" in mask.warnings[0]
+
+
+def test_grayscale_masks(tmp_path: Path, davis16: Path) -> None:
+    car = read_davis_mask(davis16, "car-shadow")
+    for name, values, mapping in (("bin255", car * 255, {1: "gray 255"}), ("bin1", car, {})):
+        mask = load_mask(_save(values.astype(np.uint8), tmp_path / f"{name}.png"))
+        assert mask.kind == "binary" and np.array_equal(mask.ids, car) and mask.mapping == mapping
+    levels = np.zeros((60, 90), np.uint8)
+    levels[10:30, 10:30], levels[35:55, 40:80], levels[5:25, 50:85] = 128, 255, 60
+    mask = load_mask(_save(levels, tmp_path / "levels.png"))
+    assert mask.kind == "gray" and mask.object_ids == [1, 2, 3]
+    assert mask.mapping == {1: "gray 60", 2: "gray 128", 3: "gray 255"}
+    assert np.array_equal(mask.ids, np.select([levels == 60, levels == 128, levels == 255], [1, 2, 3], 0))
+    ids = np.zeros((60, 90), np.uint8)
+    ids[10:30, 10:30], ids[35:55, 40:80] = 3, 7  # an id map saved as grayscale keeps its ids
+    mask = load_mask(_save(ids, tmp_path / "ids.png"))
+    assert mask.object_ids == [3, 7] and mask.mapping == {}
+
+
+def test_antialiased_grayscale_mask_stays_one_object(tmp_path: Path, davis16: Path) -> None:
+    car = read_davis_mask(davis16, "car-shadow")
+    smooth = cv2.resize(car.astype(np.uint8) * 255, (640, 360), interpolation=cv2.INTER_AREA)
+    assert len(np.unique(smooth)) > 10  # real anti-aliasing: many gray levels on the edge
+    mask = load_mask(_save(smooth, tmp_path / "smooth.png"))
+    assert mask.kind == "binary" and mask.object_ids == [1]
+    assert "stray colour" in mask.warnings[0]
+    reference = cv2.resize(car, (640, 360), interpolation=cv2.INTER_NEAREST)
+    iou = ((mask.ids == 1) & (reference == 1)).sum() / ((mask.ids == 1) | (reference == 1)).sum()
+    assert iou > 0.97
+
+
+def test_rgb_mask_colours_become_ids(tmp_path: Path, tennis: Path) -> None:
+    ids = np.where(_tennis_ids(tennis) == 255, 0, _tennis_ids(tennis))
+    rgb = np.zeros((*ids.shape, 3), np.uint8)
+    rgb[ids == 1], rgb[ids == 2] = (255, 200, 0), (0, 90, 255)
+    mask = load_mask(_save(rgb, tmp_path / "rgb.png"))
+    assert mask.kind == "rgb" and not mask.warnings
+    first = {1: "rgb(255, 200, 0)", 2: "rgb(0, 90, 255)"}
+    # ids follow order of first appearance in raster order
+    order = sorted([1, 2], key=lambda i: np.flatnonzero(ids.ravel() == i)[0])
+    assert mask.mapping == {new: first[old] for new, old in enumerate(order, start=1)}
+    for new, old in enumerate(order, start=1):
+        assert np.array_equal(mask.ids == new, ids == old)
+    davis = DAVIS_PALETTE[ids]  # a palette mask converted to RGB keeps its DAVIS ids
+    mask = load_mask(_save(davis, tmp_path / "davis_rgb.png"))
+    assert np.array_equal(mask.ids, ids) and mask.mapping == {1: "rgb(128, 0, 0)", 2: "rgb(0, 128, 0)"}
+
+
+def test_antialiased_rgb_mask_reports_strays_and_invents_no_object(tmp_path: Path, tennis: Path) -> None:
+    full = np.where(_tennis_ids(tennis) == 255, 0, _tennis_ids(tennis))
+    rgb = np.zeros((*full.shape, 3), np.uint8)
+    rgb[full == 1], rgb[full == 2] = (230, 30, 30), (40, 220, 60)
+    smooth = cv2.resize(rgb, (640, 360), interpolation=cv2.INTER_AREA)  # area-averaged edges, as drawing tools do
+    assert len(np.unique(smooth.reshape(-1, 3), axis=0)) > 20
+    mask = load_mask(_save(smooth, tmp_path / "aa.png"))
+    assert mask.object_ids == [1, 2]
+    assert len(mask.warnings) == 1 and "stray colour(s)" in mask.warnings[0]
+    by_colour = {v: k for k, v in mask.mapping.items()}
+    for colour, original in (("rgb(230, 30, 30)", 1), ("rgb(40, 220, 60)", 2)):
+        coverage = cv2.resize((full == original).astype(np.float32), (640, 360), interpolation=cv2.INTER_AREA)
+        got, want = mask.ids == by_colour[colour], coverage > 0.5
+        assert (got & want).sum() / (got | want).sum() > 0.9
+
+
+def test_mask_without_object_or_with_too_many_objects(tmp_path: Path) -> None:
+    with pytest.raises(StmaInputError, match="empty.png: mask has no object"):
+        load_mask(_save(np.zeros((20, 30), np.uint8), tmp_path / "empty.png"))
+    rng = np.random.default_rng(0)
+    colours = rng.choice(2**24 - 1, size=300, replace=False) + 1
+    tiles = np.repeat(np.repeat(colours.reshape(15, 20), 4, 0), 4, 1)
+    rgb = np.stack([(tiles >> 16) & 255, (tiles >> 8) & 255, tiles & 255], -1).astype(np.uint8)
+    rgb[:4, :4] = 0
+    with pytest.raises(StmaInputError, match="many.png: .*at most 254"):
+        load_mask(_save(rgb, tmp_path / "many.png"))
+
+
+def test_fit_mask_resizes_same_aspect_and_rejects_other_aspect(tmp_path: Path, davis16: Path) -> None:
+    car = read_davis_mask(davis16, "car-shadow")
+    half = cv2.resize(car, (427, 240), interpolation=cv2.INTER_NEAREST)
+    mask = load_mask(_save(half, tmp_path / "half.png"))
+    fitted = fit_mask(mask, (854, 480), "video.mp4")
+    assert fitted.ids.shape == (480, 854) and "resized (nearest)" in fitted.warnings[-1]
+    assert ((fitted.ids == 1) & (car == 1)).sum() / ((fitted.ids == 1) | (car == 1)).sum() > 0.97
+    square = load_mask(_save(car[:, :480], tmp_path / "square.png"))
+    with pytest.raises(StmaInputError, match="square.png: mask is 480x480 but video.mp4 is 854x480"):
+        fit_mask(square, (854, 480), "video.mp4")
+
+
+def test_mask_folder_and_objects_appearing_later(tmp_path: Path, tennis: Path) -> None:
+    masks = load_mask_folder(tennis / "Annotations" / "480p" / "tennis")
+    assert list(masks) == ["00000", "00001"] and all(m.object_ids == [1, 2] for m in masks.values())
+    first = masks["00000"].ids
+    only_one = np.where(first == 2, 0, first).astype(np.uint8)
+    given = keep_new_objects({"00000": only_one, "00003": masks["00001"].ids, "00005": first}, ["00000", "00003", "00005"])
+    assert list(given) == ["00000", "00003"]  # 00005 adds no new object
+    assert np.array_equal(given["00000"], only_one)
+    assert np.unique(given["00003"]).tolist() == [0, 2]
+    with pytest.raises(StmaInputError, match="no .png masks"):
+        load_mask_folder(tmp_path)
+
+
+def test_rgb_mask_folder_keeps_colour_ids_across_files(tmp_path: Path) -> None:
+    a = np.zeros((20, 30, 3), np.uint8)
+    a[2:8, 2:8] = (10, 200, 90)
+    b = a.copy()
+    b[10:18, 10:25] = (250, 250, 0)  # appears on a later frame, first in raster order there
+    b[2:8, 2:8] = 0
+    b[12:18, 2:8] = (10, 200, 90)
+    _save(a, tmp_path / "00000.png")
+    _save(b, tmp_path / "00004.png")
+    masks = load_mask_folder(tmp_path)
+    assert masks["00000"].mapping == {1: "rgb(10, 200, 90)"}
+    assert masks["00004"].mapping == {1: "rgb(10, 200, 90)", 2: "rgb(250, 250, 0)"}
+
+
+# ---- writers -----------------------------------------------------------------------------------------
+def test_palette_png_and_rle_round_trip(tmp_path: Path, tennis: Path) -> None:
+    ids = np.where(_tennis_ids(tennis) == 255, 0, _tennis_ids(tennis)).astype(np.uint8)
+    save_palette_png(ids, tmp_path / "m.png")
+    image = Image.open(tmp_path / "m.png")
+    assert image.mode == "P" and image.getpalette()[:768] == DAVIS_PALETTE_FLAT
+    assert np.array_equal(np.array(image), ids)
+    objects = json.loads(json.dumps(encode_rle(ids)))  # counts are plain strings
+    assert set(objects) == {"1", "2"} and objects["1"]["size"] == [480, 854]
+    assert np.array_equal(decode_rle(objects, 480, 854), ids)
+
+
+def _write_video(out: Path, formats: list[str], frames: list[np.ndarray], masks: list[np.ndarray],
+                 overwrite: bool = False, fail_at: int | None = None) -> VideoWriter:
+    height, width = frames[0].shape[:2]
+    with VideoWriter(out, "clip", formats, (width, height), 24.0, overwrite=overwrite, queue_size=2) as writer:
+        for index, (frame, mask) in enumerate(zip(frames, masks)):
+            if index == fail_at:
+                raise RuntimeError("propagator crashed")
+            writer.write(f"{index:05d}", frame, mask)
+    return writer
+
+
+def _clip(davis16: Path, count: int = 5) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    frames = read_davis_frames(davis16, "car-shadow", count, scale=0.5)
+    masks = [cv2.resize(read_davis_mask(davis16, "car-shadow", i), (frames[0].shape[1], frames[0].shape[0]),
+                        interpolation=cv2.INTER_NEAREST) for i in range(count)]
+    return frames, masks
+
+
+def test_video_writer_outputs(tmp_path: Path, davis16: Path) -> None:
+    frames, masks = _clip(davis16)
+    masks[2] = masks[2] * 3  # id 3 on one frame
+    writer = _write_video(tmp_path, ["png", "rle", "overlay"], frames, masks)
+    paths = writer.paths
+    assert paths == output_paths(tmp_path, "clip", ["png", "rle", "overlay"])
+    pngs = sorted(paths["png"].iterdir())
+    assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(5)]
+    for png, mask in zip(pngs, masks):
+        assert np.array_equal(np.array(Image.open(png)), mask)
+    data = json.loads(paths["rle"].read_text())
+    assert (data["video"], data["width"], data["height"]) == ("clip", 426, 240)
+    assert [f["frame"] for f in data["frames"]] == [f"{i:05d}" for i in range(5)]
+    assert list(data["frames"][2]["objects"]) == ["3"]
+    for entry, mask in zip(data["frames"], masks):
+        assert np.array_equal(decode_rle(entry["objects"], 240, 426), mask)
+    reader = imageio_ffmpeg.read_frames(str(paths["overlay"]))
+    meta = next(reader)
+    overlay_frames = [np.frombuffer(b, np.uint8).reshape(240, 426, 3) for b in reader]
+    assert meta["size"] == (426, 240) and len(overlay_frames) == 5
+    for got, frame, mask in zip(overlay_frames, frames, masks):
+        assert np.abs(got.astype(int) - overlay(frame, mask)).mean() < 4.0  # H.264 of the blended frame
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_overlay_blends_davis_colours() -> None:
+    frame = np.full((4, 6, 3), 100, np.uint8)
+    mask = np.zeros((4, 6), np.uint8)
+    mask[:, 3:] = 2
+    out = overlay(frame, mask)
+    assert np.array_equal(out[:, :2], frame[:, :2])  # background untouched
+    assert out[0, 3].tolist() == DAVIS_PALETTE[2].tolist()  # outline in the object's colour
+    assert out[0, 5].tolist() == [50, 114, 50]  # inside: half frame, half DAVIS green (0, 128, 0)
+
+
+def test_odd_sized_overlay_is_padded(tmp_path: Path) -> None:
+    frames = [np.full((33, 45, 3), 100, np.uint8)] * 3
+    masks = [np.zeros((33, 45), np.uint8)] * 3
+    writer = _write_video(tmp_path, ["overlay"], frames, masks)
+    assert next(imageio_ffmpeg.read_frames(str(writer.paths["overlay"])))["size"] == (46, 34)
+
+
+def test_failure_mid_video_leaves_nothing(tmp_path: Path, davis16: Path) -> None:
+    frames, masks = _clip(davis16)
+    with pytest.raises(RuntimeError, match="propagator crashed"):
+        _write_video(tmp_path, ["png", "rle", "overlay"], frames, masks, fail_at=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_thread_failure_reaches_caller_and_cleans_up(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                             davis16: Path) -> None:
+    frames, masks = _clip(davis16)
+    elsewhere = tmp_path_factory.mktemp("moved") / "png"
+    with pytest.raises(StmaOutputError, match="writing outputs failed"):
+        with VideoWriter(tmp_path, "clip", ["png", "rle"], (426, 240), 24.0) as writer:
+            writer.write("00000", frames[0], masks[0])
+            os.rename(partial_path(writer.paths["png"]), elsewhere)  # the partial folder disappears
+            for index in range(1, 5):
+                writer.write(f"{index:05d}", frames[index], masks[index])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_outputs_need_overwrite(tmp_path: Path, davis16: Path) -> None:
+    frames, masks = _clip(davis16, 2)
+    _write_video(tmp_path, ["png"], frames, masks)
+    with pytest.raises(StmaOutputError, match="clip: output already exists; pass --overwrite"):
+        _write_video(tmp_path, ["png"], frames, masks)
+    flipped = [np.ascontiguousarray(m[:, ::-1]) for m in masks]
+    (tmp_path / "clip" / "stale.png").write_bytes(b"")
+    _write_video(tmp_path, ["png"], frames[:1], flipped[:1], overwrite=True)
+    assert [p.name for p in (tmp_path / "clip").iterdir()] == ["00000.png"]  # replaced as a whole
+    assert np.array_equal(np.array(Image.open(tmp_path / "clip" / "00000.png")), flipped[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]

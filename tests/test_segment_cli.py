@@ -1,0 +1,303 @@
+"""`stma segment` end to end on real clips (the shipped example, DAVIS frames encoded here)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner, Result
+
+from conftest import EXAMPLES, encode_mp4, read_davis_frames, read_davis_mask
+from stma_cli.app import app
+from stma_core.checkpoint import DEFAULT_CHECKPOINT
+from stma_core.io.writers import decode_rle, save_palette_png
+
+EXAMPLE_VIDEO = EXAMPLES / "car-shadow.mp4"
+EXAMPLE_MASK = EXAMPLES / "car-shadow_mask.png"
+SMALL = (426, 240)
+
+
+def segment(*args: object, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(app, ["segment", *(str(a) for a in args)], env=env)
+
+
+def assert_bad_input(result: Result, *fragments: str) -> None:
+    """Exit 2 with exactly one `error:` line on stderr naming the problem; nothing on stdout."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert result.stdout == ""
+
+
+def png_ids(path: Path) -> np.ndarray:
+    return np.array(Image.open(path))
+
+
+@pytest.fixture(scope="session")
+def small_clips(tmp_path_factory: pytest.TempPathFactory, davis16: Path) -> dict[str, tuple[Path, Path]]:
+    """Three real 6-frame 426x240 mp4s from DAVIS with their first-frame palette masks."""
+    root = tmp_path_factory.mktemp("clips")
+    clips = {}
+    for sequence in ("car-shadow", "dog", "camel"):
+        video = encode_mp4(read_davis_frames(davis16, sequence, 6, scale=0.5), root / f"{sequence}.mp4")
+        mask = root / f"{sequence}.png"
+        save_palette_png(cv2.resize(read_davis_mask(davis16, sequence), SMALL, interpolation=cv2.INTER_NEAREST), mask)
+        clips[sequence] = (video, mask)
+    return clips
+
+
+@pytest.fixture()
+def clip(small_clips: dict[str, tuple[Path, Path]]) -> tuple[Path, Path]:
+    return small_clips["car-shadow"]
+
+
+# ---- success paths ---------------------------------------------------------------------------------
+def test_example_clip_end_to_end_with_copy(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = segment(EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", out,
+                     "-f", "png", "-f", "rle", "-f", "overlay")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [str(out / "car-shadow"), str(out / "car-shadow.rle.json"),
+                                          str(out / "car-shadow.overlay.mp4")]
+    assert "frames/s" in result.stderr
+    mask = png_ids(EXAMPLE_MASK)
+    pngs = sorted((out / "car-shadow").iterdir())
+    assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(40)]
+    assert all(np.array_equal(png_ids(p), mask) for p in pngs[::7])  # copy repeats the first mask
+    data = json.loads((out / "car-shadow.rle.json").read_text())
+    assert (data["video"], data["width"], data["height"], len(data["frames"])) == ("car-shadow", 854, 480, 40)
+    assert np.array_equal(decode_rle(data["frames"][39]["objects"], 480, 854), mask)
+    reader = imageio_ffmpeg.read_frames(str(out / "car-shadow.overlay.mp4"))
+    assert next(reader)["size"] == (854, 480)
+    assert sum(1 for _ in reader) == 40
+    assert sorted(p.name for p in out.iterdir()) == ["car-shadow", "car-shadow.overlay.mp4", "car-shadow.rle.json"]
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(),
+                    reason=f"the shipped model {DEFAULT_CHECKPOINT.name} is not in stma_core/weights yet")
+def test_default_model_end_to_end(tmp_path: Path, clip: tuple[Path, Path], davis16: Path) -> None:
+    """The one run of the real model: defaults only (method stma, shipped weights, device auto)."""
+    video, mask = clip
+    out = tmp_path / "out"
+    result = segment(video, "--mask", mask, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out / 'car-shadow'}\n"
+    assert np.array_equal(png_ids(out / "car-shadow" / "00000.png"), png_ids(mask))
+    last = png_ids(out / "car-shadow" / "00005.png") == 1
+    truth = cv2.resize(read_davis_mask(davis16, "car-shadow", 5), SMALL, interpolation=cv2.INTER_NEAREST) == 1
+    assert (last & truth).sum() / (last | truth).sum() > 0.5
+
+
+def test_frame_folder_with_annotation_folder_keeps_user_ids(tmp_path: Path, tennis: Path) -> None:
+    out = tmp_path / "out"
+    result = segment(tennis / "JPEGImages" / "480p" / "tennis", "--mask-dir", tennis / "Annotations" / "480p",
+                     "--method", "flow", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [str(out / "tennis")]
+    truth = png_ids(tennis / "Annotations" / "480p" / "tennis" / "00000.png")
+    first, second = png_ids(out / "tennis" / "00000.png"), png_ids(out / "tennis" / "00001.png")
+    assert np.array_equal(first, np.where(truth == 255, 0, truth))  # void became background
+    assert set(np.unique(second)) == {0, 1, 2}
+
+
+def test_davis_layout_as_a_batch(tmp_path: Path, tennis: Path) -> None:
+    """JPEGImages/480p (a folder of frame folders) with --mask-dir Annotations/480p (a folder of <video>/)."""
+    out = tmp_path / "out"
+    result = segment(tennis / "JPEGImages" / "480p", "--mask-dir", tennis / "Annotations" / "480p",
+                     "--method", "copy", "--out", out, "-f", "rle")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [str(out / "tennis.rle.json")]
+    assert "1 done, 0 skipped, 0 failed" in result.stderr and "void pixel(s)" in result.stderr
+    frames = json.loads((out / "tennis.rle.json").read_text())["frames"]
+    assert [f["frame"] for f in frames] == ["00000", "00001"] and set(frames[1]["objects"]) == {"1", "2"}
+
+
+def test_object_given_on_a_later_frame_of_a_video(tmp_path: Path, clip: tuple[Path, Path]) -> None:
+    video, mask = clip
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    shutil.copy(mask, annotations / "00003.png")
+    out = tmp_path / "out"
+    result = segment(video, "--mask-dir", annotations, "--method", "copy", "--out", out)
+    assert result.exit_code == 0, result.output
+    ids = [png_ids(out / "car-shadow" / f"{i:05d}.png") for i in range(6)]
+    assert all(not m.any() for m in ids[:3])
+    assert all(np.array_equal(m, png_ids(mask)) for m in ids[3:])
+
+
+def test_batch_with_a_failing_video(tmp_path: Path, small_clips: dict[str, tuple[Path, Path]]) -> None:
+    videos, masks, out = tmp_path / "videos", tmp_path / "masks", tmp_path / "out"
+    videos.mkdir()
+    masks.mkdir()
+    for name, (video, mask) in small_clips.items():
+        if name != "dog":
+            shutil.copy(video, videos / video.name)
+        shutil.copy(mask, masks / mask.name)
+    (videos / "dog.mp4").write_text("a text file renamed to .mp4\n")
+    result = segment(videos, "--mask", masks, "--method", "copy", "--out", out, "-f", "png", "-f", "rle")
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines() == [str(out / n) for n in
+                                          ("camel", "camel.rle.json", "car-shadow", "car-shadow.rle.json")]
+    assert f"error: {videos / 'dog.mp4'}: not a readable video" in result.stderr
+    assert "2 done, 0 skipped, 1 failed" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["camel", "camel.rle.json", "car-shadow", "car-shadow.rle.json"]
+    assert len(list((out / "camel").iterdir())) == 6
+
+    again = segment(videos, "--mask", masks, "--method", "copy", "--out", out, "-f", "png", "-f", "rle")
+    assert again.exit_code == 1 and "0 done, 2 skipped, 1 failed" in again.stderr
+    assert again.stdout == result.stdout
+
+    # a new format for finished videos: only the missing output is produced
+    more = segment(videos, "--mask", masks, "--method", "copy", "--out", out, "-f", "rle", "-f", "overlay", "--quiet")
+    assert more.exit_code == 1
+    assert (out / "camel.overlay.mp4").is_file() and "skipped" not in more.stderr  # quiet: no table
+
+
+def test_torchrun_ranks_split_the_batch(tmp_path: Path, small_clips: dict[str, tuple[Path, Path]]) -> None:
+    videos, masks = tmp_path / "videos", tmp_path / "masks"
+    videos.mkdir()
+    masks.mkdir()
+    for video, mask in small_clips.values():
+        shutil.copy(video, videos / video.name)
+        shutil.copy(mask, masks / mask.name)
+    for rank, expected in ((0, ["camel", "dog"]), (1, ["car-shadow"])):
+        out = tmp_path / f"out{rank}"
+        result = segment(videos, "--mask", masks, "--method", "copy", "--out", out, "--quiet",
+                         env={"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)})
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines() == [str(out / name) for name in expected]
+
+
+def test_quiet_prints_only_paths(tmp_path: Path, clip: tuple[Path, Path]) -> None:
+    video, mask = clip
+    out = tmp_path / "out"
+    result = segment(video, "--mask", mask, "--method", "copy", "--out", out, "-f", "rle", "-f", "png", "-q")
+    assert result.exit_code == 0
+    assert result.stdout == f"{out / 'car-shadow.rle.json'}\n{out / 'car-shadow'}\n"
+    assert result.stderr == ""
+
+
+def test_rgb_antialiased_mask_is_reported_not_split(tmp_path: Path, clip: tuple[Path, Path],
+                                                    davis16: Path) -> None:
+    video, _ = clip
+    car = read_davis_mask(davis16, "car-shadow")
+    red = (car[..., None] * np.array([255, 60, 0])).astype(np.uint8)
+    smooth = cv2.resize(red, SMALL, interpolation=cv2.INTER_AREA)  # anti-aliased edge colours
+    mask = tmp_path / "drawn.png"
+    Image.fromarray(smooth).save(mask)
+    out = tmp_path / "out"
+    result = segment(video, "--mask", mask, "--method", "copy", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "stray colour(s)" in result.stderr and "rgb(255, 60, 0) -> 1" in result.stderr
+    assert set(np.unique(png_ids(out / "car-shadow" / "00005.png"))) == {0, 1}
+
+
+def test_mask_with_the_same_aspect_is_resized(tmp_path: Path, clip: tuple[Path, Path], davis16: Path) -> None:
+    video, _ = clip
+    mask = tmp_path / "full.png"
+    save_palette_png(read_davis_mask(davis16, "car-shadow"), mask)  # 854x480 for a 426x240 video
+    out = tmp_path / "out"
+    result = segment(video, "--mask", mask, "--method", "copy", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "resized (nearest)" in result.stderr
+    assert png_ids(out / "car-shadow" / "00000.png").shape == (240, 426)
+
+
+# ---- bad input: exit 2, one line, nothing written ----------------------------------------------------
+def test_missing_video(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_bad_input(segment(tmp_path / "nope.mp4", "--mask", EXAMPLE_MASK, "--out", out), "nope.mp4: no such file")
+    assert not out.exists()
+
+
+def test_not_a_video(tmp_path: Path) -> None:
+    fake = tmp_path / "holiday.mp4"
+    fake.write_text("not a video\n")
+    out = tmp_path / "out"
+    assert_bad_input(segment(fake, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", out),
+                     "holiday.mp4: not a readable video", "; pass a video")
+    assert not out.exists()
+
+
+def test_mask_with_another_aspect_ratio(tmp_path: Path, clip: tuple[Path, Path]) -> None:
+    video, mask = clip
+    square = tmp_path / "square.png"
+    save_palette_png(png_ids(mask)[:, :240], square)
+    out = tmp_path / "out"
+    assert_bad_input(segment(video, "--mask", square, "--method", "copy", "--out", out),
+                     "square.png: mask is 240x240 but", "another aspect ratio")
+    assert not out.exists()
+
+
+def test_mask_without_object(tmp_path: Path, clip: tuple[Path, Path]) -> None:
+    video, _ = clip
+    empty = tmp_path / "empty.png"
+    save_palette_png(np.zeros((240, 426), np.uint8), empty)
+    assert_bad_input(segment(video, "--mask", empty, "--method", "copy", "--out", tmp_path / "out"),
+                     "empty.png: mask has no object")
+
+
+def test_mask_with_too_many_objects(tmp_path: Path, clip: tuple[Path, Path]) -> None:
+    video, _ = clip
+    rng = np.random.default_rng(1)
+    colours = rng.choice(2**24 - 1, size=16 * 20, replace=False) + 1
+    tiles = np.repeat(np.repeat(colours.reshape(16, 20), 15, 0), 21, 1)[:240, :426]
+    rgb = np.stack([(tiles >> 16) & 255, (tiles >> 8) & 255, tiles & 255], -1).astype(np.uint8)
+    rgb[:15, :21] = 0
+    crowded = tmp_path / "crowded.png"
+    Image.fromarray(rgb).save(crowded)
+    assert_bad_input(segment(video, "--mask", crowded, "--method", "copy", "--out", tmp_path / "out"),
+                     "crowded.png:", "at most 254")
+
+
+def test_unwritable_output_folder(tmp_path: Path, clip: tuple[Path, Path]) -> None:
+    video, mask = clip
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("a file where the output folder should go\n")
+    assert_bad_input(segment(video, "--mask", mask, "--method", "copy", "--out", blocker / "run1"),
+                     "run1: output folder is not writable", "pass --out")
+
+
+def test_existing_outputs_need_overwrite(tmp_path: Path, clip: tuple[Path, Path]) -> None:
+    video, mask = clip
+    out = tmp_path / "out"
+    assert segment(video, "--mask", mask, "--method", "copy", "--out", out, "-q").exit_code == 0
+    before = (out / "car-shadow" / "00000.png").stat().st_mtime_ns
+    assert_bad_input(segment(video, "--mask", mask, "--method", "copy", "--out", out),
+                     "car-shadow: output already exists", "--overwrite")
+    assert (out / "car-shadow" / "00000.png").stat().st_mtime_ns == before
+    result = segment(video, "--mask", mask, "--method", "copy", "--out", out, "--overwrite", "-q")
+    assert result.exit_code == 0 and result.stdout == f"{out / 'car-shadow'}\n"
+
+
+def test_bad_frame_midway_leaves_no_output(tmp_path: Path, davis16: Path) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(4):
+        shutil.copy(davis16 / "JPEGImages" / "480p" / "car-shadow" / f"{index:05d}.jpg", frames / f"{index:05d}.jpg")
+    (frames / "00002.jpg").write_bytes(b"truncated")
+    out = tmp_path / "out"
+    mask = davis16 / "Annotations" / "480p" / "car-shadow" / "00000.png"
+    assert_bad_input(segment(frames, "--mask", mask, "--method", "copy", "--out", out, "-f", "png", "-f", "overlay"),
+                     "00002.jpg: not a readable image")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ([], "--mask: no mask given"),
+    (["--format", "gif"], "--format: unknown format 'gif'"),
+    (["--method", "magic"], "--method: unknown method 'magic'"),
+    (["--device", "tpu"], "--device: unknown device 'tpu'"),
+])
+def test_bad_options(tmp_path: Path, args: list[str], fragment: str) -> None:
+    mask_args = [] if not args else ["--mask", str(EXAMPLE_MASK)]
+    assert_bad_input(segment(EXAMPLE_VIDEO, *mask_args, *args, "--out", tmp_path / "out"), fragment)
+    assert not (tmp_path / "out").exists()
