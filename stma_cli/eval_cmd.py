@@ -1,0 +1,171 @@
+"""`stma eval`: score DAVIS predictions, or segment a named benchmark with a method and score it.
+
+Two ways in:
+  stma eval --pred PRED_DIR --gt DAVIS_ROOT [--split val|FILE]     score existing palette PNGs
+  stma eval --dataset davis17-val [--root DIR] [--method stma|copy|flow]   segment, keep, then score
+Results: a table (stdout), the official CSV pair (in --out, default the prediction folder), or with
+--json a single JSON object on stdout. Everything for humans (progress, paths) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stma_cli._common import fail, frame_progress, info, stderr_console
+from stma_core.errors import StmaInputError, StmaOutputError
+from stma_core.eval.datasets import DATASETS, DatasetSpec, check_davis_root, get_dataset, resolve_root, resolve_split
+from stma_core.eval.report import render_table, result_json, write_csvs
+from stma_core.eval.run_dataset import segment_davis, segment_ytvos
+from stma_core.eval.scoring import EvalResult, check_prediction_files, score_predictions
+from stma_core.inference.factory import METHODS, make_propagator_factory
+
+YTVOS_SERVER = "the YouTube-VOS evaluation server (linked from https://youtube-vos.org/dataset/vos/)"
+
+
+class _RichFrames:
+    """Adapts a rich Progress to run_dataset's FrameProgress: one live bar on a terminal, else (logs,
+    pipes) a plain line per finished video."""
+
+    def __init__(self, progress: Any, label: str, console: Console, quiet: bool) -> None:
+        self._progress = progress
+        self._label = label
+        self._task: Any = None
+        self._lines = not quiet and progress.disable
+        self._console = console
+
+    def begin(self, total_frames: int) -> None:
+        self._task = self._progress.add_task(escape(self._label), total=total_frames)
+
+    def frame(self, sequence: str) -> None:
+        self._progress.update(self._task, advance=1, description=escape(f"{self._label} {sequence}"))
+
+    def sequence_done(self, sequence: str, frames: int, seconds: float) -> None:
+        if self._lines:
+            info(self._console, f"{self._label} {sequence}: {frames} frames, {frames / max(seconds, 1e-9):.1f} frames/s")
+
+
+def _default_pred_out(dataset: str, method: str) -> Path:
+    return Path("out") / "eval" / f"{dataset}-{method}"
+
+
+def _make_factory(method: str, checkpoint: Optional[Path], device: str, size: Optional[int]) -> Any:
+    if method not in METHODS:
+        raise StmaInputError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    try:
+        return make_propagator_factory(method, str(checkpoint) if checkpoint else None, device, size)
+    except ImportError as exc:
+        raise StmaInputError(f"--method {method} is not available in this installation ({exc}); "
+                             "use --method copy or --method flow") from None
+    except FileNotFoundError as exc:
+        raise StmaInputError(f"checkpoint not found: {exc.filename or exc}; pass --checkpoint FILE") from None
+
+
+def _segment(spec: DatasetSpec, root: Path, sequences: list[str] | None, method: str, checkpoint: Optional[Path],
+             device: str, size: Optional[int], pred_out: Path, quiet: bool, console: Console) -> Path:
+    make = _make_factory(method, checkpoint, device, size)
+    with frame_progress(console, disable=quiet) as progress:
+        sink = _RichFrames(progress, f"{spec.name}/{method}", console, quiet)
+        if spec.family == "ytvos":
+            return segment_ytvos(root, make, pred_out, sink)
+        return segment_davis(root, sequences or [], make, pred_out, sink)
+
+
+def _score(pred: Path, gt_root: Path, split: str, quiet: bool, console: Console,
+           workers: Optional[int]) -> EvalResult:
+    name, sequences = resolve_split(gt_root, split)
+    # Missing files are reported before any progress bar is drawn, so the error stays the only line.
+    check_prediction_files(pred, check_davis_root(gt_root), sequences)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("sequences"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=quiet or not console.is_terminal, transient=True) as progress:
+        task = progress.add_task(escape(f"scoring {pred}"), total=len(sequences))
+        return score_predictions(pred, gt_root, sequences, name, workers=workers,
+                                 on_sequence=lambda _seq: progress.update(task, advance=1))
+
+
+def evaluate(
+    pred: Optional[Path] = typer.Option(None, "--pred", help="Folder of predictions: <sequence>/<frame>.png (palette ids)."),
+    gt: Optional[Path] = typer.Option(None, "--gt", help="DAVIS root holding Annotations/480p and ImageSets/."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split name (val, train: ImageSets/2017 then 2016) or a file of sequence names. Default: val."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=f"Segment and score a named benchmark: {', '.join(DATASETS)}."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset root for --dataset (else $STMA_DAVIS16_ROOT, $STMA_DAVIS17_ROOT or $STMA_YTVOS_ROOT)."),
+    method: str = typer.Option("stma", "--method", help=f"Segmentation method for --dataset: {', '.join(METHODS)}."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="STMA checkpoint (default: the shipped weights)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    size: Optional[int] = typer.Option(None, "--size", min=64, help="Short side the model processes for --method stma (default: the checkpoint's recommended size)."),
+    pred_out: Optional[Path] = typer.Option(None, "--pred-out", help="Where --dataset writes predictions (kept; default out/eval/<dataset>-<method>)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the CSVs (default: the prediction folder); existing CSVs are replaced."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Scoring threads (default: one per CPU)."),
+) -> None:
+    """Score predictions with the official DAVIS J/F protocol, or segment a benchmark and score it."""
+    console = stderr_console()
+    try:
+        payload = _evaluate(pred, gt, split, dataset, root, method, checkpoint, device, size, pred_out, out,
+                            as_json, quiet, workers, console)
+    except (StmaInputError, StmaOutputError) as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(payload))
+
+
+def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], dataset: Optional[str],
+              root: Optional[Path], method: str, checkpoint: Optional[Path], device: str, size: Optional[int],
+              pred_out: Optional[Path], out: Optional[Path], as_json: bool, quiet: bool,
+              workers: Optional[int], console: Console) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if dataset is None:
+        if pred is None or gt is None:
+            raise StmaInputError("give --pred PRED_DIR --gt DAVIS_ROOT to score predictions, or --dataset NAME "
+                                 f"({', '.join(DATASETS)}) to segment and score")
+        gt_root, split_arg = gt, split or "val"
+    else:
+        spec = get_dataset(dataset)
+        if split is not None:
+            raise StmaInputError(f"--split does not apply with --dataset {spec.name} (it fixes the split); drop --split")
+        if gt is not None and root is not None:
+            raise StmaInputError("give the dataset folder once: --root DIR (or --gt DIR), not both")
+        gt_root = resolve_root(spec, root if root is not None else gt)
+        extra = {"dataset": spec.name}
+        if spec.family == "ytvos":
+            if pred is not None:
+                raise StmaInputError(f"{spec.name} has no public ground truth, so --pred cannot be scored locally; "
+                                     f"submit the zip to {YTVOS_SERVER}")
+            target = pred_out or _default_pred_out(spec.name, method)
+            annotations = _segment(spec, gt_root, None, method, checkpoint, device, size, target, quiet, console)
+            zip_path = target / "submission.zip"
+            if not quiet:
+                info(console, f"wrote {annotations} and {zip_path}")
+                info(console, f"{spec.name} cannot be scored locally (no public ground truth): "
+                              f"submit {zip_path} to {YTVOS_SERVER}")
+            if not as_json:
+                typer.echo(str(zip_path))
+            return {"dataset": spec.name, "method": method, "predictions": str(annotations),
+                    "submission": str(zip_path), "scored": False}
+        split_arg = str(gt_root / spec.marker)
+        if pred is None:
+            _, sequences = resolve_split(gt_root, split_arg)
+            pred = pred_out or _default_pred_out(spec.name, method)
+            _segment(spec, gt_root, sequences, method, checkpoint, device, size, pred, quiet, console)
+            extra["method"] = method
+            if not quiet:
+                info(console, f"predictions kept in {pred} (rescore with: stma eval --pred {pred} --gt {gt_root} "
+                              f"--split {split_arg})")
+    result = _score(pred, gt_root, split_arg, quiet, console, workers)
+    global_csv, per_seq_csv = write_csvs(result, out or pred)
+    if as_json:
+        extra["csv"] = {"global": str(global_csv), "per_sequence": str(per_seq_csv)}
+        return result_json(result, extra)
+    render_table(result, Console(soft_wrap=True))
+    if not quiet:
+        info(console, f"scored {len(result.objects)} objects in {result.seconds:.1f}s; wrote {global_csv} and {per_seq_csv}")
+    return {}
+

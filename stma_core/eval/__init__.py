@@ -1,0 +1,1 @@
+"""DAVIS / YouTube-VOS evaluation: metrics, scoring, dataset registry, reports and benchmark runs."""

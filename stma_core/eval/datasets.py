@@ -1,0 +1,155 @@
+"""Benchmark datasets known by name, where to find them on disk, and DAVIS layout checks.
+
+The registry is plain data so adding a split is one entry, not new code. Roots are never hard-coded to
+one machine: they come from `--root`, then an environment variable, then a few conventional relative
+folders; the error for a missing dataset lists every place that was tried and how to get the data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from stma_core.errors import StmaInputError
+
+DAVIS17_URL = "https://davischallenge.org/davis2017/code.html"
+DAVIS16_URL = "https://davischallenge.org/davis2016/code.html"
+YTVOS_URL = "https://youtube-vos.org/dataset/vos/"
+DAVIS_RESOLUTION = "480p"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One named evaluation set."""
+
+    name: str
+    family: str
+    """'davis' (scored locally) or 'ytvos' (predictions only; scored by the challenge server)."""
+    year: int
+    split: str
+    marker: str
+    """Path relative to the root that must exist: the split file for DAVIS, meta.json for YouTube-VOS."""
+    resolution: str
+    layout: str
+    env_var: str
+    default_dirs: tuple[str, ...]
+    obtain: str
+    """How to get the data, for error messages."""
+
+    @property
+    def scorable(self) -> bool:
+        return self.family == "davis"
+
+
+_DAVIS16_DIRS = ("data/DAVIS2016", "~/datasets/DAVIS2016")
+_DAVIS17_DIRS = ("data/DAVIS", "data/DAVIS2017", "~/datasets/DAVIS")
+_DAVIS16_OBTAIN = (f"get DAVIS 2016 from {DAVIS16_URL} in the DAVIS 2017 layout (JPEGImages/480p, "
+                   "Annotations/480p palette PNGs with ids 0/1, ImageSets/2016/{train,val}.txt)")
+_DAVIS17_OBTAIN = f"download DAVIS-2017-trainval-480p.zip from {DAVIS17_URL} and unzip it (the folder holding JPEGImages/)"
+_DAVIS_LAYOUT = "JPEGImages/480p/<seq>/*.jpg, Annotations/480p/<seq>/*.png, ImageSets/<year>/<split>.txt"
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("davis16-val", "davis", 2016, "val", "ImageSets/2016/val.txt", DAVIS_RESOLUTION,
+                    _DAVIS_LAYOUT, "STMA_DAVIS16_ROOT", _DAVIS16_DIRS, _DAVIS16_OBTAIN),
+        DatasetSpec("davis16-train", "davis", 2016, "train", "ImageSets/2016/train.txt", DAVIS_RESOLUTION,
+                    _DAVIS_LAYOUT, "STMA_DAVIS16_ROOT", _DAVIS16_DIRS, _DAVIS16_OBTAIN),
+        DatasetSpec("davis17-val", "davis", 2017, "val", "ImageSets/2017/val.txt", DAVIS_RESOLUTION,
+                    _DAVIS_LAYOUT, "STMA_DAVIS17_ROOT", _DAVIS17_DIRS, _DAVIS17_OBTAIN),
+        DatasetSpec("davis17-train", "davis", 2017, "train", "ImageSets/2017/train.txt", DAVIS_RESOLUTION,
+                    _DAVIS_LAYOUT, "STMA_DAVIS17_ROOT", _DAVIS17_DIRS, _DAVIS17_OBTAIN),
+        DatasetSpec("ytvos-valid", "ytvos", 2019, "valid", "valid/meta.json", "native",
+                    "valid/JPEGImages/<video>/*.jpg, valid/Annotations/<video>/*.png, valid/meta.json",
+                    "STMA_YTVOS_ROOT", ("data/YouTubeVOS", "data/ytvos", "~/datasets/YouTubeVOS"),
+                    f"download the YouTube-VOS valid set from {YTVOS_URL} (the folder holding valid/)"),
+    )
+}
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise StmaInputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+
+
+def _has_marker(spec: DatasetSpec, root: Path) -> bool:
+    if (root / spec.marker).is_file():
+        return True
+    # A YouTube-VOS root may also be given as the valid/ folder itself.
+    return spec.family == "ytvos" and (root / Path(spec.marker).name).is_file()
+
+
+def resolve_root(spec: DatasetSpec, root: str | Path | None = None,
+                 environ: dict[str, str] | None = None) -> Path:
+    """The dataset root: --root, else $ENV_VAR, else the conventional folders; a one-line error otherwise."""
+    environ = os.environ if environ is None else environ
+    explicit: list[tuple[str, str]] = []
+    if root is not None:
+        explicit.append(("--root", str(root)))
+    elif environ.get(spec.env_var):
+        explicit.append((f"${spec.env_var}", environ[spec.env_var]))
+    if explicit:
+        source, value = explicit[0]
+        path = Path(value).expanduser()
+        if not _has_marker(spec, path):
+            raise StmaInputError(
+                f"{source}={path} is not {spec.name}: {path / spec.marker} not found "
+                f"(expected {spec.layout}); {spec.obtain}")
+        return path
+    tried = ["--root (not given)", f"${spec.env_var} (not set)"]
+    for candidate in spec.default_dirs:
+        path = Path(candidate).expanduser()
+        if _has_marker(spec, path):
+            return path
+        tried.append(f"{path} (no {spec.marker})")
+    raise StmaInputError(
+        f"dataset {spec.name} not found; looked at: {', '.join(tried)}; {spec.obtain}, "
+        f"then pass --root DIR or set {spec.env_var}")
+
+
+def check_davis_root(root: Path) -> Path:
+    """Fails with a one-line error unless `root` has the DAVIS annotation layout; returns Annotations/480p."""
+    if not root.is_dir():
+        raise StmaInputError(f"GT root {root} does not exist; pass the DAVIS folder holding Annotations/ "
+                             f"({_DAVIS17_OBTAIN})")
+    annotations = root / "Annotations" / DAVIS_RESOLUTION
+    if not annotations.is_dir():
+        raise StmaInputError(f"GT root {root} is not a DAVIS layout: {annotations} not found "
+                             f"(expected {_DAVIS_LAYOUT}); pass the DAVIS folder itself")
+    return annotations
+
+
+def split_candidates(root: Path, split: str) -> list[Path]:
+    """Where a split name is looked up, most recent year first (DAVIS 2017 also ships the 2016 lists)."""
+    return [root / "ImageSets" / "2017" / f"{split}.txt", root / "ImageSets" / "2016" / f"{split}.txt"]
+
+
+def resolve_split(root: Path, split: str) -> tuple[str, list[str]]:
+    """(split name, sequence names) from a split name ('val') or a split file path; checks each exists."""
+    annotations = check_davis_root(root)
+    given = Path(split).expanduser()
+    if given.is_file():
+        split_file = given
+    else:
+        found = [p for p in split_candidates(root, split) if p.is_file()]
+        if not found:
+            looked = " or ".join(str(p) for p in split_candidates(root, split))
+            raise StmaInputError(f"split {split!r} not found: no file {split!r} and no {looked}; "
+                                 "pass --split with a split name or a text file of sequence names")
+        split_file = found[0]
+    sequences = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    if not sequences:
+        raise StmaInputError(f"split file {split_file} lists no sequences; write one sequence name per line")
+    missing = [s for s in sequences if not (annotations / s).is_dir()]
+    if missing:
+        raise StmaInputError(f"{len(missing)} sequence(s) of {split_file} have no folder in {annotations}: "
+                             f"{short_list(missing)}; fix the split file or the GT root")
+    return split_file.stem, sequences
+
+
+def short_list(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")

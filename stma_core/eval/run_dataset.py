@@ -1,0 +1,192 @@
+"""Segments every sequence of a benchmark with a propagator and writes palette-PNG predictions.
+
+DAVIS (semi-supervised protocol): the first frame's GT is given; an object that first appears later is
+given on its first annotated frame (only that object's pixels). Every frame gets a prediction so the
+folder can be scored again later with `stma eval --pred`.
+
+YouTube-VOS: objects and the frames to submit come from meta.json; each object's mask is given on its
+first listed frame; only the frames listed in meta.json are written, as Annotations/<video>/<frame>.png,
+plus a submission.zip the challenge server accepts. There is no public GT, so nothing is scored here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from stma_core.errors import StmaInputError, StmaOutputError
+from stma_core.eval.datasets import DAVIS_RESOLUTION, check_davis_root, short_list
+from stma_core.eval.scoring import VOID_ID, read_id_mask
+from stma_core.inference.propagator import Propagator
+from stma_core.io.palette import DAVIS_PALETTE_FLAT
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+class FrameProgress(Protocol):
+    """Receives progress: the total once, one call per segmented frame, one per finished video."""
+
+    def begin(self, total_frames: int) -> None: ...
+
+    def frame(self, sequence: str) -> None: ...
+
+    def sequence_done(self, sequence: str, frames: int, seconds: float) -> None: ...
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """HxWx3 uint8 RGB frame; a one-line error for unreadable files."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise StmaInputError(f"frame {path} cannot be read as an image; re-extract the dataset")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    """Palette PNG with the DAVIS colours, pixel value = object id (what every DAVIS/YTVOS tool reads)."""
+    image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
+    image.putpalette(DAVIS_PALETTE_FLAT)
+    try:
+        image.save(path, format="PNG", compress_level=1)
+    except OSError as exc:
+        raise StmaOutputError(f"cannot write {path} ({exc.strerror}); pass --pred-out with a writable folder") from None
+
+
+def _jpeg_frames(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in JPEG_SUFFIXES) if folder.is_dir() else []
+
+
+def _run_video(frames: list[Path], given: dict[str, np.ndarray], make: Callable[[], Propagator],
+               out_folder: Path, keep: set[str] | None, sequence: str, progress: FrameProgress | None) -> None:
+    """Feeds one video to a fresh propagator; writes the outputs of the frames in `keep` (None: all)."""
+    out_folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    propagator = make()
+    for path in frames:
+        frame = read_rgb(path)
+        mask = given.get(path.stem)
+        if mask is not None and mask.shape != frame.shape[:2]:
+            raise StmaInputError(f"annotation for {path} is {mask.shape[1]}x{mask.shape[0]} but the frame is "
+                                 f"{frame.shape[1]}x{frame.shape[0]}; the dataset is inconsistent")
+        out = propagator.step(frame, mask)
+        if keep is None or path.stem in keep:
+            write_mask(out_folder / f"{path.stem}.png", out)
+        if progress is not None:
+            progress.frame(sequence)
+    if progress is not None:
+        progress.sequence_done(sequence, len(frames), time.perf_counter() - start)
+
+
+def davis_given_masks(annotation_folder: Path) -> dict[str, np.ndarray]:
+    """Masks to give a propagator: frame 0's objects, then each new object on its first annotated frame."""
+    given: dict[str, np.ndarray] = {}
+    seen: set[int] = set()
+    for png in sorted(annotation_folder.glob("*.png")):
+        mask = read_id_mask(png, "GT mask")
+        mask = np.where(mask == VOID_ID, 0, mask).astype(np.uint8)
+        ids = {int(i) for i in np.unique(mask) if i != 0}
+        new = sorted(ids - seen)
+        if new:
+            given[png.stem] = np.where(np.isin(mask, new), mask, 0).astype(np.uint8)
+            seen |= ids
+    return given
+
+
+def segment_davis(root: Path, sequences: Iterable[str], make: Callable[[], Propagator], out_dir: Path,
+                  progress: FrameProgress | None = None) -> Path:
+    """Writes OUT_DIR/<seq>/<frame>.png for every frame of every sequence; returns OUT_DIR."""
+    annotations = check_davis_root(root)
+    images = root / "JPEGImages" / DAVIS_RESOLUTION
+    sequences = list(sequences)
+    jobs = []
+    missing = []
+    for seq in sequences:
+        frames = _jpeg_frames(images / seq)
+        if not frames:
+            missing.append(seq)
+        jobs.append((seq, frames))
+    if missing:
+        raise StmaInputError(f"no JPEG frames in {images} for {short_list(missing)}; the dataset needs "
+                             f"JPEGImages/{DAVIS_RESOLUTION}/<sequence>/*.jpg to be segmented")
+    if progress is not None:
+        progress.begin(sum(len(f) for _, f in jobs))
+    for seq, frames in jobs:
+        given = davis_given_masks(annotations / seq)
+        if not given:
+            raise StmaInputError(f"GT folder {annotations / seq} has no annotated object to start from")
+        _run_video(frames, given, make, out_dir / seq, None, seq, progress)
+    return out_dir
+
+
+def ytvos_valid_dir(root: Path) -> Path:
+    """The folder holding meta.json: ROOT/valid or ROOT itself."""
+    for candidate in (root / "valid", root):
+        if (candidate / "meta.json").is_file():
+            return candidate
+    raise StmaInputError(f"{root} is not a YouTube-VOS root: no valid/meta.json or meta.json; pass the folder "
+                         "holding valid/ (JPEGImages, Annotations, meta.json)")
+
+
+def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
+                  progress: FrameProgress | None = None) -> Path:
+    """Writes OUT_DIR/Annotations/<video>/<frame>.png for the frames meta.json lists, and OUT_DIR/submission.zip.
+
+    Frames come from valid_all_frames/JPEGImages when that folder exists next to valid/ (denser input, same
+    frames submitted), else from valid/JPEGImages.
+    """
+    valid = ytvos_valid_dir(root)
+    try:
+        videos = json.loads((valid / "meta.json").read_text())["videos"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise StmaInputError(f"{valid / 'meta.json'} is not a YouTube-VOS meta.json ({exc}); re-download it") from None
+    all_frames = valid.parent / "valid_all_frames" / "JPEGImages"
+    jobs = []
+    for video, info in videos.items():
+        objects = {int(k): sorted(v["frames"]) for k, v in info["objects"].items() if v.get("frames")}
+        keep = {f for frames in objects.values() for f in frames}
+        source = all_frames / video if (all_frames / video).is_dir() else valid / "JPEGImages" / video
+        frames = _jpeg_frames(source)
+        absent = sorted(keep - {p.stem for p in frames})
+        if absent:
+            raise StmaInputError(f"{source} lacks frames listed in meta.json: {short_list(absent, 4)}; "
+                                 "re-extract the dataset")
+        first = min(keep) if keep else None
+        frames = [p for p in frames if first is not None and p.stem >= first]
+        jobs.append((video, frames, objects, keep))
+    if progress is not None:
+        progress.begin(sum(len(j[1]) for j in jobs))
+    annotations_out = out_dir / "Annotations"
+    for video, frames, objects, keep in jobs:
+        given = _ytvos_given_masks(valid / "Annotations" / video, objects)
+        _run_video(frames, given, make, annotations_out / video, keep, video, progress)
+    _zip_annotations(annotations_out, out_dir / "submission.zip")
+    return annotations_out
+
+
+def _ytvos_given_masks(folder: Path, objects: dict[int, list[str]]) -> dict[str, np.ndarray]:
+    """Each object's pixels on its first listed frame (other ids on that PNG are not given there)."""
+    by_frame: dict[str, list[int]] = {}
+    for obj_id, frames in objects.items():
+        by_frame.setdefault(frames[0], []).append(obj_id)
+    given: dict[str, np.ndarray] = {}
+    for frame, ids in by_frame.items():
+        path = folder / f"{frame}.png"
+        if not path.is_file():
+            raise StmaInputError(f"annotation {path} (first frame of object(s) {sorted(ids)} in meta.json) "
+                                 "is missing; re-extract the dataset")
+        mask = read_id_mask(path, "annotation")
+        given[frame] = np.where(np.isin(mask, ids), mask, 0).astype(np.uint8)
+    return given
+
+
+def _zip_annotations(annotations: Path, zip_path: Path) -> None:
+    """The server takes a zip whose top folder is Annotations/ (PNGs are stored, already compressed)."""
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for png in sorted(annotations.rglob("*.png")):
+            zf.write(png, png.relative_to(annotations.parent).as_posix())

@@ -1,0 +1,284 @@
+"""`stma eval` end to end on real DAVIS frames: scoring, named datasets, YouTube-VOS layout, input errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from stma_cli.app import app
+from stma_core.errors import StmaInputError
+from stma_core.eval.datasets import get_dataset, resolve_root
+
+SEQUENCES = ("car-shadow", "motocross-jump")
+FRAMES = 12
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, ["eval", *args])
+
+
+def assert_input_error(result, *fragments: str) -> str:
+    """Exit 2 and exactly one `error: ...` line on stderr containing every fragment."""
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def small_root(davis16: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DAVIS 2016 root of two real val sequences cut to their first 12 frames (keeps the tests fast)."""
+    root = tmp_path_factory.mktemp("davis16small")
+    for seq in SEQUENCES:
+        for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):
+            dst = root / kind / "480p" / seq
+            dst.mkdir(parents=True)
+            for i in range(FRAMES):
+                (dst / f"{i:05d}.{ext}").symlink_to(davis16 / kind / "480p" / seq / f"{i:05d}.{ext}")
+    (root / "ImageSets" / "2016").mkdir(parents=True)
+    (root / "ImageSets" / "2016" / "val.txt").write_text("\n".join(SEQUENCES) + "\n")
+    return root
+
+
+@pytest.fixture()
+def perfect_pred(small_root: Path, tmp_path: Path) -> Path:
+    """Predictions equal to the GT (real masks), to be broken by individual tests."""
+    pred = tmp_path / "pred"
+    for seq in SEQUENCES:
+        shutil.copytree(small_root / "Annotations" / "480p" / seq, pred / seq)
+    return pred
+
+
+def _write(path: Path, mask: np.ndarray, mode: str | None = None) -> None:
+    path.unlink(missing_ok=True)
+    image = Image.fromarray(mask)
+    (image.convert(mode) if mode else image).save(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scoring and outputs
+# ----------------------------------------------------------------------------------------------------
+
+def test_dataset_copy_then_rescore_with_pred(small_root: Path, tmp_path: Path) -> None:
+    pred = tmp_path / "copy"
+    result = run("--dataset", "davis16-val", "--root", str(small_root), "--method", "copy",
+                 "--pred-out", str(pred), "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert "Global" in result.stdout and "car-shadow_1" in result.stdout
+    for seq in SEQUENCES:
+        files = sorted((pred / seq).glob("*.png"))
+        assert len(files) == FRAMES  # every frame, so the folder can be scored again
+        with Image.open(files[-1]) as image:
+            assert image.mode == "P"
+    with (pred / "global_results-val.csv").open() as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+    assert all(len(v.split(".")[1]) == 3 for v in rows[1])  # official "%.3f"
+    with (pred / "per-sequence_results-val.csv").open() as fh:
+        per_seq = list(csv.reader(fh))
+    assert per_seq[0] == ["Sequence", "J-Mean", "F-Mean"]
+    assert [r[0] for r in per_seq[1:]] == ["car-shadow_1", "motocross-jump_1"]
+
+    out = tmp_path / "csv"
+    again = run("--pred", str(pred), "--gt", str(small_root), "--split", "val", "--json", "--out", str(out), "-q")
+    assert again.exit_code == 0, again.stderr
+    payload = json.loads(again.stdout)  # stdout is exactly one JSON object
+    assert payload["objects"] == 2 and payload["split"] == "val"
+    jf = payload["global"]["J&F-Mean"]
+    assert abs(jf - float(rows[1][0])) <= 0.0005
+    assert 0.0 < jf < 1.0  # copy is imperfect on a moving car and a motocross jump
+    assert (out / "per-sequence_results-val.csv").is_file()
+    assert again.stderr == ""  # --quiet
+
+
+def test_perfect_predictions_score_one(small_root: Path, perfect_pred: Path) -> None:
+    result = run("--pred", str(perfect_pred), "--gt", str(small_root), "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    g = json.loads(result.stdout)["global"]
+    assert g["J&F-Mean"] == g["J-Mean"] == g["F-Mean"] == g["J-Recall"] == 1.0
+    assert g["J-Decay"] == 0.0
+
+
+def test_split_file_path(small_root: Path, perfect_pred: Path, tmp_path: Path) -> None:
+    split = tmp_path / "mine.txt"
+    split.write_text("motocross-jump\n\n")
+    result = run("--pred", str(perfect_pred), "--gt", str(small_root), "--split", str(split), "-q")
+    assert result.exit_code == 0, result.stderr
+    rows = (perfect_pred / "per-sequence_results-mine.csv").read_text().splitlines()
+    assert rows == ["Sequence,J-Mean,F-Mean", "motocross-jump_1,1.000,1.000"]
+
+
+def test_flow_method_through_the_factory(small_root: Path, tmp_path: Path) -> None:
+    result = run("--dataset", "davis16-val", "--root", str(small_root), "--method", "flow",
+                 "--pred-out", str(tmp_path / "flow"), "--json")
+    assert result.exit_code == 0, result.stderr
+    # Not a terminal: one plain progress line per video on stderr, stdout stays pure JSON.
+    assert f"davis16-val/flow car-shadow: {FRAMES} frames" in result.stderr
+    assert "frames/s" in result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["method"] == "flow" and payload["dataset"] == "davis16-val"
+    assert 0.3 < payload["global"]["J&F-Mean"] < 1.0
+
+
+def test_env_var_root(small_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STMA_DAVIS16_ROOT", str(small_root))
+    result = run("--dataset", "davis16-val", "--method", "copy", "--pred-out", str(tmp_path / "p"), "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["objects"] == 2
+    # --root wins over the variable; a wrong variable is reported by name.
+    assert resolve_root(get_dataset("davis16-val"), small_root, {"STMA_DAVIS16_ROOT": "/nowhere"}) == small_root
+    with pytest.raises(StmaInputError, match=r"\$STMA_DAVIS16_ROOT=/nowhere"):
+        resolve_root(get_dataset("davis16-val"), None, {"STMA_DAVIS16_ROOT": "/nowhere"})
+
+
+def test_later_appearing_object_is_given_on_its_first_frame(tennis: Path, tmp_path: Path) -> None:
+    """davis17 layout: object 2 first annotated on frame 1 is propagated from there (copy method)."""
+    root = tmp_path / "d17"
+    jpgs = sorted((tennis / "JPEGImages" / "480p" / "tennis").glob("*.jpg"))
+    pngs = sorted((tennis / "Annotations" / "480p" / "tennis").glob("*.png"))
+    (root / "JPEGImages" / "480p" / "tennis").mkdir(parents=True)
+    (root / "Annotations" / "480p" / "tennis").mkdir(parents=True)
+    for i in range(4):
+        shutil.copy(jpgs[1], root / "JPEGImages" / "480p" / "tennis" / f"{i:05d}.jpg")
+        with Image.open(pngs[1]) as image:
+            mask = np.array(image)
+            palette = image.getpalette()
+        if i == 0:
+            mask[mask == 2] = 0  # object 2 not there yet
+        out = Image.fromarray(mask)
+        out.putpalette(palette)
+        out.save(root / "Annotations" / "480p" / "tennis" / f"{i:05d}.png")
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("tennis\n")
+    pred = tmp_path / "pred"
+    result = run("--dataset", "davis17-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred),
+                 "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    first = np.array(Image.open(pred / "tennis" / "00000.png"))
+    later = np.array(Image.open(pred / "tennis" / "00002.png"))
+    assert set(np.unique(first)) == {0, 1} and set(np.unique(later)) == {0, 1, 2}
+    objects = {o["object"]: o for o in json.loads(result.stdout)["per_object"]}
+    assert objects[2]["J-Mean"] == 1.0 and objects[1]["J-Mean"] == 1.0  # void stays background in GT
+
+
+# ----------------------------------------------------------------------------------------------------
+# YouTube-VOS: server layout, no local scoring
+# ----------------------------------------------------------------------------------------------------
+
+def test_ytvos_writes_listed_frames_in_server_layout(davis16: Path, tmp_path: Path) -> None:
+    valid = tmp_path / "ytvos" / "valid"
+    video = "0a1b2c3d4e"
+    src = davis16 / "JPEGImages" / "480p" / "car-shadow"
+    (valid / "JPEGImages" / video).mkdir(parents=True)
+    for i in range(0, 30, 5):  # YouTube-VOS valid/ keeps every 5th frame
+        shutil.copy(src / f"{i:05d}.jpg", valid / "JPEGImages" / video / f"{i:05d}.jpg")
+    (valid / "Annotations" / video).mkdir(parents=True)
+    car = np.array(Image.open(davis16 / "Annotations" / "480p" / "car-shadow" / "00000.png"))
+    Image.fromarray(car).save(valid / "Annotations" / video / "00000.png")
+    later = np.zeros_like(car)
+    later[10:60, 10:90] = 2  # object 2 first appears at frame 00010
+    Image.fromarray(later).save(valid / "Annotations" / video / "00010.png")
+    listed = {"1": ["00000", "00005", "00010", "00015", "00020"], "2": ["00010", "00015", "00020"]}
+    meta = {"videos": {video: {"objects": {k: {"frames": v} for k, v in listed.items()}}}}
+    (valid / "meta.json").write_text(json.dumps(meta))
+
+    out = tmp_path / "sub"
+    result = run("--dataset", "ytvos-valid", "--root", str(tmp_path / "ytvos"), "--method", "copy",
+                 "--pred-out", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert "cannot be scored locally" in result.stderr
+    assert result.stdout.strip() == str(out / "submission.zip")
+    written = sorted(p.stem for p in (out / "Annotations" / video).glob("*.png"))
+    assert written == listed["1"]  # 00025 exists as a JPEG but is not listed in meta.json
+    assert set(np.unique(np.array(Image.open(out / "Annotations" / video / "00005.png")))) == {0, 1}
+    assert 2 in np.unique(np.array(Image.open(out / "Annotations" / video / "00015.png")))
+    with zipfile.ZipFile(out / "submission.zip") as zf:
+        assert sorted(zf.namelist()) == [f"Annotations/{video}/{f}.png" for f in written]
+
+    refused = run("--dataset", "ytvos-valid", "--root", str(tmp_path / "ytvos"), "--pred", str(out))
+    assert_input_error(refused, "no public ground truth")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input errors: one line, exit 2
+# ----------------------------------------------------------------------------------------------------
+
+def test_missing_sequence_and_frames_are_listed(small_root: Path, perfect_pred: Path) -> None:
+    shutil.rmtree(perfect_pred / "car-shadow")
+    for i in (3, 4):
+        (perfect_pred / "motocross-jump" / f"{i:05d}.png").unlink()
+    (perfect_pred / "motocross-jump" / f"{FRAMES - 1:05d}.png").unlink()  # last frame is not scored: fine
+    line = assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root)),
+                              "car-shadow/ (no folder)", "motocross-jump/ (2 frames: 00003, 00004)")
+    assert f"{FRAMES - 1:05d}" not in line
+
+
+def test_unknown_id_in_prediction(small_root: Path, perfect_pred: Path) -> None:
+    path = perfect_pred / "car-shadow" / "00005.png"
+    mask = np.array(Image.open(path))
+    mask[:5, :5] = 3
+    _write(path, mask)
+    assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root)), str(path), "id(s) [3]")
+
+
+def test_void_in_prediction(small_root: Path, perfect_pred: Path) -> None:
+    path = perfect_pred / "motocross-jump" / "00002.png"
+    mask = np.array(Image.open(path))
+    mask[0, :] = 255
+    _write(path, mask)
+    assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root)), str(path), "id 255")
+
+
+def test_size_mismatch(small_root: Path, perfect_pred: Path) -> None:
+    path = perfect_pred / "car-shadow" / "00001.png"
+    mask = np.array(Image.open(path))[:240, :427]
+    _write(path, mask)
+    assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root)), str(path), "427x240", "854x480")
+
+
+def test_rgb_prediction(small_root: Path, perfect_pred: Path) -> None:
+    path = perfect_pred / "car-shadow" / "00001.png"
+    _write(path, np.array(Image.open(path)), mode="RGB")
+    assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root)), str(path), "palette")
+
+
+def test_gt_root_not_davis(perfect_pred: Path, tmp_path: Path) -> None:
+    (tmp_path / "notdavis").mkdir()
+    assert_input_error(run("--pred", str(perfect_pred), "--gt", str(tmp_path / "notdavis")),
+                       "not a DAVIS layout", "Annotations")
+
+
+def test_split_not_found(small_root: Path, perfect_pred: Path) -> None:
+    assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root), "--split", "test-dev"),
+                       "ImageSets/2017/test-dev.txt", "ImageSets/2016/test-dev.txt")
+
+
+def test_too_short_sequence(tennis: Path, perfect_pred: Path, tmp_path: Path) -> None:
+    split = tmp_path / "t.txt"
+    split.write_text("tennis\n")
+    assert_input_error(run("--pred", str(perfect_pred), "--gt", str(tennis), "--split", str(split)),
+                       "at least 3")
+
+
+def test_missing_dataset_lists_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STMA_DAVIS17_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert_input_error(run("--dataset", "davis17-val", "--method", "copy"),
+                       "--root (not given)", "$STMA_DAVIS17_ROOT (not set)", "data/DAVIS2017",
+                       "davischallenge.org")
+
+
+def test_usage_errors() -> None:
+    assert_input_error(run(), "--pred", "--dataset")
+    assert_input_error(run("--dataset", "davis99-val"), "unknown dataset")
+    assert_input_error(run("--dataset", "davis16-val", "--split", "val", "--root", "/x"), "--split")
