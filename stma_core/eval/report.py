@@ -87,9 +87,10 @@ def render_table(result: EvalResult, console: Console, title: str | None = None)
     table = Table(title=title or f"DAVIS {result.split}: {len(result.objects)} objects, "
                                  f"{len(result.sequences)} sequences (%)")
     longest = max((len(o.name) for o in result.objects), default=6)
-    table.add_column("Object", no_wrap=True, min_width=max(longest, 6))
+    # Numbers never shrink or wrap; on a narrow terminal the object names fold instead.
+    table.add_column("Object", overflow="fold", min_width=6)
     for name in ("J&F\nMean", "J\nMean", "F\nMean", "J\nRecall", "F\nRecall", "J\nDecay", "F\nDecay"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True, min_width=5)
     for obj in result.objects:
         (jm, jr, jd), (fm, fr, fd) = obj.j_stats, obj.f_stats
         table.add_row(obj.name, _pct((jm + fm) / 2), _pct(jm), _pct(fm), _pct(jr), _pct(fr), _pct(jd), _pct(fd))
