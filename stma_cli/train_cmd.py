@@ -1,4 +1,8 @@
-"""`stma train`: the training recipe with checkpoints, exact resume and JSON-lines logs."""
+"""`stma train`: the training recipe with checkpoints, exact resume, JSON-lines logs and loss curves.
+
+Under torchrun (`torchrun --nproc_per_node N -m stma_cli.app train ...`) every process trains a
+replica (DistributedDataParallel: nccl on GPUs, gloo on CPU); rank 0 alone prints and writes.
+"""
 
 from __future__ import annotations
 
@@ -6,45 +10,84 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from stma_cli._common import fail, info, stderr_console
 from stma_core.errors import StmaInputError
+
+
+def _device(name: str) -> str:
+    """auto -> cuda when available; under torchrun each process takes cuda:LOCAL_RANK."""
+    import torch
+
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        fail(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return name
 
 
 def train(
     config: Path = typer.Option(..., "--config", help="Training config YAML (see configs/)."),
     data: Path = typer.Option(..., "--data", help="Dataset root in DAVIS layout (JPEGImages/, Annotations/, ImageSets/)."),
-    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, log.jsonl, train_config.json."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, log.jsonl, curves.png, train_config.json."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="Stage of a multi-stage recipe (its `stages:` "
+                                        "section), or static|main to override the config's `stage`."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this model.safetensors "
+                                             "(e.g. the static stage's); overrides the config's init_from."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state.pt exactly where it stopped."),
     until: Optional[int] = typer.Option(None, "--until", help="Stop after this step (resume later with --resume)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where cached trunk features go (default OUT/cache)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Train STMA on video sequences in DAVIS layout."""
+    """Train STMA: stage static (synthetic clips from stills) or main (video clips), in DAVIS layout."""
+    from stma_core.training import distributed
     from stma_core.training.run import prepare_trainer
 
-    err = Console(stderr=True)
-    try:
-        trainer = prepare_trainer(config, data, out, resume=resume, cache_dir=cache_dir,
-                                  log=None if quiet else err.print)
-    except StmaInputError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(2)
-    total = trainer.cfg.steps if until is None else min(until, trainer.cfg.steps)
-    if quiet:
-        trainer.run(until=total)
+    device = _device(device)
+    if distributed.launched_by_torchrun():
+        rank, torch_device = distributed.init_from_env(device)
     else:
-        columns = [TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} it/s"),
-                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=err) as progress:
-            task = progress.add_task("train", total=total, completed=trainer.step, rate="-", loss="-")
-
-            def on_step(step: int, record: dict) -> None:
-                fields = {"loss": f"{record['loss']:.4f}"}
+        rank, torch_device = distributed.current(), device
+    err = stderr_console()
+    quiet = quiet or not rank.is_main
+    try:
+        try:
+            trainer = prepare_trainer(config, data, out, resume=resume, cache_dir=cache_dir,
+                                      log=None if quiet else (lambda m: info(err, m)), stage=stage,
+                                      init_from=init_from, device=torch_device)
+        except StmaInputError as exc:
+            if rank.is_main:  # every rank sees the same bad input; one line is enough
+                fail(exc)
+            raise typer.Exit(2)
+        total = trainer.cfg.steps if until is None else min(until, trainer.cfg.steps)
+        if quiet:
+            trainer.run(until=total)
+        elif not err.is_terminal:  # logs and pipes: a plain line per log record instead of a live bar
+            def log_line(step: int, record: dict) -> None:
                 if "it_per_s" in record:
-                    fields["rate"] = f"{record['it_per_s']:.3f}"
-                progress.update(task, completed=step, **fields)
+                    info(err, f"step {step}/{total} loss {record['loss_mean']:.4f} lr {record['lr']:.3g} "
+                              f"{record['it_per_s']:.3f} it/s")
 
-            trainer.run(until=total, on_step=on_step)
-    typer.echo(str(out / "model.safetensors"))
+            trainer.run(until=total, on_step=log_line)
+        else:
+            columns = [TextColumn(f"train {trainer.cfg.stage}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]} it/s"), TextColumn("loss {task.fields[loss]}"),
+                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+            with Progress(*columns, console=err) as progress:
+                task = progress.add_task("train", total=total, completed=trainer.step, rate="-", loss="-")
+
+                def on_step(step: int, record: dict) -> None:
+                    fields = {"loss": f"{record.get('loss_mean', record['loss']):.4f}"}
+                    if "it_per_s" in record:
+                        fields["rate"] = f"{record['it_per_s']:.3f}"
+                    progress.update(task, completed=step, **fields)
+
+                trainer.run(until=total, on_step=on_step)
+    finally:
+        distributed.shutdown()
+    if rank.is_main:
+        typer.echo(str(out / "model.safetensors"))

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from stma_core.config import ModelConfig
 
+STAGES = ("static", "main")
+
 
 @dataclass
 class TrainConfig:
@@ -34,4 +36,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     threads: int = 0  # torch threads (0 = leave torch's default)
-    amp: bool = True  # autocast on CUDA
+    amp: bool = True  # autocast on CUDA (bfloat16 where supported, else float16 with loss scaling)
+    init_from: str | None = None  # model.safetensors to start from (e.g. the static stage's); fresh runs only
+    static_max_objects: int = 3  # static stage: multi-object clips have 2..this many objects
+    static_frame_every: int = 1  # static stage: use every k-th frame of each sequence as a still

@@ -1,4 +1,9 @@
-"""Loads a TrainConfig from YAML (nested `model:` section = ModelConfig); unknown keys are errors."""
+"""Loads a TrainConfig from YAML (nested `model:` section = ModelConfig); unknown keys are errors.
+
+A file may hold several stages of one recipe: keys at the top are shared, and a `stages:` mapping
+holds per-stage overrides (`stages: {static: {...}, main: {...}}`), picked with `--stage NAME`.
+Values are type-checked here so a typo fails at once with the key's name, not mid-run.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,35 @@ import yaml
 
 from stma_core.config import ModelConfig
 from stma_core.errors import StmaInputError
-from stma_core.training.config import TrainConfig
+from stma_core.training.config import STAGES, TrainConfig
+
+
+def _check_scalar(kind: str, value: Any) -> Any:
+    """Returns the value converted to `kind` (int, float, bool, str), or raises TypeError."""
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind == "str" and isinstance(value, str):
+        return value
+    raise TypeError(kind)
+
+
+def _coerce(type_text: str, value: Any) -> Any:
+    """Checks a YAML value against a dataclass field's annotation (as text, e.g. 'tuple[int, ...]')."""
+    type_text = type_text.replace(" ", "")
+    if type_text.endswith("|None"):
+        return None if value is None else _coerce(type_text[:-5], value)
+    if type_text.startswith("tuple["):
+        inner = type_text[6:-1].split(",")
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(type_text)
+        if inner[-1] != "..." and len(value) != len(inner):
+            raise TypeError(f"a list of {len(inner)} {inner[0]}s")
+        return tuple(_check_scalar(inner[0], v) for v in value)
+    return _check_scalar(type_text, value)
 
 
 def _build(cls: type, data: dict[str, Any], path: Path) -> Any:
@@ -21,14 +54,41 @@ def _build(cls: type, data: dict[str, Any], path: Path) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key == "model" and cls is TrainConfig:
+            if value is not None and not isinstance(value, dict):
+                raise StmaInputError(f"{path}: `model` must be a mapping of ModelConfig keys")
             value = _build(ModelConfig, value or {}, path)
-        elif isinstance(value, list):
-            value = tuple(value)
+        else:
+            try:
+                value = _coerce(str(fields[key].type), value)
+            except TypeError as exc:
+                raise StmaInputError(f"{path}: `{key}: {value!r}` is not {exc} (expected {fields[key].type}); "
+                                     "fix the value") from None
         kwargs[key] = value
     return cls(**kwargs)
 
 
-def load_train_config(path: str | Path) -> TrainConfig:
+def validate(cfg: TrainConfig, path: Path) -> None:
+    """Value checks that would otherwise fail deep inside a training step."""
+    problems = []
+    if cfg.stage not in STAGES:
+        problems.append(f"stage {cfg.stage!r} is not one of {list(STAGES)}")
+    for key in ("steps", "batch_size", "checkpoint_every", "log_every", "static_frame_every"):
+        if getattr(cfg, key) < 1:
+            problems.append(f"{key} must be >= 1")
+    if cfg.clip_length < 2:
+        problems.append("clip_length must be >= 2 (frame 0 is the given mask)")
+    if any(v <= 0 or v % 16 for v in (*cfg.crop, *cfg.frame_size)):
+        problems.append("crop and frame_size must be positive multiples of 16")
+    if cfg.stage == "main" and (cfg.crop[0] > cfg.frame_size[0] or max(cfg.crop[1], 160) > cfg.frame_size[1]):
+        problems.append(f"crop {list(cfg.crop)} must fit in frame_size {list(cfg.frame_size)} (width >= 160)")
+    if cfg.static_max_objects < 2:
+        problems.append("static_max_objects must be >= 2")
+    if problems:
+        raise StmaInputError(f"{path}: {'; '.join(problems)}; fix the config")
+
+
+def load_train_config(path: str | Path, stage: str | None = None) -> TrainConfig:
+    """Reads PATH; `stage` picks a section of `stages:` (or, without one, overrides the `stage` key)."""
     path = Path(path)
     if not path.is_file():
         raise StmaInputError(f"{path}: training config not found; pass --config with a YAML file (see configs/)")
@@ -38,4 +98,21 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise StmaInputError(f"{path}: invalid YAML ({str(exc).splitlines()[0]}); fix the syntax") from exc
     if not isinstance(data, dict):
         raise StmaInputError(f"{path}: expected a mapping of config keys; see configs/ for examples")
-    return _build(TrainConfig, data, path)
+    stages = data.pop("stages", None)
+    if stages is not None:
+        if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
+            raise StmaInputError(f"{path}: `stages` must map stage names to mappings of config keys")
+        if stage is None or stage not in stages:
+            given = "no --stage" if stage is None else f"--stage {stage}"
+            raise StmaInputError(f"{path}: {given}; this recipe has stages {list(stages)}, pick one with --stage")
+        section = dict(stages[stage])
+        model_overrides = section.pop("model", None) or {}
+        data = {**data, **section}
+        if model_overrides:
+            data["model"] = {**(data.get("model") or {}), **model_overrides}
+        data.setdefault("stage", stage)
+    elif stage is not None:
+        data["stage"] = stage
+    cfg = _build(TrainConfig, data, path)
+    validate(cfg, path)
+    return cfg

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stma_core.errors import StmaInputError
 from stma_core.model.lite_backbone import LiteTrunk
 
 
@@ -33,7 +34,21 @@ def read_split(root: Path, split_file: Path) -> list[str]:
     return [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
 
 
-def _frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
+def check_sequences(root: Path, names: list[str], split_file: Path) -> None:
+    """Fails early, naming the first sequence of the split that has no frames or no masks."""
+    if not names:
+        raise StmaInputError(f"{split_file}: the split lists no sequences; add sequence names, one a line")
+    for name in names:
+        frames, masks = frame_paths(root, name)
+        if not frames:
+            raise StmaInputError(f"{root / 'JPEGImages' / '480p' / name}: no .jpg frames for sequence {name!r} "
+                                 f"listed in {split_file.name}; fix the split or the data root")
+        if not masks[0].is_file():
+            raise StmaInputError(f"{masks[0]}: missing annotation of sequence {name!r}; training needs every "
+                                 "frame's mask under Annotations/480p")
+
+
+def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
     frames = sorted((root / "JPEGImages" / "480p" / name).glob("*.jpg"))
     masks = [root / "Annotations" / "480p" / name / (p.stem + ".png") for p in frames]
     return frames, masks
@@ -50,8 +65,8 @@ def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] =
         target = out / f"{name}.pt"
         if target.exists():
             continue
-        frame_paths, mask_paths = _frame_paths(root, name)
-        images = [np.asarray(Image.open(p).convert("RGB").resize((w, h), Image.BILINEAR)) for p in frame_paths]
+        image_files, mask_paths = frame_paths(root, name)
+        images = [np.asarray(Image.open(p).convert("RGB").resize((w, h), Image.BILINEAR)) for p in image_files]
         masks = [np.asarray(Image.open(p).resize((w, h), Image.NEAREST)) for p in mask_paths]
         maps: dict[str, list[torch.Tensor]] = {"f4": [], "f8": [], "f16": []}
         for i in range(0, len(images), batch):

@@ -1,4 +1,7 @@
-"""Builds a ready-to-run trainer from a config file, a data root and a run folder."""
+"""Builds a ready-to-run trainer from a config file, a data root and a run folder.
+
+All input checks happen here, before any heavy work, so bad input is one clear error line.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from stma_core.errors import StmaInputError
+from stma_core.training import distributed
 from stma_core.training.config_io import load_train_config
-from stma_core.training.feature_cache import build_cache, load_cache, read_split
-from stma_core.training.trainer import CachedFeatureTrainer
+from stma_core.training.feature_cache import build_cache, check_sequences, load_cache, read_split
+from stma_core.training.static_data import list_still_pairs
+from stma_core.training.trainer import Trainer
 
 
 def find_split_file(root: Path, split: str) -> Path:
@@ -23,11 +30,19 @@ def find_split_file(root: Path, split: str) -> Path:
 
 
 def prepare_trainer(config_path: Path, data: Path, out: Path, resume: bool = False,
-                    cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> CachedFeatureTrainer:
-    cfg = load_train_config(config_path)
+                    cache_dir: Path | None = None, log: Callable[[str], None] | None = None,
+                    stage: str | None = None, init_from: Path | None = None,
+                    device: str | torch.device = "cpu") -> Trainer:
+    """Config + data checks, feature cache (stage main; rank 0 builds it), trainer, resume or init weights."""
+    cfg = load_train_config(config_path, stage)
+    if init_from is not None:
+        cfg.init_from = str(init_from)
     if not cfg.cache_features or cfg.model.backbone != "lite" or cfg.train_trunk:
         raise StmaInputError(f"{config_path}: this build trains with cached features of a frozen lite trunk only; "
                              "set cache_features: true, train_trunk: false, model.backbone: lite")
+    if not data.is_dir():
+        raise StmaInputError(f"{data}: data root not found; pass --data with a DAVIS-layout folder "
+                             "(JPEGImages/480p, Annotations/480p, ImageSets/)")
     state = out / "state.pt"
     if state.exists() and not resume:
         raise StmaInputError(f"{out}: already holds a run (state.pt); pass --resume to continue or choose a new --out")
@@ -35,14 +50,34 @@ def prepare_trainer(config_path: Path, data: Path, out: Path, resume: bool = Fal
         saved = json.loads((out / "train_config.json").read_text())
         if saved.get("model") != asdict(cfg.model) | {"decoder_dims": list(cfg.model.decoder_dims)}:
             raise StmaInputError(f"{out}: the run was started with another model config; resume with the same --config")
+    fresh = not (resume and state.exists())
+    if fresh and cfg.init_from and not Path(cfg.init_from).is_file():
+        raise StmaInputError(f"{cfg.init_from}: init_from checkpoint not found; train the earlier stage first "
+                             "or fix init_from / --init-from")
     split_file = find_split_file(data, cfg.split)
     names = read_split(data, split_file)
-    cache = cache_dir or out / "cache"
-    cache = cache / f"{data.name}_{cfg.split}_{cfg.frame_size[0]}x{cfg.frame_size[1]}"
-    if log:
-        log(f"caching trunk features of {len(names)} sequences in {cache}")
-    build_cache(data, names, cache, size=tuple(cfg.frame_size))
-    trainer = CachedFeatureTrainer(cfg, load_cache(cache, names), out)
-    if resume and trainer.resume() and log:
-        log(f"resumed at step {trainer.step}")
+    check_sequences(data, names, split_file)
+    rank = distributed.current()
+    if cfg.stage == "static":
+        train_data = list_still_pairs(data, names, cfg.static_frame_every)
+        if log and rank.is_main:
+            log(f"static stage: {len(train_data)} still image + mask pairs from {len(names)} sequences")
+    else:
+        cache = cache_dir or out / "cache"
+        cache = cache / f"{data.name}_{cfg.split}_{cfg.frame_size[0]}x{cfg.frame_size[1]}"
+        if rank.is_main:
+            if log:
+                log(f"caching trunk features of {len(names)} sequences in {cache}")
+            build_cache(data, names, cache, size=tuple(cfg.frame_size))
+        distributed.barrier()
+        train_data = load_cache(cache, names)
+    trainer = Trainer(cfg, train_data, out, device=device)
+    if not fresh:
+        trainer.resume()
+        if log and rank.is_main:
+            log(f"resumed at step {trainer.step}")
+    elif cfg.init_from:
+        trainer.load_initial_weights(Path(cfg.init_from))
+        if log and rank.is_main:
+            log(f"initialized from {cfg.init_from}")
     return trainer

@@ -1,4 +1,13 @@
-"""Training loop: clips -> unrolled sequence loss -> AdamW, with exact resume and JSON-lines logs."""
+"""Training loop: clips -> unrolled sequence loss -> AdamW, with exact resume and JSON-lines logs.
+
+Stage "main" samples video clips from cached trunk maps; stage "static" synthesizes clips from
+still images and runs the frozen trunk on them (image mode). Everything after the trunk is trained
+the same way in both. Under torchrun the clip loss runs through DistributedDataParallel (gradients
+averaged over ranks), each rank draws its own clips (seed + rank), and rank 0 writes the run folder.
+
+Exact resume: state.pt holds the step, weights, optimizer, and every RNG that decides a step
+(torch, each rank's Python RNG, CUDA), so `--until N` + `--resume` reproduces an uninterrupted run.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +15,71 @@ import json
 import os
 import random
 import time
+import warnings
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
+import numpy as np
 import torch
+from torch import nn
 
-from stma_core.checkpoint import save_model
+from stma_core.checkpoint import read_config, save_model
+from stma_core.config import to_dict
+from stma_core.errors import StmaInputError
 from stma_core.model.network import STMANetwork
-from stma_core.training.cached_data import collate, curriculum_max_gap, sample_clip
+from stma_core.training import distributed
+from stma_core.training.cached_data import STRIDES, collate, curriculum_max_gap, sample_clip
 from stma_core.training.config import TrainConfig
+from stma_core.training.curves import write_curves
 from stma_core.training.feature_cache import CachedSequence
 from stma_core.training.losses import bootstrap_fraction
+from stma_core.training.static_data import StillPair, collate_static, synth_clip
 from stma_core.training.unroll import unroll_sequence
+
+TrainData = Union[list[CachedSequence], list[StillPair]]
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * cfg.lr_decay_factor ** sum(step >= s for s in cfg.lr_decay_steps)
 
 
-class CachedFeatureTrainer:
-    """Trains everything after the frozen trunk on cached trunk maps."""
+class ClipLoss(nn.Module):
+    """Trunk maps of a clip batch -> unrolled loss, as one module call so DDP can sync gradients."""
 
-    def __init__(self, cfg: TrainConfig, sequences: list[CachedSequence], run_dir: Path,
-                 network: STMANetwork | None = None) -> None:
+    def __init__(self, network: STMANetwork, num_refs: int) -> None:
+        super().__init__()
+        self.network = network
+        self.num_refs = num_refs
+
+    def forward(self, maps: dict[str, torch.Tensor], masks: torch.Tensor, top_fraction: float,
+                rng: random.Random) -> torch.Tensor:
+        """maps key -> (B, T, C, h, w), masks (B, T, n, H, W)."""
+        length = masks.shape[1]
+        frames = [self.network.embed({k: v[:, t] for k, v in maps.items()}) for t in range(length)]
+        loss, _ = unroll_sequence(self.network, frames, masks, top_fraction, rng, self.num_refs)
+        return loss
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Trains everything after the frozen trunk (token projection, STML, memory, decoder)."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, run_dir: Path, network: STMANetwork | None = None,
+                 device: str | torch.device = "cpu") -> None:
         self.cfg = cfg
-        self.sequences = sequences
+        self.data = data
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device)
+        self.dist = distributed.current()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -43,10 +89,21 @@ class CachedFeatureTrainer:
         params = [p for n, p in self.network.named_parameters() if not n.startswith("trunk.")]
         for name, p in self.network.named_parameters():
             p.requires_grad_(not name.startswith("trunk."))
+        self.network.to(self.device)
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.rng = random.Random(cfg.seed)
+        self.clip_loss: nn.Module = ClipLoss(self.network, cfg.num_refs)
+        if self.dist.world_size > 1:
+            self.clip_loss = nn.parallel.DistributedDataParallel(
+                self.clip_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # one STML block: object tokens never reach the test stream, so their weights get no grad
+                find_unused_parameters=cfg.model.backbone != "lite" or cfg.model.stml_depth < 2)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.rng = random.Random(cfg.seed + self.dist.rank)
         self.step = 0
-        (self.run_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        if self.dist.is_main:
+            _atomic_write_text(self.run_dir / "train_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
 
     # ---- checkpoints -----------------------------------------------------------------------
     @property
@@ -54,18 +111,35 @@ class CachedFeatureTrainer:
         return self.run_dir / "state.pt"
 
     def save_state(self) -> None:
+        """Collective under torchrun (gathers RNGs and replica digests); rank 0 writes, atomically."""
+        py_rngs = distributed.all_gather(json.dumps(self.rng.getstate()))
+        digests = distributed.all_gather(distributed.parameter_digest(self.network)) \
+            if self.dist.world_size > 1 else []
+        if not self.dist.is_main:
+            return
         state = {
             "step": self.step,
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "py_rng": json.dumps(self.rng.getstate()),
+            "py_rng": py_rngs[0],
+            "rank_py_rngs": py_rngs,
         }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         tmp = self.state_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.state_path)
         save_model(self.network, self.cfg.model, self.run_dir / "model.safetensors",
-                   {"train_step": str(self.step)})
+                   {"train_step": str(self.step), "train_stage": self.cfg.stage})
+        write_curves(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
+        if digests:
+            _atomic_write_text(self.run_dir / "replicas.json",
+                               json.dumps({"step": self.step, "parameter_sha1": digests}) + "\n")
+            if len(set(digests)) > 1:
+                raise RuntimeError(f"replicas diverged at step {self.step}: parameter digests {digests}")
 
     def resume(self) -> bool:
         if not self.state_path.exists():
@@ -74,47 +148,118 @@ class CachedFeatureTrainer:
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        py_state = json.loads(state["py_rng"])
-        self.rng.setstate((py_state[0], tuple(py_state[1]), py_state[2]))
         self.step = int(state["step"])
+        rank_rngs = state.get("rank_py_rngs") or [state["py_rng"]]
+        if len(rank_rngs) == self.dist.world_size:
+            py_state = json.loads(rank_rngs[self.dist.rank])
+            self.rng.setstate((py_state[0], tuple(py_state[1]), py_state[2]))
+        else:  # another world size: each rank still gets its own, reproducible stream
+            warnings.warn(f"resuming a {len(rank_rngs)}-process run with {self.dist.world_size} processes: "
+                          "clips will differ from an uninterrupted run")
+            self.rng = random.Random(f"{self.cfg.seed}-{self.dist.rank}-{self.step}")
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        if self.dist.is_main:
+            self._truncate_log()
         return True
 
+    def _truncate_log(self) -> None:
+        """Drops log lines written after the checkpoint, so a resumed log reads like an uninterrupted one."""
+        path = self.run_dir / "log.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= self.step:
+                    kept.append(line + "\n")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+        _atomic_write_text(path, "".join(kept))
+
+    def load_initial_weights(self, path: Path) -> None:
+        """Starts from a saved model (e.g. the static stage's) with the same ModelConfig."""
+        from safetensors.torch import load_file
+
+        config, _ = read_config(path)
+        if to_dict(config) != to_dict(self.cfg.model):
+            raise StmaInputError(f"{path}: init_from checkpoint has another model config than the training "
+                                 "config's `model:`; use the same model section in both stages")
+        self.network.load_state_dict(load_file(str(path), device=str(self.device)))
+
     # ---- steps -----------------------------------------------------------------------------
+    def _video_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        cfg = self.cfg
+        n_obj = 2 if self.rng.random() < cfg.multi_object_prob else 1
+        max_gap = curriculum_max_gap(self.step, cfg.steps, cfg.max_gap_low, cfg.max_gap_high)
+        clips = [sample_clip(self.data, cfg.clip_length, cfg.crop, max_gap, n_obj, self.rng)
+                 for _ in range(cfg.batch_size)]
+        return collate(clips)
+
+    def _static_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Synthesized clips -> frozen trunk maps (image mode), shaped like the cached path's."""
+        cfg = self.cfg
+        multi = self.rng.random() < cfg.multi_object_prob
+        n_obj = self.rng.randint(2, cfg.static_max_objects) if multi else 1
+        clips = [synth_clip(self.data, cfg.clip_length, cfg.crop, n_obj, cfg.frame_size,
+                            np.random.default_rng(self.rng.getrandbits(64))) for _ in range(cfg.batch_size)]
+        frames, masks = collate_static(clips)
+        b, t = frames.shape[:2]
+        with torch.no_grad(), self._autocast():
+            maps = self.network.encode_trunk(frames.to(self.device).flatten(0, 1))
+        return {k: maps[k].float().unflatten(0, (b, t)) for k in STRIDES}, masks
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=self.amp_dtype) if self.use_amp else nullcontext()
+
     def train_step(self) -> float:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.step)
-        n_obj = 2 if self.rng.random() < cfg.multi_object_prob else 1
-        max_gap = curriculum_max_gap(self.step, cfg.steps, cfg.max_gap_low, cfg.max_gap_high)
-        clips = [sample_clip(self.sequences, cfg.clip_length, cfg.crop, max_gap, n_obj, self.rng)
-                 for _ in range(cfg.batch_size)]
-        maps, masks = collate(clips)
-        frames = [self.network.embed({k: v[:, t] for k, v in maps.items()}) for t in range(cfg.clip_length)]
+        maps, masks = self._static_batch() if cfg.stage == "static" else self._video_batch()
+        maps = {k: v.to(self.device, non_blocking=True) for k, v in maps.items()}
+        masks = masks.to(self.device, non_blocking=True)
         top = bootstrap_fraction(self.step, cfg.bootstrap_warmup, cfg.bootstrap_ramp)
-        loss, _ = unroll_sequence(self.network, frames, masks, top, self.rng, cfg.num_refs)
+        with self._autocast():
+            loss = self.clip_loss(maps, masks, top, self.rng)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.step += 1
-        return float(loss.detach())
+        return float(distributed.mean_across_ranks(loss.detach()))
 
     def run(self, until: int | None = None, on_step: Callable[[int, dict], None] | None = None) -> None:
+        """Trains to `until` (default cfg.steps); logs every log_every steps, checkpoints every checkpoint_every."""
         cfg = self.cfg
         until = cfg.steps if until is None else min(until, cfg.steps)
-        log = (self.run_dir / "log.jsonl").open("a")
+        log = (self.run_dir / "log.jsonl").open("a") if self.dist.is_main else None
         t0, last_step = time.time(), self.step
-        while self.step < until:
-            loss = self.train_step()
-            record = {"step": self.step, "loss": round(loss, 5), "lr": learning_rate(cfg, self.step - 1)}
-            if self.step % cfg.log_every == 0 or self.step == until:
-                elapsed = time.time() - t0
-                record["it_per_s"] = round((self.step - last_step) / max(elapsed, 1e-9), 4)
-                t0, last_step = time.time(), self.step
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if on_step:
-                on_step(self.step, record)
-            if self.step % cfg.checkpoint_every == 0 or self.step == until:
-                self.save_state()
-        log.close()
+        window: list[float] = []
+        try:
+            while self.step < until:
+                loss = self.train_step()
+                window.append(loss)
+                record = {"step": self.step, "loss": round(loss, 5), "lr": learning_rate(cfg, self.step - 1)}
+                if self.step % cfg.log_every == 0 or self.step == until:
+                    elapsed = time.time() - t0
+                    record["it_per_s"] = round((self.step - last_step) / max(elapsed, 1e-9), 4)
+                    record["loss_mean"] = round(sum(window) / len(window), 5)
+                    t0, last_step, window = time.time(), self.step, []
+                    if log:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                if on_step and self.dist.is_main:
+                    on_step(self.step, record)
+                if self.step % cfg.checkpoint_every == 0 or self.step == until:
+                    self.save_state()
+        finally:
+            if log:
+                log.close()
+
+
+CachedFeatureTrainer = Trainer  # the name used before the static stage existed

@@ -1,0 +1,238 @@
+"""`stma train`: exact resume, logs/curves/checkpoints, the static stage, and one-line input errors.
+
+Everything runs on a tiny DAVIS-layout copy of two real train sequences (6 frames each, 176x96)
+and a tiny model, so the whole file takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from typer.testing import CliRunner, Result
+
+from stma_cli.app import app
+from stma_core.checkpoint import load_model
+from stma_core.training.config_io import load_train_config
+from stma_core.training.run import prepare_trainer
+from stma_core.training.static_data import list_still_pairs, synth_clip
+
+REPO = Path(__file__).resolve().parents[1]
+SEQUENCES = ("bear", "boat")
+TINY_MODEL = {"embed_dim": 32, "stml_depth": 1, "num_heads": 2, "key_dim": 16, "value_dim": 32,
+              "decoder_dims": [16, 16, 8]}
+TINY = {"stage": "main", "steps": 4, "batch_size": 1, "clip_length": 3, "crop": [64, 128],
+        "frame_size": [96, 176], "checkpoint_every": 2, "log_every": 1, "threads": 1,
+        "bootstrap_warmup": 1, "bootstrap_ramp": 2, "max_gap_low": 1, "max_gap_high": 3, "model": TINY_MODEL}
+
+
+def make_tiny_davis(davis16: Path, dst: Path, frames: int = 6, size: tuple[int, int] = (176, 96)) -> Path:
+    """A DAVIS-layout copy of the first `frames` frames of SEQUENCES, resized to `size` (W, H)."""
+    for name in SEQUENCES:
+        for sub, ext, resample in (("JPEGImages", "jpg", Image.BILINEAR), ("Annotations", "png", Image.NEAREST)):
+            folder = dst / sub / "480p" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for file in sorted((davis16 / sub / "480p" / name).glob(f"*.{ext}"))[:frames]:
+                Image.open(file).resize(size, resample).save(folder / file.name)
+    (dst / "ImageSets" / "2016").mkdir(parents=True, exist_ok=True)
+    (dst / "ImageSets" / "2016" / "train.txt").write_text("\n".join(SEQUENCES) + "\n")
+    return dst
+
+
+def write_config(path: Path, **overrides: object) -> Path:
+    path.write_text(yaml.safe_dump({**TINY, **overrides}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_davis(davis16: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_davis(davis16, tmp_path_factory.mktemp("tiny") / "davis")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def train(*args: object) -> Result:
+    return CliRunner().invoke(app, ["train", *(str(a) for a in args)])
+
+
+def assert_bad_input(result: Result, *fragments: str) -> None:
+    """Exit 2 with exactly one `error:` line on stderr naming the problem."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def log_records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def recording(trainer) -> list[float]:
+    """Records the raw loss of every step the trainer takes."""
+    losses: list[float] = []
+    step = trainer.train_step
+
+    def wrapped() -> float:
+        losses.append(step())
+        return losses[-1]
+
+    trainer.train_step = wrapped
+    return losses
+
+
+# ---- exact resume, logs, curves, checkpoints ----------------------------------------------------
+
+def test_resume_matches_uninterrupted_run(tiny_davis: Path, cache_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "tiny.yaml")
+    straight = prepare_trainer(config, tiny_davis, tmp_path / "straight", cache_dir=cache_dir)
+    straight_losses = recording(straight)
+    straight.run()
+
+    first = prepare_trainer(config, tiny_davis, tmp_path / "split", cache_dir=cache_dir)
+    split_losses = recording(first)
+    first.run(until=2)
+    with (tmp_path / "split" / "log.jsonl").open("a") as log:  # a line written after the checkpoint, then a crash
+        log.write(json.dumps({"step": 3, "loss": 9.0, "lr": 1.0}) + "\n")
+    second = prepare_trainer(config, tiny_davis, tmp_path / "split", resume=True, cache_dir=cache_dir)
+    assert second.step == 2
+    resumed_losses = recording(second)
+    second.run()
+    split_losses += resumed_losses
+
+    assert len(straight_losses) == len(split_losses) == 4
+    assert all(math.isfinite(v) for v in straight_losses)
+    np.testing.assert_allclose(split_losses, straight_losses, rtol=0, atol=1e-5)
+    for (name, a), b in zip(straight.network.state_dict().items(), second.network.state_dict().values()):
+        assert torch.equal(a, b), name
+    straight_log, split_log = log_records(tmp_path / "straight"), log_records(tmp_path / "split")
+    assert [r["step"] for r in split_log] == [1, 2, 3, 4]  # the stale step-3 line was dropped on resume
+    assert [r["loss"] for r in split_log] == [r["loss"] for r in straight_log]
+    assert {"step", "loss", "lr", "it_per_s", "loss_mean"} <= set(straight_log[-1])
+
+
+def test_run_folder_holds_checkpoints_and_curves(tiny_davis: Path, cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train("--config", write_config(tmp_path / "tiny.yaml", steps=2), "--data", tiny_davis,
+                   "--out", out, "--cache-dir", cache_dir, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out / "model.safetensors")
+    assert "step 2/2" in result.stderr  # not a terminal: one plain progress line per log record
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("*.tmp"))
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert {"step", "model", "optimizer", "torch_rng", "py_rng"} <= set(state) and state["step"] == 2
+    network, config, metadata = load_model(out / "model.safetensors")
+    assert config.embed_dim == 32 and metadata["train_step"] == "2"
+    assert json.loads((out / "train_config.json").read_text())["steps"] == 2
+
+
+# ---- static stage ---------------------------------------------------------------------------------
+
+def test_static_clips_are_deterministic_and_valid(tiny_davis: Path) -> None:
+    pairs = list_still_pairs(tiny_davis, list(SEQUENCES))
+    assert len(pairs) == 12
+    clip = synth_clip(pairs, 3, (64, 96), 3, (96, 176), np.random.default_rng(7))
+    again = synth_clip(pairs, 3, (64, 96), 3, (96, 176), np.random.default_rng(7))
+    assert clip.frames.shape == (3, 3, 64, 96) and clip.masks.shape == (3, 3, 64, 96)
+    assert torch.equal(clip.frames, again.frames) and torch.equal(clip.masks, again.masks)
+    assert 0 <= clip.frames.min() and clip.frames.max() <= 1
+    assert clip.masks.sum(1).max() <= 1  # objects never overlap
+    assert (clip.masks[0].flatten(1).sum(1) > 0).all()  # every object is visible in the first frame
+    assert not torch.equal(clip.frames[0], clip.frames[1])  # frames are deformed independently
+
+
+def test_static_stage_trains_and_feeds_main_stage(tiny_davis: Path, cache_dir: Path, tmp_path: Path) -> None:
+    static = write_config(tmp_path / "static.yaml", stage="static", steps=2, crop=[64, 96],
+                          multi_object_prob=1.0, static_max_objects=3)
+    out = tmp_path / "static"
+    result = train("--config", static, "--data", tiny_davis, "--out", out, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    records = log_records(out)
+    assert [r["step"] for r in records] == [1, 2] and all(math.isfinite(r["loss"]) for r in records)
+    network, _, metadata = load_model(out / "model.safetensors")
+    assert metadata["train_stage"] == "static" and not network.training
+
+    main = write_config(tmp_path / "main.yaml", steps=1)
+    result = train("--config", main, "--data", tiny_davis, "--out", tmp_path / "main", "--cache-dir", cache_dir,
+                   "--init-from", out / "model.safetensors", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "main" / "train_config.json").read_text())["init_from"] == str(
+        out / "model.safetensors")
+
+
+def test_recipe_stages_load() -> None:
+    static = load_train_config(REPO / "configs" / "static_then_main_gpu.yaml", "static")
+    main = load_train_config(REPO / "configs" / "static_then_main_gpu.yaml", "main")
+    assert (static.stage, main.stage) == ("static", "main")
+    assert static.model == main.model and static.lr == main.lr == 3e-5 and static.batch_size == 16
+    assert main.lr_decay_steps == (100000,) and main.init_from and static.amp
+    assert load_train_config(REPO / "configs" / "lite0_static_cpu.yaml").model == \
+        load_train_config(REPO / "configs" / "lite0_davis16_cpu.yaml").model
+
+
+# ---- one-line errors --------------------------------------------------------------------------------
+
+def test_missing_data_root(tmp_path: Path) -> None:
+    result = train("--config", write_config(tmp_path / "c.yaml"), "--data", tmp_path / "nowhere", "--out", tmp_path / "o")
+    assert_bad_input(result, "nowhere", "data root not found")
+
+
+def test_missing_split_file(tmp_path: Path) -> None:
+    (tmp_path / "davis" / "JPEGImages").mkdir(parents=True)
+    result = train("--config", write_config(tmp_path / "c.yaml"), "--data", tmp_path / "davis", "--out", tmp_path / "o")
+    assert_bad_input(result, "ImageSets/2016/train.txt")
+
+
+def test_split_naming_a_missing_sequence(tmp_path: Path) -> None:
+    (tmp_path / "davis" / "ImageSets" / "2016").mkdir(parents=True)
+    (tmp_path / "davis" / "ImageSets" / "2016" / "train.txt").write_text("ghost\n")
+    result = train("--config", write_config(tmp_path / "c.yaml"), "--data", tmp_path / "davis", "--out", tmp_path / "o")
+    assert_bad_input(result, "ghost", "no .jpg frames")
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"learning_rate": 0.1}, "unknown TrainConfig keys ['learning_rate']"),
+    ({"model": {**TINY_MODEL, "depth": 3}}, "unknown ModelConfig keys ['depth']"),
+    ({"steps": "many"}, "`steps: 'many'`"),
+    ({"crop": [64]}, "`crop: [64]`"),
+    ({"crop": [60, 128]}, "multiples of 16"),
+    ({"stage": "warmup"}, "stage 'warmup'"),
+])
+def test_bad_config(tmp_path: Path, overrides: dict, fragment: str) -> None:
+    result = train("--config", write_config(tmp_path / "c.yaml", **overrides), "--data", tmp_path,
+                   "--out", tmp_path / "o")
+    assert_bad_input(result, "c.yaml", fragment)
+
+
+def test_bad_yaml_and_missing_config(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("steps: [1,\n")
+    assert_bad_input(train("--config", tmp_path / "broken.yaml", "--data", tmp_path, "--out", tmp_path / "o"),
+                     "invalid YAML")
+    assert_bad_input(train("--config", tmp_path / "absent.yaml", "--data", tmp_path, "--out", tmp_path / "o"),
+                     "training config not found")
+
+
+def test_recipe_needs_a_stage(tmp_path: Path) -> None:
+    config = REPO / "configs" / "static_then_main_gpu.yaml"
+    assert_bad_input(train("--config", config, "--data", tmp_path, "--out", tmp_path / "o"), "--stage", "static")
+    assert_bad_input(train("--config", config, "--stage", "finetune", "--data", tmp_path, "--out", tmp_path / "o"),
+                     "finetune")
+
+
+def test_existing_run_and_missing_init(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "state.pt").write_bytes(b"")
+    assert_bad_input(train("--config", config, "--data", tmp_path, "--out", tmp_path / "o"), "--resume")
+    assert_bad_input(train("--config", config, "--data", tmp_path, "--out", tmp_path / "fresh",
+                           "--init-from", tmp_path / "static.safetensors"), "init_from checkpoint not found")
