@@ -31,6 +31,7 @@ def save_model(network: torch.nn.Module, config: ModelConfig, path: str | Path,
     os.close(fd)
     try:
         save_file(state, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -133,7 +133,8 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.state_path)
         save_model(self.network, self.cfg.model, self.run_dir / "model.safetensors",
-                   {"train_step": str(self.step), "train_stage": self.cfg.stage})
+                   {"train_step": str(self.step), "train_stage": self.cfg.stage,
+                    "inference_size": str(min(self.cfg.frame_size))})  # the scale it learned at
         write_curves(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
         if digests:
             _atomic_write_text(self.run_dir / "replicas.json",
