@@ -30,16 +30,17 @@ def _score(method: str, frames: list[np.ndarray], masks: list[np.ndarray], n_obj
     return float(np.mean(scores))
 
 
-def _sequence(davis16: Path, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    frames = read_davis_frames(davis16, name, FRAMES)
-    masks = [(read_davis_mask(davis16, name, i) == 1).astype(np.uint8) for i in range(FRAMES)]
+def _sequence(davis16: Path, name: str, count: int = FRAMES) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    frames = read_davis_frames(davis16, name, count)
+    masks = [(read_davis_mask(davis16, name, i) == 1).astype(np.uint8) for i in range(len(frames))]
     return frames, masks
 
 
-def test_single_object_beats_flow_clearly(davis16: Path) -> None:
-    frames, masks = _sequence(davis16, "soapbox")
+def test_single_object_beats_flow_clearly_on_a_whole_sequence(davis16: Path) -> None:
+    """parkour (100 frames): a fast, deforming runner; flow drifts off him, memory keeps him."""
+    frames, masks = _sequence(davis16, "parkour", 100)
     model, flow = _score("stma", frames, masks, 1), _score("flow", frames, masks, 1)
-    assert model > 0.7 and model > flow + 0.1, (model, flow)
+    assert model > 0.75 and model > flow + 0.3, (model, flow)
 
 
 def test_two_objects_side_by_side_keep_their_ids(davis16: Path) -> None:
