@@ -23,6 +23,7 @@ from stma_core.config import InferenceConfig
 from stma_core.inference.object_manager import ObjectManager
 from stma_core.inference.spatial_memory import SpatialMemory
 from stma_core.inference.temporal_memory import TemporalMemory
+from stma_core.model.lite_backbone import fuse_for_inference
 from stma_core.model.network import FrameFeatures, STMANetwork
 
 
@@ -170,7 +171,9 @@ class VideoSession:
         prob = prob[:, : size[0], : size[1]]
         if (size[0], size[1]) != (height, width):
             prob = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        return prob.argmax(0).to(torch.uint8 if n < 255 else torch.int64).cpu().numpy()
+        # argmax over a contiguous last dim: same labels (first max wins), ~8x faster than over dim 0 on CPU
+        labels = prob.movedim(0, -1).contiguous().argmax(-1)
+        return labels.to(torch.uint8 if n < 255 else torch.int64).cpu().numpy()
 
     def _memorize(self, frame: FrameFeatures, prob: torch.Tensor, key: torch.Tensor | None, pin: bool) -> None:
         t = self.frame_index
@@ -193,6 +196,8 @@ def session_factory(checkpoint: str | None = None, device: str = "auto", size: i
 
     torch_device = resolve_device(device)
     network, _, metadata = load_model(checkpoint, torch_device)
+    if network.config.backbone == "lite":  # this network is only ever run: fold BatchNorm into the convs
+        network.trunk = fuse_for_inference(network.trunk)
     if size is None:  # the scale the model was trained at works best (see docs/MODEL.md)
         size = int(metadata.get("inference_size", InferenceConfig.size))
     base = config or InferenceConfig(size=size, device=device)

@@ -118,16 +118,7 @@ class STMANetwork(nn.Module):
         Affinity is the negative squared L2 distance, scaled (the query norm cancels in softmax).
         """
         top_k = self.config.top_k if top_k is None else top_k
-        scale = query.shape[-1] ** -0.5
-        sim = (2 * query @ mem_keys.transpose(1, 2) - mem_keys.pow(2).sum(-1)[:, None, :]) * scale  # B,N,L
-        if top_k and top_k < sim.shape[-1]:
-            values, indices = sim.topk(top_k, dim=-1)
-            weights = torch.zeros_like(sim).scatter_(-1, indices, values.softmax(-1))
-        else:
-            weights = sim.softmax(-1)
-        b, n, cv, length = mem_values.shape
-        readout = (mem_values.reshape(b, n * cv, length) @ weights.transpose(1, 2)).reshape(b, n, cv, -1)
-        return readout, weights.sum(1)
+        return topk_readout(affinity(query, mem_keys), mem_values, top_k)
 
     def segment(self, frame: FrameFeatures, test_features: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
         """-> per-object logits (B,n,H,W) at the input resolution."""
@@ -145,3 +136,43 @@ class STMANetwork(nn.Module):
             if not train_trunk and name.startswith("trunk."):
                 continue
             yield p
+
+
+def affinity(query: torch.Tensor, mem_keys: torch.Tensor) -> torch.Tensor:
+    """(B,N,Ck), (B,L,Ck) -> (B,N,L) scaled 2 q.k - |k|^2: one fused matmul-add, no extra full-size passes."""
+    scale = query.shape[-1] ** -0.5
+    key_sq = mem_keys.pow(2).sum(-1)[:, None, :] * -scale  # B,1,L
+    return torch.baddbmm(key_sq, query, mem_keys.transpose(1, 2), alpha=2 * scale)
+
+
+def topk_readout(sim: torch.Tensor, mem_values: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over each query's top_k affinities (all when top_k is 0 or >= L) -> readout (B,n,Cv,N), usage (B,L).
+
+    Without autograd the k chosen values are gathered instead of multiplying a dense (N, L) weight
+    matrix that is zero outside them: the same sums (up to float rounding) at about k/L of the cost.
+    Training keeps the dense form.
+    """
+    b, n, cv, length = mem_values.shape
+    if not top_k or top_k >= length:
+        weights = sim.softmax(-1)
+    else:
+        top, indices = sim.topk(top_k, dim=-1)  # B,N,k
+        top = top.softmax(-1)
+        if not (torch.is_grad_enabled() and (sim.requires_grad or mem_values.requires_grad)):
+            return _sparse_readout(top, indices, mem_values)
+        weights = torch.zeros_like(sim).scatter_(-1, indices, top)
+    readout = (mem_values.reshape(b, n * cv, length) @ weights.transpose(1, 2)).reshape(b, n, cv, -1)
+    return readout, weights.sum(1)
+
+
+def _sparse_readout(weights: torch.Tensor, indices: torch.Tensor, mem_values: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """weights, indices (B,N,k) -> readout (B,n,Cv,N) and usage (B,L) from the k picked memory entries."""
+    b, n, cv, length = mem_values.shape
+    queries, k = indices.shape[1:]
+    rows = mem_values.reshape(b, n * cv, length).transpose(1, 2).reshape(b * length, n * cv)
+    flat = indices + (torch.arange(b, device=indices.device) * length)[:, None, None]
+    picked = rows.index_select(0, flat.reshape(-1)).reshape(b * queries, k, n * cv)
+    readout = torch.bmm(weights.reshape(b * queries, 1, k), picked).reshape(b, queries, n * cv)
+    usage = weights.new_zeros(b, length).scatter_add_(1, indices.reshape(b, -1), weights.reshape(b, -1))
+    return readout.transpose(1, 2).reshape(b, n, cv, queries), usage
