@@ -230,6 +230,9 @@ def segment(
                                             "(outputs always keep the input size)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only result paths (stdout), and errors."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a batch skips finished videos otherwise)."),
+    engine: str = typer.Option("torch", "--engine", help="torch (PyTorch) or onnx (onnxruntime, needs --onnx-dir)."),
+    onnx_dir: Optional[Path] = typer.Option(None, "--onnx-dir", show_default=False,
+                                            help="Folder written by `stma export --format onnx` (with --engine onnx)."),
 ) -> None:
     """Segment the objects of the first-frame mask in every frame of a video.
 
@@ -238,6 +241,10 @@ def segment(
     fmt_list = _parse_formats(formats)
     if method not in METHODS:
         fail(f"--method: unknown method {method!r}; use {', '.join(METHODS)}")
+    if engine not in ("torch", "onnx"):
+        fail(f"--engine: unknown engine {engine!r}; use torch or onnx")
+    if engine == "onnx" and (onnx_dir is None or method != "stma"):
+        fail("--engine onnx: pass --onnx-dir with a `stma export --format onnx` folder (and --method stma)")
     device = _rank_device(_check_device(device))
     if size is not None and size < 16:
         fail(f"--size: {size} is too small; use a short side of at least 16 (or leave it out)")
@@ -251,14 +258,16 @@ def segment(
     except StmaOutputError as exc:
         fail(exc)
     try:
-        _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, size)
+        _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, size,
+                  onnx_dir if engine == "onnx" else None)
     finally:
         if created_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that wrote nothing leaves nothing behind
 
 
 def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, overwrite: bool, quiet: bool,
-              method: str, checkpoint: Path | None, device: str, size: int | None) -> None:
+              method: str, checkpoint: Path | None, device: str, size: int | None,
+              onnx_dir: Path | None = None) -> None:
     """Runs every job in order, printing result paths as they finish and the batch summary at the end."""
     console = stderr_console()
     factory: list[Callable[[], Propagator]] = []
@@ -266,7 +275,13 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
     def propagator() -> Propagator:
         if not factory:  # the model loads once, and only if a video needs it
             try:
-                factory.append(make_propagator_factory(method, str(checkpoint) if checkpoint else None, device, size))
+                if onnx_dir is not None:
+                    from stma_core.inference.onnx_session import make_onnx_propagator_factory
+
+                    factory.append(make_onnx_propagator_factory(onnx_dir))
+                else:
+                    factory.append(make_propagator_factory(method, str(checkpoint) if checkpoint else None,
+                                                           device, size))
             except (StmaInputError, ValueError, OSError) as exc:
                 raise _Stop(exc, EXIT_BAD_INPUT) from exc
         return factory[0]()
