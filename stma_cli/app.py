@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import typer
+import os
 
-from stma_cli import eval_cmd, export_cmd, segment_cmd, train_cmd
+# Idle OpenMP workers sleep instead of spinning: on a busy 2-core machine spinning made inference
+# 4-6x slower (docs/BENCHMARKS.md). Must be set before torch is imported; a user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import typer  # noqa: E402
+
+from stma_cli import eval_cmd, export_cmd, segment_cmd, train_cmd  # noqa: E402
 
 app = typer.Typer(
     name="stma",

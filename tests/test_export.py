@@ -99,6 +99,7 @@ def test_cli_bad_input_is_one_line(tiny_checkpoint: Path, tmp_path: Path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_step_graph_removes_memory_padding_exactly(tiny_checkpoint: Path, tmp_path: Path):
     """ONNX and TorchScript step graphs with 2 of 3 references and 2 of 4 memory frames real == PyTorch unpadded."""
     net, _, _ = load_model(tiny_checkpoint)
