@@ -6,12 +6,12 @@ All input checks happen here, before any heavy work, so bad input is one clear e
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from stma_core.config import ModelConfig, from_dict
 from stma_core.errors import StmaInputError
 from stma_core.training import distributed
 from stma_core.training.config_io import load_train_config
@@ -48,7 +48,7 @@ def prepare_trainer(config_path: Path, data: Path, out: Path, resume: bool = Fal
         raise StmaInputError(f"{out}: already holds a run (state.pt); pass --resume to continue or choose a new --out")
     if resume and (out / "train_config.json").exists():
         saved = json.loads((out / "train_config.json").read_text())
-        if saved.get("model") != asdict(cfg.model) | {"decoder_dims": list(cfg.model.decoder_dims)}:
+        if from_dict(ModelConfig, saved.get("model", {})) != cfg.model:  # from_dict restores tuples
             raise StmaInputError(f"{out}: the run was started with another model config; resume with the same --config")
     fresh = not (resume and state.exists())
     if fresh and cfg.init_from and not Path(cfg.init_from).is_file():
