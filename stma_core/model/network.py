@@ -21,7 +21,7 @@ from torch import nn
 
 from stma_core.config import ModelConfig
 from stma_core.model.decoder import MaskDecoder, aggregate
-from stma_core.model.lite_backbone import LITE_CHANNELS, LiteTrunk
+from stma_core.model.lite_backbone import LiteTrunk, lite_channels
 from stma_core.model.position import sinusoidal_2d
 from stma_core.model.stml import STML, ReferenceCache
 from stma_core.model.value_encoder import ValueEncoder
@@ -47,7 +47,7 @@ class STMANetwork(nn.Module):
         c = config.embed_dim
         if config.backbone == "lite":
             self.trunk = LiteTrunk(config.lite_variant, pretrained=pretrained_trunk)
-            ch = dict(LITE_CHANNELS)
+            ch = lite_channels(config.lite_variant)
             self.token_proj = nn.Linear(ch["f16"], c)
             blocks = [Block(c, config.num_heads, config.mlp_ratio, qkv_bias=True) for _ in range(config.stml_depth)]
         elif config.backbone == "vitb":

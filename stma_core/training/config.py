@@ -40,3 +40,9 @@ class TrainConfig:
     init_from: str | None = None  # model.safetensors to start from (e.g. the static stage's); fresh runs only
     static_max_objects: int = 3  # static stage: multi-object clips have 2..this many objects
     static_frame_every: int = 1  # static stage: use every k-th frame of each sequence as a still
+    static_images: str | None = None  # static stage: still-image folder (e.g. DUTS-TR-Image) instead of DAVIS frames
+    static_masks: str | None = None  # its masks, same stems as the images (.png; soft masks cut at 128)
+    static_holdout: int = 0  # static stage: the last k stills (by name) are never trained on (for validation)
+    static_distractor_prob: float = 0.0  # static stage: chance of an unannotated copy of a target in a clip
+    static_region_prob: float = 0.0  # static stage: chance that object 1 is a random background region
+    static_mix_prob: float = 0.0  # main stage: share of batches that are static clips (needs static_images)

@@ -81,6 +81,15 @@ def validate(cfg: TrainConfig, path: Path) -> None:
         problems.append("crop and frame_size must be positive multiples of 16")
     if cfg.stage == "main" and (cfg.crop[0] > cfg.frame_size[0] or max(cfg.crop[1], 160) > cfg.frame_size[1]):
         problems.append(f"crop {list(cfg.crop)} must fit in frame_size {list(cfg.frame_size)} (width >= 160)")
+    if cfg.static_mix_prob > 0 and cfg.stage != "main":
+        problems.append("static_mix_prob is for stage main (the static stage is all static clips)")
+    for key in ("static_distractor_prob", "static_region_prob", "multi_object_prob", "static_mix_prob"):
+        if not 0 <= getattr(cfg, key) <= 1:
+            problems.append(f"{key} must be in [0, 1]")
+    if cfg.static_holdout < 0:
+        problems.append("static_holdout must be >= 0")
+    if (cfg.static_images is None) != (cfg.static_masks is None):
+        problems.append("static_images and static_masks go together (an image folder and its mask folder)")
     if cfg.static_max_objects < 2:
         problems.append("static_max_objects must be >= 2")
     if problems:

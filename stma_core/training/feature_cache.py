@@ -56,9 +56,9 @@ def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
 
 @torch.inference_mode()
 def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] = (288, 512),
-                batch: int = 8, progress=None) -> None:
+                batch: int = 8, progress=None, variant: str = "lite0") -> None:
     """Encodes every frame of `names` at `size` (H, W) and writes one .pt file per sequence in `out`."""
-    trunk = LiteTrunk().eval()
+    trunk = LiteTrunk(variant).eval()
     out.mkdir(parents=True, exist_ok=True)
     h, w = size
     for name in names:

@@ -16,7 +16,7 @@ from stma_core.errors import StmaInputError
 from stma_core.training import distributed
 from stma_core.training.config_io import load_train_config
 from stma_core.training.feature_cache import build_cache, check_sequences, load_cache, read_split
-from stma_core.training.static_data import list_still_pairs
+from stma_core.training.static_data import list_still_folder, list_still_pairs
 from stma_core.training.trainer import Trainer
 
 
@@ -29,18 +29,32 @@ def find_split_file(root: Path, split: str) -> Path:
                          "pass --data with a DAVIS-layout root")
 
 
-def prepare_trainer(config_path: Path, data: Path, out: Path, resume: bool = False,
+def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: bool = False,
                     cache_dir: Path | None = None, log: Callable[[str], None] | None = None,
                     stage: str | None = None, init_from: Path | None = None,
-                    device: str | torch.device = "cpu") -> Trainer:
-    """Config + data checks, feature cache (stage main; rank 0 builds it), trainer, resume or init weights."""
+                    device: str | torch.device = "cpu", static_images: Path | None = None,
+                    static_masks: Path | None = None) -> Trainer:
+    """Config + data checks, feature cache (stage main; rank 0 builds it), trainer, resume or init weights.
+
+    `data` is a DAVIS-layout root; the static stage may instead read a still-image folder pair
+    (`static_images`/`static_masks`, overriding the config's), and then needs no `data`.
+    """
     cfg = load_train_config(config_path, stage)
     if init_from is not None:
         cfg.init_from = str(init_from)
+    if (static_images is None) != (static_masks is None):
+        raise StmaInputError(f"{static_images or static_masks}: --static-images and --static-masks go together; "
+                             "pass both folders")
+    if static_images is not None:
+        cfg.static_images, cfg.static_masks = str(static_images), str(static_masks)
+    stills = cfg.stage == "static" and cfg.static_images is not None
+    if data is None and not stills:
+        raise StmaInputError(f"{config_path}: stage {cfg.stage} needs --data, a DAVIS-layout root (the static "
+                             "stage can read --static-images/--static-masks instead)")
     if not cfg.cache_features or cfg.model.backbone != "lite" or cfg.train_trunk:
         raise StmaInputError(f"{config_path}: this build trains with cached features of a frozen lite trunk only; "
                              "set cache_features: true, train_trunk: false, model.backbone: lite")
-    if not data.is_dir():
+    if data is not None and not data.is_dir():
         raise StmaInputError(f"{data}: data root not found; pass --data with a DAVIS-layout folder "
                              "(JPEGImages/480p, Annotations/480p, ImageSets/)")
     state = out / "state.pt"
@@ -54,24 +68,39 @@ def prepare_trainer(config_path: Path, data: Path, out: Path, resume: bool = Fal
     if fresh and cfg.init_from and not Path(cfg.init_from).is_file():
         raise StmaInputError(f"{cfg.init_from}: init_from checkpoint not found; train the earlier stage first "
                              "or fix init_from / --init-from")
-    split_file = find_split_file(data, cfg.split)
-    names = read_split(data, split_file)
-    check_sequences(data, names, split_file)
     rank = distributed.current()
-    if cfg.stage == "static":
-        train_data = list_still_pairs(data, names, cfg.static_frame_every)
+    mixed: list | None = None
+    if cfg.stage == "main" and cfg.static_mix_prob > 0:
+        if cfg.static_images is None:
+            raise StmaInputError(f"{config_path}: static_mix_prob needs static_images and static_masks "
+                                 "(or --static-images/--static-masks)")
+        mixed, _ = list_still_folder(Path(cfg.static_images), Path(cfg.static_masks), cfg.static_holdout)
         if log and rank.is_main:
-            log(f"static stage: {len(train_data)} still image + mask pairs from {len(names)} sequences")
+            log(f"main stage mixes in static clips ({cfg.static_mix_prob:.0%} of batches) from {len(mixed)} stills")
+    if stills:
+        train_data, held_out = list_still_folder(Path(cfg.static_images), Path(cfg.static_masks), cfg.static_holdout)
+        if log and rank.is_main:
+            log(f"static stage: {len(train_data)} still image + mask pairs from {cfg.static_images} "
+                f"({len(held_out)} held out)")
     else:
-        cache = cache_dir or out / "cache"
-        cache = cache / f"{data.name}_{cfg.split}_{cfg.frame_size[0]}x{cfg.frame_size[1]}"
-        if rank.is_main:
-            if log:
-                log(f"caching trunk features of {len(names)} sequences in {cache}")
-            build_cache(data, names, cache, size=tuple(cfg.frame_size))
-        distributed.barrier()
-        train_data = load_cache(cache, names)
-    trainer = Trainer(cfg, train_data, out, device=device)
+        split_file = find_split_file(data, cfg.split)
+        names = read_split(data, split_file)
+        check_sequences(data, names, split_file)
+        if cfg.stage == "static":
+            train_data = list_still_pairs(data, names, cfg.static_frame_every)
+            if log and rank.is_main:
+                log(f"static stage: {len(train_data)} still image + mask pairs from {len(names)} sequences")
+        else:
+            cache = cache_dir or out / "cache"
+            variant = "" if cfg.model.lite_variant == "lite0" else f"_{cfg.model.lite_variant}"  # lite0: old name
+            cache = cache / f"{data.name}_{cfg.split}_{cfg.frame_size[0]}x{cfg.frame_size[1]}{variant}"
+            if rank.is_main:
+                if log:
+                    log(f"caching trunk features of {len(names)} sequences in {cache}")
+                build_cache(data, names, cache, size=tuple(cfg.frame_size), variant=cfg.model.lite_variant)
+            distributed.barrier()
+            train_data = load_cache(cache, names)
+    trainer = Trainer(cfg, train_data, out, device=device, stills=mixed)
     if not fresh:
         trainer.resume()
         if log and rank.is_main:

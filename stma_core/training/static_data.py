@@ -2,9 +2,14 @@
 
 A clip deforms one still (its object is object 1, the rest is background) with a fresh random
 affine + perspective warp per frame, pastes objects cut from other stills on top (each with its own
-warps, so they move and occlude each other), and jitters colours per frame. The stills are the
-frames of the DAVIS train split with their masks, so no extra data set is needed. As these frames
-are new every step, the frozen trunk runs on them in the trainer (no feature cache).
+warps, so they move and occlude each other), and jitters colours per frame. With some probability a
+second, unannotated copy of an annotated object is pasted too (a distractor that looks exactly like
+the target), so the model learns to follow the annotated region rather than the most salient one.
+
+The stills are either a still-image data set in the generic layout (an image folder and a mask
+folder with matching file stems, e.g. DUTS-TR: `list_still_folder`) or the frames of the DAVIS
+train split with their masks (`list_still_pairs`). As the clips are new every step, the frozen
+trunk runs on them in the trainer (no feature cache).
 
 All randomness comes from one numpy Generator per clip, seeded from the trainer's Python RNG, so a
 resumed run synthesizes exactly the clips an uninterrupted one would.
@@ -24,10 +29,56 @@ from PIL import Image
 from stma_core.training.feature_cache import frame_paths
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
 @dataclass(frozen=True)
 class StillPair:
     image: Path
-    mask: Path  # palette PNG: 0 background, k object k, 255 void
+    mask: Path  # palette PNG (0 background, k object k, 255 void), id grey PNG, or soft/binary grey mask
+
+
+def read_still_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A still's mask as uint8 ids (0 background, 1.. objects, 255 void), optionally resized (H, W) nearest.
+
+    Palette PNGs keep their indices. Grey masks whose values are all small (<= 10) are id masks;
+    other grey masks (salient-object sets such as DUTS ship soft 0..255 edges) are thresholded at 128
+    into one object. RGB(A) masks are read as grey.
+    """
+    image = Image.open(path)
+    if image.mode != "P":
+        image = image.convert("L")
+    ids = np.array(image)
+    if image.mode != "P" and ids.max() > 10:
+        ids = (ids >= 128).astype(np.uint8)
+    if size is not None:
+        ids = cv2.resize(ids, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return ids
+
+
+def list_still_folder(images: Path, masks: Path, holdout: int = 0) -> tuple[list[StillPair], list[StillPair]]:
+    """Pairs image files of `images` with the mask of the same stem in `masks` (sorted by stem).
+
+    Returns (training pairs, the last `holdout` pairs kept apart for validation).
+    Raises StmaInputError naming the folder when either is missing or no stem matches.
+    """
+    from stma_core.errors import StmaInputError
+
+    for folder, what in ((images, "image"), (masks, "mask")):
+        if not folder.is_dir():
+            raise StmaInputError(f"{folder}: {what} folder of the static stage not found; pass --static-images/"
+                                 "--static-masks (or static_images/static_masks in the config) with existing folders")
+    mask_by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"}
+    pairs = [StillPair(p, mask_by_stem[p.stem]) for p in sorted(images.iterdir(), key=lambda p: p.stem)
+             if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in mask_by_stem]
+    if not pairs:
+        raise StmaInputError(f"{images}: no image has a .png mask of the same name in {masks}; the static stage "
+                             "pairs IMAGES/<name>.jpg with MASKS/<name>.png")
+    if holdout >= len(pairs):
+        raise StmaInputError(f"{images}: static_holdout {holdout} leaves no training stills of {len(pairs)}; "
+                             "lower static_holdout")
+    cut = len(pairs) - holdout
+    return pairs[:cut], pairs[cut:]
 
 
 @dataclass
@@ -51,7 +102,7 @@ Layer = tuple[np.ndarray, np.ndarray]  # RGB uint8 image, object mask (bool or u
 def _load_object(pair: StillPair, size: tuple[int, int], gen: np.random.Generator) -> Layer | None:
     """-> (RGB uint8 image at `size` (H, W), bool mask of one of its objects) or None if it has none."""
     h, w = size
-    ids = np.array(Image.open(pair.mask).resize((w, h), Image.NEAREST))
+    ids = read_still_mask(pair.mask, size)
     present = [i for i in np.unique(ids) if 0 < i < 255]
     if not present:
         return None
@@ -126,10 +177,14 @@ def _paste_layer(image: np.ndarray, mask: np.ndarray, crop: tuple[int, int], gen
     return layer, layer_mask
 
 
-def _render(layers: list[Layer], length: int, crop: tuple[int, int],
-            gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Warps every layer per frame; later layers occlude earlier ones. -> frames (T,H,W,3), masks (T,n,H,W)."""
+def _render(layers: list[Layer], length: int, crop: tuple[int, int], gen: np.random.Generator,
+            annotated: list[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Warps every layer per frame; later layers occlude earlier ones. -> frames (T,H,W,3), masks (T,n,H,W).
+
+    `annotated[k]` False makes layer k a distractor: drawn and occluding, but not one of the n masks.
+    """
     ch, cw = crop
+    annotated = annotated or [True] * len(layers)
     frames, masks = [], []
     for _ in range(length):
         frame = None
@@ -138,28 +193,61 @@ def _render(layers: list[Layer], length: int, crop: tuple[int, int],
             warp = random_warp(ch, cw, gen)
             border = cv2.BORDER_REFLECT if k == 0 else cv2.BORDER_CONSTANT
             warped = cv2.warpPerspective(image, warp, (cw, ch), flags=cv2.INTER_LINEAR, borderMode=border)
-            warped_mask = cv2.warpPerspective(mask, warp, (cw, ch), flags=cv2.INTER_NEAREST,
-                                              borderMode=cv2.BORDER_CONSTANT) > 0
+            # the background's border is reflected, so is its mask: a mirrored part of the object is labelled
+            warped_mask = cv2.warpPerspective(mask, warp, (cw, ch), flags=cv2.INTER_NEAREST, borderMode=border) > 0
             if k == 0:
                 frame = warped
             else:
                 frame[warped_mask] = warped[warped_mask]
                 for previous in objects:
                     previous &= ~warped_mask
-            objects.append(warped_mask)
+            if annotated[k]:
+                objects.append(warped_mask)
         frames.append(colour_jitter(frame, gen))
         masks.append(np.stack(objects))
     return np.stack(frames), np.stack(masks)
 
 
+def _region_target(layer: Layer, crop: tuple[int, int], gen: np.random.Generator) -> Layer:
+    """The background still with a random polygon region as its object instead of the salient one.
+
+    Teaches that the annotation, not saliency, defines the target (a patch of background or part of
+    a scene is tracked as faithfully as a salient object)."""
+    image, _ = layer
+    ch, cw = crop
+    radius = gen.uniform(0.12, 0.3) * min(ch, cw)
+    cy, cx = gen.uniform(radius, ch - radius), gen.uniform(radius, cw - radius)
+    angles = np.sort(gen.uniform(0, 2 * np.pi, int(gen.integers(5, 10))))
+    radii = radius * gen.uniform(0.5, 1.0, len(angles))
+    points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).astype(np.int32)
+    mask = np.zeros((ch, cw), np.uint8)
+    cv2.fillPoly(mask, [points], 1)
+    return image, mask
+
+
 def synth_clip(pairs: list[StillPair], length: int, crop: tuple[int, int], num_objects: int,
-               frame_size: tuple[int, int], gen: np.random.Generator) -> StaticClip:
-    """A `length`-frame clip of `num_objects` objects at `crop` (H, W); each object is visible in frame 0."""
+               frame_size: tuple[int, int], gen: np.random.Generator, distractor_prob: float = 0.0,
+               region_prob: float = 0.0) -> StaticClip:
+    """A `length`-frame clip of `num_objects` objects at `crop` (H, W); each object is visible in frame 0.
+
+    With probability `distractor_prob` an unannotated copy of one annotated object is pasted too;
+    with probability `region_prob` object 1 is a random region of the background still instead of
+    its salient object. frames (T, 3, H, W) float32 in [0, 1], masks (T, num_objects, H, W) {0, 1}.
+    """
     min_pixels = 0.002 * crop[0] * crop[1]
     for _attempt in range(10):
-        layers = [_background(*_pick(pairs, frame_size, gen), crop, gen)]
+        background = _background(*_pick(pairs, frame_size, gen), crop, gen)
+        if gen.random() < region_prob:
+            background = _region_target(background, crop, gen)
+        layers = [background]
         layers += [_paste_layer(*_pick(pairs, frame_size, gen), crop, gen) for _ in range(num_objects - 1)]
-        frames, masks = _render(layers, length, crop, gen)
+        annotated = [True] * len(layers)
+        if gen.random() < distractor_prob:
+            source = layers[int(gen.integers(len(layers)))]
+            if source[1].any():
+                layers.append(_paste_layer(*source, crop, gen))
+                annotated.append(False)
+        frames, masks = _render(layers, length, crop, gen, annotated)
         if all(m.sum() >= min_pixels for m in masks[0]):
             break
     if gen.random() < 0.5:

@@ -72,9 +72,12 @@ class Trainer:
     """Trains everything after the frozen trunk (token projection, STML, memory, decoder)."""
 
     def __init__(self, cfg: TrainConfig, data: TrainData, run_dir: Path, network: STMANetwork | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", stills: list[StillPair] | None = None) -> None:
+        """data: cached video sequences (stage main) or still pairs (stage static); stills: the still
+        pairs that a main stage mixes in (cfg.static_mix_prob of its batches are synthetic clips)."""
         self.cfg = cfg
         self.data = data
+        self.stills = data if cfg.stage == "static" else (stills or [])
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.dist = distributed.current()
@@ -204,8 +207,9 @@ class Trainer:
         cfg = self.cfg
         multi = self.rng.random() < cfg.multi_object_prob
         n_obj = self.rng.randint(2, cfg.static_max_objects) if multi else 1
-        clips = [synth_clip(self.data, cfg.clip_length, cfg.crop, n_obj, cfg.frame_size,
-                            np.random.default_rng(self.rng.getrandbits(64))) for _ in range(cfg.batch_size)]
+        clips = [synth_clip(self.stills, cfg.clip_length, cfg.crop, n_obj, cfg.frame_size,
+                            np.random.default_rng(self.rng.getrandbits(64)), cfg.static_distractor_prob,
+                            cfg.static_region_prob) for _ in range(cfg.batch_size)]
         frames, masks = collate_static(clips)
         b, t = frames.shape[:2]
         with torch.no_grad(), self._autocast():
@@ -219,7 +223,8 @@ class Trainer:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.step)
-        maps, masks = self._static_batch() if cfg.stage == "static" else self._video_batch()
+        static = cfg.stage == "static" or (self.stills and self.rng.random() < cfg.static_mix_prob)
+        maps, masks = self._static_batch() if static else self._video_batch()
         maps = {k: v.to(self.device, non_blocking=True) for k, v in maps.items()}
         masks = masks.to(self.device, non_blocking=True)
         top = bootstrap_fraction(self.step, cfg.bootstrap_warmup, cfg.bootstrap_ramp)
