@@ -187,8 +187,9 @@ h3{margin:24px 0 6px} .meta{color:#666;font-size:.9em} .note{color:#666;font-siz
 table{border-collapse:collapse;font-size:.9em;margin:8px 0} th,td{padding:4px 10px;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left} tr.run td{font-weight:600} tr.ref td{color:#666}
 .up{color:#1a7f37} .down{color:#c62828} .swatch{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
-figure{display:inline-block;margin:0 6px 6px 0;text-align:center;font-size:.75em;color:#555;vertical-align:top}
-figure img{display:block;border:1px solid #ccc} .row{margin:4px 0 12px} .row b{display:block;font-size:.85em;margin-bottom:2px}
+.row{margin:4px 0 12px} .row b{display:block;font-size:.85em;margin-bottom:2px} .thumbs{display:flex;gap:6px}
+figure{flex:1 1 0;min-width:0;max-width:240px;margin:0;text-align:center;font-size:.75em;color:#555}
+figure img{display:block;width:100%;height:auto;border:1px solid #ccc}
 nav a{margin-right:10px;font-size:.9em} img.plot{max-width:100%}
 """
 
@@ -268,7 +269,7 @@ def _worst_frames_html(runs: list[Run], sequence: str, assets: Path, annotations
             values = [(float(j) + float(f)) / 2 for o in second for fr, j, f in zip(o.frames, o.j, o.f) if fr == name]
             others = f", {_esc(runs[1].label)}: {100 * float(np.mean(values)):.1f}" if values else ""
         rows.append(f'<div class="row worst"><b>frame {_esc(name)} — (J+F)/2 {_esc(runs[0].label)}: '
-                    f'{100 * score:.1f}{others}</b>{"".join(cells)}</div>')
+                    f'{100 * score:.1f}{others}</b><div class="thumbs">{"".join(cells)}</div></div>')
     return "".join(rows)
 
 
