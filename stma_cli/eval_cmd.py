@@ -196,6 +196,11 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
 def _check_report_options(report: Optional[Path], compare: Optional[Path], dataset: Optional[str],
                           overwrite: bool) -> None:
     """Problems with --report/--compare are reported before any segmenting or scoring."""
+    if dataset is not None and (report is not None or compare is not None):
+        spec = get_dataset(dataset)
+        if spec.family == "ytvos":
+            raise StmaInputError(f"--report/--compare need local scores, but {spec.name} has no public ground truth; "
+                                 f"drop them and submit to {YTVOS_SERVER}")
     if compare is not None and not compare.is_dir():
         raise StmaInputError(f"{compare}: --compare folder does not exist; pass a folder of <sequence>/<frame>.png "
                              "predictions")

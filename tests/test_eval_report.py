@@ -196,3 +196,11 @@ def test_difference_image_colours() -> None:
     assert tuple(diff[0, 2]) == (40, 90, 255)  # claimed wrongly
     assert tuple(diff[0, 3]) == (150, 150, 150)  # void
     assert diff[0, 0, 1] > diff[0, 0, 0]  # right: green tint
+
+
+def test_report_needs_local_scores(tmp_path: Path) -> None:
+    result = run("--dataset", "ytvos-valid", "--root", tmp_path, "--report", tmp_path / "r")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--report/--compare" in lines[0] and "ytvos-valid" in lines[0]
+    assert not (tmp_path / "r").exists()
