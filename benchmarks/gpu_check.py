@@ -357,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = Plan.smoke() if args.smoke else Plan()
     dev = Device(args.device)
-    if dev.cuda:
-        torch.cuda.set_device(torch.device(args.device))
+    if ":" in args.device:
+        torch.cuda.set_device(int(args.device.split(":")[1]))
     frames, mask = load_clip(plan.frames)
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if dev.cuda else platform.processor() or "cpu",

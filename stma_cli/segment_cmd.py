@@ -30,7 +30,8 @@ from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import ensure_writable_dir
 from stma_core.io.frames import FrameFolderSource, FrameSource, find_videos, is_frame_folder, open_frames
 from stma_core.io.masks import LoadedMask, fit_mask, keep_new_objects, load_mask, load_mask_folder
-from stma_core.io.outputs import ALL_FORMATS, ALPHA_CODECS, OVERLAY_STYLES, OutputOptions, OutputWriter, all_output_paths
+from stma_core.io.outputs import (ALL_FORMATS, ALPHA_CODECS, OVERLAY_STYLES, VIDEO_FORMATS, OutputOptions, OutputWriter,
+                                  all_output_paths)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -335,6 +336,8 @@ def segment(
         fail("--engine onnx: pass --onnx-dir with a `stma export --format onnx` folder (and --method stma)")
     device = _rank_device(_check_device(device))
     extras = _check_extras(start, end, stride, fps, objects, overlay_alpha, overlay_style, labels, alpha_codec)
+    if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
+        warn(stderr_console(), f"--fps only sets the frame rate of {', '.join(VIDEO_FORMATS)} outputs; none is requested")
     if size is not None and size < 16:
         fail(f"--size: {size} is too small; use a short side of at least 16 (or leave it out)")
     jobs, batch = _find_jobs(input_path, mask, mask_dir, out)

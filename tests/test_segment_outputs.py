@@ -260,3 +260,27 @@ def test_session_probabilities_accessor(clip: tuple[Path, Path, list[np.ndarray]
     probs = session.probabilities()
     assert list(probs) == [1] and probs[1].shape == labels.shape and probs[1].dtype == np.uint8
     assert agreement(probs[1] >= 128, labels == 1) > 0.999
+
+
+def test_fps_without_a_video_output_warns(tmp_path: Path, clip: tuple[Path, Path, list[np.ndarray]]) -> None:
+    video, mask, _ = clip
+    result = segment(video, "--mask", mask, "--out", tmp_path, "--method", "copy", "-f", "matte", "--fps", "5",
+                     "--end", "2")
+    assert result.exit_code == 0, result.output
+    assert "warning: --fps only sets the frame rate" in result.stderr
+
+
+def test_batch_skips_videos_whose_new_outputs_exist(tmp_path: Path, clip: tuple[Path, Path, list[np.ndarray]]) -> None:
+    video, mask, _ = clip
+    videos, masks = tmp_path / "videos", tmp_path / "masks"
+    videos.mkdir()
+    masks.mkdir()
+    (videos / "a.mp4").write_bytes(video.read_bytes())
+    (masks / "a.png").write_bytes(mask.read_bytes())
+    args = (videos, "--mask", masks, "--out", tmp_path / "out", "--method", "copy", "-f", "matte", "-f", "prob-npz",
+            "--end", "2")
+    assert segment(*args).exit_code == 0
+    stamp = (tmp_path / "out" / "a.matte" / "1" / "00000.png").stat().st_mtime_ns
+    again = segment(*args)
+    assert again.exit_code == 0 and "skipped" in again.stderr
+    assert (tmp_path / "out" / "a.matte" / "1" / "00000.png").stat().st_mtime_ns == stamp

@@ -77,8 +77,7 @@ class OutputOptions:
                 yield str(object_id), mask == object_id
 
 
-def all_output_paths(out_dir: Path, video: str, formats: list[str] | tuple[str, ...],
-                     options: OutputOptions | None = None) -> dict[str, Path]:
+def all_output_paths(out_dir: Path, video: str, formats: list[str] | tuple[str, ...]) -> dict[str, Path]:
     """Final path of each requested output of a video (see the module docstring for the layout)."""
     names = {"png": video, "rle": f"{video}.rle.json", "overlay": f"{video}.overlay.mp4",
              **{fmt: f"{video}.{fmt}" for fmt in NEW_FORMATS}}
@@ -339,7 +338,7 @@ class OutputWriter(VideoWriter):
                  options: OutputOptions | None = None, overwrite: bool = False, queue_size: int = 8) -> None:
         super().__init__(out_dir, video, [f for f in formats if f in FORMATS], size, fps, overwrite, queue_size)
         self.options = options or OutputOptions()
-        self.paths = all_output_paths(self.out_dir, video, formats, self.options)
+        self.paths = all_output_paths(self.out_dir, video, formats)
 
     def write(self, name: str, frame: np.ndarray, mask: np.ndarray, soft: SoftMasks | None = None) -> None:
         """Queues one frame: HxWx3 uint8 RGB, HxW uint8 id mask, optional soft masks (copies: the writer owns them)."""
