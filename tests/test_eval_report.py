@@ -107,29 +107,43 @@ def render(index: Path) -> _Page:
     return parse(dom.stdout)
 
 
-def test_report_of_two_runs_renders_in_a_browser(small_root: Path, preds: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def two_runs(small_root: Path, preds: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report folder of `--pred exact --compare eroded`."""
     exact, eroded = preds
-    report = tmp_path / "report"
-    result = run("--pred", exact, "--gt", small_root, "--out", tmp_path / "csv", "--compare", eroded,
+    base = tmp_path_factory.mktemp("two-runs")
+    report = base / "report"
+    result = run("--pred", exact, "--gt", small_root, "--out", base / "csv", "--compare", eroded,
                  "--report", report, "--json", "-q")
     assert result.exit_code == 0, result.output
-    assert (report / "index.html").is_file() and not list(tmp_path.glob("*.partial"))
+    assert not list(base.glob("*.partial"))
+    return report
+
+
+def test_report_of_two_runs_holds_every_part(two_runs: Path) -> None:
+    report = two_runs
+    assert (report / "index.html").is_file()
     page = parse((report / "index.html").read_text())
     for image in page.images:  # self-contained: every image is a file inside the folder
         assert not re.match(r"[a-z]+://", image["src"]) and (report / image["src"]).is_file(), image["src"]
+        with Image.open(report / image["src"]) as png:
+            assert png.format == "PNG" and min(png.size) > 20
     thumbs = [i for i in page.images if "thumb" in i.get("class", "")]
     assert len(thumbs) == len(SEQUENCES) * 3 * 6  # 3 worst frames x (frame, GT, 2 x (prediction, difference))
     assert sum("curves" in i.get("class", "") for i in page.images) == len(SEQUENCES)
     assert {"global", "sequences", *(f"seq-{s}" for s in SEQUENCES)} <= page.ids
     assert page.global_rows == 1 + 2 + 1 + 3  # header, two runs, difference, three reference baselines
-
-    rendered = render(report / "index.html")
-    assert rendered.body.get("data-images-loaded") == f"{len(page.images)}/{len(page.images)}", rendered.body
-    assert len(rendered.images) == len(page.images)
-
     html = (report / "index.html").read_text()
     assert "exact" in html and "eroded" in html
     assert 'class="down"' in html and 'class="up"' not in html  # the eroded run is worse everywhere
+
+
+def test_report_of_two_runs_renders_in_a_browser(two_runs: Path) -> None:
+    page = parse((two_runs / "index.html").read_text())
+    rendered = render(two_runs / "index.html")
+    assert rendered.body.get("data-images-loaded") == f"{len(page.images)}/{len(page.images)}", rendered.body
+    assert len(rendered.images) == len(page.images)
+    assert {"global", "sequences", *(f"seq-{s}" for s in SEQUENCES)} <= rendered.ids
 
 
 def test_screenshot_shows_the_report(small_root: Path, preds: tuple[Path, Path], tmp_path: Path) -> None:
