@@ -105,12 +105,15 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Scoring threads (default: one per CPU)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report folder (index.html + PNGs; opens without a server)."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="Second prediction folder, scored on the same split and shown beside the first (table and --report)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --report folder."),
 ) -> None:
     """Score predictions with the official DAVIS J/F protocol, or segment a benchmark and score it."""
     console = stderr_console()
     try:
         payload = _evaluate(pred, gt, split, dataset, root, method, checkpoint, device, size, pred_out, out,
-                            as_json, quiet, workers, console)
+                            as_json, quiet, workers, console, report=report, compare=compare, overwrite=overwrite)
     except (StmaInputError, StmaOutputError) as exc:
         fail(exc)
     if as_json:
@@ -120,8 +123,10 @@ def evaluate(
 def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], dataset: Optional[str],
               root: Optional[Path], method: str, checkpoint: Optional[Path], device: str, size: Optional[int],
               pred_out: Optional[Path], out: Optional[Path], as_json: bool, quiet: bool,
-              workers: Optional[int], console: Console) -> dict[str, Any]:
+              workers: Optional[int], console: Console, report: Optional[Path] = None,
+              compare: Optional[Path] = None, overwrite: bool = False) -> dict[str, Any]:
     extra: dict[str, Any] = {}
+    _check_report_options(report, compare, dataset, overwrite)
     if dataset is None:
         if pred is None or gt is None:
             raise StmaInputError("give --pred PRED_DIR --gt DAVIS_ROOT to score predictions, or --dataset NAME "
@@ -161,11 +166,46 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
                               f"--split {split_arg})")
     result = _score(pred, gt_root, split_arg, quiet, console, workers)
     global_csv, per_seq_csv = write_csvs(result, out or pred)
+    second = _score(compare, gt_root, split_arg, quiet, console, workers) if compare is not None else None
+    index = None
+    if report is not None:
+        from stma_core.eval.report_html import Run, write_report
+
+        runs = [Run(extra.get("method") or pred.name, result)]
+        if second is not None:
+            label = compare.name if compare.name != runs[0].label else f"{compare.name} (compare)"
+            runs.append(Run(label, second))
+        index = write_report(report, runs, overwrite=overwrite)
     if as_json:
         extra["csv"] = {"global": str(global_csv), "per_sequence": str(per_seq_csv)}
+        if second is not None:
+            extra["compare"] = result_json(second)
+        if index is not None:
+            extra["report"] = str(index)
         return result_json(result, extra)
     render_table(result, Console(soft_wrap=True))
+    if second is not None:
+        render_table(second, Console(soft_wrap=True), title=f"--compare {compare}: {len(second.objects)} objects (%)")
     if not quiet:
         info(console, f"scored {len(result.objects)} objects in {result.seconds:.1f}s; wrote {global_csv} and {per_seq_csv}")
+        if index is not None:
+            info(console, f"report: {index} (open it in a browser)")
     return {}
+
+
+def _check_report_options(report: Optional[Path], compare: Optional[Path], dataset: Optional[str],
+                          overwrite: bool) -> None:
+    """Problems with --report/--compare are reported before any segmenting or scoring."""
+    if dataset is not None and (report is not None or compare is not None):
+        spec = get_dataset(dataset)
+        if spec.family == "ytvos":
+            raise StmaInputError(f"--report/--compare need local scores, but {spec.name} has no public ground truth; "
+                                 f"drop them and submit to {YTVOS_SERVER}")
+    if compare is not None and not compare.is_dir():
+        raise StmaInputError(f"{compare}: --compare folder does not exist; pass a folder of <sequence>/<frame>.png "
+                             "predictions")
+    if report is not None:
+        from stma_core.eval.report_html import check_report_dir
+
+        check_report_dir(report, overwrite)
 

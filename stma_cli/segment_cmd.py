@@ -7,6 +7,7 @@ written atomically, so finished videos can be skipped when a batch is rerun.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -29,7 +30,8 @@ from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import ensure_writable_dir
 from stma_core.io.frames import FrameFolderSource, FrameSource, find_videos, is_frame_folder, open_frames
 from stma_core.io.masks import LoadedMask, fit_mask, keep_new_objects, load_mask, load_mask_folder
-from stma_core.io.writers import FORMATS, VideoWriter, output_paths
+from stma_core.io.outputs import (ALL_FORMATS, ALPHA_CODECS, OVERLAY_STYLES, VIDEO_FORMATS, OutputOptions, OutputWriter,
+                                  all_output_paths)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -56,6 +58,17 @@ class Job:
 
 
 @dataclass
+class Extras:
+    """Options of the formats beyond png/rle/overlay and of the frame range (issue 11)."""
+
+    options: OutputOptions = field(default_factory=OutputOptions)
+    start: int = 0
+    end: int | None = None
+    stride: int = 1
+    fps: float | None = None
+
+
+@dataclass
 class Outcome:
     name: str
     status: str  # 'done', 'skipped' or 'failed'
@@ -70,8 +83,8 @@ def _parse_formats(values: list[str]) -> list[str]:
     formats: list[str] = []
     for value in values:
         for item in (v.strip().lower() for v in value.split(",")):
-            if item not in FORMATS:
-                fail(f"--format: unknown format {item!r}; use {', '.join(FORMATS)} (repeat --format for several)")
+            if item not in ALL_FORMATS:
+                fail(f"--format: unknown format {item!r}; use {', '.join(ALL_FORMATS)} (repeat --format for several)")
             if item not in formats:
                 formats.append(item)
     return formats
@@ -92,6 +105,45 @@ def _rank_device(device: str) -> str:
     if not torch.cuda.is_available():
         return device
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def _check_extras(start: int, end: int | None, stride: int, fps: float | None, objects: str, overlay_alpha: float,
+                  overlay_style: str, labels: bool, alpha_codec: str) -> Extras:
+    if start < 0:
+        fail(f"--start: {start} is negative; use a 0-based frame index")
+    if end is not None and end <= start:
+        fail(f"--end: {end} is not after --start {start}; use an end index greater than the start")
+    if stride < 1:
+        fail(f"--stride: {stride} is less than 1; use 1 (every frame) or more")
+    if fps is not None and not 0 < fps <= 1000:
+        fail(f"--fps: {fps} is not a frame rate; use a value in (0, 1000]")
+    if objects not in ("each", "all"):
+        fail(f"--objects: unknown value {objects!r}; use each or all")
+    if not 0 <= overlay_alpha <= 1:
+        fail(f"--overlay-alpha: {overlay_alpha} is outside 0..1; use e.g. 0.5")
+    if overlay_style not in OVERLAY_STYLES:
+        fail(f"--overlay-style: unknown style {overlay_style!r}; use {' or '.join(OVERLAY_STYLES)}")
+    if alpha_codec not in ALPHA_CODECS:
+        fail(f"--alpha-codec: unknown codec {alpha_codec!r}; use {' or '.join(ALPHA_CODECS)}")
+    options = OutputOptions(objects=objects, overlay_alpha=overlay_alpha, overlay_style=overlay_style, labels=labels,
+                            alpha_codec=alpha_codec)
+    return Extras(options, start, end, stride, fps)
+
+
+def _frame_range(source: FrameSource, extras: Extras) -> range | None:
+    """Frame indices --start/--end/--stride select, or None for every frame."""
+    if extras.start == 0 and extras.end is None and extras.stride == 1:
+        return None
+    if extras.start >= source.frame_count:
+        raise StmaInputError(f"{source.path}: --start {extras.start} is past the last frame "
+                             f"({source.frame_count} frames); pass a smaller --start")
+    return range(extras.start, extras.end if extras.end is not None else 1 << 62, extras.stride)
+
+
+def _frame_index(source: FrameSource, name: str) -> int:
+    if isinstance(source, FrameFolderSource):
+        return source.frame_names.index(name)
+    return int(name)
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
@@ -148,13 +200,23 @@ def _frame_key(source: FrameSource, mask_path: Path) -> str:
     return source.frame_name(int(stem))
 
 
-def _load_masks(job: Job, source: FrameSource) -> tuple[dict[str, np.ndarray], list[LoadedMask]]:
-    """-> (frame name -> id mask, each object given once), and the loaded masks for reporting."""
+def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callable[[str], bool] | None = None
+                ) -> tuple[dict[str, np.ndarray], list[LoadedMask]]:
+    """-> (frame name -> id mask, each object given once), and the loaded masks for reporting.
+
+    first: index of the first processed frame (a --mask file annotates it); selected: whether a frame is
+    processed (--start/--end/--stride), annotations of other frames are ignored.
+    """
     if job.mask_file is not None:
-        loaded = {source.frame_name(0): load_mask(job.mask_file)}
+        loaded = {source.frame_name(first): load_mask(job.mask_file)}
     else:
         assert job.mask_dir is not None
         loaded = {_frame_key(source, m.path): m for m in load_mask_folder(job.mask_dir).values()}
+        if selected is not None:
+            loaded = {name: m for name, m in loaded.items() if selected(name)}
+            if not loaded:
+                raise StmaInputError(f"{job.mask_dir}: no annotation on the frames chosen by --start/--end/--stride; "
+                                     "choose a range that includes an annotated frame")
     video = str(source.path)
     loaded = {name: fit_mask(m, source.size, video) for name, m in loaded.items()}
     if isinstance(source, FrameFolderSource):
@@ -182,21 +244,31 @@ def _report_masks(console: Console, masks: list[LoadedMask], quiet: bool) -> Non
 
 # ---- one video -------------------------------------------------------------------------------------
 def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator: Propagator,
-                   writer: VideoWriter, progress: Progress) -> int:
-    """Runs the propagator over every frame in order; returns the number of frames.
+                   writer: OutputWriter, progress: Progress, select: range | None = None, soft: bool = False) -> int:
+    """Runs the propagator over every frame in order (only frame indices in `select` if given); returns
+    the number of frames. soft: also hands the writer the propagator's probabilities (if it has them).
 
     A failed video's bar is removed, so the error line is all that is left of it.
     """
-    task = progress.add_task(escape(source.name), total=source.frame_count)
+    expected = source.frame_count if select is None else len(range(select.start, min(select.stop, source.frame_count),
+                                                                    select.step))
+    task = progress.add_task(escape(source.name), total=expected)
     count = 0
+    soft_of = getattr(propagator, "probabilities", None) if soft else None
     try:
-        for name, frame in source:
+        for index, (name, frame) in enumerate(source):
+            if select is not None:
+                if index >= select.stop:
+                    break
+                if index not in select:
+                    continue
             result = propagator.step(frame, masks.get(name))
             if result.shape != frame.shape[:2]:
                 raise RuntimeError(f"propagator returned a {result.shape} mask for a {frame.shape[:2]} frame")
-            writer.write(name, frame, np.array(result, dtype=np.uint8))  # a copy: the writer thread owns it
+            mask = np.array(result, dtype=np.uint8)  # a copy: the writer thread owns it
+            writer.write(name, frame, mask, soft_of() if soft_of is not None else None)
             count += 1
-            progress.update(task, advance=1, total=max(count, source.frame_count))
+            progress.update(task, advance=1, total=max(count, expected))
         if count == 0:
             raise StmaInputError(f"{source.path}: no frame could be decoded; re-encode the video")
     except BaseException:
@@ -219,8 +291,11 @@ def segment(
                                                  "frame). For a folder of videos: a folder of <video>/ folders."),
     out: Path = typer.Option(Path("stma_out"), "--out", "-o", help="Output folder."),
     formats: list[str] = typer.Option(["png"], "--format", "-f",
-                                      help="png (DAVIS palette PNGs in OUT/<video>/), rle (OUT/<video>.rle.json) or "
-                                           "overlay (OUT/<video>.overlay.mp4); repeat for several."),
+                                      help="png (DAVIS palette PNGs in OUT/<video>/), rle (OUT/<video>.rle.json), "
+                                           "overlay (OUT/<video>.overlay.mp4), matte (white-on-black PNGs per object), "
+                                           "matte-video (mp4), cutout (RGBA PNGs), cutout-video (webm/mov with "
+                                           "alpha), prob (soft masks, PNG 0-255), prob-npz (npz per frame); "
+                                           "repeat for several."),
     method: str = typer.Option("stma", "--method", help="stma (the model), copy or flow (baselines)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", show_default=False,
                                               help="Model checkpoint (.safetensors); default: the shipped model."),
@@ -233,6 +308,20 @@ def segment(
     engine: str = typer.Option("torch", "--engine", help="torch (PyTorch) or onnx (onnxruntime, needs --onnx-dir)."),
     onnx_dir: Optional[Path] = typer.Option(None, "--onnx-dir", show_default=False,
                                             help="Folder written by `stma export --format onnx` (with --engine onnx)."),
+    start: int = typer.Option(0, "--start", help="First frame to segment (0-based index; a --mask file annotates it)."),
+    end: Optional[int] = typer.Option(None, "--end", show_default=False,
+                                      help="Stop before this frame index (default: the last frame)."),
+    stride: int = typer.Option(1, "--stride", help="Segment every N-th frame from --start."),
+    fps: Optional[float] = typer.Option(None, "--fps", show_default=False,
+                                        help="Frame rate of video outputs (default: the input's, 24 for frame "
+                                             "folders, divided by --stride)."),
+    objects: str = typer.Option("each", "--objects",
+                                help="matte/cutout: each (one per object id) or all (all objects in one)."),
+    overlay_alpha: float = typer.Option(0.5, "--overlay-alpha", help="Overlay tint opacity, 0 to 1."),
+    overlay_style: str = typer.Option("fill", "--overlay-style", help="Overlay: fill (tint + outline) or contour (outline only)."),
+    labels: bool = typer.Option(False, "--labels", help="Overlay: write each object's id on it."),
+    alpha_codec: str = typer.Option("vp9", "--alpha-codec",
+                                    help="cutout-video: vp9 (.webm, browsers) or prores (.mov ProRes 4444, editors)."),
 ) -> None:
     """Segment the objects of the first-frame mask in every frame of a video.
 
@@ -246,6 +335,9 @@ def segment(
     if engine == "onnx" and (onnx_dir is None or method != "stma"):
         fail("--engine onnx: pass --onnx-dir with a `stma export --format onnx` folder (and --method stma)")
     device = _rank_device(_check_device(device))
+    extras = _check_extras(start, end, stride, fps, objects, overlay_alpha, overlay_style, labels, alpha_codec)
+    if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
+        warn(stderr_console(), f"--fps only sets the frame rate of {', '.join(VIDEO_FORMATS)} outputs; none is requested")
     if size is not None and size < 16:
         fail(f"--size: {size} is too small; use a short side of at least 16 (or leave it out)")
     jobs, batch = _find_jobs(input_path, mask, mask_dir, out)
@@ -259,7 +351,7 @@ def segment(
         fail(exc)
     try:
         _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, size,
-                  onnx_dir if engine == "onnx" else None)
+                  onnx_dir if engine == "onnx" else None, extras=extras)
     finally:
         if created_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that wrote nothing leaves nothing behind
@@ -267,7 +359,7 @@ def segment(
 
 def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, overwrite: bool, quiet: bool,
               method: str, checkpoint: Path | None, device: str, size: int | None,
-              onnx_dir: Path | None = None) -> None:
+              onnx_dir: Path | None = None, extras: Extras | None = None) -> None:
     """Runs every job in order, printing result paths as they finish and the batch summary at the end."""
     console = stderr_console()
     factory: list[Callable[[], Propagator]] = []
@@ -291,7 +383,8 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
     try:
         with frame_progress(console, disable=quiet) as progress:
             for job in jobs:
-                outcome = _run_job(job, batch, seen, fmt_list, out, overwrite, propagator, progress, console, quiet)
+                outcome = _run_job(job, batch, seen, fmt_list, out, overwrite, propagator, progress, console, quiet,
+                                   extras or Extras())
                 outcomes.append(outcome)
                 for path in outcome.paths:
                     typer.echo(str(path))
@@ -304,14 +397,16 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
 
 
 def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Path, overwrite: bool,
-             propagator: Callable[[], Propagator], progress: Progress, console: Console, quiet: bool) -> Outcome:
+             propagator: Callable[[], Propagator], progress: Progress, console: Console, quiet: bool,
+             extras: Extras | None = None) -> Outcome:
     """One video: bad input ends the command (exit 2) for a single video, or is recorded in a batch."""
     start = time.perf_counter()
     try:
         if job.name in seen:
             raise StmaInputError(f"{job.path}: another input is also named {job.name!r}; rename one of them")
         seen.add(job.name)
-        paths = output_paths(out, job.name, formats)
+        extras = extras or Extras()
+        paths = all_output_paths(out, job.name, formats)
         todo = [f for f, p in paths.items() if overwrite or not p.exists()]
         if not todo and batch:
             return Outcome(job.name, "skipped", paths=list(paths.values()))
@@ -320,11 +415,19 @@ def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Pat
             raise StmaOutputError(f"{existing}: output already exists; "
                                   "pass --overwrite to replace it or choose another --out")
         source = open_frames(job.path)
-        masks, loaded = _load_masks(job, source)
+        select = _frame_range(source, extras)
+        masks, loaded = _load_masks(job, source, select.start if select else 0,
+                                    None if select is None else lambda name: _frame_index(source, name) in select)
         _report_masks(console, loaded, quiet)
         prop = propagator()
-        with VideoWriter(out, job.name, todo, source.size, source.fps, overwrite=overwrite) as writer:
-            frames = _segment_video(source, masks, prop, writer, progress)
+        soft = bool({"prob", "prob-npz"} & set(todo))
+        if soft and hasattr(prop, "keep_probabilities"):
+            prop.keep_probabilities = True  # type: ignore[attr-defined]
+        object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))
+        options = dataclasses.replace(extras.options, object_ids=object_ids)
+        fps = extras.fps or source.fps / extras.stride
+        with OutputWriter(out, job.name, todo, source.size, fps, options, overwrite=overwrite) as writer:
+            frames = _segment_video(source, masks, prop, writer, progress, select, soft)
         seconds = time.perf_counter() - start
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")

@@ -85,6 +85,22 @@ class VideoSession:
         self.frame_index += 1
         return self.objects.to_user_mask(labels)
 
+    # ---- soft output (opt-in) ---------------------------------------------------------------
+    keep_probabilities: bool = False
+    """Set True before stepping to keep each frame's per-object probabilities (costs a copy per frame)."""
+    _last_probabilities: torch.Tensor | None = None
+
+    def probabilities(self) -> dict[int, np.ndarray]:
+        """Soft masks of the last `step`: user id -> HxW uint8 at the frame's size, value = round(255 * p).
+
+        p is the softmax probability of the object (background and all objects sum to 1 per pixel);
+        the id mask `step` returned is the argmax over background and objects. Needs
+        `keep_probabilities = True` before that step, else raises RuntimeError.
+        """
+        if self._last_probabilities is None:
+            raise RuntimeError("no probabilities kept; set session.keep_probabilities = True before step()")
+        return {user_id: self._last_probabilities[i].numpy() for i, user_id in enumerate(self.objects.user_ids)}
+
     # ---- internals -------------------------------------------------------------------------
     def _autocast(self):
         if self.device.type == "cuda" and self.config.amp:
@@ -171,6 +187,8 @@ class VideoSession:
         prob = prob[:, : size[0], : size[1]]
         if (size[0], size[1]) != (height, width):
             prob = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        if self.keep_probabilities:  # opt-in soft output, read with probabilities()
+            self._last_probabilities = (prob[1:] * 255).round_().to(torch.uint8).cpu()
         # argmax over a contiguous last dim: same labels (first max wins), ~8x faster than over dim 0 on CPU
         labels = prob.movedim(0, -1).contiguous().argmax(-1)
         return labels.to(torch.uint8 if n < 255 else torch.int64).cpu().numpy()

@@ -209,12 +209,7 @@ class VideoWriter:
         try:
             for fmt, final in self.paths.items():
                 remove_path(partial_path(final))  # left by a killed run
-                if fmt == "png":
-                    self._sinks.append(PngSink(final))
-                elif fmt == "rle":
-                    self._sinks.append(RleSink(final, self.video, self.size))
-                else:
-                    self._sinks.append(OverlaySink(final, self.size, self.fps))
+                self._sinks.append(self._open_sink(fmt, final))
         except BaseException as exc:
             self._discard()
             if isinstance(exc, OSError):
@@ -254,6 +249,14 @@ class VideoWriter:
             raise
 
     # ---- internals -------------------------------------------------------------------------
+    def _open_sink(self, fmt: str, final: Path) -> Sink:
+        """Creates the partial output of one format (subclasses add formats, see io/outputs.py)."""
+        if fmt == "png":
+            return PngSink(final)
+        if fmt == "rle":
+            return RleSink(final, self.video, self.size)
+        return OverlaySink(final, self.size, self.fps)
+
     def _work(self) -> None:
         while True:
             item = self._queue.get()
