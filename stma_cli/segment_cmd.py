@@ -27,7 +27,7 @@ from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import ensure_writable_dir
-from stma_core.io.frames import FrameFolderSource, FrameSource, find_videos, is_frame_folder, open_frames
+from stma_core.io.frames import FrameFolderSource, FrameSource, open_frames, scan_folder
 from stma_core.io.masks import LoadedMask, fit_mask, keep_new_objects, load_mask, load_mask_folder
 from stma_core.io.writers import FORMATS, VideoWriter, output_paths
 
@@ -96,29 +96,39 @@ def _rank_device(device: str) -> str:
 
 # ---- inputs ----------------------------------------------------------------------------------------
 def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: Path) -> tuple[list[Job], bool]:
-    """-> (jobs, batch). Masks: --mask FILE / --mask-dir DIR for one video; folders keyed by name for a batch."""
-    if mask is None and mask_dir is None:
-        fail("--mask: no mask given; pass --mask FIRST_FRAME.png or --mask-dir ANNOTATION_FOLDER")
+    """-> (jobs, batch). Masks: --mask FILE / --mask-dir DIR for one video; folders keyed by name for a batch.
+
+    A folder's kind comes from its content: frames (images only), a batch (videos and/or frame folders;
+    `clip.png` or `clip_mask.png` beside `clip.mp4` is that video's mask), or mixed (an error that says
+    what was found). Without --mask/--mask-dir, a video's mask is the `<name>.png` / `<name>_mask.png`
+    beside it.
+    """
     if mask is not None and mask_dir is not None:
         fail("--mask/--mask-dir: both given; pass only one of them")
     if not input_path.exists():
         fail(f"{input_path}: no such file or folder; check the INPUT path")
-    batch = input_path.is_dir() and not is_frame_folder(input_path)
+    contents = scan_folder(input_path) if input_path.is_dir() else None
+    if contents is not None and contents.kind == "mixed":
+        fail(f"{input_path}: folder holds {contents.describe()}, so it is neither a frame folder nor a folder of "
+             "videos; move the images out to segment the videos (or pass the video files one by one)")
+    batch = contents is not None and contents.kind != "frames"
     if not batch:
         name = input_path.name if input_path.is_dir() else input_path.stem
         job = Job(input_path, name)
         if mask is not None:
             job.mask_file = mask / f"{name}.png" if mask.is_dir() else mask
-        else:
-            assert mask_dir is not None
+        elif mask_dir is not None:
             job.mask_dir = mask_dir / name if (mask_dir / name).is_dir() else mask_dir
+        else:
+            job.mask_file = _mask_beside(input_path)
         return [job], False
 
+    assert contents is not None
     out_resolved = out.resolve()
     if out_resolved == input_path.resolve():
         fail(f"{out}: output folder is the input folder (results would be read as videos next run); "
              "pass --out with another folder")
-    paths = [p for p in find_videos(input_path)
+    paths = [p for p in contents.inputs
              if p.resolve() != out_resolved and out_resolved not in p.resolve().parents]
     if not paths:
         fail(f"{input_path}: folder holds no videos, frames or frame folders; "
@@ -129,9 +139,26 @@ def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: 
     jobs = []
     for path in paths:
         name = path.name if path.is_dir() else path.stem
+        if mask is None and mask_dir is None:
+            beside = contents.masks.get(name)
+            if beside is None:
+                fail(f"--mask: no mask given and {path} has no {name}.png beside it; pass --mask FOLDER holding "
+                     "<video>.png, or --mask-dir with <video>/ annotation folders")
+            jobs.append(Job(path, name, mask_file=beside))
+            continue
         jobs.append(Job(path, name, mask_file=mask / f"{name}.png" if mask is not None else None,
                         mask_dir=mask_dir / name if mask_dir is not None else None))
     return jobs, True
+
+
+def _mask_beside(input_path: Path) -> Path:
+    """`clip.png` or `clip_mask.png` beside `clip.mp4` (or beside a frame folder `clip/`) when no mask is given."""
+    stem = input_path.name if input_path.is_dir() else input_path.stem
+    for candidate in (input_path.with_name(f"{stem}.png"), input_path.with_name(f"{stem}_mask.png")):
+        if candidate.is_file() and candidate != input_path:
+            return candidate
+    fail(f"--mask: no mask given and no {stem}.png beside {input_path}; pass --mask FIRST_FRAME.png "
+         "or --mask-dir ANNOTATION_FOLDER")
 
 
 def _frame_key(source: FrameSource, mask_path: Path) -> str:

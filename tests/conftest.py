@@ -81,9 +81,23 @@ def read_davis_mask(davis16: Path, sequence: str, index: int = 0) -> np.ndarray:
     return np.array(Image.open(davis16 / "Annotations" / "480p" / sequence / f"{index:05d}.png"))
 
 
+def example_frames(count: int) -> list[np.ndarray]:
+    """First `count` RGB frames of the bundled example clip (examples/car-shadow.mp4, DAVIS car-shadow),
+    decoded by imageio-ffmpeg's own reader (not the code under test)."""
+    reader = imageio_ffmpeg.read_frames(str(EXAMPLES / "car-shadow.mp4"))
+    width, height = next(reader)["size"]
+    frames = []
+    for raw in reader:
+        frames.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3).copy())
+        if len(frames) == count:
+            break
+    reader.close()
+    return frames
+
+
 @pytest.fixture(scope="session")
-def car_shadow_mp4(tmp_path_factory: pytest.TempPathFactory, davis16: Path) -> tuple[Path, list[np.ndarray]]:
-    """A real 10-frame 854x480 mp4 of DAVIS car-shadow, with the source frames it was made from."""
-    frames = read_davis_frames(davis16, "car-shadow", 10)
+def car_shadow_mp4(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    """A real 10-frame 854x480 mp4 of DAVIS car-shadow (from the bundled example), with its source frames."""
+    frames = example_frames(10)
     path = encode_mp4(frames, tmp_path_factory.mktemp("video") / "car-shadow.mp4")
     return path, frames
