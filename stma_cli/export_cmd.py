@@ -10,12 +10,13 @@ n = 1..--objects. Memory management stays in host code (stma_core.inference.onnx
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from stma_cli._common import fail, info, stderr_console
+from stma_cli._common import check_output_dir, fail, info, stderr_console
 from stma_core.errors import StmaInputError, StmaOutputError
 
 
@@ -41,6 +42,16 @@ def export(
 
     console = stderr_console()
     fmt = fmt.lower()
+    if fmt not in ("onnx", "torchscript"):
+        fail(f"--format: unknown format {fmt!r}; use onnx or torchscript")
+    if fmt == "onnx":
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            fail(f"--format onnx: {' and '.join(missing)} not installed; install the onnx extra: "
+                 "pip install \"stma[onnx]\" (or use --format torchscript)")
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: --out is a file, not a folder; pass --out with a folder path")
+    check_output_dir(out.parent if not out.exists() else out)
     try:
         manifest = export_model(checkpoint, out, fmt, size=size, objects=objects, memory_frames=memory_frames,
                                 refs=refs, overwrite=overwrite)

@@ -8,7 +8,6 @@ written atomically, so finished videos can be skipped when a batch is rerun.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,8 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from stma_cli._common import (EXIT_BAD_INPUT, EXIT_SOME_FAILED, fail, frame_progress, info, one_line, print_error,
-                              stderr_console, warn)
+from stma_cli._common import (EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
+                              info, one_line, print_error, stderr_console, stdout_closed, warn)
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
 from stma_core.inference.propagator import Propagator
@@ -63,6 +62,8 @@ class Outcome:
     seconds: float = 0.0
     paths: list[Path] = field(default_factory=list)
     error: str = ""
+    objects: int = 0
+    bad_input: bool = False
 
 
 # ---- option checks --------------------------------------------------------------------------------
@@ -78,9 +79,7 @@ def _parse_formats(values: list[str]) -> list[str]:
 
 
 def _check_device(device: str) -> str:
-    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
-        fail(f"--device: unknown device {device!r}; use {', '.join(DEVICES)} or cuda:N")
-    return device
+    return check_device(device)
 
 
 def _rank_device(device: str) -> str:
@@ -197,12 +196,11 @@ def _load_masks(job: Job, source: FrameSource) -> tuple[dict[str, np.ndarray], l
 
 
 def _report_masks(console: Console, masks: list[LoadedMask], quiet: bool) -> None:
-    if quiet:
-        return
+    """Warnings always reach stderr (one line each); the id mapping is a note that --quiet hides."""
     for mask in masks:
         for message in mask.warnings:
             warn(console, message)
-        if mask.mapping:
+        if mask.mapping and not quiet:
             pairs = ", ".join(f"{source} -> {object_id}" for object_id, source in sorted(mask.mapping.items()))
             info(console, f"{mask.path}: {mask.kind} mask, object ids: {pairs}")
 
@@ -260,6 +258,8 @@ def segment(
     engine: str = typer.Option("torch", "--engine", help="torch (PyTorch) or onnx (onnxruntime, needs --onnx-dir)."),
     onnx_dir: Optional[Path] = typer.Option(None, "--onnx-dir", show_default=False,
                                             help="Folder written by `stma export --format onnx` (with --engine onnx)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout (videos, frames, objects, "
+                                                       "seconds, outputs) instead of result paths."),
 ) -> None:
     """Segment the objects of the first-frame mask in every frame of a video.
 
@@ -280,13 +280,15 @@ def segment(
     if world > 1:
         jobs = jobs[rank::world]
     created_out = not out.exists()
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: --out is a file, not a folder; pass --out with a folder path")
     try:
         ensure_writable_dir(out)
     except StmaOutputError as exc:
         fail(exc)
     try:
         _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, size,
-                  onnx_dir if engine == "onnx" else None)
+                  onnx_dir if engine == "onnx" else None, as_json)
     finally:
         if created_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that wrote nothing leaves nothing behind
@@ -294,7 +296,7 @@ def segment(
 
 def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, overwrite: bool, quiet: bool,
               method: str, checkpoint: Path | None, device: str, size: int | None,
-              onnx_dir: Path | None = None) -> None:
+              onnx_dir: Path | None = None, as_json: bool = False) -> None:
     """Runs every job in order, printing result paths as they finish and the batch summary at the end."""
     console = stderr_console()
     factory: list[Callable[[], Propagator]] = []
@@ -315,19 +317,48 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
 
     outcomes: list[Outcome] = []
     seen: set[str] = set()
+    start = time.perf_counter()
     try:
         with frame_progress(console, disable=quiet) as progress:
             for job in jobs:
                 outcome = _run_job(job, batch, seen, fmt_list, out, overwrite, propagator, progress, console, quiet)
                 outcomes.append(outcome)
-                for path in outcome.paths:
-                    typer.echo(str(path))
+                if not as_json:
+                    for path in outcome.paths:
+                        try:
+                            typer.echo(str(path))
+                        except BrokenPipeError:
+                            stdout_closed()
     except _Stop as stop:
         fail(stop.args[0], stop.code)
     if batch and not quiet:
         console.print(_summary(outcomes))
-    if any(o.status == "failed" for o in outcomes):
+    if as_json:
+        _print_json(outcomes, time.perf_counter() - start)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed and len(failed) == len(outcomes) and all(o.bad_input for o in failed):
+        raise typer.Exit(EXIT_BAD_INPUT)  # nothing could run: the input itself is wrong, not some videos
+    if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _print_json(outcomes: list[Outcome], seconds: float) -> None:
+    import json
+
+    payload = {
+        "videos": [{"name": o.name, "status": o.status, "frames": o.frames, "objects": o.objects,
+                    "seconds": round(o.seconds, 3), "outputs": [str(p) for p in o.paths],
+                    **({"error": o.error} if o.error else {})} for o in outcomes],
+        "frames": sum(o.frames for o in outcomes),
+        "seconds": round(seconds, 3),
+        "done": sum(o.status == "done" for o in outcomes),
+        "skipped": sum(o.status == "skipped" for o in outcomes),
+        "failed": sum(o.status == "failed" for o in outcomes),
+    }
+    try:
+        typer.echo(json.dumps(payload))
+    except BrokenPipeError:
+        stdout_closed()
 
 
 def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Path, overwrite: bool,
@@ -355,14 +386,15 @@ def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Pat
         seconds = time.perf_counter() - start
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")
-        return Outcome(job.name, "done", frames, seconds, list(paths.values()))
+        objects = len({int(i) for m in masks.values() for i in np.unique(m) if i != 0})
+        return Outcome(job.name, "done", frames, seconds, list(paths.values()), objects=objects)
     except _Stop:
         raise
     except (StmaInputError, StmaOutputError) as exc:
         if not batch:
             raise _Stop(exc, EXIT_BAD_INPUT) from exc
         print_error(exc)
-        return Outcome(job.name, "failed", error=one_line(exc))
+        return Outcome(job.name, "failed", error=one_line(exc), bad_input=True)
     except Exception as exc:  # noqa: BLE001 - a batch must go on with the other videos
         message = f"{job.path}: segmentation failed ({type(exc).__name__}: {exc}); rerun, or report a bug with this line"
         if not batch:
