@@ -10,7 +10,7 @@ n = 1..--objects. Memory management stays in host code (stma_core.inference.onnx
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +18,14 @@ import typer
 
 from stma_cli._common import check_output_dir, fail, info, stderr_console
 from stma_core.errors import StmaInputError, StmaOutputError
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def export(
@@ -45,7 +53,7 @@ def export(
     if fmt not in ("onnx", "torchscript"):
         fail(f"--format: unknown format {fmt!r}; use onnx or torchscript")
     if fmt == "onnx":
-        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        missing = [m for m in ("onnx", "onnxruntime") if not _importable(m)]
         if missing:
             fail(f"--format onnx: {' and '.join(missing)} not installed; install the onnx extra: "
                  "pip install \"stma[onnx]\" (or use --format torchscript)")

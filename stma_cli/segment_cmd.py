@@ -253,7 +253,7 @@ def segment(
     size: Optional[int] = typer.Option(None, "--size", show_default=False,
                                        help="Short side the model works at; default: what the checkpoint recommends "
                                             "(outputs always keep the input size)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only result paths (stdout), and errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes: stdout gets only result paths; warnings and errors stay on stderr."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a batch skips finished videos otherwise)."),
     engine: str = typer.Option("torch", "--engine", help="torch (PyTorch) or onnx (onnxruntime, needs --onnx-dir)."),
     onnx_dir: Optional[Path] = typer.Option(None, "--onnx-dir", show_default=False,

@@ -121,8 +121,9 @@ def test_truncated_video_is_a_failure_not_a_shorter_result(tmp_path: Path, short
     mask = tmp_path / "mask.png"
     save_palette_png(cv2.resize(np.array(Image.open(EXAMPLE_MASK)), (214, 120), interpolation=cv2.INTER_NEAREST), mask)
     # A real process, so ffmpeg's own stderr would show if it leaked: one line only.
-    run = subprocess.run([sys.executable, "-m", "stma_cli.app", "segment", str(cut), "--mask", str(mask), "--method", "copy", "--out", str(out),
-                          "-f", "png", "-f", "overlay"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "stma_cli.app", "segment", str(cut), "--mask", str(mask),
+                          "--method", "copy", "--out", str(out), "-f", "png", "-f", "overlay"],
+                         capture_output=True, text=True)
     assert run.returncode == 2
     lines = run.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {cut}: decoded ") and "of 25 frames" in lines[0], run.stderr
