@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
+import cv2
 import imageio_ffmpeg
 import numpy as np
 import pytest
@@ -101,3 +102,28 @@ def car_shadow_mp4(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list
     frames = example_frames(10)
     path = encode_mp4(frames, tmp_path_factory.mktemp("video") / "car-shadow.mp4")
     return path, frames
+
+
+def moving_object_sequence(count: int, seed: int, size: tuple[int, int] = (854, 480)
+                           ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A generated sequence with exact ground truth: a textured ellipse (cut from the example clip) moving
+    and turning over an example-clip background. -> (RGB frames, masks with object id 1)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    source = example_frames(count)
+    texture = source[0][::-1, ::-1]
+    yy, xx = np.mgrid[:height, :width]
+    cx, cy = rng.uniform(0.3, 0.5) * width, rng.uniform(0.35, 0.55) * height
+    vx, vy = rng.uniform(6, 12) * rng.choice([-1, 1]), rng.uniform(3, 6) * rng.choice([-1, 1])
+    frames, masks = [], []
+    for t in range(count):
+        background = cv2.resize(source[t], size, interpolation=cv2.INTER_AREA) if source[t].shape[:2] != (height, width) \
+            else source[t]
+        x, y = cx + vx * t, cy + vy * t
+        a, b = width * 0.12 * (1 + 0.02 * t), height * 0.15
+        inside = ((xx - x) / a) ** 2 + ((yy - y) / b) ** 2 < 1
+        frame = background.copy()
+        frame[inside] = texture[inside]
+        frames.append(frame)
+        masks.append(inside.astype(np.uint8))
+    return frames, masks

@@ -192,8 +192,8 @@ def _check_ids(path: Path, pred: np.ndarray, gt_ids: np.ndarray) -> None:
         others = [int(i) for i in present if 0 < i < VOID_ID]
         hint = ("if 255 marks an object (a 0/255 binary mask), write its id instead (1 for a single object)"
                 if not others else "write each pixel's object id, and 0 for background")
-        raise StmaInputError(f"prediction {path} contains {counts[VOID_ID]} pixels of value 255, which is void "
-                             f"(a GT-only label), not an object id; {hint}")
+        raise StmaInputError(f"prediction {path} contains {counts[VOID_ID]} pixels of id 255, which is void "
+                             f"(a GT-only label), not an object; {hint}")
     unknown = [int(i) for i in present if i != 0 and i not in gt_ids]
     if unknown:
         raise StmaInputError(f"prediction {path} has object id(s) {unknown} that its GT sequence lacks "
