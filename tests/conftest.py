@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stma_core.io.palette import DAVIS_PALETTE_FLAT
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
@@ -36,12 +38,34 @@ def davis16(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tennis(shared_data: Path) -> Path:
-    """DAVIS 2017 `tennis` fixture root: 2 frames, objects 1 and 2, void pixels."""
-    path = shared_data / "davis2017-tennis"
-    if not path.is_dir():
-        pytest.skip(f"DAVIS 2017 tennis fixture not found at {path}")
-    return path
+def tennis(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DAVIS 2017 `tennis` fixture root: 2 frames, objects 1 and 2, 225 void pixels on frame 0.
+
+    The real one from the shared data when present; else one made here in the same layout from the
+    example clip (JPEG frames, DAVIS palette annotations), so the tests run everywhere.
+    """
+    path = shared_data_path() / "davis2017-tennis"
+    if path.is_dir():
+        return path
+    root = tmp_path_factory.mktemp("tennis")
+    images, annotations = root / "JPEGImages" / "480p" / "tennis", root / "Annotations" / "480p" / "tennis"
+    images.mkdir(parents=True)
+    annotations.mkdir(parents=True)
+    frames, moving = moving_object_sequence(2, seed=7)
+    car = np.array(Image.open(EXAMPLES / "car-shadow_mask.png"))
+    for i, (frame, other) in enumerate(zip(frames, moving)):
+        ids = np.where(other == 1, 2, car).astype(np.uint8)
+        if i == 0:
+            ys, xs = np.nonzero(car == 1)
+            y, x = int(ys.min()), int(xs.min())
+            ids[y:y + 15, x:x + 15] = 255  # a void block, as DAVIS marks unsure pixels
+        Image.fromarray(frame).save(images / f"{i:05d}.jpg", quality=95)
+        image = Image.fromarray(ids)
+        image.putpalette(DAVIS_PALETTE_FLAT)
+        image.save(annotations / f"{i:05d}.png")
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("tennis\n")
+    return root
 
 
 def encode_mp4(frames: Iterable[np.ndarray], path: Path, fps: float = 24, crf: int = 12) -> Path:
@@ -111,7 +135,9 @@ def moving_object_sequence(count: int, seed: int, size: tuple[int, int] = (854, 
     rng = np.random.default_rng(seed)
     width, height = size
     source = example_frames(count)
-    texture = source[0][::-1, ::-1]
+    texture = np.ascontiguousarray(source[0][::-1, ::-1])
+    if texture.shape[:2] != (height, width):
+        texture = cv2.resize(texture, size, interpolation=cv2.INTER_AREA)
     yy, xx = np.mgrid[:height, :width]
     cx, cy = rng.uniform(0.3, 0.5) * width, rng.uniform(0.35, 0.55) * height
     vx, vy = rng.uniform(6, 12) * rng.choice([-1, 1]), rng.uniform(3, 6) * rng.choice([-1, 1])
