@@ -187,7 +187,7 @@ def _load_masks(job: Job, source: FrameSource) -> tuple[dict[str, np.ndarray], l
         order = source.frame_names
     else:
         order = sorted(loaded, key=int)
-        beyond = [name for name in order if int(name) >= source.frame_count]
+        beyond = [name for name in order if int(name) >= max(source.frame_count, getattr(source, "packets", 0))]
         if beyond:
             raise StmaInputError(f"{loaded[beyond[0]].path}: annotates frame {beyond[0]} but {source.path} has "
                                  f"{source.frame_count} frames; remove masks past the last frame")
@@ -214,8 +214,10 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
     """
     task = progress.add_task(escape(source.name), total=source.frame_count)
     count = 0
+    unused = set(masks)
     try:
         for name, frame in source:
+            unused.discard(name)
             result = propagator.step(frame, masks.get(name))
             if result.shape != frame.shape[:2]:
                 raise RuntimeError(f"propagator returned a {result.shape} mask for a {frame.shape[:2]} frame")
@@ -224,6 +226,10 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
             progress.update(task, advance=1, total=max(count, source.frame_count))
         if count == 0:
             raise StmaInputError(f"{source.path}: no frame could be decoded; re-encode the video")
+        if unused:  # a mask for a frame the video does not have would silently drop its objects
+            first = min(unused, key=lambda n: (len(n), n))
+            raise StmaInputError(f"{source.path}: a mask annotates frame {first} but the video has {count} frames "
+                                 "(0-based names); remove masks past the last frame")
     except BaseException:
         progress.remove_task(task)
         raise

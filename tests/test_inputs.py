@@ -130,6 +130,28 @@ def test_truncated_video_is_a_failure_not_a_shorter_result(tmp_path: Path, short
     assert run.stdout == "" and not out.exists()
 
 
+def test_cut_off_matroska_is_a_failure_too(tmp_path: Path) -> None:
+    mkv = tmp_path / "clip.mkv"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "20", "-s", "214x120", "-c:v", "libx264", mkv)
+    data = mkv.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[:len(data) * 6 // 10])
+    with pytest.raises(StmaInputError, match=r"cut.mkv: decoded \d+ of 20 frames: file truncated\?"):
+        list(open_frames(cut))
+
+
+def test_trimmed_mp4_with_an_edit_list_is_complete(tmp_path: Path) -> None:
+    """Editors trim without re-encoding: the file keeps packets it does not show. Not a truncation."""
+    trimmed = tmp_path / "trimmed.mp4"
+    ffmpeg("-ss", "0.5", "-i", EXAMPLE_VIDEO, "-c", "copy", trimmed)
+    source = open_frames(trimmed)
+    frames = list(source)
+    assert source.packets > len(frames) == source.expected_frames == source.frame_count
+    reference = imageio_ffmpeg.read_frames(str(trimmed))  # an independent decode of the same file
+    next(reference)
+    assert len(frames) == sum(1 for _ in reference)
+
+
 def test_damaged_video_whose_index_is_lost_says_so(tmp_path: Path) -> None:
     plain = tmp_path / "plain.mp4"
     ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "10", "-s", "214x120", "-c:v", "libx264", plain)  # index at the end

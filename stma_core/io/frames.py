@@ -214,9 +214,11 @@ class VideoFileSource(FrameSource):
         seconds = (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
                    if duration else 0.0)
         self.expected_frames = round(seconds * self.fps) if seconds > 0 else 0
-        """Frames the container's duration and average rate promise (0 when unknown)."""
+        """Frames the container promises: its duration times its average frame rate (0 when unknown). This
+        honours edit lists (a trimmed mp4 keeps packets it does not show), unlike a packet count."""
         self.packets = self._count_packets()
-        self.frame_count = self.packets or self.expected_frames or 1
+        """Video packets in the file (counted without decoding); can exceed the shown frames (edit lists)."""
+        self.frame_count = self.expected_frames or self.packets or 1
 
     def _probe(self) -> tuple[str, np.ndarray]:
         """ffmpeg's description of the file, and its first frame decoded (to learn the displayed size)."""
@@ -282,9 +284,13 @@ class VideoFileSource(FrameSource):
         self._check_complete(index, process.returncode, errors.text)
 
     def _check_complete(self, decoded: int, returncode: int, stderr: str) -> None:
-        """A decode error or fewer frames than the container holds fails the video (one line)."""
-        promised = max(self.packets, self.expected_frames)
-        short = decoded < self.packets or (self.expected_frames and decoded < 0.9 * self.expected_frames - 1)
+        """A decode error, or clearly fewer frames than the container promises, fails the video (one line).
+
+        The promise (duration x average rate) is rounded in ffmpeg's header, hence the small tolerance;
+        a cut-off file also makes ffmpeg report errors, which fail the video whatever the count.
+        """
+        promised = self.expected_frames or self.packets
+        short = bool(promised) and decoded < 0.95 * promised - 1
         problem = returncode != 0 or _DECODE_ERROR.search(stderr) is not None
         if short or (problem and decoded < promised):
             raise StmaInputError(
