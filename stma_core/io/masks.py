@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError
 from stma_core.io.frames import natural_key
-from stma_core.io.palette import davis_id_of
+from stma_core.io.palette import DAVIS_PALETTE, davis_id_of
 
 MAX_OBJECTS = 254
 VOID_ID = 255
@@ -231,10 +231,14 @@ def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorId
     mapping: dict[int, str] = {}
     if kind == "rgb":
         # DAVIS-palette colours keep their DAVIS ids; other colours get free ids in order of appearance.
-        ordered = sorted(objects, key=lambda i: (davis_id_of(tuple(values_nd[i])) is None, first_index[i]))
+        # In a lossy mask a DAVIS colour comes back a few units off: it keeps its DAVIS id all the same.
+        def davis_id(i: int) -> int | None:
+            return davis_id_of(tuple(values_nd[i])) if lossless_ids or not warnings else _near_davis_id(values_nd[i])
+
+        ordered = sorted(objects, key=lambda i: (davis_id(i) is None, first_index[i]))
         for i in ordered:
             color = tuple(int(v) for v in values_nd[i])
-            lut[i] = color_ids.assign(("rgb", color), davis_id_of(color))
+            lut[i] = color_ids.assign(("rgb", color), davis_id(i))
             mapping[int(lut[i])] = _describe(kind, values_nd[i])
     else:
         levels = sorted(int(values[i]) for i in objects)
@@ -262,6 +266,13 @@ def _describe(kind: str, value: np.ndarray) -> str:
     if kind == "rgb":
         return "rgb({}, {}, {})".format(*(int(v) for v in value))
     return f"gray {int(value[0])}"
+
+
+def _near_davis_id(color: np.ndarray, tol: int = 12, ids: int = 20) -> int | None:
+    """Id of the DAVIS palette colour among the first `ids` (those annotations use) within `tol` of `color`."""
+    dist = np.abs(DAVIS_PALETTE[1:ids + 1].astype(np.int64) - np.asarray(color, np.int64)).max(1)
+    near = np.flatnonzero(dist <= tol)
+    return int(near[0]) + 1 if len(near) == 1 else None
 
 
 def _is_cutout(alpha: np.ndarray, colour: np.ndarray) -> bool:
