@@ -240,7 +240,8 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
 # ---- command ---------------------------------------------------------------------------------------
 def segment(
     input_path: Path = typer.Argument(..., metavar="INPUT", show_default=False,
-                                      help="Video file (mp4/mov/avi/mkv/webm), folder of frames, or folder of videos."),
+                                      help="Video file (anything ffmpeg decodes: mp4, mov, mkv, webm, m4v, ts, ...), folder of "
+                                           "frames, or folder of videos (with <video>.png masks beside them)."),
     mask: Optional[Path] = typer.Option(None, "--mask", "-m", show_default=False,
                                         help="First-frame mask PNG (palette, binary/gray or RGB colours). "
                                              "For a folder of videos: a folder holding <video>.png."),

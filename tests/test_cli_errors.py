@@ -122,6 +122,24 @@ def test_every_command_through_its_bad_inputs(tmp_path: Path, davis16_root: Path
         assert listing(tmp_path) == before, where  # nothing written, not even an empty folder
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_output_folders_are_refused_before_work(tmp_path: Path, davis16_root: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for args in (["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", locked / "o"],
+                     ["eval", "--dataset", "davis16-val", "--root", davis16_root, "--method", "copy",
+                      "--pred-out", locked / "p"],
+                     ["train", "--config", tmp_path / "none.yaml", "--data", davis16_root, "--out", locked / "run"]):
+            result = run(*args)
+            lines = result.stderr.splitlines()
+            assert result.exit_code == 2 and len(lines) == 1 and "not writable" in lines[0], result.stderr
+            assert "Traceback" not in result.output and list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
 def test_unwritable_eval_out_is_found_before_scoring(tmp_path: Path, davis16_root: Path) -> None:
     pred = tmp_path / "pred"
     shutil.copytree(davis16_root / "Annotations" / "480p", pred)
