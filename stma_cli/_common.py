@@ -6,7 +6,10 @@ stderr. Bad input exits with code 2 and exactly one line: `error: <file>: <what 
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -34,6 +37,63 @@ def fail(message: object, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Prints the one-line error and exits (2 = bad input, the default)."""
     print_error(message)
     raise typer.Exit(code)
+
+
+def check_device(device: str, option: str = "--device") -> str:
+    """Validates a --device value against this machine before any work: one line and exit 2 if unusable.
+
+    Accepts auto, cpu, cuda, cuda:N and mps; `gpu` and unknown names get the list of valid ones.
+    """
+    name = device.strip().lower()
+    if name in ("auto", "cpu"):
+        return name
+    if name not in ("cuda", "mps") and not re.fullmatch(r"cuda:\d+", name):
+        hint = " (for an NVIDIA GPU use cuda or cuda:N, on Apple silicon mps)" if name == "gpu" else ""
+        fail(f"{option}: unknown device {device!r}{hint}; use auto, cpu, cuda, cuda:N or mps")
+    import torch
+
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            fail(f"{option} {device}: CUDA is not available on this machine (no NVIDIA GPU or a CPU-only torch); "
+                 "use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if ":" in name and int(name.split(":")[1]) >= count:
+            fail(f"{option} {device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1}); "
+                 "pick one of them")
+    elif not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        fail(f"{option} {device}: MPS (Apple GPU) is not available on this machine; use --device cpu or auto")
+    return name
+
+
+def check_output_dir(folder: Path, option: str = "--out") -> None:
+    """An output folder must be creatable and writable before the work starts (a file there is an error)."""
+    from stma_core.errors import StmaOutputError
+    from stma_core.io.atomic import ensure_writable_dir
+
+    if folder.exists() and not folder.is_dir():
+        fail(f"{folder}: {option} is a file, not a folder; pass {option} with a folder path")
+    existed = folder.exists()
+    try:
+        ensure_writable_dir(folder)
+    except StmaOutputError as exc:
+        fail(str(exc).replace("pass --out", f"pass {option}"))
+    if not existed:
+        try:
+            folder.rmdir()  # only proven creatable: nothing is left behind if the command fails later
+        except OSError:
+            pass
+
+
+def stdout_closed() -> NoReturn:
+    """stdout's reader went away (`stma ... | head -1`): say so on stderr and stop (exit 1)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail again
+    except (OSError, ValueError):
+        pass
+    print_error("stdout was closed by the command reading it (e.g. head); stopped early, "
+                "finished results are complete and unfinished ones were not written")
+    raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def stderr_console() -> Console:

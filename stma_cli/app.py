@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 # Idle OpenMP workers sleep instead of spinning: on a busy 2-core machine spinning made inference
 # 4-6x slower (docs/BENCHMARKS.md). Must be set before torch is imported; a user's value wins.
@@ -19,14 +21,47 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"stma {version('stma')}")
+        except PackageNotFoundError:
+            typer.echo("stma (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Semi-supervised video object segmentation with STMA."""
+
+
 app.command("segment")(segment_cmd.segment)
 app.command("eval")(eval_cmd.evaluate)
 app.command("train")(train_cmd.train)
 app.command("export")(export_cmd.export)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (kill, a job scheduler) stops like Ctrl-C: partial outputs are removed on the way out."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    app()
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app()
+    except BrokenPipeError:
+        from stma_cli._common import stdout_closed
+
+        try:
+            stdout_closed()
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from stma_cli._common import fail, frame_progress, info, stderr_console
+from stma_cli._common import check_device, check_output_dir, fail, frame_progress, info, stderr_console
 from stma_core.errors import StmaInputError, StmaOutputError
-from stma_core.eval.datasets import DATASETS, DatasetSpec, check_davis_root, get_dataset, resolve_root, resolve_split
+from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
+                                     resolve_root, resolve_split)
 from stma_core.eval.report import render_table, result_json, write_csvs
 from stma_core.eval.run_dataset import segment_davis, segment_ytvos
 from stma_core.eval.scoring import EvalResult, check_prediction_files, score_predictions
@@ -68,13 +69,14 @@ def _make_factory(method: str, checkpoint: Optional[Path], device: str, size: Op
 
 
 def _segment(spec: DatasetSpec, root: Path, sequences: list[str] | None, method: str, checkpoint: Optional[Path],
-             device: str, size: Optional[int], pred_out: Path, quiet: bool, console: Console) -> Path:
+             device: str, size: Optional[int], pred_out: Path, quiet: bool, console: Console,
+             davis2016: bool = False) -> Path:
     make = _make_factory(method, checkpoint, device, size)
     with frame_progress(console, disable=quiet) as progress:
         sink = _RichFrames(progress, f"{spec.name}/{method}", console, quiet)
         if spec.family == "ytvos":
             return segment_ytvos(root, make, pred_out, sink)
-        return segment_davis(root, sequences or [], make, pred_out, sink)
+        return segment_davis(root, sequences or [], make, pred_out, sink, davis2016=davis2016)
 
 
 def _score(pred: Path, gt_root: Path, split: str, quiet: bool, console: Console,
@@ -87,7 +89,8 @@ def _score(pred: Path, gt_root: Path, split: str, quiet: bool, console: Console,
     with Progress(*columns, console=console, disable=quiet or not console.is_terminal, transient=True) as progress:
         task = progress.add_task(escape(f"scoring {pred}"), total=len(sequences))
         return score_predictions(pred, gt_root, sequences, name, workers=workers,
-                                 on_sequence=lambda _seq: progress.update(task, advance=1))
+                                 on_sequence=lambda _seq: progress.update(task, advance=1),
+                                 davis2016=is_davis2016_split(gt_root, split))
 
 
 def evaluate(
@@ -111,6 +114,10 @@ def evaluate(
 ) -> None:
     """Score predictions with the official DAVIS J/F protocol, or segment a benchmark and score it."""
     console = stderr_console()
+    if dataset is not None and pred is None:
+        device = check_device(device)
+    if out is not None:
+        check_output_dir(out)
     try:
         payload = _evaluate(pred, gt, split, dataset, root, method, checkpoint, device, size, pred_out, out,
                             as_json, quiet, workers, console, report=report, compare=compare, overwrite=overwrite)
@@ -145,6 +152,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
                 raise StmaInputError(f"{spec.name} has no public ground truth, so --pred cannot be scored locally; "
                                      f"submit the zip to {YTVOS_SERVER}")
             target = pred_out or _default_pred_out(spec.name, method)
+            check_output_dir(target, "--pred-out")
             annotations = _segment(spec, gt_root, None, method, checkpoint, device, size, target, quiet, console)
             zip_path = target / "submission.zip"
             if not quiet:
@@ -159,11 +167,15 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
         if pred is None:
             _, sequences = resolve_split(gt_root, split_arg)
             pred = pred_out or _default_pred_out(spec.name, method)
-            _segment(spec, gt_root, sequences, method, checkpoint, device, size, pred, quiet, console)
+            check_output_dir(pred, "--pred-out")
+            _segment(spec, gt_root, sequences, method, checkpoint, device, size, pred, quiet, console,
+                     davis2016=spec.year == 2016)
             extra["method"] = method
             if not quiet:
                 info(console, f"predictions kept in {pred} (rescore with: stma eval --pred {pred} --gt {gt_root} "
                               f"--split {split_arg})")
+    if out is None and pred.is_dir():  # the CSVs go beside the predictions: writable before scoring starts
+        check_output_dir(pred, "--out")
     result = _score(pred, gt_root, split_arg, quiet, console, workers)
     global_csv, per_seq_csv = write_csvs(result, out or pred)
     second = _score(compare, gt_root, split_arg, quiet, console, workers) if compare is not None else None

@@ -10,22 +10,48 @@ n = 1..--objects. Memory management stays in host code (stma_core.inference.onnx
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from stma_cli._common import fail, info, stderr_console
+from stma_cli._common import check_output_dir, fail, info, stderr_console
 from stma_core.errors import StmaInputError, StmaOutputError
+
+
+def default_export_size(checkpoint: Optional[Path]) -> tuple[int, int]:
+    """(H, W) that `stma segment` (default --size) processes a 16:9 video at with this checkpoint, so the
+    default ONNX run matches the default PyTorch run."""
+    from stma_core.checkpoint import DEFAULT_CHECKPOINT, read_config
+    from stma_core.config import InferenceConfig
+    from stma_core.inference.session import processing_size
+
+    try:
+        _, metadata = read_config(checkpoint or DEFAULT_CHECKPOINT)
+    except StmaInputError as exc:
+        fail(exc)
+    short = int(metadata.get("inference_size", InferenceConfig.size))
+    return processing_size(short, round(short * 16 / 9), short)
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def export(
     out: Path = typer.Option(..., "--out", help="Folder to create with the graphs and manifest.json."),
     fmt: str = typer.Option("onnx", "--format", help="onnx (run with onnxruntime) or torchscript."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model file; default: the shipped model."),
-    size: tuple[int, int] = typer.Option((480, 854), "--size", metavar="H W",
-                                         help="Frame size the model processes (videos must scale to it: "
-                                              "`--size 480 854` fits 16:9 videos of 480p and larger)."),
+    size: Optional[tuple[int, int]] = typer.Option(None, "--size", metavar="H W", show_default=False,
+                                                   help="Frame size the model processes (videos must scale to it: "
+                                                        "`--size 480 854` fits 16:9 videos of 480p and larger). "
+                                                        "Default: the size `stma segment` processes 16:9 videos at "
+                                                        "with this checkpoint (288 512 for the shipped model)."),
     objects: int = typer.Option(5, "--objects", help="Most objects per video (graphs for 1..N are written)."),
     memory_frames: Optional[int] = typer.Option(None, "--memory-frames", metavar="T",
                                                 help="Temporal-memory frames the step graph holds "
@@ -41,6 +67,18 @@ def export(
 
     console = stderr_console()
     fmt = fmt.lower()
+    if fmt not in ("onnx", "torchscript"):
+        fail(f"--format: unknown format {fmt!r}; use onnx or torchscript")
+    if fmt == "onnx":
+        missing = [m for m in ("onnx", "onnxruntime") if not _importable(m)]
+        if missing:
+            fail(f"--format onnx: {' and '.join(missing)} not installed; install the onnx extra: "
+                 "pip install \"stma[onnx]\" (or use --format torchscript)")
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: --out is a file, not a folder; pass --out with a folder path")
+    check_output_dir(out.parent if not out.exists() else out)
+    if size is None:
+        size = default_export_size(checkpoint)
     try:
         manifest = export_model(checkpoint, out, fmt, size=size, objects=objects, memory_frames=memory_frames,
                                 refs=refs, overwrite=overwrite)

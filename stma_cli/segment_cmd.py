@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +21,13 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from stma_cli._common import (EXIT_BAD_INPUT, EXIT_SOME_FAILED, fail, frame_progress, info, one_line, print_error,
-                              stderr_console, warn)
+from stma_cli._common import (EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
+                              info, one_line, print_error, stderr_console, stdout_closed, warn)
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import ensure_writable_dir
-from stma_core.io.frames import FrameFolderSource, FrameSource, find_videos, is_frame_folder, open_frames
+from stma_core.io.frames import FrameFolderSource, FrameSource, open_frames, scan_folder
 from stma_core.io.masks import LoadedMask, fit_mask, keep_new_objects, load_mask, load_mask_folder
 from stma_core.io.outputs import (ALL_FORMATS, ALPHA_CODECS, OVERLAY_STYLES, VIDEO_FORMATS, OutputOptions, OutputWriter,
                                   all_output_paths)
@@ -76,6 +75,8 @@ class Outcome:
     seconds: float = 0.0
     paths: list[Path] = field(default_factory=list)
     error: str = ""
+    objects: int = 0
+    bad_input: bool = False
 
 
 # ---- option checks --------------------------------------------------------------------------------
@@ -91,9 +92,7 @@ def _parse_formats(values: list[str]) -> list[str]:
 
 
 def _check_device(device: str) -> str:
-    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
-        fail(f"--device: unknown device {device!r}; use {', '.join(DEVICES)} or cuda:N")
-    return device
+    return check_device(device)
 
 
 def _rank_device(device: str) -> str:
@@ -148,29 +147,39 @@ def _frame_index(source: FrameSource, name: str) -> int:
 
 # ---- inputs ----------------------------------------------------------------------------------------
 def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: Path) -> tuple[list[Job], bool]:
-    """-> (jobs, batch). Masks: --mask FILE / --mask-dir DIR for one video; folders keyed by name for a batch."""
-    if mask is None and mask_dir is None:
-        fail("--mask: no mask given; pass --mask FIRST_FRAME.png or --mask-dir ANNOTATION_FOLDER")
+    """-> (jobs, batch). Masks: --mask FILE / --mask-dir DIR for one video; folders keyed by name for a batch.
+
+    A folder's kind comes from its content: frames (images only), a batch (videos and/or frame folders;
+    `clip.png` or `clip_mask.png` beside `clip.mp4` is that video's mask), or mixed (an error that says
+    what was found). Without --mask/--mask-dir, a video's mask is the `<name>.png` / `<name>_mask.png`
+    beside it.
+    """
     if mask is not None and mask_dir is not None:
         fail("--mask/--mask-dir: both given; pass only one of them")
     if not input_path.exists():
         fail(f"{input_path}: no such file or folder; check the INPUT path")
-    batch = input_path.is_dir() and not is_frame_folder(input_path)
+    contents = scan_folder(input_path) if input_path.is_dir() else None
+    if contents is not None and contents.kind == "mixed":
+        fail(f"{input_path}: folder holds {contents.describe()}, so it is neither a frame folder nor a folder of "
+             "videos; move the images out to segment the videos (or pass the video files one by one)")
+    batch = contents is not None and contents.kind != "frames"
     if not batch:
         name = input_path.name if input_path.is_dir() else input_path.stem
         job = Job(input_path, name)
         if mask is not None:
             job.mask_file = mask / f"{name}.png" if mask.is_dir() else mask
-        else:
-            assert mask_dir is not None
+        elif mask_dir is not None:
             job.mask_dir = mask_dir / name if (mask_dir / name).is_dir() else mask_dir
+        else:
+            job.mask_file = _mask_beside(input_path)
         return [job], False
 
+    assert contents is not None
     out_resolved = out.resolve()
     if out_resolved == input_path.resolve():
         fail(f"{out}: output folder is the input folder (results would be read as videos next run); "
              "pass --out with another folder")
-    paths = [p for p in find_videos(input_path)
+    paths = [p for p in contents.inputs
              if p.resolve() != out_resolved and out_resolved not in p.resolve().parents]
     if not paths:
         fail(f"{input_path}: folder holds no videos, frames or frame folders; "
@@ -181,9 +190,26 @@ def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: 
     jobs = []
     for path in paths:
         name = path.name if path.is_dir() else path.stem
+        if mask is None and mask_dir is None:
+            beside = contents.masks.get(name)
+            if beside is None:
+                fail(f"--mask: no mask given and {path} has no {name}.png beside it; pass --mask FOLDER holding "
+                     "<video>.png, or --mask-dir with <video>/ annotation folders")
+            jobs.append(Job(path, name, mask_file=beside))
+            continue
         jobs.append(Job(path, name, mask_file=mask / f"{name}.png" if mask is not None else None,
                         mask_dir=mask_dir / name if mask_dir is not None else None))
     return jobs, True
+
+
+def _mask_beside(input_path: Path) -> Path:
+    """`clip.png` or `clip_mask.png` beside `clip.mp4` (or beside a frame folder `clip/`) when no mask is given."""
+    stem = input_path.name if input_path.is_dir() else input_path.stem
+    for candidate in (input_path.with_name(f"{stem}.png"), input_path.with_name(f"{stem}_mask.png")):
+        if candidate.is_file() and candidate != input_path:
+            return candidate
+    fail(f"--mask: no mask given and no {stem}.png beside {input_path}; pass --mask FIRST_FRAME.png "
+         "or --mask-dir ANNOTATION_FOLDER")
 
 
 def _frame_key(source: FrameSource, mask_path: Path) -> str:
@@ -223,7 +249,7 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
         order = source.frame_names
     else:
         order = sorted(loaded, key=int)
-        beyond = [name for name in order if int(name) >= source.frame_count]
+        beyond = [name for name in order if int(name) >= max(source.frame_count, getattr(source, "packets", 0))]
         if beyond:
             raise StmaInputError(f"{loaded[beyond[0]].path}: annotates frame {beyond[0]} but {source.path} has "
                                  f"{source.frame_count} frames; remove masks past the last frame")
@@ -232,12 +258,11 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
 
 
 def _report_masks(console: Console, masks: list[LoadedMask], quiet: bool) -> None:
-    if quiet:
-        return
+    """Warnings always reach stderr (one line each); the id mapping is a note that --quiet hides."""
     for mask in masks:
         for message in mask.warnings:
             warn(console, message)
-        if mask.mapping:
+        if mask.mapping and not quiet:
             pairs = ", ".join(f"{source} -> {object_id}" for object_id, source in sorted(mask.mapping.items()))
             info(console, f"{mask.path}: {mask.kind} mask, object ids: {pairs}")
 
@@ -255,10 +280,14 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
     task = progress.add_task(escape(source.name), total=expected)
     count = 0
     soft_of = getattr(propagator, "probabilities", None) if soft else None
+    unused = set(masks)
+    stopped_early = False
     try:
         for index, (name, frame) in enumerate(source):
+            unused.discard(name)
             if select is not None:
                 if index >= select.stop:
+                    stopped_early = True  # frames after --end are not read, nor are their masks checked
                     break
                 if index not in select:
                     continue
@@ -271,6 +300,10 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
             progress.update(task, advance=1, total=max(count, expected))
         if count == 0:
             raise StmaInputError(f"{source.path}: no frame could be decoded; re-encode the video")
+        if unused and not stopped_early:  # a mask for a frame the video does not have would silently drop its objects
+            first = min(unused, key=lambda n: (len(n), n))
+            raise StmaInputError(f"{source.path}: a mask annotates frame {first} but the video has {count} frames "
+                                 "(0-based names); remove masks past the last frame")
     except BaseException:
         progress.remove_task(task)
         raise
@@ -281,7 +314,8 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
 # ---- command ---------------------------------------------------------------------------------------
 def segment(
     input_path: Path = typer.Argument(..., metavar="INPUT", show_default=False,
-                                      help="Video file (mp4/mov/avi/mkv/webm), folder of frames, or folder of videos."),
+                                      help="Video file (anything ffmpeg decodes: mp4, mov, mkv, webm, m4v, ts, ...), folder of "
+                                           "frames, or folder of videos (with <video>.png masks beside them)."),
     mask: Optional[Path] = typer.Option(None, "--mask", "-m", show_default=False,
                                         help="First-frame mask PNG (palette, binary/gray or RGB colours). "
                                              "For a folder of videos: a folder holding <video>.png."),
@@ -303,7 +337,7 @@ def segment(
     size: Optional[int] = typer.Option(None, "--size", show_default=False,
                                        help="Short side the model works at; default: what the checkpoint recommends "
                                             "(outputs always keep the input size)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only result paths (stdout), and errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes: stdout gets only result paths; warnings and errors stay on stderr."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a batch skips finished videos otherwise)."),
     engine: str = typer.Option("torch", "--engine", help="torch (PyTorch) or onnx (onnxruntime, needs --onnx-dir)."),
     onnx_dir: Optional[Path] = typer.Option(None, "--onnx-dir", show_default=False,
@@ -322,6 +356,8 @@ def segment(
     labels: bool = typer.Option(False, "--labels", help="Overlay: write each object's id on it."),
     alpha_codec: str = typer.Option("vp9", "--alpha-codec",
                                     help="cutout-video: vp9 (.webm, browsers) or prores (.mov ProRes 4444, editors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout (videos, frames, objects, "
+                                                       "seconds, outputs) instead of result paths."),
 ) -> None:
     """Segment the objects of the first-frame mask in every frame of a video.
 
@@ -345,13 +381,15 @@ def segment(
     if world > 1:
         jobs = jobs[rank::world]
     created_out = not out.exists()
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: --out is a file, not a folder; pass --out with a folder path")
     try:
         ensure_writable_dir(out)
     except StmaOutputError as exc:
         fail(exc)
     try:
         _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, size,
-                  onnx_dir if engine == "onnx" else None, extras=extras)
+                  onnx_dir if engine == "onnx" else None, extras=extras, as_json=as_json)
     finally:
         if created_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that wrote nothing leaves nothing behind
@@ -359,7 +397,7 @@ def segment(
 
 def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, overwrite: bool, quiet: bool,
               method: str, checkpoint: Path | None, device: str, size: int | None,
-              onnx_dir: Path | None = None, extras: Extras | None = None) -> None:
+              onnx_dir: Path | None = None, extras: Extras | None = None, as_json: bool = False) -> None:
     """Runs every job in order, printing result paths as they finish and the batch summary at the end."""
     console = stderr_console()
     factory: list[Callable[[], Propagator]] = []
@@ -380,20 +418,49 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
 
     outcomes: list[Outcome] = []
     seen: set[str] = set()
+    start = time.perf_counter()
     try:
         with frame_progress(console, disable=quiet) as progress:
             for job in jobs:
                 outcome = _run_job(job, batch, seen, fmt_list, out, overwrite, propagator, progress, console, quiet,
                                    extras or Extras())
                 outcomes.append(outcome)
-                for path in outcome.paths:
-                    typer.echo(str(path))
+                if not as_json:
+                    for path in outcome.paths:
+                        try:
+                            typer.echo(str(path))
+                        except BrokenPipeError:
+                            stdout_closed()
     except _Stop as stop:
         fail(stop.args[0], stop.code)
     if batch and not quiet:
         console.print(_summary(outcomes))
-    if any(o.status == "failed" for o in outcomes):
+    if as_json:
+        _print_json(outcomes, time.perf_counter() - start)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed and len(failed) == len(outcomes) and all(o.bad_input for o in failed):
+        raise typer.Exit(EXIT_BAD_INPUT)  # nothing could run: the input itself is wrong, not some videos
+    if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _print_json(outcomes: list[Outcome], seconds: float) -> None:
+    import json
+
+    payload = {
+        "videos": [{"name": o.name, "status": o.status, "frames": o.frames, "objects": o.objects,
+                    "seconds": round(o.seconds, 3), "outputs": [str(p) for p in o.paths],
+                    **({"error": o.error} if o.error else {})} for o in outcomes],
+        "frames": sum(o.frames for o in outcomes),
+        "seconds": round(seconds, 3),
+        "done": sum(o.status == "done" for o in outcomes),
+        "skipped": sum(o.status == "skipped" for o in outcomes),
+        "failed": sum(o.status == "failed" for o in outcomes),
+    }
+    try:
+        typer.echo(json.dumps(payload))
+    except BrokenPipeError:
+        stdout_closed()
 
 
 def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Path, overwrite: bool,
@@ -431,14 +498,15 @@ def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Pat
         seconds = time.perf_counter() - start
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")
-        return Outcome(job.name, "done", frames, seconds, list(paths.values()))
+        objects = len({int(i) for m in masks.values() for i in np.unique(m) if i != 0})
+        return Outcome(job.name, "done", frames, seconds, list(paths.values()), objects=objects)
     except _Stop:
         raise
     except (StmaInputError, StmaOutputError) as exc:
         if not batch:
             raise _Stop(exc, EXIT_BAD_INPUT) from exc
         print_error(exc)
-        return Outcome(job.name, "failed", error=one_line(exc))
+        return Outcome(job.name, "failed", error=one_line(exc), bad_input=True)
     except Exception as exc:  # noqa: BLE001 - a batch must go on with the other videos
         message = f"{job.path}: segmentation failed ({type(exc).__name__}: {exc}); rerun, or report a bug with this line"
         if not batch:

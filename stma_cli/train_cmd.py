@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from stma_cli._common import fail, info, stderr_console
+from stma_cli._common import check_device, check_output_dir, fail, info, stderr_console
 from stma_core.errors import StmaInputError
 
 
@@ -20,12 +20,9 @@ def _device(name: str) -> str:
     """auto -> cuda when available; under torchrun each process takes cuda:LOCAL_RANK."""
     import torch
 
-    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
-        fail(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N")
+    name = check_device(name)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        fail(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return name
 
 
@@ -53,6 +50,8 @@ def train(
     from stma_core.training.run import prepare_trainer
 
     device = _device(device)
+    if not resume:
+        check_output_dir(out)
     if distributed.launched_by_torchrun():
         rank, torch_device = distributed.init_from_env(device)
     else:

@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import EXAMPLES, example_frames, moving_object_sequence
 from stma_cli.app import app
 from stma_core.errors import StmaInputError
 from stma_core.eval.datasets import get_dataset, resolve_root
+from stma_core.io.writers import save_palette_png
 
 SEQUENCES = ("car-shadow", "motocross-jump")
 FRAMES = 12
@@ -36,15 +38,18 @@ def assert_input_error(result, *fragments: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def small_root(davis16: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A DAVIS 2016 root of two real val sequences cut to their first 12 frames (keeps the tests fast)."""
+def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DAVIS 2016 root of two generated 12-frame sequences with exact ground truth (moving textured
+    objects over the example clip), so these tests run without the dataset."""
     root = tmp_path_factory.mktemp("davis16small")
-    for seq in SEQUENCES:
-        for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):
-            dst = root / kind / "480p" / seq
-            dst.mkdir(parents=True)
-            for i in range(FRAMES):
-                (dst / f"{i:05d}.{ext}").symlink_to(davis16 / kind / "480p" / seq / f"{i:05d}.{ext}")
+    for seed, seq in enumerate(SEQUENCES):
+        frames, masks = moving_object_sequence(FRAMES, seed)
+        images, annotations = root / "JPEGImages" / "480p" / seq, root / "Annotations" / "480p" / seq
+        images.mkdir(parents=True)
+        annotations.mkdir(parents=True)
+        for i, (frame, mask) in enumerate(zip(frames, masks)):
+            Image.fromarray(frame).save(images / f"{i:05d}.jpg", quality=95)
+            save_palette_png(mask, annotations / f"{i:05d}.png")
     (root / "ImageSets" / "2016").mkdir(parents=True)
     (root / "ImageSets" / "2016" / "val.txt").write_text("\n".join(SEQUENCES) + "\n")
     return root
@@ -96,7 +101,7 @@ def test_dataset_copy_then_rescore_with_pred(small_root: Path, tmp_path: Path) -
     assert payload["objects"] == 2 and payload["split"] == "val"
     jf = payload["global"]["J&F-Mean"]
     assert abs(jf - float(rows[1][0])) <= 0.0005
-    assert 0.0 < jf < 1.0  # copy is imperfect on a moving car and a motocross jump
+    assert 0.0 < jf < 1.0  # copy is imperfect on moving objects
     assert (out / "per-sequence_results-val.csv").is_file()
     assert again.stderr == ""  # --quiet
 
@@ -175,15 +180,15 @@ def test_later_appearing_object_is_given_on_its_first_frame(tennis: Path, tmp_pa
 # YouTube-VOS: server layout, no local scoring
 # ----------------------------------------------------------------------------------------------------
 
-def test_ytvos_writes_listed_frames_in_server_layout(davis16: Path, tmp_path: Path) -> None:
+def test_ytvos_writes_listed_frames_in_server_layout(tmp_path: Path) -> None:
     valid = tmp_path / "ytvos" / "valid"
     video = "0a1b2c3d4e"
-    src = davis16 / "JPEGImages" / "480p" / "car-shadow"
+    frames = example_frames(30)  # the bundled example clip (DAVIS car-shadow)
     (valid / "JPEGImages" / video).mkdir(parents=True)
     for i in range(0, 30, 5):  # YouTube-VOS valid/ keeps every 5th frame
-        shutil.copy(src / f"{i:05d}.jpg", valid / "JPEGImages" / video / f"{i:05d}.jpg")
+        Image.fromarray(frames[i]).save(valid / "JPEGImages" / video / f"{i:05d}.jpg")
     (valid / "Annotations" / video).mkdir(parents=True)
-    car = np.array(Image.open(davis16 / "Annotations" / "480p" / "car-shadow" / "00000.png"))
+    car = np.array(Image.open(EXAMPLES / "car-shadow_mask.png"))
     Image.fromarray(car).save(valid / "Annotations" / video / "00000.png")
     later = np.zeros_like(car)
     later[10:60, 10:90] = 2  # object 2 first appears at frame 00010

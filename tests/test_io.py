@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import read_davis_frames, read_davis_mask
+from conftest import EXAMPLES, example_frames, moving_object_sequence
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.io.atomic import partial_path
 from stma_core.io.frames import FrameFolderSource, VideoFileSource, find_videos, natural_key, open_frames
@@ -26,6 +26,11 @@ from stma_core.io.writers import VideoWriter, decode_rle, encode_rle, output_pat
 def _save(array: np.ndarray, path: Path) -> Path:
     Image.fromarray(array).save(path)
     return path
+
+
+def example_mask() -> np.ndarray:
+    """First-frame mask of the bundled example clip (DAVIS car-shadow, ids 0/1, 854x480)."""
+    return np.array(Image.open(EXAMPLES / "car-shadow_mask.png"))
 
 
 def _tennis_ids(tennis: Path, index: int = 0) -> np.ndarray:
@@ -70,8 +75,11 @@ def test_other_containers(tmp_path: Path, car_shadow_mp4: tuple[Path, list[np.nd
     assert frames[2][0] == "00002" and frames[2][1].shape == (120, 214, 3)
 
 
-def test_frame_folder_reads_davis_frames_exactly(davis16: Path) -> None:
-    folder = davis16 / "JPEGImages" / "480p" / "car-shadow"
+def test_frame_folder_reads_davis_frames_exactly(tmp_path: Path) -> None:
+    folder = tmp_path / "car-shadow"
+    folder.mkdir()
+    for i, frame in enumerate(example_frames(40)):
+        Image.fromarray(frame).save(folder / f"{i:05d}.jpg")
     source = open_frames(folder)
     assert source.name == "car-shadow" and source.size == (854, 480) and source.frame_count == 40
     name, frame = next(iter(source))
@@ -82,13 +90,13 @@ def test_frame_folder_reads_davis_frames_exactly(davis16: Path) -> None:
 def test_reader_errors_name_the_file(tmp_path: Path) -> None:
     fake = tmp_path / "notes.mp4"
     fake.write_text("this is not a video\n")
-    with pytest.raises(StmaInputError, match="notes.mp4: not a readable video"):
+    with pytest.raises(StmaInputError, match="notes.mp4: ffmpeg cannot decode a frame of it .*damaged or incomplete"):
         open_frames(fake)
     with pytest.raises(StmaInputError, match="missing.mp4: no such file"):
         open_frames(tmp_path / "missing.mp4")
     text = tmp_path / "clip.txt"
     text.write_text("x")
-    with pytest.raises(StmaInputError, match="unsupported file type"):
+    with pytest.raises(StmaInputError, match="clip.txt: ffmpeg cannot decode .*else pass a video file"):
         open_frames(text)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -126,8 +134,8 @@ def test_palette_mask_with_two_objects_and_void(tennis: Path) -> None:
     assert len(mask.warnings) == 1 and "225 void pixel(s)" in mask.warnings[0]
 
 
-def test_grayscale_masks(tmp_path: Path, davis16: Path) -> None:
-    car = read_davis_mask(davis16, "car-shadow")
+def test_grayscale_masks(tmp_path: Path) -> None:
+    car = example_mask()
     for name, values, mapping in (("bin255", car * 255, {1: "gray 255"}), ("bin1", car, {})):
         mask = load_mask(_save(values.astype(np.uint8), tmp_path / f"{name}.png"))
         assert mask.kind == "binary" and np.array_equal(mask.ids, car) and mask.mapping == mapping
@@ -143,8 +151,8 @@ def test_grayscale_masks(tmp_path: Path, davis16: Path) -> None:
     assert mask.object_ids == [3, 7] and mask.mapping == {}
 
 
-def test_antialiased_grayscale_mask_stays_one_object(tmp_path: Path, davis16: Path) -> None:
-    car = read_davis_mask(davis16, "car-shadow")
+def test_antialiased_grayscale_mask_stays_one_object(tmp_path: Path) -> None:
+    car = example_mask()
     smooth = cv2.resize(car.astype(np.uint8) * 255, (640, 360), interpolation=cv2.INTER_AREA)
     assert len(np.unique(smooth)) > 10  # real anti-aliasing: many gray levels on the edge
     mask = load_mask(_save(smooth, tmp_path / "smooth.png"))
@@ -200,8 +208,8 @@ def test_mask_without_object_or_with_too_many_objects(tmp_path: Path) -> None:
         load_mask(_save(rgb, tmp_path / "many.png"))
 
 
-def test_fit_mask_resizes_same_aspect_and_rejects_other_aspect(tmp_path: Path, davis16: Path) -> None:
-    car = read_davis_mask(davis16, "car-shadow")
+def test_fit_mask_resizes_same_aspect_and_rejects_other_aspect(tmp_path: Path) -> None:
+    car = example_mask()
     half = cv2.resize(car, (427, 240), interpolation=cv2.INTER_NEAREST)
     mask = load_mask(_save(half, tmp_path / "half.png"))
     fitted = fit_mask(mask, (854, 480), "video.mp4")
@@ -262,15 +270,14 @@ def _write_video(out: Path, formats: list[str], frames: list[np.ndarray], masks:
     return writer
 
 
-def _clip(davis16: Path, count: int = 5) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    frames = read_davis_frames(davis16, "car-shadow", count, scale=0.5)
-    masks = [cv2.resize(read_davis_mask(davis16, "car-shadow", i), (frames[0].shape[1], frames[0].shape[0]),
-                        interpolation=cv2.INTER_NEAREST) for i in range(count)]
-    return frames, masks
+def _clip(count: int = 5) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """426x240 frames of the example clip, with masks of an object moving over them."""
+    frames = [cv2.resize(f, (426, 240), interpolation=cv2.INTER_AREA) for f in example_frames(count)]
+    return frames, moving_object_sequence(count, seed=3, size=(426, 240))[1]
 
 
-def test_video_writer_outputs(tmp_path: Path, davis16: Path) -> None:
-    frames, masks = _clip(davis16)
+def test_video_writer_outputs(tmp_path: Path) -> None:
+    frames, masks = _clip()
     masks[2] = masks[2] * 3  # id 3 on one frame
     writer = _write_video(tmp_path, ["png", "rle", "overlay"], frames, masks)
     paths = writer.paths
@@ -290,7 +297,7 @@ def test_video_writer_outputs(tmp_path: Path, davis16: Path) -> None:
     overlay_frames = [np.frombuffer(b, np.uint8).reshape(240, 426, 3) for b in reader]
     assert meta["size"] == (426, 240) and len(overlay_frames) == 5
     for got, frame, mask in zip(overlay_frames, frames, masks):
-        assert np.abs(got.astype(int) - overlay(frame, mask)).mean() < 4.0  # H.264 of the blended frame
+        assert np.abs(got.astype(int) - overlay(frame, mask)).mean() < 5.0  # H.264 (default quality) of the blend
     assert not list(tmp_path.glob("*.partial"))
 
 
@@ -311,16 +318,16 @@ def test_odd_sized_overlay_is_padded(tmp_path: Path) -> None:
     assert next(imageio_ffmpeg.read_frames(str(writer.paths["overlay"])))["size"] == (46, 34)
 
 
-def test_failure_mid_video_leaves_nothing(tmp_path: Path, davis16: Path) -> None:
-    frames, masks = _clip(davis16)
+def test_failure_mid_video_leaves_nothing(tmp_path: Path) -> None:
+    frames, masks = _clip()
     with pytest.raises(RuntimeError, match="propagator crashed"):
         _write_video(tmp_path, ["png", "rle", "overlay"], frames, masks, fail_at=3)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_writer_thread_failure_reaches_caller_and_cleans_up(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
-                                                             davis16: Path) -> None:
-    frames, masks = _clip(davis16)
+def test_writer_thread_failure_reaches_caller_and_cleans_up(tmp_path: Path,
+                                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    frames, masks = _clip()
     elsewhere = tmp_path_factory.mktemp("moved") / "png"
     with pytest.raises(StmaOutputError, match="writing outputs failed"):
         with VideoWriter(tmp_path, "clip", ["png", "rle"], (426, 240), 24.0) as writer:
@@ -331,8 +338,8 @@ def test_writer_thread_failure_reaches_caller_and_cleans_up(tmp_path: Path, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_outputs_need_overwrite(tmp_path: Path, davis16: Path) -> None:
-    frames, masks = _clip(davis16, 2)
+def test_existing_outputs_need_overwrite(tmp_path: Path) -> None:
+    frames, masks = _clip(2)
     _write_video(tmp_path, ["png"], frames, masks)
     with pytest.raises(StmaOutputError, match="clip: output already exists; pass --overwrite"):
         _write_video(tmp_path, ["png"], frames, masks)

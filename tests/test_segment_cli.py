@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner, Result
 
-from conftest import EXAMPLES, encode_mp4, read_davis_frames, read_davis_mask
+from conftest import EXAMPLES, encode_mp4, example_frames, read_davis_mask
 from stma_cli.app import app
 from stma_core.checkpoint import DEFAULT_CHECKPOINT
 from stma_core.io.writers import decode_rle, save_palette_png
@@ -42,14 +42,17 @@ def png_ids(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def small_clips(tmp_path_factory: pytest.TempPathFactory, davis16: Path) -> dict[str, tuple[Path, Path]]:
-    """Three real 6-frame 426x240 mp4s from DAVIS with their first-frame palette masks."""
+def small_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Three real 6-frame 426x240 mp4s made from the bundled example clip (as is, mirrored, upside down)
+    with their first-frame palette masks; no dataset needed."""
     root = tmp_path_factory.mktemp("clips")
+    frames = [cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(6)]
+    first = cv2.resize(png_ids(EXAMPLE_MASK), SMALL, interpolation=cv2.INTER_NEAREST)
     clips = {}
-    for sequence in ("car-shadow", "dog", "camel"):
-        video = encode_mp4(read_davis_frames(davis16, sequence, 6, scale=0.5), root / f"{sequence}.mp4")
+    for sequence, flip in (("car-shadow", lambda a: a), ("dog", lambda a: a[:, ::-1]), ("camel", lambda a: a[::-1])):
+        video = encode_mp4([np.ascontiguousarray(flip(f)) for f in frames], root / f"{sequence}.mp4")
         mask = root / f"{sequence}.png"
-        save_palette_png(cv2.resize(read_davis_mask(davis16, sequence), SMALL, interpolation=cv2.INTER_NEAREST), mask)
+        save_palette_png(np.ascontiguousarray(flip(first)), mask)
         clips[sequence] = (video, mask)
     return clips
 
@@ -146,7 +149,7 @@ def test_batch_with_a_failing_video(tmp_path: Path, small_clips: dict[str, tuple
     assert result.exit_code == 1, result.output
     assert result.stdout.splitlines() == [str(out / n) for n in
                                           ("camel", "camel.rle.json", "car-shadow", "car-shadow.rle.json")]
-    assert f"error: {videos / 'dog.mp4'}: not a readable video" in result.stderr
+    assert f"error: {videos / 'dog.mp4'}: ffmpeg cannot decode a frame of it" in result.stderr
     assert "2 done, 0 skipped, 1 failed" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["camel", "camel.rle.json", "car-shadow", "car-shadow.rle.json"]
     assert len(list((out / "camel").iterdir())) == 6
@@ -185,10 +188,9 @@ def test_quiet_prints_only_paths(tmp_path: Path, clip: tuple[Path, Path]) -> Non
     assert result.stderr == ""
 
 
-def test_rgb_antialiased_mask_is_reported_not_split(tmp_path: Path, clip: tuple[Path, Path],
-                                                    davis16: Path) -> None:
+def test_rgb_antialiased_mask_is_reported_not_split(tmp_path: Path, clip: tuple[Path, Path]) -> None:
     video, _ = clip
-    car = read_davis_mask(davis16, "car-shadow")
+    car = png_ids(EXAMPLE_MASK)
     red = (car[..., None] * np.array([255, 60, 0])).astype(np.uint8)
     smooth = cv2.resize(red, SMALL, interpolation=cv2.INTER_AREA)  # anti-aliased edge colours
     mask = tmp_path / "drawn.png"
@@ -200,10 +202,10 @@ def test_rgb_antialiased_mask_is_reported_not_split(tmp_path: Path, clip: tuple[
     assert set(np.unique(png_ids(out / "car-shadow" / "00005.png"))) == {0, 1}
 
 
-def test_mask_with_the_same_aspect_is_resized(tmp_path: Path, clip: tuple[Path, Path], davis16: Path) -> None:
+def test_mask_with_the_same_aspect_is_resized(tmp_path: Path, clip: tuple[Path, Path]) -> None:
     video, _ = clip
     mask = tmp_path / "full.png"
-    save_palette_png(read_davis_mask(davis16, "car-shadow"), mask)  # 854x480 for a 426x240 video
+    save_palette_png(png_ids(EXAMPLE_MASK), mask)  # 854x480 for a 426x240 video
     out = tmp_path / "out"
     result = segment(video, "--mask", mask, "--method", "copy", "--out", out)
     assert result.exit_code == 0, result.output
@@ -223,7 +225,7 @@ def test_not_a_video(tmp_path: Path) -> None:
     fake.write_text("not a video\n")
     out = tmp_path / "out"
     assert_bad_input(segment(fake, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", out),
-                     "holiday.mp4: not a readable video", "; pass a video")
+                     "holiday.mp4: ffmpeg cannot decode a frame of it", "damaged or incomplete")
     assert not out.exists()
 
 
@@ -278,26 +280,28 @@ def test_existing_outputs_need_overwrite(tmp_path: Path, clip: tuple[Path, Path]
     assert result.exit_code == 0 and result.stdout == f"{out / 'car-shadow'}\n"
 
 
-def test_bad_frame_midway_leaves_no_output(tmp_path: Path, davis16: Path) -> None:
+def test_bad_frame_midway_leaves_no_output(tmp_path: Path) -> None:
     frames = tmp_path / "frames"
     frames.mkdir()
-    for index in range(4):
-        shutil.copy(davis16 / "JPEGImages" / "480p" / "car-shadow" / f"{index:05d}.jpg", frames / f"{index:05d}.jpg")
+    for index, frame in enumerate(example_frames(4)):
+        Image.fromarray(frame).save(frames / f"{index:05d}.jpg")
     (frames / "00002.jpg").write_bytes(b"truncated")
     out = tmp_path / "out"
-    mask = davis16 / "Annotations" / "480p" / "car-shadow" / "00000.png"
+    mask = EXAMPLE_MASK
     assert_bad_input(segment(frames, "--mask", mask, "--method", "copy", "--out", out, "-f", "png", "-f", "overlay"),
                      "00002.jpg: not a readable image")
     assert not out.exists()
 
 
 @pytest.mark.parametrize("args, fragment", [
-    ([], "--mask: no mask given"),
+    ([], "--mask: no mask given and no car-shadow.png beside"),
     (["--format", "gif"], "--format: unknown format 'gif'"),
     (["--method", "magic"], "--method: unknown method 'magic'"),
     (["--device", "tpu"], "--device: unknown device 'tpu'"),
 ])
 def test_bad_options(tmp_path: Path, args: list[str], fragment: str) -> None:
+    video = tmp_path / "car-shadow.mp4"  # alone: no car-shadow_mask.png beside it as in examples/
+    shutil.copy(EXAMPLE_VIDEO, video)
     mask_args = [] if not args else ["--mask", str(EXAMPLE_MASK)]
-    assert_bad_input(segment(EXAMPLE_VIDEO, *mask_args, *args, "--out", tmp_path / "out"), fragment)
+    assert_bad_input(segment(video, *mask_args, *args, "--out", tmp_path / "out"), fragment)
     assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import encode_mp4
 from stma_cli.app import app
 from stma_core.checkpoint import DEFAULT_CHECKPOINT
 
@@ -20,9 +22,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def test_segment_with_onnx_engine_matches_torch(tmp_path: Path) -> None:
     runner = CliRunner()
     clip, mask = EXAMPLES / "car-shadow.mp4", EXAMPLES / "car-shadow_mask.png"
+    # default export size = default processing size, so the default runs of both engines agree
     exported = runner.invoke(app, ["export", "--format", "onnx", "--out", str(tmp_path / "onnx"),
-                                   "--size", "288", "512", "--objects", "1", "--quiet"])
+                                   "--objects", "1", "--quiet"])
     assert exported.exit_code == 0, exported.output
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["frame_size"] == [288, 512]
     outs = {}
     for engine in ("torch", "onnx"):
         args = ["segment", str(clip), "--mask", str(mask), "--out", str(tmp_path / engine), "--quiet",
@@ -38,6 +43,18 @@ def test_segment_with_onnx_engine_matches_torch(tmp_path: Path) -> None:
         a = np.asarray(Image.open(outs["torch"] / name)) == 1
         b = np.asarray(Image.open(outs["onnx"] / name)) == 1
         assert (a & b).sum() / max((a | b).sum(), 1) >= 0.99, name
+
+    # a video that scales to another size than the export's: say so and how to re-export
+    square = tmp_path / "square.mp4"
+    frames = [np.asarray(Image.open(outs["torch"] / "00000.png").convert("RGB"))[:, :480]] * 3
+    encode_mp4(frames, square)
+    square_mask = tmp_path / "square.png"
+    Image.fromarray(np.asarray(Image.open(mask))[:, :480]).save(square_mask)
+    result = runner.invoke(app, ["segment", str(square), "--mask", str(square_mask), "--out", str(tmp_path / "sq"),
+                                 "--engine", "onnx", "--onnx-dir", str(tmp_path / "onnx")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "this export is for 512x288" in lines[0] and "re-export with --size 288 288" in lines[0]
 
 
 def test_onnx_engine_needs_an_export_folder(tmp_path: Path) -> None:

@@ -150,6 +150,16 @@ def resolve_split(root: Path, split: str) -> tuple[str, list[str]]:
     return split_file.stem, sequences
 
 
+def is_davis2016_split(root: Path, split: str) -> bool:
+    """True if `split` (a name or a split file) resolves to a DAVIS 2016 list (ImageSets/2016/...): there,
+    original 0/255 grayscale masks mean object 1."""
+    given = Path(split).expanduser()
+    if given.is_file():
+        return given.resolve().parent.name == "2016"
+    found = [p for p in split_candidates(root, split) if p.is_file()]
+    return bool(found) and found[0].parent.name == "2016"
+
+
 def short_list(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")

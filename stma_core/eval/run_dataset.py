@@ -83,12 +83,20 @@ def _run_video(frames: list[Path], given: dict[str, np.ndarray], make: Callable[
         progress.sequence_done(sequence, len(frames), time.perf_counter() - start)
 
 
-def davis_given_masks(annotation_folder: Path) -> dict[str, np.ndarray]:
-    """Masks to give a propagator: frame 0's objects, then each new object on its first annotated frame."""
+def davis_given_masks(annotation_folder: Path, davis2016: bool = False) -> dict[str, np.ndarray]:
+    """Masks to give a propagator: frame 0's objects, then each new object on its first annotated frame.
+
+    davis2016: a sequence whose masks are all 0/255 (the original DAVIS 2016 release) has 255 = object 1.
+    """
     given: dict[str, np.ndarray] = {}
     seen: set[int] = set()
-    for png in sorted(annotation_folder.glob("*.png")):
+    pngs = sorted(annotation_folder.glob("*.png"))
+    binary255 = davis2016 and bool(pngs) and all(
+        set(np.unique(read_id_mask(png, "GT mask")).tolist()) <= {0, VOID_ID} for png in pngs[:1])
+    for png in pngs:
         mask = read_id_mask(png, "GT mask")
+        if binary255 and not (mask[(mask != 0) & (mask != VOID_ID)]).any():
+            mask = (mask == VOID_ID).astype(np.uint8)
         mask = np.where(mask == VOID_ID, 0, mask).astype(np.uint8)
         ids = {int(i) for i in np.unique(mask) if i != 0}
         new = sorted(ids - seen)
@@ -99,7 +107,7 @@ def davis_given_masks(annotation_folder: Path) -> dict[str, np.ndarray]:
 
 
 def segment_davis(root: Path, sequences: Iterable[str], make: Callable[[], Propagator], out_dir: Path,
-                  progress: FrameProgress | None = None) -> Path:
+                  progress: FrameProgress | None = None, davis2016: bool = False) -> Path:
     """Writes OUT_DIR/<seq>/<frame>.png for every frame of every sequence; returns OUT_DIR."""
     annotations = check_davis_root(root)
     images = root / "JPEGImages" / DAVIS_RESOLUTION
@@ -117,9 +125,12 @@ def segment_davis(root: Path, sequences: Iterable[str], make: Callable[[], Propa
     if progress is not None:
         progress.begin(sum(len(f) for _, f in jobs))
     for seq, frames in jobs:
-        given = davis_given_masks(annotations / seq)
+        given = davis_given_masks(annotations / seq, davis2016)
         if not given:
-            raise StmaInputError(f"GT folder {annotations / seq} has no annotated object to start from")
+            hint = ("its masks are 0/255 like the original DAVIS 2016 release: use --dataset davis16-val/train, or "
+                    "convert them to palette PNGs with ids 0/1" if not davis2016 else
+                    "annotate the objects on their first frame (0 = background, 1.. = objects)")
+            raise StmaInputError(f"GT folder {annotations / seq} has no annotated object to start from; {hint}")
         _run_video(frames, given, make, out_dir / seq, None, seq, progress)
     return out_dir
 

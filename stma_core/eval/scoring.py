@@ -85,6 +85,8 @@ def read_id_mask(path: Path, what: str) -> np.ndarray:
     """HxW uint8 ids from a palette or grayscale PNG; anything else is a one-line input error."""
     try:
         with Image.open(path) as image:
+            if image.mode == "1":  # a bilevel PNG (some DAVIS 2016 copies): 0/255
+                return np.asarray(image.convert("L"))
             if image.mode not in ("P", "L"):
                 raise StmaInputError(
                     f"{what} {path} is a {image.mode} image; save it as a palette (P) or grayscale (L) PNG "
@@ -124,13 +126,16 @@ def check_prediction_files(pred_dir: Path, annotations: Path, sequences: list[st
 
 
 def score_sequence(annotations: Path, pred_dir: Path, sequence: str,
-                   bound_th: float = BOUND_TH) -> list[ObjectResult]:
+                   bound_th: float = BOUND_TH, davis2016: bool = False) -> list[ObjectResult]:
     """Per-object per-frame J/F of one sequence (frames read one at a time: memory stays small)."""
     frames = gt_frames(annotations, sequence)
     gts = []
+    raw_gts = []
     counts = np.zeros(256, dtype=np.int64)
     for name in frames:
         gt = read_id_mask(annotations / sequence / f"{name}.png", "GT mask")
+        if davis2016:
+            raw_gts.append(gt)
         hist = id_histogram(gt)
         if hist[VOID_ID]:
             gt = np.where(gt == VOID_ID, 0, gt)
@@ -138,9 +143,14 @@ def score_sequence(annotations: Path, pred_dir: Path, sequence: str,
         gts.append(gt)
     has_void = bool(counts[VOID_ID])
     gt_ids = np.flatnonzero(counts[1:VOID_ID]) + 1
+    binary255 = davis2016 and gt_ids.size == 0 and has_void
+    if binary255:  # original DAVIS 2016 ground truth: 0/255 grayscale, 255 = the object
+        gts = [(gt_raw == VOID_ID).astype(np.uint8) for gt_raw in raw_gts]
+        gt_ids = np.array([1])
     if gt_ids.size == 0:
-        hint = ("its masks are 0/255 like the original DAVIS 2016 release; convert them to palette PNGs "
-                "with ids 0/1" if has_void else "annotate at least one object")
+        hint = ("its masks are 0/255 like the original DAVIS 2016 release: score it as DAVIS 2016 "
+                "(--split with ImageSets/2016/<split>.txt, or --dataset davis16-val), or convert the masks to "
+                "palette PNGs with ids 0/1" if has_void else "annotate at least one object")
         raise StmaInputError(f"GT sequence {annotations / sequence} has no object ids (255 is void); {hint}")
     n_objects = int(gt_ids.max()) if gt_ids.size else 0
     scored = frames[1:-1]
@@ -151,6 +161,8 @@ def score_sequence(annotations: Path, pred_dir: Path, sequence: str,
         gt = gts[t + 1]
         path = pred_dir / sequence / f"{name}.png"
         pred = read_id_mask(path, "prediction")
+        if binary255:
+            pred = _binary255_prediction(pred)
         if pred.shape != gt.shape:
             raise StmaInputError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} but its GT is "
                                  f"{gt.shape[1]}x{gt.shape[0]}; write predictions at the GT resolution")
@@ -165,12 +177,23 @@ def id_histogram(mask: np.ndarray) -> np.ndarray:
     return cv2.calcHist([np.ascontiguousarray(mask)], [0], None, [256], [0, 256]).ravel().astype(np.int64)
 
 
+def _binary255_prediction(pred: np.ndarray) -> np.ndarray:
+    """A DAVIS 2016 prediction may be 0/255 like its ground truth: 255 is then object 1."""
+    hist = id_histogram(pred)
+    if hist[VOID_ID] and not hist[1:VOID_ID].any():
+        return (pred == VOID_ID).astype(np.uint8)
+    return pred
+
+
 def _check_ids(path: Path, pred: np.ndarray, gt_ids: np.ndarray) -> None:
     counts = id_histogram(pred)
     present = np.flatnonzero(counts)
     if counts[VOID_ID]:
-        raise StmaInputError(f"prediction {path} contains {counts[VOID_ID]} pixels of id 255 (void is a GT-only "
-                             "label); write 0 for background")
+        others = [int(i) for i in present if 0 < i < VOID_ID]
+        hint = ("if 255 marks an object (a 0/255 binary mask), write its id instead (1 for a single object)"
+                if not others else "write each pixel's object id, and 0 for background")
+        raise StmaInputError(f"prediction {path} contains {counts[VOID_ID]} pixels of id 255, which is void "
+                             f"(a GT-only label), not an object; {hint}")
     unknown = [int(i) for i in present if i != 0 and i not in gt_ids]
     if unknown:
         raise StmaInputError(f"prediction {path} has object id(s) {unknown} that its GT sequence lacks "
@@ -179,7 +202,7 @@ def _check_ids(path: Path, pred: np.ndarray, gt_ids: np.ndarray) -> None:
 
 def score_predictions(pred_dir: str | Path, gt_root: str | Path, sequences: list[str], split: str = "val",
                       workers: int | None = None,
-                      on_sequence: Callable[[str], None] | None = None) -> EvalResult:
+                      on_sequence: Callable[[str], None] | None = None, davis2016: bool = False) -> EvalResult:
     """Scores PRED_DIR/<seq>/<frame>.png against GT_ROOT/Annotations/480p for the given sequences.
 
     workers: threads (default: one per CPU, at most one per sequence). on_sequence: called with each
@@ -192,7 +215,7 @@ def score_predictions(pred_dir: str | Path, gt_root: str | Path, sequences: list
     workers = max(1, min(workers or os.cpu_count() or 1, len(sequences)))
 
     def run(seq: str) -> list[ObjectResult]:
-        result = score_sequence(annotations, pred_dir, seq)
+        result = score_sequence(annotations, pred_dir, seq, davis2016=davis2016)
         if on_sequence is not None:
             on_sequence(seq)
         return result

@@ -1,13 +1,24 @@
 """Streaming frame readers: a video file or a folder of images, one frame at a time.
 
-A video is never held in memory: video files are decoded by an ffmpeg subprocess
-(`imageio_ffmpeg.read_frames`) and image folders are read file by file.
+A video is never held in memory: video files are decoded by an ffmpeg subprocess (the binary that
+imageio-ffmpeg ships) and image folders are read file by file.
+
+Every frame of a video file is delivered exactly once, in decode order: ffmpeg runs with
+`-fps_mode passthrough`, so a variable-frame-rate file (phone recordings, screen captures) is not
+converted to a constant rate (which duplicates and drops frames). Output frame i is the file's
+decoded frame i, and `--mask-dir` frame numbers count the same frames. A file that decodes with
+errors, or to fewer frames than its container holds (a cut-off download), is an error of that
+video, never a shorter result. ffmpeg's own messages are captured, never printed.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -18,12 +29,21 @@ from PIL import Image, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+                    ".3gp", ".flv", ".wmv", ".ogv", ".mxf", ".vob", ".y4m", ".gif")
+"""Names taken for videos without asking ffmpeg; any other file is a video if ffmpeg finds a video stream."""
+NOT_VIDEO_EXTENSIONS = (".txt", ".json", ".csv", ".md", ".yaml", ".yml", ".xml", ".zip", ".tar", ".gz", ".pdf",
+                        ".npy", ".npz", ".pt", ".pth", ".safetensors", ".onnx", ".py", ".sh", ".log", ".partial",
+                        ".bmp", ".tif", ".tiff", ".webp")
+"""Files never probed as videos (text, archives, models, other still-image formats)."""
 FOLDER_FPS = 24.0
 """Frame rate assumed for image folders (DAVIS and YouTube-VOS clips are 24-30 fps); used for overlays."""
 
-_SUPPORTED = f"a video ({', '.join(VIDEO_EXTENSIONS)}) or a folder of {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} frames"
+_SUPPORTED = "a video file (anything ffmpeg decodes: mp4, mov, mkv, webm, avi, m4v, mpg, ts, ...) " \
+             "or a folder of jpg/png frames"
+_DECODE_ERROR = re.compile(r"error|invalid|corrupt|partial file|truncat|missing|not found|could not|failed",
+                           re.IGNORECASE)
 
 
 def natural_key(name: str) -> list[object]:
@@ -31,27 +51,115 @@ def natural_key(name: str) -> list[object]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".") and not path.name.endswith(".partial")
+
+
 def image_files(folder: Path) -> list[Path]:
     """Frame images of a folder in natural order (hidden files skipped)."""
-    files = [p for p in folder.iterdir()
-             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and _visible(p)]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
+def _ffmpeg() -> str:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _run(args: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=timeout, start_new_session=True)
+
+
+def _first_problem(text: str) -> str:
+    """The most telling line of ffmpeg's stderr, without its `[h264 @ 0x...]` prefix."""
+    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    for line in lines:
+        if _DECODE_ERROR.search(line):
+            return line[:160]
+    return lines[0][:160] if lines else "no details"
+
+
+def has_video_stream(path: Path) -> bool:
+    """True if ffmpeg finds a video stream in the file (cheap: reads the header only)."""
+    try:
+        result = _run(["-i", str(path)], timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return re.search(r"Stream #\S+.*: Video: ", result.stderr.decode("utf-8", "replace")) is not None
+
+
 def is_video_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
+    """A file that is a video: a video name, or (any other name) a file ffmpeg finds a moving video in."""
+    if not path.is_file() or not _visible(path):
+        return False
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return True
+    if suffix in IMAGE_EXTENSIONS or suffix in NOT_VIDEO_EXTENSIONS:
+        return False
+    return has_video_stream(path)
 
 
 def is_frame_folder(path: Path) -> bool:
-    return path.is_dir() and any(
-        p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") for p in path.iterdir())
+    return path.is_dir() and bool(image_files(path))
+
+
+@dataclass
+class FolderContents:
+    """What a folder holds, so its kind (frames, or a batch of videos) comes from its content."""
+
+    folder: Path
+    images: list[Path] = field(default_factory=list)
+    videos: list[Path] = field(default_factory=list)
+    frame_folders: list[Path] = field(default_factory=list)
+    masks: dict[str, Path] = field(default_factory=dict)
+    """Images named like a video of the folder (`clip.png` beside `clip.mp4`): that video's mask."""
+
+    @property
+    def inputs(self) -> list[Path]:
+        return sorted(self.videos + self.frame_folders, key=lambda p: natural_key(p.name))
+
+    @property
+    def kind(self) -> str:
+        """'frames', 'batch', 'mixed' or 'empty'."""
+        if self.images and not self.inputs:
+            return "frames"
+        if self.inputs and not self.images:
+            return "batch"
+        if self.images and self.inputs:
+            return "mixed"
+        return "empty"
+
+    def describe(self) -> str:
+        parts = []
+        for label, items in (("video", self.videos), ("frame folder", self.frame_folders), ("image", self.images)):
+            if items:
+                names = ", ".join(p.name for p in items[:3]) + (", ..." if len(items) > 3 else "")
+                parts.append(f"{len(items)} {label}{'s' if len(items) > 1 else ''} ({names})")
+        return " and ".join(parts)
+
+
+def scan_folder(folder: Path) -> FolderContents:
+    """Sorts a folder's entries into frame images, videos, frame sub-folders and masks of its videos."""
+    contents = FolderContents(folder)
+    entries = sorted((p for p in folder.iterdir() if _visible(p)), key=lambda p: natural_key(p.name))
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    contents.videos = [p for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
+                       and is_video_file(p)]
+    contents.frame_folders = [p for p in entries if is_frame_folder(p)]
+    stems = {p.stem for p in contents.videos}
+    for image in images:
+        if image.stem in stems or (image.stem.endswith("_mask") and image.stem[:-5] in stems):
+            contents.masks[image.stem[:-5] if image.stem not in stems else image.stem] = image
+        else:
+            contents.images.append(image)
+    return contents
 
 
 def find_videos(folder: Path) -> list[Path]:
     """Inputs of a batch folder: video files and sub-folders holding frames, in natural order."""
-    found = [p for p in folder.iterdir()
-             if not p.name.startswith(".") and (is_video_file(p) or is_frame_folder(p))]
-    return sorted(found, key=lambda p: natural_key(p.name))
+    return scan_folder(folder).inputs
 
 
 class FrameSource(ABC):
@@ -63,7 +171,7 @@ class FrameSource(ABC):
     """(width, height) of every frame."""
     fps: float
     frame_count: int
-    """Number of frames; for video files it comes from the container and may be off by a few."""
+    """Number of frames (for video files: the packets of the video stream, counted without decoding)."""
 
     @abstractmethod
     def frame_name(self, index: int) -> str:
@@ -74,62 +182,135 @@ class FrameSource(ABC):
         ...
 
 
+class _StderrCollector(threading.Thread):
+    """Drains a subprocess's stderr so it can neither block nor reach the terminal."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.chunks: list[bytes] = []
+
+    def run(self) -> None:
+        for chunk in iter(lambda: self.stream.read(4096), b""):
+            if sum(len(c) for c in self.chunks) < 1 << 20:
+                self.chunks.append(chunk)
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", "replace")
+
+
 class VideoFileSource(FrameSource):
     """A video file decoded by ffmpeg; frames are named 00000, 00001, ... like DAVIS frames."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = path.stem
-        meta = self._probe()
-        self.size = (int(meta["size"][0]), int(meta["size"][1]))
-        self.fps = float(meta.get("fps") or FOLDER_FPS)
-        self.frame_count = self._count(float(meta.get("duration") or 0.0))
+        header, first = self._probe()
+        self.size = (int(first.shape[1]), int(first.shape[0]))  # after the file's rotation is applied
+        fps = re.search(r"Video: .*?(\d+(?:\.\d+)?) fps", header)
+        self.fps = float(fps.group(1)) if fps and float(fps.group(1)) > 0 else FOLDER_FPS
+        duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", header)
+        seconds = (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
+                   if duration else 0.0)
+        self.expected_frames = round(seconds * self.fps) if seconds > 0 else 0
+        """Frames the container promises: its duration times its average frame rate (0 when unknown). This
+        honours edit lists (a trimmed mp4 keeps packets it does not show), unlike a packet count."""
+        self.packets = self._count_packets()
+        """Video packets in the file (counted without decoding); can exceed the shown frames (edit lists)."""
+        self.frame_count = self.expected_frames or self.packets or 1
 
-    def _open(self) -> Iterator:
-        return imageio_ffmpeg.read_frames(str(self.path))
-
-    def _probe(self) -> dict:
-        reader = self._open()
+    def _probe(self) -> tuple[str, np.ndarray]:
+        """ffmpeg's description of the file, and its first frame decoded (to learn the displayed size)."""
         try:
-            meta = next(reader)
-        except (OSError, RuntimeError, StopIteration) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StmaInputError(
-                f"{self.path}: not a readable video ({reason[:160]}); pass {_SUPPORTED}") from exc
-        finally:
-            reader.close()
-        if not meta.get("size"):
-            raise StmaInputError(f"{self.path}: no video stream found; pass {_SUPPORTED}")
-        return meta
+            result = _run(["-i", str(self.path), "-map", "0:v:0", "-frames:v", "1", "-f", "image2pipe",
+                           "-c:v", "png", "-"])
+        except subprocess.TimeoutExpired as exc:
+            raise StmaInputError(f"{self.path}: ffmpeg did not answer within 2 minutes; "
+                                 "check that the file is a local video") from exc
+        except OSError as exc:
+            raise StmaInputError(f"{self.path}: cannot run ffmpeg ({exc}); reinstall imageio-ffmpeg") from exc
+        header = result.stderr.decode("utf-8", "replace")
+        has_stream = re.search(r"Stream #\S+.*: Video: ", header) is not None
+        first = cv2.imdecode(np.frombuffer(result.stdout, np.uint8), cv2.IMREAD_COLOR) if result.stdout else None
+        if first is None:
+            if "Stream #" in header and not has_stream:
+                raise StmaInputError(f"{self.path}: file has no video stream (audio only?); pass {_SUPPORTED}")
+            known = self.path.suffix.lower() in VIDEO_EXTENSIONS
+            what = ("the video is damaged or incomplete (a cut-off download?); re-download it or re-encode it "
+                    "(ffmpeg -i IN -c:v libx264 OUT.mp4)" if known or has_stream else
+                    f"if it is a video it is damaged, else pass {_SUPPORTED}")
+            raise StmaInputError(f"{self.path}: ffmpeg cannot decode a frame of it ({_first_problem(header)}); {what}")
+        return header, cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
 
-    def _count(self, duration: float) -> int:
-        """Frame count without decoding (ffmpeg stream copy); the duration estimate if that fails."""
+    def _count_packets(self) -> int:
+        """Frames the container holds, counted by copying the video stream (no decoding); 0 if unknown."""
         try:
-            return int(imageio_ffmpeg.count_frames_and_secs(str(self.path))[0])
-        except (RuntimeError, OSError, ValueError):
-            return max(1, round(duration * self.fps))
+            result = _run(["-i", str(self.path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"], timeout=600)
+        except (OSError, subprocess.TimeoutExpired):
+            return 0
+        counts = re.findall(r"frame=\s*(\d+)", result.stderr.decode("utf-8", "replace"))
+        return int(counts[-1]) if counts else 0
 
     def frame_name(self, index: int) -> str:
         return f"{index:05d}"
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        reader = self._open()
+        width, height = self.size
+        frame_bytes = width * height * 3
+        cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(self.path), "-map", "0:v:0",
+               "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+        # Own session: Ctrl-C reaches Python (which stops ffmpeg below), not ffmpeg mid-frame.
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True, bufsize=0)
+        errors = _StderrCollector(process.stderr)
+        errors.start()
         index = 0
+        finished = False
         try:
-            meta = next(reader)
-            width, height = meta["size"]
-            for raw in reader:
-                if len(raw) != width * height * 3:  # rotated videos report the stored size
-                    width, height = height, width
-                frame = np.frombuffer(raw, np.uint8).reshape(height, width, 3).copy()
-                yield self.frame_name(index), frame
+            assert process.stdout is not None
+            while True:
+                raw = _read_exactly(process.stdout, frame_bytes)
+                if len(raw) < frame_bytes:
+                    break
+                yield self.frame_name(index), np.frombuffer(raw, np.uint8).reshape(height, width, 3).copy()
                 index += 1
-        except (OSError, RuntimeError) as exc:
-            raise StmaInputError(
-                f"{self.path}: video cannot be decoded after frame {index} ({str(exc).strip()[:160]}); "
-                "re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)") from exc
+            finished = True
         finally:
-            reader.close()
+            if not finished and process.poll() is None:
+                process.kill()
+            process.wait()
+            errors.join(timeout=5)
+        self._check_complete(index, process.returncode, errors.text)
+
+    def _check_complete(self, decoded: int, returncode: int, stderr: str) -> None:
+        """A decode error, or clearly fewer frames than the container promises, fails the video (one line).
+
+        The promise (duration x average rate) is rounded in ffmpeg's header, hence the small tolerance;
+        a cut-off file also makes ffmpeg report errors, which fail the video whatever the count.
+        """
+        promised = self.expected_frames or self.packets
+        short = bool(promised) and decoded < 0.95 * promised - 1
+        problem = returncode != 0 or _DECODE_ERROR.search(stderr) is not None
+        if short or (problem and decoded < promised):
+            raise StmaInputError(
+                f"{self.path}: decoded {decoded} of {promised} frames: file truncated? ({_first_problem(stderr)}); "
+                "re-download or re-encode the video (ffmpeg -i IN -c:v libx264 OUT.mp4)")
+        if problem:
+            raise StmaInputError(
+                f"{self.path}: decode error after {decoded} frames ({_first_problem(stderr)}); the video is "
+                "damaged: re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4) and check the result")
+
+
+def _read_exactly(stream, count: int) -> bytes:
+    parts, got = [], 0
+    while got < count:
+        chunk = stream.read(count - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 class FrameFolderSource(FrameSource):
@@ -179,12 +360,15 @@ def open_frames(path: str | Path) -> FrameSource:
     if not path.exists():
         raise StmaInputError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
+        contents = scan_folder(path)
+        if contents.kind != "frames" and not contents.images:
+            raise StmaInputError(f"{path}: folder holds no .jpg/.jpeg/.png frames; pass {_SUPPORTED}")
         return FrameFolderSource(path)
-    if path.suffix.lower() not in VIDEO_EXTENSIONS:
-        raise StmaInputError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; pass {_SUPPORTED}")
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise StmaInputError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from exc
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise StmaInputError(f"{path}: is a single image, not a video; pass a video file or the folder "
+                             "holding all frames")
+    if not os.access(path, os.R_OK):
+        raise StmaInputError(f"{path}: cannot be read (permission denied); check its permissions")
+    if path.stat().st_size == 0:
+        raise StmaInputError(f"{path}: file is empty (0 bytes); re-download or re-export the video")
     return VideoFileSource(path)

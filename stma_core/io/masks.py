@@ -16,16 +16,21 @@ from PIL import Image, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError
 from stma_core.io.frames import natural_key
-from stma_core.io.palette import davis_id_of
+from stma_core.io.palette import DAVIS_PALETTE, davis_id_of
 
 MAX_OBJECTS = 254
 VOID_ID = 255
 ASPECT_TOLERANCE = 0.01
 """Masks whose aspect ratio is within 1% of the video's are resized (nearest); others are rejected."""
-SMALL_FRACTION = 0.001
-"""A colour under 0.1% of the pixels that is a near-shade of a bigger colour is noise, not an object."""
 NEAR_SHADE = 48
 """Largest per-channel difference (8-bit units) at which two colours count as shades of each other."""
+GRAY_ID_MAX = 64
+"""A grayscale mask whose levels are all <= this is an id map (0/1, 0/1/2, ...): read verbatim, never folded."""
+VOID_RGB = np.array([224, 224, 192])
+"""The DAVIS void colour (palette index 255): void in RGB masks too, as in palette masks."""
+ALPHA_COLOURS = 16
+"""An RGBA mask whose opaque pixels have more distinct colours than this (or are all black) is a cut-out:
+alpha marks the object."""
 
 
 @dataclass
@@ -89,46 +94,102 @@ def _interior(codes: np.ndarray) -> np.ndarray:
     return inside
 
 
-def _fold_stray(path: Path, codes: np.ndarray, values: np.ndarray, near: float
-                ) -> tuple[np.ndarray, list[int], int]:
-    """Finds the real colours among `values` (codes index them) and maps stray ones to the nearest real.
+def _is_blend(vals: np.ndarray, real: np.ndarray, tol: float) -> np.ndarray:
+    """For each colour in `vals` (N, C): True if it is a mix of two or three real colours (an edge or
+    junction blend, as anti-aliasing and area resizing make), within `tol`."""
+    out = np.zeros(len(vals), bool)
+    n = len(real)
+    for a in range(n):
+        for b in range(a + 1, n):
+            seg = real[b] - real[a]
+            denom = float((seg * seg).sum())
+            if denom == 0:
+                continue
+            t = ((vals - real[a]) @ seg) / denom
+            closest = real[a] + np.clip(t, 0, 1)[:, None] * seg
+            out |= (t > 0) & (t < 1) & (np.abs(vals - closest).max(1) <= tol)
+    if vals.shape[1] < 3 or n < 3 or n > 24:
+        return out
+    for a in range(n):
+        for b in range(a + 1, n):
+            for d in range(b + 1, n):
+                basis = np.stack([real[b] - real[a], real[d] - real[a]], 1)  # C x 2
+                coef, *_ = np.linalg.lstsq(basis, (vals - real[a]).T, rcond=None)
+                u, v = coef
+                residual = np.abs(vals - (real[a] + (basis @ coef).T)).max(1)
+                out |= (u >= -0.05) & (v >= -0.05) & (u + v <= 1.05) & (residual <= tol)
+    return out
 
-    Real = has at least one interior pixel and is not a rare near-shade of a bigger real colour.
-    Returns (codes with strays replaced, indices of real values, number of stray colours).
+
+def _group_colours(path: Path, codes: np.ndarray, values: np.ndarray, kind: str
+                   ) -> tuple[np.ndarray, list[int], list[str]]:
+    """Finds the real colours among `values` (codes index them) and gives every other colour to one of them.
+
+    No pixel-count threshold decides anything. Flat colours (with at least one pixel whose 8 neighbours
+    share it) are real, except that in a noisy mask (as many colours without a flat pixel as with one:
+    JPEG, anti-aliasing) a flat colour within NEAR_SHADE of a more common flat colour is the same colour
+    changed by compression noise and is merged into it (reported). Colours without a flat
+    pixel are edge blends or noise when they lie near a real colour or between two real ones, and are
+    folded (reported); otherwise they are a tiny object of their own, unless the mask is noisy: there every
+    colour without a flat pixel is noise and goes to the nearest real colour (a lossy mask invents nothing). Exact DAVIS palette colours are
+    never merged with each other. Returns (codes, indices of real values, warnings).
     """
     counts = np.bincount(codes.ravel(), minlength=len(values))
-    has_inside = np.zeros(len(values), bool)
-    has_inside[np.unique(codes[_interior(codes)])] = True
-    candidates = sorted(np.flatnonzero(has_inside & (counts > 0)), key=lambda i: -counts[i])
+    present = counts > 0
+    flat = np.zeros(len(values), bool)
+    flat[np.unique(codes[_interior(codes)])] = True
+    flat &= present
     vals = values.reshape(len(values), -1).astype(np.float64)
+    davis = np.array([kind == "rgb" and davis_id_of(tuple(int(x) for x in v)) is not None for v in values], bool)
+    lut = np.arange(len(values))
+    warnings: list[str] = []
     real: list[int] = []
-    for i in candidates:
-        rare = counts[i] < SMALL_FRACTION * codes.size
-        if rare and real and np.abs(vals[real] - vals[i]).max(1).min() <= near:
-            continue
+    merged: list[tuple[int, int]] = []
+    # Compression leaves many colours without a flat pixel; a mask without them has no noise to merge.
+    noisy = int((present & ~flat).sum()) >= int(flat.sum())
+    for i in sorted(np.flatnonzero(flat), key=lambda i: -counts[i]):
+        if real and noisy:
+            dist = np.abs(vals[real] - vals[i]).max(1)
+            j = int(np.argmin(dist))
+            if dist[j] <= NEAR_SHADE and not (davis[i] and davis[real[j]]):
+                lut[i] = real[j]
+                merged.append((int(i), real[j]))
+                continue
         real.append(int(i))
-    if not real:  # e.g. a 1-px-wide drawing: nothing has an interior; keep the colours as they are
-        real = [int(i) for i in np.flatnonzero(counts)]
+    others = np.flatnonzero(present & ~flat)
+    if not real:  # e.g. a 1-px-wide drawing: nothing is flat; keep the colours as they are
+        real = [int(i) for i in others]
+        others = np.zeros(0, np.int64)
+    n_folded, folded_pixels = 0, 0
+    if len(others):
+        real_arr = np.asarray(real)
+        is_blend = _is_blend(vals[others], vals[real_arr], NEAR_SHADE / 2)
+        for start in range(0, len(others), 4096):  # chunks keep the distance matrix small
+            chunk = others[start:start + 4096]
+            dist = np.abs(vals[chunk][:, None, :] - vals[real_arr][None, :, :]).max(2)
+            near = (dist.min(1) <= NEAR_SHADE) | is_blend[start:start + 4096] | noisy
+            lut[chunk[near]] = real_arr[dist[near].argmin(1)]
+            n_folded += int(near.sum())
+            folded_pixels += int(counts[chunk[near]].sum())
+            real.extend(int(i) for i in chunk[~near])
     if len(real) > MAX_OBJECTS + 1:  # + background
         raise StmaInputError(
             f"{path}: {len(real) - 1} distinct colours look like objects (at most {MAX_OBJECTS} are supported); "
             "draw fewer objects, one flat colour each (a photo or JPEG is not a mask)")
-    real_set = set(real)
-    stray = np.asarray([i for i in np.flatnonzero(counts) if i not in real_set], np.int64)
-    if len(stray):
-        lut = np.arange(len(values))
-        real_arr = np.asarray(real)
-        for start in range(0, len(stray), 4096):  # chunks keep the distance matrix small
-            chunk = stray[start:start + 4096]
-            dist = np.abs(vals[chunk][:, None, :] - vals[real_arr][None, :, :]).max(2)
-            lut[chunk] = real_arr[dist.argmin(1)]
-        codes = lut[codes]
-    return codes, real, len(stray)
+    if n_folded:
+        warnings.append(
+            f"{path}: {n_folded} stray colour(s) on {folded_pixels} pixel(s) (anti-aliased edges or compression "
+            "noise) were given to the nearest real colour; save the mask without anti-aliasing to silence this")
+    if merged:
+        pairs = ", ".join(f"{_describe(kind, values[a])} into {_describe(kind, values[b])}" for a, b in merged[:4])
+        more = f" (+{len(merged) - 4} more)" if len(merged) > 4 else ""
+        warnings.append(f"{path}: colours that differ only by compression noise were merged: {pairs}{more}; "
+                        "save the mask as a lossless PNG with one flat colour per object to silence this")
+    return lut[codes], real, warnings
 
 
-def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorIds,
-                   near: float) -> LoadedMask:
-    """Shared path of RGB and grayscale masks: fold strays, pick background, assign ids."""
+def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorIds) -> LoadedMask:
+    """Shared path of RGB and grayscale masks: group colours, pick background and void, assign ids."""
     h, w = pixels.shape[:2]
     if kind == "rgb":
         flat = (pixels[..., 0].astype(np.int64) << 16) | (pixels[..., 1].astype(np.int64) << 8) | pixels[..., 2]
@@ -141,21 +202,26 @@ def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorId
     else:
         values_nd = values[:, None]
     warnings: list[str] = []
-    codes, real, n_stray = _fold_stray(path, codes, values_nd, near)
-    if n_stray:
-        n_pixels = int((flat != values[codes]).sum())
-        warnings.append(
-            f"{path}: {n_stray} stray colour(s) on {n_pixels} pixel(s) (anti-aliased edges or compression noise) "
-            "were given to the nearest real colour; save the mask without anti-aliasing to silence this")
-    counts = np.bincount(codes.ravel(), minlength=len(values))
-    zero = np.flatnonzero(values == 0)
-    if len(zero) and counts[zero[0]] > 0:
-        background = int(zero[0])
+    lossless_ids = (kind == "gray" and int(values.max()) <= GRAY_ID_MAX) or \
+        (kind == "rgb" and all(davis_id_of(tuple(int(x) for x in v)) is not None for v in values_nd))
+    if lossless_ids:  # an id map (gray 0/1/2..., or DAVIS colours): read verbatim, whatever an object's size
+        real = list(range(len(values)))
     else:
-        background = int(np.argmax(counts))
+        codes, real, warnings = _group_colours(path, codes, values_nd, kind)
+    counts = np.bincount(codes.ravel(), minlength=len(values))
+    void = [i for i in real if kind == "rgb" and np.abs(values_nd[i] - VOID_RGB).max() <= (0 if lossless_ids else 12)]
+    if void:
+        n_void = int(sum(counts[i] for i in void))
+        warnings.append(f"{path}: {n_void} void pixel(s) (DAVIS void colour rgb(224, 224, 192)) treated as "
+                        "background, as in palette masks")
+    near_black = [i for i in real if i not in void and np.abs(values_nd[i]).max() <= (0 if lossless_ids else NEAR_SHADE)]
+    if near_black:
+        background = min(near_black, key=lambda i: np.abs(values_nd[i]).max())
+    else:
+        background = int(max((i for i in real if i not in void), key=lambda i: counts[i], default=real[0]))
         warnings.append(f"{path}: no black/0 pixel, so the most common colour {_describe(kind, values_nd[background])} "
                         "is taken as background; paint the background black to silence this")
-    objects = [i for i in real if i != background]
+    objects = [i for i in real if i != background and i not in void]
     if len(objects) > MAX_OBJECTS:
         raise StmaInputError(
             f"{path}: {len(objects)} distinct colours look like objects (at most {MAX_OBJECTS} are supported); "
@@ -165,15 +231,20 @@ def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorId
     mapping: dict[int, str] = {}
     if kind == "rgb":
         # DAVIS-palette colours keep their DAVIS ids; other colours get free ids in order of appearance.
-        ordered = sorted(objects, key=lambda i: (davis_id_of(tuple(values_nd[i])) is None, first_index[i]))
+        # In a lossy mask a DAVIS colour comes back a few units off: it keeps its DAVIS id all the same.
+        def davis_id(i: int) -> int | None:
+            return davis_id_of(tuple(values_nd[i])) if lossless_ids or not warnings else _near_davis_id(values_nd[i])
+
+        ordered = sorted(objects, key=lambda i: (davis_id(i) is None, first_index[i]))
         for i in ordered:
             color = tuple(int(v) for v in values_nd[i])
-            lut[i] = color_ids.assign(("rgb", color), davis_id_of(color))
+            lut[i] = color_ids.assign(("rgb", color), davis_id(i))
             mapping[int(lut[i])] = _describe(kind, values_nd[i])
     else:
         levels = sorted(int(values[i]) for i in objects)
         binary = len(levels) == 1 and levels[0] in (1, 255)
-        identity = not binary and all(1 <= v <= MAX_OBJECTS for v in levels)
+        identity = not binary and all(1 <= v <= MAX_OBJECTS for v in levels) and (
+            lossless_ids or levels[-1] <= GRAY_ID_MAX)
         for i in sorted(objects, key=lambda i: int(values[i])):
             level = int(values[i])
             if binary:
@@ -197,13 +268,40 @@ def _describe(kind: str, value: np.ndarray) -> str:
     return f"gray {int(value[0])}"
 
 
+def _near_davis_id(color: np.ndarray, tol: int = 12, ids: int = 20) -> int | None:
+    """Id of the DAVIS palette colour among the first `ids` (those annotations use) within `tol` of `color`."""
+    dist = np.abs(DAVIS_PALETTE[1:ids + 1].astype(np.int64) - np.asarray(color, np.int64)).max(1)
+    near = np.flatnonzero(dist <= tol)
+    return int(near[0]) + 1 if len(near) == 1 else None
+
+
+def _is_cutout(alpha: np.ndarray, colour: np.ndarray) -> bool:
+    """An image whose transparency marks the object (a photo editor's cut-out), rather than a colour mask
+    on a transparent background: some pixels transparent, some opaque, and the opaque ones are a picture
+    (more than ALPHA_COLOURS colours) or all black."""
+    opaque = alpha >= 128
+    if opaque.all() or not opaque.any():
+        return False
+    pixels = colour[opaque].reshape(-1, colour.shape[-1])
+    if not pixels.any():
+        return True
+    sample = pixels[:: max(1, len(pixels) // 200_000)]
+    return len(np.unique(sample, axis=0)) > ALPHA_COLOURS
+
+
+def _alpha_mask(path: Path, alpha: np.ndarray) -> LoadedMask:
+    ids = (alpha >= 128).astype(np.uint8)
+    return LoadedMask(path, ids, "alpha", {1: "opaque pixels (alpha >= 128)"})
+
+
 def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_object: bool = True) -> LoadedMask:
     """Reads one mask PNG into ids.
 
     Palette PNGs: pixel value = id, 255 (DAVIS void) becomes background with a warning.
     Grayscale: 0/255 or 0/1 -> id 1; values 1..254 are ids; other gray levels get ids in sorted order.
     RGB(A): black (or transparent) is background; DAVIS colours keep their ids; other colours get ids in
-    order of first appearance. `color_ids` keeps those choices consistent over the masks of one video.
+    order of first appearance; the DAVIS void colour (224, 224, 192) is void (background), as in palette
+    masks. An RGBA cut-out (a picture on transparency) is one object: its opaque pixels. `color_ids` keeps those choices consistent over the masks of one video.
     """
     path = Path(path)
     image = _read_image(path)
@@ -218,14 +316,23 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
             mask.warnings.append(f"{path}: {int(void.sum())} void pixel(s) (value 255) treated as background")
     elif mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
         gray = np.array(image.convert("L") if mode in ("1", "LA", "F") else image)
-        if mode == "LA":
-            gray = np.where(np.array(image.getchannel("A")) == 0, 0, gray)
-        near = NEAR_SHADE * (257 if gray.dtype != np.uint8 and gray.max(initial=0) > 255 else 1)
-        mask = _values_to_ids(path, gray, "gray", color_ids, near)
+        if gray.dtype != np.uint8:
+            gray = np.round(gray / 257).astype(np.uint8) if gray.max(initial=0) > 255 else gray.astype(np.uint8)
+        alpha = np.array(image.getchannel("A")) if mode == "LA" else None
+        if alpha is not None and _is_cutout(alpha, gray[..., None]):
+            mask = _alpha_mask(path, alpha)
+        else:
+            if alpha is not None:
+                gray = np.where(alpha < 128, 0, gray).astype(np.uint8)
+            mask = _values_to_ids(path, gray, "gray", color_ids)
     else:
         rgba = np.array(image.convert("RGBA"))
-        rgb = np.where(rgba[..., 3:] == 0, 0, rgba[..., :3]).astype(np.uint8)
-        mask = _values_to_ids(path, rgb, "rgb", color_ids, NEAR_SHADE)
+        alpha = rgba[..., 3]
+        if _is_cutout(alpha, rgba[..., :3]):
+            mask = _alpha_mask(path, alpha)
+        else:
+            rgb = np.where(alpha[..., None] < 128, 0, rgba[..., :3]).astype(np.uint8)
+            mask = _values_to_ids(path, rgb, "rgb", color_ids)
     if require_object and not mask.object_ids:
         raise StmaInputError(f"{path}: mask has no object (every pixel is background); "
                              "draw each object with a nonzero id or colour")

@@ -1,0 +1,291 @@
+"""Every command through its bad inputs: one `error:` line on stderr, the right exit code, no traceback,
+nothing written. Plus the command line itself: help text, --version, --json, signals and pipes.
+
+Runs on the bundled example clip and inputs generated here; no dataset needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner, Result
+
+from conftest import EXAMPLES, encode_mp4, example_frames
+from stma_cli.app import app
+from stma_core.io.writers import save_palette_png
+
+EXAMPLE_VIDEO = EXAMPLES / "car-shadow.mp4"
+EXAMPLE_MASK = EXAMPLES / "car-shadow_mask.png"
+SMALL = (214, 120)
+CLI = [sys.executable, "-m", "stma_cli.app"]
+
+
+def run(*args: object) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def davis16_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DAVIS 2016 root as originally released: JPEG frames and 0/255 grayscale annotations."""
+    root = tmp_path_factory.mktemp("davis16")
+    frames = root / "JPEGImages" / "480p" / "car-shadow"
+    annotations = root / "Annotations" / "480p" / "car-shadow"
+    frames.mkdir(parents=True)
+    annotations.mkdir(parents=True)
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for i, frame in enumerate(example_frames(5)):
+        Image.fromarray(cv2.resize(frame, SMALL, interpolation=cv2.INTER_AREA)).save(frames / f"{i:05d}.jpg")
+        Image.fromarray((truth * 255).astype(np.uint8), "L").save(annotations / f"{i:05d}.png")
+    (root / "ImageSets" / "2016").mkdir(parents=True)
+    (root / "ImageSets" / "2016" / "val.txt").write_text("car-shadow\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of three tiny real videos (no masks)."""
+    root = tmp_path_factory.mktemp("clips")
+    frames = [cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(4)]
+    for name in ("a", "b", "c"):
+        encode_mp4(frames, root / f"{name}.mp4")
+    return root
+
+
+def _bad_cases(tmp: Path, davis16_root: Path) -> list[tuple[list[object], int, str]]:
+    blocker = tmp / "results.txt"
+    blocker.write_text("a file\n")
+    corrupt = tmp / "holiday.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
+    video = [EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy"]
+    cases: list[tuple[list[object], int, str]] = [
+        (["segment", tmp / "nope.mp4", "--mask", EXAMPLE_MASK, "--out", tmp / "o"], 2, "nope.mp4: no such file"),
+        (["segment", *video, "--device", "gpu", "--out", tmp / "o"], 2, "unknown device 'gpu'"),
+        (["segment", *video, "--out", blocker], 2, "--out is a file"),
+        (["segment", *video, "--out", blocker / "run"], 2, "not writable"),
+        (["segment", corrupt, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", tmp / "o"], 2,
+         "holiday.mp4: ffmpeg cannot decode"),
+        (["segment", *video, "--format", "gif", "--out", tmp / "o"], 2, "unknown format 'gif'"),
+        (["segment", EXAMPLE_VIDEO, "--mask", tmp / "none.png", "--out", tmp / "o"], 2, "none.png: mask file not found"),
+        (["eval"], 2, "give --pred"),
+        (["eval", "--dataset", "davis16-val", "--root", tmp / "nowhere"], 2, "davis16-val"),
+        (["eval", "--dataset", "davis16-val", "--root", davis16_root, "--device", "gpu"], 2, "unknown device"),
+        (["eval", "--dataset", "davis16-val", "--root", davis16_root, "--method", "copy", "--pred-out",
+          blocker / "pred"], 2, "not writable"),
+        (["eval", "--dataset", "davis16-val", "--root", davis16_root, "--method", "copy", "--pred-out",
+          tmp / "pred", "--out", blocker], 2, "--out is a file"),
+        (["train", "--config", tmp / "none.yaml", "--data", davis16_root, "--out", blocker], 2, "--out is a file"),
+        (["train", "--config", tmp / "none.yaml", "--data", davis16_root, "--out", tmp / "run", "--device", "gpu"], 2,
+         "unknown device"),
+        (["export", "--out", blocker], 2, "--out is a file"),
+        (["export", "--out", tmp / "exp", "--format", "gif"], 2, "unknown format 'gif'"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["segment", *video, "--device", "cuda:1", "--out", tmp / "o"], 2, "CUDA is not available"))
+        cases.append((["eval", "--dataset", "davis16-val", "--root", davis16_root, "--device", "cuda"], 2,
+                      "CUDA is not available"))
+    elif torch.cuda.device_count() < 2:
+        cases.append((["segment", *video, "--device", "cuda:1", "--out", tmp / "o"], 2, "cuda:0..cuda:0"))
+    if not (torch.backends.mps.is_available()):
+        cases.append((["segment", *video, "--device", "mps", "--out", tmp / "o"], 2, "MPS (Apple GPU) is not available"))
+        cases.append((["train", "--config", tmp / "none.yaml", "--data", davis16_root, "--out", tmp / "run",
+                       "--device", "mps"], 2, "MPS"))
+    return cases
+
+
+def test_every_command_through_its_bad_inputs(tmp_path: Path, davis16_root: Path) -> None:
+    cases = _bad_cases(tmp_path, davis16_root)
+    before = listing(tmp_path)
+    for args, code, fragment in cases:
+        result = run(*args)
+        lines = result.stderr.splitlines()
+        where = f"{[str(a) for a in args]}: {result.stderr!r}"
+        assert result.exit_code == code, where
+        assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], where
+        assert "Traceback" not in result.output and result.stdout == "", where
+        assert listing(tmp_path) == before, where  # nothing written, not even an empty folder
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_output_folders_are_refused_before_work(tmp_path: Path, davis16_root: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for args in (["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", locked / "o"],
+                     ["eval", "--dataset", "davis16-val", "--root", davis16_root, "--method", "copy",
+                      "--pred-out", locked / "p"],
+                     ["train", "--config", tmp_path / "none.yaml", "--data", davis16_root, "--out", locked / "run"]):
+            result = run(*args)
+            lines = result.stderr.splitlines()
+            assert result.exit_code == 2 and len(lines) == 1 and "not writable" in lines[0], result.stderr
+            assert "Traceback" not in result.output and list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def test_unwritable_eval_out_is_found_before_scoring(tmp_path: Path, davis16_root: Path) -> None:
+    pred = tmp_path / "pred"
+    shutil.copytree(davis16_root / "Annotations" / "480p", pred)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    start = time.perf_counter()
+    result = run("eval", "--pred", pred, "--gt", davis16_root, "--split", "val", "--out", blocker / "csv")
+    assert result.exit_code == 2 and "not writable" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert time.perf_counter() - start < 10
+
+
+def test_export_without_onnx_names_the_extra(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None; "
+            "from stma_cli.app import main; sys.argv = ['stma', 'export', '--out', sys.argv[1]]; main()")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "exp")], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and 'pip install "stma[onnx]"' in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+def test_batch_where_every_video_fails_for_the_same_mistake_exits_2(tmp_path: Path, clips: Path) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    result = run("segment", clips, "--mask", masks, "--method", "copy", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3 and all("mask file not found" in e for e in errors)
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+# ---- the DAVIS 2016 release as it is: 0/255 grayscale ground truth ---------------------------------------
+def test_davis16_binary_ground_truth_is_object_1(tmp_path: Path, davis16_root: Path) -> None:
+    pred = tmp_path / "pred"
+    result = run("eval", "--dataset", "davis16-val", "--root", davis16_root, "--method", "copy",
+                 "--pred-out", pred, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["global"]["J-Mean"] == pytest.approx(1.0) and scores["global"]["F-Mean"] == pytest.approx(1.0)
+    first = np.array(Image.open(pred / "car-shadow" / "00002.png"))
+    assert set(np.unique(first).tolist()) == {0, 1}
+    # 0/255 predictions, as DAVIS 2016 tools write them, score the same under a DAVIS 2016 split
+    binary = tmp_path / "binary"
+    shutil.copytree(davis16_root / "Annotations" / "480p", binary)
+    again = run("eval", "--pred", binary, "--gt", davis16_root, "--split", "val", "--json", "-q")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["global"]["J-Mean"] == pytest.approx(1.0)
+
+
+def test_hints_for_255_are_correct(tmp_path: Path, davis16_root: Path) -> None:
+    root = tmp_path / "davis17"
+    shutil.copytree(davis16_root, root)
+    (root / "ImageSets" / "2017").mkdir()
+    (root / "ImageSets" / "2017" / "val.txt").write_text("car-shadow\n")
+    pred = tmp_path / "pred"
+    shutil.copytree(root / "Annotations" / "480p", pred)
+    # a DAVIS 2017 split over 0/255 ground truth: say how to read it as DAVIS 2016
+    result = run("eval", "--pred", pred, "--gt", root, "--split", "val")
+    assert result.exit_code == 2 and "score it as DAVIS 2016" in result.stderr
+    # palette ground truth with a 0/255 prediction: write the object's id, not "write 0 for background"
+    for png in (root / "Annotations" / "480p" / "car-shadow").iterdir():
+        save_palette_png((np.array(Image.open(png)) == 255).astype(np.uint8), png)
+    result = run("eval", "--pred", pred, "--gt", root, "--split", "val")
+    line = result.stderr.strip()
+    assert result.exit_code == 2 and "\n" not in line
+    assert "write its id instead (1 for a single object)" in line and "write 0 for background" not in line
+
+
+# ---- the command line itself -----------------------------------------------------------------------------
+@pytest.mark.parametrize("command", [[], ["segment"], ["eval"], ["train"], ["export"]])
+def test_help_renders_flags_as_flags(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    text = result.stdout
+    assert "<bool>" not in text and "BOOLEAN" not in text and "--quiet true" not in text
+    flags = re.findall(r"(--quiet|--overwrite|--json|--resume|--version)\s+(?:-\w\s+)?(\S+)", text)
+    assert flags or command in (["train"],) or command == []
+    for flag, following in flags:  # right after a flag comes its help text, never a value type
+        assert not following.startswith("<") and not following.isupper(), (flag, following)
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("stma ") and result.stdout.strip().split()[1][0].isdigit()
+
+
+def test_segment_json_summary(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", out, "--json",
+                 "-f", "png", "-f", "rle")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["frames"] == 40 and summary["done"] == 1 and summary["failed"] == 0
+    video = summary["videos"][0]
+    assert (video["name"], video["status"], video["frames"], video["objects"]) == ("car-shadow", "done", 40, 1)
+    assert video["outputs"] == [str(out / "car-shadow"), str(out / "car-shadow.rle.json")]
+    assert video["seconds"] > 0 and summary["seconds"] >= video["seconds"]
+
+
+def test_quiet_hides_progress_not_warnings(tmp_path: Path) -> None:
+    truth = np.array(Image.open(EXAMPLE_MASK))
+    smooth = cv2.resize((truth[..., None] * np.array([255, 60, 0])).astype(np.uint8), (427, 240),
+                        interpolation=cv2.INTER_AREA)  # anti-aliased, and another size: two warnings
+    mask = tmp_path / "drawn.png"
+    Image.fromarray(smooth).save(mask)
+    result = run("segment", EXAMPLE_VIDEO, "--mask", mask, "--method", "copy", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith("warning: ") for line in lines), result.stderr
+    assert result.stdout == f"{tmp_path / 'out' / 'car-shadow'}\n"
+
+
+def test_sigterm_stops_like_ctrl_c_and_leaves_no_partial(tmp_path: Path) -> None:
+    long = tmp_path / "long.mp4"
+    encode_mp4((f for _ in range(4) for f in example_frames(40)), long)  # 160 frames, segmented by flow
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "segment", str(long), "--mask", str(EXAMPLE_MASK), "--method", "flow",
+                             "--out", str(out), "-f", "png", "-f", "overlay"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*.partial")) and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in stderr
+    assert not list(out.glob("*.partial")) and not (out / "long").exists() and not (out / "long.overlay.mp4").exists()
+
+
+def test_piping_a_batch_into_head_stops_with_a_message(tmp_path: Path, clips: Path) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for name in ("a", "b", "c"):
+        save_palette_png(truth, masks / f"{name}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "segment", str(clips), "--mask", str(masks), "--method", "copy", "--out", str(out),
+                             "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # what `head -1` does: read one line, then close the pipe
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert first == f"{out / 'a'}\n"
+    assert proc.returncode == 1 and "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and "stdout was closed" in lines[0], stderr
+    assert not list(out.glob("*.partial")) and (out / "a").is_dir()

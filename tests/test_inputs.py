@@ -1,0 +1,292 @@
+"""Inputs as people's tools make them (issue 9): videos from phones and editors, masks from other tools.
+
+Every case is a real file made here (mp4s encoded by ffmpeg, masks drawn and saved as PNG/JPEG) or the
+bundled example clip; no dataset is needed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import subprocess
+from pathlib import Path
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner, Result
+
+from conftest import EXAMPLES, encode_mp4, example_frames
+from stma_cli.app import app
+from stma_core.errors import StmaInputError
+from stma_core.io.frames import VideoFileSource, open_frames, scan_folder
+from stma_core.io.masks import load_mask
+from stma_core.io.palette import DAVIS_PALETTE
+from stma_core.io.writers import save_palette_png
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+EXAMPLE_VIDEO = EXAMPLES / "car-shadow.mp4"
+EXAMPLE_MASK = EXAMPLES / "car-shadow_mask.png"
+VFR_DURATIONS = [0.04, 0.2, 0.04, 0.04, 0.3, 0.04, 0.1, 0.04, 0.04, 0.25, 0.04]
+
+
+def segment(*args: object) -> Result:
+    return CliRunner().invoke(app, ["segment", *(str(a) for a in args)])
+
+
+def ffmpeg(*args: object) -> None:
+    subprocess.run([FFMPEG, "-y", "-v", "error", *(str(a) for a in args)], check=True)
+
+
+def colour_frames(count: int, size: tuple[int, int] = (96, 64)) -> list[np.ndarray]:
+    """Frames of flat, clearly distinct colours, so a decoded frame tells which source frame it is."""
+    frames = []
+    for i in range(count):
+        frame = np.zeros((size[1], size[0], 3), np.uint8)
+        frame[:] = ((i * 23) % 256, 255 - (i * 23) % 256, (i * 71) % 256)
+        frames.append(frame)
+    return frames
+
+
+def which_frame(frame: np.ndarray, sources: list[np.ndarray]) -> int:
+    mean = frame.reshape(-1, 3).mean(0)
+    return int(np.argmin([np.abs(s.reshape(-1, 3).mean(0) - mean).sum() for s in sources]))
+
+
+@pytest.fixture(scope="module")
+def vfr_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    """An 11-frame variable-frame-rate mp4 (frame durations from 40 to 300 ms), like a phone recording."""
+    root = tmp_path_factory.mktemp("vfr")
+    frames = colour_frames(len(VFR_DURATIONS))
+    lines = []
+    for i, (frame, duration) in enumerate(zip(frames, VFR_DURATIONS)):
+        Image.fromarray(frame).save(root / f"{i}.png")
+        lines.append(f"file '{root / f'{i}.png'}'\nduration {duration}")
+    (root / "list.txt").write_text("\n".join(lines) + "\n")
+    ffmpeg("-f", "concat", "-safe", "0", "-i", root / "list.txt", "-fps_mode", "vfr", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", root / "phone.mp4")
+    return root / "phone.mp4", frames
+
+
+@pytest.fixture(scope="module")
+def short_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """25 frames of the example clip at 214x120, index at the start (faststart) like web videos."""
+    root = tmp_path_factory.mktemp("short")
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "25", "-s", "214x120", "-c:v", "libx264", "-g", "5",
+           "-movflags", "+faststart", root / "clip.mp4")
+    return root / "clip.mp4"
+
+
+# ---- 1. video: every frame exactly once, or a clear failure ---------------------------------------------
+def test_variable_frame_rate_video_gives_every_frame_once_in_order(vfr_video: tuple[Path, list[np.ndarray]]) -> None:
+    path, sources = vfr_video
+    source = open_frames(path)
+    read = list(source)
+    packets = VideoFileSource(path).packets
+    assert len(read) == packets and source.frame_count == packets
+    order = [which_frame(frame, sources) for _, frame in read]
+    assert order == list(range(len(sources)))[:len(read)] and len(read) >= len(sources)
+    assert [name for name, _ in read] == [f"{i:05d}" for i in range(len(read))]
+
+
+def test_variable_frame_rate_video_segments_every_frame_and_mask_dir_frames_match(
+        tmp_path: Path, vfr_video: tuple[Path, list[np.ndarray]]) -> None:
+    path, sources = vfr_video
+    n = VideoFileSource(path).packets
+    annotations = tmp_path / "ann"
+    annotations.mkdir()
+    first, later = np.zeros((64, 96), np.uint8), np.zeros((64, 96), np.uint8)
+    first[5:20, 5:20] = 1
+    later[30:50, 40:80] = 2
+    save_palette_png(first, annotations / "00000.png")
+    save_palette_png(later, annotations / "00004.png")  # the 300 ms frame
+    out = tmp_path / "out"
+    result = segment(path, "--mask-dir", annotations, "--method", "copy", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    pngs = sorted((out / "phone").iterdir())
+    assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(n)]
+    objects = [set(np.unique(np.array(Image.open(p))).tolist()) for p in pngs]
+    assert objects[:4] == [{0, 1}] * 4 and all(o == {0, 1, 2} for o in objects[4:])
+
+
+def test_truncated_video_is_a_failure_not_a_shorter_result(tmp_path: Path, short_video: Path) -> None:
+    data = short_video.read_bytes()
+    cut = tmp_path / "download.mp4"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(StmaInputError, match=r"download.mp4: decoded (\d+) of 25 frames: file truncated\?"):
+        list(open_frames(cut))
+    out = tmp_path / "out"
+    mask = tmp_path / "mask.png"
+    save_palette_png(cv2.resize(np.array(Image.open(EXAMPLE_MASK)), (214, 120), interpolation=cv2.INTER_NEAREST), mask)
+    # A real process, so ffmpeg's own stderr would show if it leaked: one line only.
+    run = subprocess.run([sys.executable, "-m", "stma_cli.app", "segment", str(cut), "--mask", str(mask),
+                          "--method", "copy", "--out", str(out), "-f", "png", "-f", "overlay"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {cut}: decoded ") and "of 25 frames" in lines[0], run.stderr
+    assert run.stdout == "" and not out.exists()
+
+
+def test_cut_off_matroska_is_a_failure_too(tmp_path: Path) -> None:
+    mkv = tmp_path / "clip.mkv"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "20", "-s", "214x120", "-c:v", "libx264", mkv)
+    data = mkv.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[:len(data) * 6 // 10])
+    with pytest.raises(StmaInputError, match=r"cut.mkv: decoded \d+ of 20 frames: file truncated\?"):
+        list(open_frames(cut))
+
+
+def test_trimmed_mp4_with_an_edit_list_is_complete(tmp_path: Path) -> None:
+    """Editors trim without re-encoding: the file keeps packets it does not show. Not a truncation."""
+    trimmed = tmp_path / "trimmed.mp4"
+    ffmpeg("-ss", "0.5", "-i", EXAMPLE_VIDEO, "-c", "copy", trimmed)
+    source = open_frames(trimmed)
+    frames = list(source)
+    assert source.packets > len(frames) == source.expected_frames == source.frame_count
+    reference = imageio_ffmpeg.read_frames(str(trimmed))  # an independent decode of the same file
+    next(reference)
+    assert len(frames) == sum(1 for _ in reference)
+
+
+def test_damaged_video_whose_index_is_lost_says_so(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.mp4"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "10", "-s", "214x120", "-c:v", "libx264", plain)  # index at the end
+    data = plain.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:len(data) // 2])
+    result = segment(cut, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "cut.mp4: ffmpeg cannot decode a frame of it" in line
+    assert "damaged or incomplete" in line and "pass a video (.mp4" not in line
+
+
+@pytest.mark.parametrize("extension", [".m4v", ".mpg", ".ts", ".clip"])
+def test_any_file_ffmpeg_decodes_is_a_video(tmp_path: Path, extension: str) -> None:
+    target = tmp_path / f"clip{extension}"
+    fmt = ["-f", "mp4"] if extension == ".clip" else []
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "4", "-s", "214x120", *fmt, target)
+    frames = list(open_frames(target))
+    assert len(frames) == 4 and frames[3][1].shape == (120, 214, 3)
+
+
+def test_rotated_phone_video_is_read_upright(tmp_path: Path, short_video: Path) -> None:
+    rotated = tmp_path / "portrait.mp4"
+    ffmpeg("-display_rotation", "90", "-i", short_video, "-c", "copy", rotated)
+    plain, turned = open_frames(short_video), open_frames(rotated)
+    assert plain.size == (214, 120) and turned.size == (120, 214)
+    for (_, a), (_, b) in zip(plain, turned):
+        assert b.shape == (214, 120, 3) and np.array_equal(np.rot90(a, 1), b)
+
+
+def test_folder_of_videos_with_a_stray_image_is_explained(tmp_path: Path, short_video: Path) -> None:
+    folder = tmp_path / "trip"
+    folder.mkdir()
+    shutil.copy(short_video, folder / "a.mp4")
+    shutil.copy(short_video, folder / "b.mov")
+    Image.fromarray(example_frames(1)[0]).save(folder / "cover.jpg")
+    contents = scan_folder(folder)
+    assert contents.kind == "mixed" and [p.name for p in contents.videos] == ["a.mp4", "b.mov"]
+    result = segment(folder, "--mask", tmp_path, "--method", "copy", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "2 videos (a.mp4, b.mov)" in line and "1 image (cover.jpg)" in line
+    assert "move the images out" in line and not (tmp_path / "out").exists()
+
+
+def test_mask_beside_its_video_just_works(tmp_path: Path, short_video: Path) -> None:
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    mask = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), (214, 120), interpolation=cv2.INTER_NEAREST)
+    for name in ("clip", "take2"):
+        shutil.copy(short_video, folder / f"{name}.mp4")
+        save_palette_png(mask, folder / f"{name}.png")
+    assert scan_folder(folder).kind == "batch"
+    out = tmp_path / "out"
+    result = segment(folder, "--method", "copy", "--out", out, "-q")  # no --mask: clip.png is clip.mp4's mask
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [str(out / "clip"), str(out / "take2")]
+    single = segment(folder / "clip.mp4", "--method", "copy", "--out", tmp_path / "one", "-q")
+    assert single.exit_code == 0, single.output
+    assert np.array_equal(np.array(Image.open(tmp_path / "one" / "clip" / "00000.png")), mask)
+
+
+# ---- 2. masks read as the person meant them ---------------------------------------------------------------
+def test_lossless_id_masks_keep_every_object_whatever_its_size(tmp_path: Path) -> None:
+    tiny = np.zeros((480, 854), np.uint8)
+    tiny[200:220, 300:320] = 1  # 0/1 gray, 20x20 object: 0.1% of the frame
+    mask = load_mask(_save(tiny, tmp_path / "tiny.png"))
+    assert mask.object_ids == [1] and int((mask.ids == 1).sum()) == 400 and not mask.warnings
+    two = np.zeros((480, 854), np.uint8)
+    two[100:300, 100:500] = 1
+    two[400:404, 700:704] = 2  # 16 pixels
+    two[10, 10] = 3  # and a single pixel
+    mask = load_mask(_save(two, tmp_path / "two.png"))
+    assert np.array_equal(mask.ids, two) and mask.object_ids == [1, 2, 3]
+    davis = DAVIS_PALETTE[two]  # the same id map drawn in DAVIS colours (RGB)
+    assert np.array_equal(load_mask(_save(davis, tmp_path / "two_rgb.png")).ids, two)
+
+
+@pytest.mark.parametrize("colour, quality", [((128, 0, 0), 90), ((255, 0, 0), 75), ((0, 200, 60), 60)])
+def test_lossy_mask_never_invents_objects(tmp_path: Path, colour: tuple[int, int, int], quality: int) -> None:
+    truth = np.array(Image.open(EXAMPLE_MASK)) == 1
+    rgb = np.zeros((*truth.shape, 3), np.uint8)
+    rgb[truth] = colour
+    path = tmp_path / "mask.jpg"
+    Image.fromarray(rgb).save(path, quality=quality)
+    mask = load_mask(path)
+    assert mask.object_ids == [1]
+    got = mask.ids == 1
+    assert (got & truth).sum() / (got | truth).sum() > 0.98
+    assert any("compression noise" in w for w in mask.warnings)
+
+
+def test_lossy_mask_keeps_two_objects_apart(tmp_path: Path) -> None:
+    ids = np.zeros((240, 426), np.uint8)
+    ids[120:220, 250:400], ids[20:100, 50:200] = 1, 2  # object 2 comes first in raster order
+    path = tmp_path / "two.jpg"
+    Image.fromarray(DAVIS_PALETTE[ids]).save(path, quality=70)
+    mask = load_mask(path)
+    assert mask.object_ids == [1, 2]  # DAVIS colours a few units off after JPEG keep their DAVIS ids
+    for k in (1, 2):
+        assert ((mask.ids == k) & (ids == k)).sum() / ((mask.ids == k) | (ids == k)).sum() > 0.97
+
+
+def test_rgba_cutout_alpha_is_the_object(tmp_path: Path) -> None:
+    frame = example_frames(1)[0]
+    truth = np.array(Image.open(EXAMPLE_MASK)) == 1
+    rgba = np.dstack([frame, np.where(truth, 255, 0).astype(np.uint8)])
+    mask = load_mask(_save(rgba, tmp_path / "cutout.png"))
+    assert mask.kind == "alpha" and mask.object_ids == [1] and np.array_equal(mask.ids == 1, truth)
+    # a feathered edge (soft alpha) and a black silhouette: still the opaque half of the alpha
+    soft = cv2.GaussianBlur(truth.astype(np.float32), (9, 9), 3)
+    silhouette = np.dstack([np.zeros((*truth.shape, 3), np.uint8), np.round(soft * 255).astype(np.uint8)])
+    mask = load_mask(_save(silhouette, tmp_path / "silhouette.png"))
+    assert mask.object_ids == [1] and np.array_equal(mask.ids == 1, soft >= 127.5 / 255)
+
+
+def test_davis_void_colour_is_void_in_rgb_as_in_palette_masks(tmp_path: Path) -> None:
+    ids = np.zeros((120, 200), np.uint8)
+    ids[20:60, 20:80], ids[60:100, 120:180] = 1, 255
+    palette = load_mask(_save_palette(ids, tmp_path / "p.png"))
+    rgb = load_mask(_save(DAVIS_PALETTE[ids], tmp_path / "rgb.png"))
+    assert np.array_equal(palette.ids, rgb.ids) and rgb.object_ids == [1]
+    assert any("void" in w for w in rgb.warnings)
+    Image.fromarray(DAVIS_PALETTE[ids]).save(tmp_path / "rgb.jpg", quality=85)  # and after JPEG
+    lossy = load_mask(tmp_path / "rgb.jpg")
+    assert lossy.object_ids == [1] and any("void" in w for w in lossy.warnings)
+    assert ((lossy.ids == 1) & (ids == 1)).sum() / ((lossy.ids == 1) | (ids == 1)).sum() > 0.97
+
+
+def _save(array: np.ndarray, path: Path) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _save_palette(ids: np.ndarray, path: Path) -> Path:
+    save_palette_png(ids, path)
+    return path
