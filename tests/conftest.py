@@ -87,3 +87,10 @@ def car_shadow_mp4(tmp_path_factory: pytest.TempPathFactory, davis16: Path) -> t
     frames = read_davis_frames(davis16, "car-shadow", 10)
     path = encode_mp4(frames, tmp_path_factory.mktemp("video") / "car-shadow.mp4")
     return path, frames
+
+
+@pytest.fixture(scope="session")
+def shared_data_or_none() -> Path | None:
+    """The shared data folder, or None where it is absent (for tests with a part that needs it)."""
+    path = shared_data_path()
+    return path if (path / "davis2016").is_dir() else None
