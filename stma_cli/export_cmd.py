@@ -5,7 +5,7 @@
 
 Graphs: frame (image -> tokens, f16, f8, f4), value_<n> (features + n masks -> ID values) and
 step_<n> (STML + memory readout + decoder at fixed memory sizes -> probabilities, key, usage) for
-n = 1..--objects. Memory management stays in host code (stma_core.inference.onnx_session).
+n = 1..--objects. Memory management stays in host code (VideoSession with ExportedEngine, stma_core.inference.onnx_session).
 """
 
 from __future__ import annotations

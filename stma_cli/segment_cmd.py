@@ -8,7 +8,6 @@ written atomically, so finished videos can be skipped when a batch is rerun.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from stma_cli import _settings
 from stma_cli._common import (EXIT_BAD_INPUT, EXIT_SOME_FAILED, fail, frame_progress, info, one_line, print_error,
                               stderr_console, warn)
 from stma_core.errors import StmaInputError, StmaOutputError
@@ -30,8 +30,6 @@ from stma_core.io.atomic import ensure_writable_dir
 from stma_core.io.frames import FrameFolderSource, FrameSource, find_videos, is_frame_folder, open_frames
 from stma_core.io.masks import LoadedMask, fit_mask, keep_new_objects, load_mask, load_mask_folder
 from stma_core.io.writers import FORMATS, VideoWriter, output_paths
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class _Stop(Exception):
@@ -78,20 +76,13 @@ def _parse_formats(values: list[str]) -> list[str]:
 
 
 def _check_device(device: str) -> str:
-    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
-        fail(f"--device: unknown device {device!r}; use {', '.join(DEVICES)} or cuda:N")
-    return device
+    """The device the model runs on (stma_core.device.resolve_device; under torchrun, this rank's GPU)."""
+    from stma_core.device import resolve_device
 
-
-def _rank_device(device: str) -> str:
-    """Under torchrun each process uses its own GPU (cuda:LOCAL_RANK)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or device not in ("cuda", "auto"):
-        return device
-    import torch
-
-    if not torch.cuda.is_available():
-        return device
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    try:
+        return str(resolve_device(device))
+    except ValueError as exc:
+        fail(f"--device: {exc}")
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
@@ -225,9 +216,12 @@ def segment(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", show_default=False,
                                               help="Model checkpoint (.safetensors); default: the shipped model."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    size: Optional[int] = typer.Option(None, "--size", show_default=False,
-                                       help="Short side the model works at; default: what the checkpoint recommends "
-                                            "(outputs always keep the input size)."),
+    size: Optional[int] = _settings.SIZE,
+    top_k: Optional[int] = _settings.TOP_K,
+    spatial_capacity: Optional[int] = _settings.SPATIAL_CAPACITY,
+    spatial_every: Optional[int] = _settings.SPATIAL_EVERY,
+    temporal_capacity: Optional[int] = _settings.TEMPORAL_CAPACITY,
+    temporal_every: Optional[int] = _settings.TEMPORAL_EVERY,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only result paths (stdout), and errors."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a batch skips finished videos otherwise)."),
     engine: str = typer.Option("torch", "--engine", help="torch (PyTorch) or onnx (onnxruntime, needs --onnx-dir)."),
@@ -245,9 +239,15 @@ def segment(
         fail(f"--engine: unknown engine {engine!r}; use torch or onnx")
     if engine == "onnx" and (onnx_dir is None or method != "stma"):
         fail("--engine onnx: pass --onnx-dir with a `stma export --format onnx` folder (and --method stma)")
-    device = _rank_device(_check_device(device))
-    if size is not None and size < 16:
-        fail(f"--size: {size} is too small; use a short side of at least 16 (or leave it out)")
+    if engine == "onnx" and checkpoint is not None:
+        fail("--checkpoint: not used with --engine onnx (the export folder holds its model); leave it out, "
+             "or re-export with `stma export --checkpoint FILE`")
+    if engine == "onnx" and device not in ("auto", "cpu"):
+        fail(f"--device: --engine onnx runs on CPU, not {device!r}; use --device cpu (or --engine torch)")
+    settings = _settings.settings_from_flags(size, top_k, spatial_capacity, spatial_every, temporal_capacity,
+                                             temporal_every)
+    if method == "stma" and engine == "torch":
+        device = _check_device(device)
     jobs, batch = _find_jobs(input_path, mask, mask_dir, out)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:
@@ -258,7 +258,7 @@ def segment(
     except StmaOutputError as exc:
         fail(exc)
     try:
-        _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, size,
+        _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, settings,
                   onnx_dir if engine == "onnx" else None)
     finally:
         if created_out and out.is_dir() and not any(out.iterdir()):
@@ -266,7 +266,7 @@ def segment(
 
 
 def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, overwrite: bool, quiet: bool,
-              method: str, checkpoint: Path | None, device: str, size: int | None,
+              method: str, checkpoint: Path | None, device: str, settings: dict[str, int | None],
               onnx_dir: Path | None = None) -> None:
     """Runs every job in order, printing result paths as they finish and the batch summary at the end."""
     console = stderr_console()
@@ -278,10 +278,10 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
                 if onnx_dir is not None:
                     from stma_core.inference.onnx_session import make_onnx_propagator_factory
 
-                    factory.append(make_onnx_propagator_factory(onnx_dir))
+                    factory.append(make_onnx_propagator_factory(onnx_dir, **settings))
                 else:
                     factory.append(make_propagator_factory(method, str(checkpoint) if checkpoint else None,
-                                                           device, size))
+                                                           device, settings=settings))
             except (StmaInputError, ValueError, OSError) as exc:
                 raise _Stop(exc, EXIT_BAD_INPUT) from exc
         return factory[0]()
