@@ -17,6 +17,7 @@ Objects first given on the same frame form a group that reads only the memory wr
 from __future__ import annotations
 
 import contextlib
+import enum
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -33,7 +34,15 @@ from stma_core.inference.spatial_memory import SpatialMemory
 from stma_core.inference.temporal_memory import TemporalMemory
 from stma_core.model.network import FrameFeatures, MemoryGroup, STMANetwork
 
-__all__ = ["VideoSession", "processing_size", "resolve_device", "session_factory"]
+__all__ = ["Direction", "VideoSession", "processing_size", "resolve_device", "session_factory"]
+
+
+class Direction(enum.Enum):
+    """Which way `VideoSession.propagate` runs through a video (`--direction` on the command line)."""
+
+    FORWARD = "forward"  # from frame 0 on; frames before the first mask come out empty (streams any iterable)
+    BACKWARD = "backward"  # from the last frame back to 0; frames after the last mask come out empty
+    BOTH = "both"  # forward from the first mask, then backward from the last mask over the frames before it
 
 
 def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -97,17 +106,53 @@ class VideoSession:
         self.temporal.remove_objects(gone)
         self._memory_version += 1
 
-    def propagate(self, frames: Iterable[np.ndarray], masks: dict[int, np.ndarray] | None = None
-                  ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yields (frame index, HxW uint8 user-id mask) for every frame, in order, streaming.
+    def propagate(self, frames: Iterable[np.ndarray] | Sequence[np.ndarray],
+                  masks: dict[int, np.ndarray] | None = None,
+                  direction: Direction | str = Direction.FORWARD) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields (frame index, HxW uint8 user-id mask) once for every frame.
 
-        frames: HxWx3 uint8 RGB; masks: optional {frame index: id mask}, as add_mask.
+        frames: HxWx3 uint8 RGB. masks: optional {frame index: id mask}, as add_mask.
+        direction: FORWARD streams any iterable, in order. BACKWARD and BOTH need `frames` with len()
+        and indexing (a list, or anything that reads frame i on demand, so memory stays bounded) and a
+        fresh session; they yield in processing order: BACKWARD from the last frame down to 0, BOTH
+        first the frames from the first mask on (forward), then the frames before it, nearest first
+        (propagated backward from the last mask). After BACKWARD or BOTH, reset() before reusing the session.
+        Raises ValueError for an unknown direction or without any mask, TypeError for frames without indexing.
         """
+        try:
+            direction = Direction(direction)
+        except ValueError:
+            raise ValueError(f"unknown direction {direction!r}; use one of "
+                             f"{', '.join(d.value for d in Direction)}") from None
         for index, mask in (masks or {}).items():
             self.add_mask(index, mask)
-        for frame in frames:
-            index = self.frame_index
-            yield index, self.step(frame)
+        if direction is Direction.FORWARD:
+            for frame in frames:
+                index = self.frame_index
+                yield index, self.step(frame)
+            return
+        if not (hasattr(frames, "__len__") and hasattr(frames, "__getitem__")):
+            raise TypeError("backward propagation reads frames out of order: pass a list or another sequence "
+                            "with len() and indexing (or use direction='forward' to stream)")
+        if self.frame_index != 0:
+            raise ValueError("backward propagation needs a fresh session; call reset() first")
+        given = dict(self.pending_masks)
+        if not given:
+            raise ValueError("no mask given; add_mask(frame, mask) before propagating")
+        count = len(frames)  # type: ignore[arg-type]
+        first, last = min(given), max(given)
+        if direction is Direction.BOTH:
+            yield from self._run(frames, range(first, count), given)
+            yield from ((i, m) for i, m in self._run(frames, range(last, -1, -1), given) if i < first)
+        else:
+            yield from self._run(frames, range(count - 1, -1, -1), given)
+
+    def _run(self, frames: Sequence[np.ndarray], order: Iterable[int], given: dict[int, np.ndarray]
+             ) -> Iterator[tuple[int, np.ndarray]]:
+        """One pass from empty memories over the frames in `order` (video indices), masks from `given`."""
+        self.reset()
+        for index in order:
+            yield index, self.step(frames[index], given.get(index))
 
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Segments the next frame (HxWx3 uint8 RGB) -> its HxW uint8 user-id mask.
@@ -201,7 +246,7 @@ class VideoSession:
             prob[0] = (1 - prob[1:].sum(0)).clamp(min=0)
         if n:
             corrected = bool(given_ids) and not new_ids
-            self._memorize(frame, prob, key, pin=bool(new_ids), force=corrected)
+            self._memorize(frame, prob, key, pin=bool(new_ids), correction=corrected)
         prob = prob[:, : size[0], : size[1]]
         if (size[0], size[1]) != (height, width):
             prob = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0]
@@ -211,19 +256,19 @@ class VideoSession:
         return labels.to(torch.uint8 if n < 255 else torch.int64).cpu().numpy()
 
     def _memorize(self, frame: FrameFeatures, prob: torch.Tensor, key: torch.Tensor | None, pin: bool,
-                  force: bool = False) -> None:
-        """Writes this frame to the memories when due; `pin` (new objects) keeps it for good, `force`
-        (a correction) writes it now as an ordinary entry."""
+                  correction: bool = False) -> None:
+        """Writes this frame to the memories when due; `pin` (new objects) keeps it for good, a
+        `correction` is written now and kept until the next correction."""
         t = self.frame_index
         cfg = self.config
-        if pin or force or t - self._last_temporal >= cfg.temporal_every:
+        if pin or correction or t - self._last_temporal >= cfg.temporal_every:
             values = self.engine.encode_value(frame, prob[None, 1:])
             if key is None:
                 key = self._first_key(frame, values)
-            self.temporal.add(key, values.flatten(3), pin=pin, frame=t)
+            self.temporal.add(key, values.flatten(3), pin=pin, frame=t, correction=correction and not pin)
             self._last_temporal = t
-        if pin or force or t - self._last_spatial >= cfg.spatial_every:
-            self.spatial.add(frame.tokens, pin=pin)
+        if pin or correction or t - self._last_spatial >= cfg.spatial_every:
+            self.spatial.add(frame.tokens, pin=pin, correction=correction and not pin)
             self._last_spatial = t
 
 

@@ -22,6 +22,7 @@ class _Entry:
     value: torch.Tensor  # (1, n_at_write, Cv, N)
     pinned: bool
     frame: int = 0  # video frame it was memorized from
+    correction: bool = False  # written from a user correction (kept while it is the latest one)
     usage: float = 0.0
     reads: int = 0
 
@@ -40,9 +41,18 @@ class TemporalMemory:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, key: torch.Tensor, value: torch.Tensor, pin: bool = False, frame: int = 0) -> None:
-        """key (1, N, Ck), value (1, n, Cv, N) of frame `frame` (memorized in time order)."""
-        self.entries.append(_Entry(key, value, pin, frame))
+    def add(self, key: torch.Tensor, value: torch.Tensor, pin: bool = False, frame: int = 0,
+            correction: bool = False) -> None:
+        """key (1, N, Ck), value (1, n, Cv, N) of frame `frame` (memorized in time order).
+
+        pin: kept for good (frames where objects first appeared). correction: kept while it is the
+        latest correction; the one before becomes an ordinary entry (so memory stays bounded).
+        """
+        if correction:
+            for entry in self.entries:
+                if entry.correction:
+                    entry.correction = entry.pinned = False
+        self.entries.append(_Entry(key, value, pin or correction, frame, correction))
         unpinned = [e for e in self.entries if not e.pinned]
         while len(unpinned) > self.capacity:
             victim = min(unpinned[:-1], key=lambda e: e.frequency)  # the newest entry always stays
