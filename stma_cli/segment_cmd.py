@@ -8,27 +8,30 @@ written atomically, so finished videos can be skipped when a batch is rerun.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
+import cv2
 import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from stma_cli import _settings
 from stma_cli._common import (EXIT_BAD_INPUT, EXIT_SOME_FAILED, fail, frame_progress, info, one_line, print_error,
                               stderr_console, warn)
+from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import ensure_writable_dir
 from stma_core.io.frames import FrameFolderSource, FrameSource, find_videos, is_frame_folder, open_frames
-from stma_core.io.masks import LoadedMask, fit_mask, keep_new_objects, load_mask, load_mask_folder
+from stma_core.io.masks import LoadedMask, fit_mask, load_mask, load_mask_folder
 from stma_core.io.writers import FORMATS, VideoWriter, output_paths
 
 
@@ -140,7 +143,10 @@ def _frame_key(source: FrameSource, mask_path: Path) -> str:
 
 
 def _load_masks(job: Job, source: FrameSource) -> tuple[dict[str, np.ndarray], list[LoadedMask]]:
-    """-> (frame name -> id mask, each object given once), and the loaded masks for reporting."""
+    """-> (frame name -> id mask), and the loaded masks for reporting.
+
+    Every annotation is used: new ids start objects, ids already given are corrections on that frame.
+    """
     if job.mask_file is not None:
         loaded = {source.frame_name(0): load_mask(job.mask_file)}
     else:
@@ -156,7 +162,7 @@ def _load_masks(job: Job, source: FrameSource) -> tuple[dict[str, np.ndarray], l
         if beyond:
             raise StmaInputError(f"{loaded[beyond[0]].path}: annotates frame {beyond[0]} but {source.path} has "
                                  f"{source.frame_count} frames; remove masks past the last frame")
-    given = keep_new_objects({name: m.ids for name, m in loaded.items()}, order)
+    given = {name: loaded[name].ids for name in order if name in loaded}
     return given, list(loaded.values())
 
 
@@ -173,21 +179,28 @@ def _report_masks(console: Console, masks: list[LoadedMask], quiet: bool) -> Non
 
 # ---- one video -------------------------------------------------------------------------------------
 def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator: Propagator,
-                   writer: VideoWriter, progress: Progress) -> int:
-    """Runs the propagator over every frame in order; returns the number of frames.
+                   writer: VideoWriter, progress: Progress, direction: Direction = Direction.FORWARD) -> int:
+    """Runs the propagator over every frame; returns the number of frames. Outputs are written in order.
 
-    A failed video's bar is removed, so the error line is all that is left of it.
+    Forward runs stream. Backward runs (--direction backward, or both when the first mask is after the
+    first frame) keep the decoded frames in a temporary folder beside the outputs, so frames are read
+    out of order without holding the video in memory. A failed video's bar is removed, so the error
+    line is all that is left of it.
     """
     task = progress.add_task(escape(source.name), total=source.frame_count)
-    count = 0
     try:
-        for name, frame in source:
-            result = propagator.step(frame, masks.get(name))
-            if result.shape != frame.shape[:2]:
-                raise RuntimeError(f"propagator returned a {result.shape} mask for a {frame.shape[:2]} frame")
-            writer.write(name, frame, np.array(result, dtype=np.uint8))  # a copy: the writer thread owns it
-            count += 1
-            progress.update(task, advance=1, total=max(count, source.frame_count))
+        names = _frame_names(source, masks)
+        first = min((names.index(n) for n in masks if n in names), default=0)
+        backward = direction is Direction.BACKWARD or (direction is Direction.BOTH and first > 0)
+        if backward and callable(getattr(propagator, "propagate", None)):  # the model; baselines run forward
+            count = _segment_out_of_order(source, masks, propagator, writer, progress, task, direction)
+        else:
+            count = 0
+            for name, frame in source:
+                result = propagator.step(frame, masks.get(name))
+                _write(writer, name, frame, result)
+                count += 1
+                progress.update(task, advance=1, total=max(count, source.frame_count))
         if count == 0:
             raise StmaInputError(f"{source.path}: no frame could be decoded; re-encode the video")
     except BaseException:
@@ -195,6 +208,63 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
         raise
     progress.update(task, total=count, completed=count)
     return count
+
+
+def _frame_names(source: FrameSource, masks: dict[str, np.ndarray]) -> list[str]:
+    if isinstance(source, FrameFolderSource):
+        return source.frame_names
+    last = max((int(n) for n in masks), default=0)
+    return [source.frame_name(i) for i in range(max(source.frame_count, last + 1))]
+
+
+def _write(writer: VideoWriter, name: str, frame: np.ndarray, result: np.ndarray) -> None:
+    if result.shape != frame.shape[:2]:
+        raise RuntimeError(f"propagator returned a {result.shape} mask for a {frame.shape[:2]} frame")
+    writer.write(name, frame, np.array(result, dtype=np.uint8))  # a copy: the writer thread owns it
+
+
+class _DiskFrames:
+    """Frames saved as lossless PNGs in a folder, read back one at a time by index (a Sequence)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.count = 0
+
+    def append(self, frame: np.ndarray) -> None:
+        cv2.imwrite(str(self.folder / f"{self.count:07d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        bgr = cv2.imread(str(self.folder / f"{index:07d}.png"), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _segment_out_of_order(source: FrameSource, masks: dict[str, np.ndarray], session: Any,
+                          writer: VideoWriter, progress: Progress, task: TaskID, direction: Direction) -> int:
+    """Backward or both directions: results come out of order; each is kept PNG-compressed (small)
+    until every frame before it is written."""
+    with tempfile.TemporaryDirectory(prefix=".stma-frames-", dir=writer.out_dir) as folder:
+        frames, names = _DiskFrames(Path(folder)), []
+        for name, frame in source:
+            frames.append(frame)
+            names.append(name)
+        given = {names.index(n): m for n, m in masks.items() if n in names}
+        if not given:
+            raise StmaInputError(f"{source.path}: no mask matches a frame of this video; name masks like its frames")
+        pending: dict[int, bytes] = {}
+        done = 0
+        for index, result in session.propagate(frames, given, direction):
+            pending[index] = cv2.imencode(".png", np.ascontiguousarray(result, np.uint8))[1].tobytes()
+            progress.update(task, advance=1, total=len(frames))
+            while done in pending:
+                mask = cv2.imdecode(np.frombuffer(pending.pop(done), np.uint8), cv2.IMREAD_UNCHANGED)
+                _write(writer, names[done], frames[done], mask)
+                done += 1
+        return done
 
 
 # ---- command ---------------------------------------------------------------------------------------
@@ -222,6 +292,9 @@ def segment(
     spatial_every: Optional[int] = _settings.SPATIAL_EVERY,
     temporal_capacity: Optional[int] = _settings.TEMPORAL_CAPACITY,
     temporal_every: Optional[int] = _settings.TEMPORAL_EVERY,
+    direction: str = typer.Option("both", "--direction",
+                                  help="forward, backward or both: with both, frames before the first mask are "
+                                       "segmented too, propagating backwards (baselines run forward only)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only result paths (stdout), and errors."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a batch skips finished videos otherwise)."),
     engine: str = typer.Option("torch", "--engine", help="torch (PyTorch) or onnx (onnxruntime, needs --onnx-dir)."),
@@ -246,6 +319,10 @@ def segment(
         fail(f"--device: --engine onnx runs on CPU, not {device!r}; use --device cpu (or --engine torch)")
     settings = _settings.settings_from_flags(size, top_k, spatial_capacity, spatial_every, temporal_capacity,
                                              temporal_every)
+    try:
+        way = Direction(direction)
+    except ValueError:
+        fail(f"--direction: unknown direction {direction!r}; use forward, backward or both")
     if method == "stma" and engine == "torch":
         device = _check_device(device)
     jobs, batch = _find_jobs(input_path, mask, mask_dir, out)
@@ -259,7 +336,7 @@ def segment(
         fail(exc)
     try:
         _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, settings,
-                  onnx_dir if engine == "onnx" else None)
+                  onnx_dir if engine == "onnx" else None, way)
     finally:
         if created_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that wrote nothing leaves nothing behind
@@ -267,7 +344,7 @@ def segment(
 
 def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, overwrite: bool, quiet: bool,
               method: str, checkpoint: Path | None, device: str, settings: dict[str, int | None],
-              onnx_dir: Path | None = None) -> None:
+              onnx_dir: Path | None = None, direction: Direction = Direction.FORWARD) -> None:
     """Runs every job in order, printing result paths as they finish and the batch summary at the end."""
     console = stderr_console()
     factory: list[Callable[[], Propagator]] = []
@@ -291,7 +368,8 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
     try:
         with frame_progress(console, disable=quiet) as progress:
             for job in jobs:
-                outcome = _run_job(job, batch, seen, fmt_list, out, overwrite, propagator, progress, console, quiet)
+                outcome = _run_job(job, batch, seen, fmt_list, out, overwrite, propagator, progress, console, quiet,
+                                   direction)
                 outcomes.append(outcome)
                 for path in outcome.paths:
                     typer.echo(str(path))
@@ -304,7 +382,8 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
 
 
 def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Path, overwrite: bool,
-             propagator: Callable[[], Propagator], progress: Progress, console: Console, quiet: bool) -> Outcome:
+             propagator: Callable[[], Propagator], progress: Progress, console: Console, quiet: bool,
+             direction: Direction = Direction.FORWARD) -> Outcome:
     """One video: bad input ends the command (exit 2) for a single video, or is recorded in a batch."""
     start = time.perf_counter()
     try:
@@ -324,7 +403,7 @@ def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Pat
         _report_masks(console, loaded, quiet)
         prop = propagator()
         with VideoWriter(out, job.name, todo, source.size, source.fps, overwrite=overwrite) as writer:
-            frames = _segment_video(source, masks, prop, writer, progress)
+            frames = _segment_video(source, masks, prop, writer, progress, direction)
         seconds = time.perf_counter() - start
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")

@@ -9,6 +9,7 @@ carries the one it recommends, and `resolve_inference_config` merges it with wha
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,14 @@ class ModelConfig:
     def vitb(vit_weights: str | None = None) -> "ModelConfig":
         return ModelConfig(backbone="vitb", embed_dim=768, stml_depth=12, num_heads=12, mlp_ratio=4.0,
                            key_dim=64, value_dim=256, decoder_dims=(128, 64, 32), vit_weights=vit_weights)
+
+
+class Direction(enum.Enum):
+    """Which way `VideoSession.propagate` runs through a video (`stma segment --direction`)."""
+
+    FORWARD = "forward"  # from frame 0 on; frames before the first mask come out empty (streams any iterable)
+    BACKWARD = "backward"  # from the last frame back to 0; frames after the last mask come out empty
+    BOTH = "both"  # forward from the first mask, then backward from the last mask over the frames before it
 
 
 MIN_SIZE = 16  # smallest short side the network can process (one stride-16 token)

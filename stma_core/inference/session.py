@@ -17,7 +17,6 @@ Objects first given on the same frame form a group that reads only the memory wr
 from __future__ import annotations
 
 import contextlib
-import enum
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stma_core.config import MIN_SIZE, InferenceConfig
+from stma_core.config import MIN_SIZE, Direction, InferenceConfig
 from stma_core.device import resolve_device
 from stma_core.inference.engine import Engine, MemoryState, TorchEngine
 from stma_core.inference.object_manager import ObjectManager
@@ -35,14 +34,6 @@ from stma_core.inference.temporal_memory import TemporalMemory
 from stma_core.model.network import FrameFeatures, MemoryGroup, STMANetwork
 
 __all__ = ["Direction", "VideoSession", "processing_size", "resolve_device", "session_factory"]
-
-
-class Direction(enum.Enum):
-    """Which way `VideoSession.propagate` runs through a video (`--direction` on the command line)."""
-
-    FORWARD = "forward"  # from frame 0 on; frames before the first mask come out empty (streams any iterable)
-    BACKWARD = "backward"  # from the last frame back to 0; frames after the last mask come out empty
-    BOTH = "both"  # forward from the first mask, then backward from the last mask over the frames before it
 
 
 def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
