@@ -276,8 +276,8 @@ def segment(
                                              "For a folder of videos: a folder holding <video>.png."),
     mask_dir: Optional[Path] = typer.Option(None, "--mask-dir", show_default=False,
                                             help="Annotation folder of <frame>.png masks (objects may appear on "
-                                                 "later frames; each object is taken from its first annotated "
-                                                 "frame). For a folder of videos: a folder of <video>/ folders."),
+                                                 "later frames; a mask of an object given before corrects it on "
+                                                 "that frame). For a folder of videos: a folder of <video>/ folders."),
     out: Path = typer.Option(Path("stma_out"), "--out", "-o", help="Output folder."),
     formats: list[str] = typer.Option(["png"], "--format", "-f",
                                       help="png (DAVIS palette PNGs in OUT/<video>/), rle (OUT/<video>.rle.json) or "

@@ -48,14 +48,17 @@ def recommended_inference(metadata: dict[str, str]) -> dict[str, Any]:
 def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
     path = Path(path)
     if not path.is_file():
-        raise StmaInputError(f"{path}: checkpoint not found; pass --checkpoint with an existing .safetensors file")
+        raise StmaInputError(f"{path}: checkpoint not found; pass an existing .safetensors file as the "
+                             "checkpoint (checkpoint=..., or --checkpoint)")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise StmaInputError(f"{path}: not a safetensors checkpoint ({exc}); pass a file saved by `stma train`") from exc
+        raise StmaInputError(f"{path}: not a safetensors checkpoint ({exc}); "
+                             "pass a file saved by `stma train` (or save_model)") from exc
     if "model_config" not in metadata:
-        raise StmaInputError(f"{path}: checkpoint has no model_config metadata; pass a file saved by `stma train`")
+        raise StmaInputError(f"{path}: checkpoint has no model_config metadata; "
+                             "pass a file saved by `stma train` (or save_model)")
     return from_dict(ModelConfig, json.loads(metadata["model_config"])), metadata
 
 
