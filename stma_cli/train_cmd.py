@@ -17,16 +17,13 @@ from stma_core.errors import StmaInputError
 
 
 def _device(name: str) -> str:
-    """auto -> cuda when available; under torchrun each process takes cuda:LOCAL_RANK."""
-    import torch
+    """The one device resolver (stma_core.device): auto, cpu, cuda, cuda:N, mps; under torchrun cuda:LOCAL_RANK."""
+    from stma_core.device import resolve_device
 
-    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
-        fail(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        fail(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return name
+    try:
+        return str(resolve_device(name))
+    except ValueError as exc:
+        fail(f"--device: {exc}")
 
 
 def train(

@@ -34,7 +34,7 @@ class ExportVerificationError(RuntimeError):
 def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = "onnx",
                  size: tuple[int, int] = (480, 854), objects: int = 5, memory_frames: int | None = None,
                  refs: int | None = None, overwrite: bool = False, verify: bool = True,
-                 config: InferenceConfig | None = None) -> Manifest:
+                 config: InferenceConfig | None = None, top_k: int | None = None) -> Manifest:
     """Exports the frame, value and step graphs of a checkpoint (None = the shipped default) to out_dir.
 
     size: (H, W) frames are processed at (graphs use it padded to multiples of 16); a video is accepted
@@ -43,7 +43,8 @@ def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = 
     memory_frames / refs: frames the temporal / spatial memory may hold. Default: capacity + 1 pinned
     first frame; a smaller number shrinks the capacity, a larger one leaves room for objects first
     annotated on later frames (each pins a frame).
-    config: inference settings (top_k and memory policy) replacing the checkpoint's recommended ones.
+    config: inference settings (top_k and memory policy) replacing the checkpoint's recommended ones;
+    top_k: the readout's k baked into the step graphs (None = config's, else the checkpoint's).
     """
     if fmt not in FORMATS:
         raise StmaInputError(f"--format: unknown format {fmt!r}; use {' or '.join(FORMATS)}")
@@ -54,7 +55,9 @@ def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = 
     if not 1 <= objects <= MAX_OBJECTS:
         raise StmaInputError(f"--objects: {objects} is out of range; use 1..{MAX_OBJECTS}")
     network, model_config, metadata = load_model(checkpoint, "cpu")
-    base = resolve_inference_config(recommended_inference(metadata), config, size=min(height, width))
+    if top_k is not None and top_k < 0:
+        raise StmaInputError(f"--top-k: {top_k} is negative; use 0 (all matches) or more")
+    base = resolve_inference_config(recommended_inference(metadata), config, size=min(height, width), top_k=top_k)
     memory_frames = base.temporal_capacity + 1 if memory_frames is None else memory_frames
     refs = base.spatial_capacity + 1 if refs is None else refs
     if memory_frames < 1 or refs < 1:
