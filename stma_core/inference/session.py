@@ -76,6 +76,8 @@ class VideoSession:
         self.probabilities: torch.Tensor | None = None
         self._last_spatial = -1
         self._last_temporal = -1
+        # memory versions restart with the memories; the epoch keeps engine caches from matching old ones
+        self._epoch = getattr(self, "_epoch", -1) + 1
         self._memory_version = 0
 
     def add_mask(self, frame_index: int, mask: np.ndarray) -> None:
@@ -195,7 +197,8 @@ class VideoSession:
     def _memory(self) -> MemoryState:
         """The memories of the groups that have any (a group given on this frame has none yet: it comes last)."""
         keys, groups = self.temporal.read([g for g in self.objects.groups if g.frame < self.frame_index])
-        version = (id(self), self.spatial.version, self.temporal.version, self._memory_version, self.objects.count)
+        version = (id(self), self._epoch, self.spatial.version, self.temporal.version, self._memory_version,
+                   self.objects.count)
         return MemoryState(self.spatial.tokens(), keys, groups, version)
 
     def _first_key(self, frame: FrameFeatures, values: torch.Tensor) -> torch.Tensor:
