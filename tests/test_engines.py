@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from stma_core.checkpoint import load_model, save_model
 from stma_core.config import InferenceConfig, ModelConfig

@@ -18,7 +18,7 @@ from stma_core.config import InferenceConfig, ModelConfig
 from stma_core.errors import StmaInputError
 from stma_core.export import export_model, load_manifest
 from stma_core.inference.onnx_session import exported_session_factory, make_onnx_propagator_factory
-from stma_core.inference.session import VideoSession, session_factory
+from stma_core.inference.session import session_factory
 from stma_core.model.network import MemoryGroup, STMANetwork
 
 TINY = ModelConfig(embed_dim=32, stml_depth=2, num_heads=2, key_dim=16, value_dim=32, decoder_dims=(16, 16, 8))
