@@ -118,6 +118,9 @@ class ExportedEngine:
     def predict(self, frame: FrameFeatures, memory: MemoryState, top_k: int) -> Prediction:
         """Pads references to M and memory to T frames; each object's validity row marks its group's frames."""
         limits = self.manifest
+        if top_k != limits.inference.top_k:
+            raise StmaInputError(f"top_k {top_k} differs from the {limits.inference.top_k} this export was made "
+                                 f"with; use top_k {limits.inference.top_k} or re-export with --top-k {top_k}")
         references = memory.references
         m, n_tok = references.shape[1], references.shape[2]
         if m > limits.references:
