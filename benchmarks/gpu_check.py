@@ -163,10 +163,9 @@ def check(name: str, results: dict[str, Any], fn: Callable[[], dict[str, Any]]) 
 
 # ---- checks ----------------------------------------------------------------------------------------
 def factory(device: str, size: int, amp: bool) -> Callable[[], Any]:
-    from stma_core.config import InferenceConfig
     from stma_core.inference.session import session_factory
 
-    return session_factory(device=device, size=size, config=InferenceConfig(size=size, device=device, amp=amp))
+    return session_factory(device=device, size=size, amp=amp)
 
 
 def check_autocast(plan: Plan, dev: Device, frames: list[np.ndarray], mask: np.ndarray) -> dict[str, Any]:
@@ -308,7 +307,9 @@ def check_onnx_cuda(plan: Plan, dev: Device, frames: list[np.ndarray], mask: np.
         return {"ok": True, "skipped": f"onnxruntime {ort.__version__} has no CUDAExecutionProvider "
                                        "(pip install onnxruntime-gpu)"}
     from stma_core.export.exporter import export_model
-    from stma_core.inference.onnx_session import OnnxPropagator, OrtRunner
+    from stma_core.config import InferenceConfig
+    from stma_core.inference.onnx_session import ExportedEngine, OrtRunner
+    from stma_core.inference.session import VideoSession
 
     class CudaRunner(OrtRunner):
         def run(self, name: str, inputs: list[Any]) -> list[Any]:
@@ -325,7 +326,9 @@ def check_onnx_cuda(plan: Plan, dev: Device, frames: list[np.ndarray], mask: np.
         manifest = export_model(None, tmp, "onnx", size=(plan.size, round(width * plan.size / height)), objects=1)
         export_seconds = time.perf_counter() - start
         runner = CudaRunner(Path(tmp), manifest)
-        ort_masks, ort_fps = run_clip(lambda: OnnxPropagator(runner, manifest), frames, mask, Device("cpu"), plan.warmup)
+        engine = ExportedEngine(runner, manifest)
+        ort_masks, ort_fps = run_clip(lambda: VideoSession(engine, InferenceConfig(**manifest.inference.__dict__)),
+                                      frames, mask, Device("cpu"), plan.warmup)
         providers = {name: s.get_providers()[0] for name, s in runner._sessions.items()}
     torch_masks, _ = run_clip(factory(dev.name, plan.size, False), frames, mask, dev)
     ious = [mean_iou(a, b) for a, b in zip(ort_masks, torch_masks)]

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from stma_cli import _settings
 from stma_cli._common import check_device, check_output_dir, fail, frame_progress, info, stderr_console
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
@@ -56,22 +57,24 @@ def _default_pred_out(dataset: str, method: str) -> Path:
     return Path("out") / "eval" / f"{dataset}-{method}"
 
 
-def _make_factory(method: str, checkpoint: Optional[Path], device: str, size: Optional[int]) -> Any:
+def _make_factory(method: str, checkpoint: Optional[Path], device: str, settings: dict[str, Any]) -> Any:
     if method not in METHODS:
         raise StmaInputError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
     try:
-        return make_propagator_factory(method, str(checkpoint) if checkpoint else None, device, size)
+        return make_propagator_factory(method, str(checkpoint) if checkpoint else None, device, settings=settings)
     except ImportError as exc:
         raise StmaInputError(f"--method {method} is not available in this installation ({exc}); "
                              "use --method copy or --method flow") from None
     except FileNotFoundError as exc:
         raise StmaInputError(f"checkpoint not found: {exc.filename or exc}; pass --checkpoint FILE") from None
+    except ValueError as exc:  # the device resolver's one-line message
+        raise StmaInputError(f"--device: {exc}") from None
 
 
 def _segment(spec: DatasetSpec, root: Path, sequences: list[str] | None, method: str, checkpoint: Optional[Path],
-             device: str, size: Optional[int], pred_out: Path, quiet: bool, console: Console,
+             device: str, settings: dict[str, Any], pred_out: Path, quiet: bool, console: Console,
              davis2016: bool = False) -> Path:
-    make = _make_factory(method, checkpoint, device, size)
+    make = _make_factory(method, checkpoint, device, settings)
     with frame_progress(console, disable=quiet) as progress:
         sink = _RichFrames(progress, f"{spec.name}/{method}", console, quiet)
         if spec.family == "ytvos":
@@ -102,7 +105,12 @@ def evaluate(
     method: str = typer.Option("stma", "--method", help=f"Segmentation method for --dataset: {', '.join(METHODS)}."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="STMA checkpoint (default: the shipped weights)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
-    size: Optional[int] = typer.Option(None, "--size", min=64, help="Short side the model processes for --method stma (default: the checkpoint's recommended size)."),
+    size: Optional[int] = _settings.SIZE,
+    top_k: Optional[int] = _settings.TOP_K,
+    spatial_capacity: Optional[int] = _settings.SPATIAL_CAPACITY,
+    spatial_every: Optional[int] = _settings.SPATIAL_EVERY,
+    temporal_capacity: Optional[int] = _settings.TEMPORAL_CAPACITY,
+    temporal_every: Optional[int] = _settings.TEMPORAL_EVERY,
     pred_out: Optional[Path] = typer.Option(None, "--pred-out", help="Where --dataset writes predictions (kept; default out/eval/<dataset>-<method>)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the CSVs (default: the prediction folder); existing CSVs are replaced."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
@@ -118,8 +126,10 @@ def evaluate(
         device = check_device(device)
     if out is not None:
         check_output_dir(out)
+    settings = _settings.settings_from_flags(size, top_k, spatial_capacity, spatial_every, temporal_capacity,
+                                             temporal_every)
     try:
-        payload = _evaluate(pred, gt, split, dataset, root, method, checkpoint, device, size, pred_out, out,
+        payload = _evaluate(pred, gt, split, dataset, root, method, checkpoint, device, settings, pred_out, out,
                             as_json, quiet, workers, console, report=report, compare=compare, overwrite=overwrite)
     except (StmaInputError, StmaOutputError) as exc:
         fail(exc)
@@ -128,7 +138,7 @@ def evaluate(
 
 
 def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], dataset: Optional[str],
-              root: Optional[Path], method: str, checkpoint: Optional[Path], device: str, size: Optional[int],
+              root: Optional[Path], method: str, checkpoint: Optional[Path], device: str, settings: dict[str, Any],
               pred_out: Optional[Path], out: Optional[Path], as_json: bool, quiet: bool,
               workers: Optional[int], console: Console, report: Optional[Path] = None,
               compare: Optional[Path] = None, overwrite: bool = False) -> dict[str, Any]:
@@ -153,7 +163,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
                                      f"submit the zip to {YTVOS_SERVER}")
             target = pred_out or _default_pred_out(spec.name, method)
             check_output_dir(target, "--pred-out")
-            annotations = _segment(spec, gt_root, None, method, checkpoint, device, size, target, quiet, console)
+            annotations = _segment(spec, gt_root, None, method, checkpoint, device, settings, target, quiet, console)
             zip_path = target / "submission.zip"
             if not quiet:
                 info(console, f"wrote {annotations} and {zip_path}")
@@ -168,7 +178,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
             _, sequences = resolve_split(gt_root, split_arg)
             pred = pred_out or _default_pred_out(spec.name, method)
             check_output_dir(pred, "--pred-out")
-            _segment(spec, gt_root, sequences, method, checkpoint, device, size, pred, quiet, console,
+            _segment(spec, gt_root, sequences, method, checkpoint, device, settings, pred, quiet, console,
                      davis2016=spec.year == 2016)
             extra["method"] = method
             if not quiet:

@@ -5,7 +5,7 @@
 
 Graphs: frame (image -> tokens, f16, f8, f4), value_<n> (features + n masks -> ID values) and
 step_<n> (STML + memory readout + decoder at fixed memory sizes -> probabilities, key, usage) for
-n = 1..--objects. Memory management stays in host code (stma_core.inference.onnx_session).
+n = 1..--objects. Memory management stays in host code (VideoSession with ExportedEngine, stma_core.inference.onnx_session).
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ def export(
     refs: Optional[int] = typer.Option(None, "--refs", metavar="M",
                                        help="Spatial-memory reference frames the step graph holds "
                                             "(default: capacity 2 + the pinned first frame)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", show_default="the checkpoint's",
+                                        help="Memory readout keeps the k best matches per position (0 = all); "
+                                             "fixed in the step graphs."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
 ) -> None:
@@ -81,7 +84,7 @@ def export(
         size = default_export_size(checkpoint)
     try:
         manifest = export_model(checkpoint, out, fmt, size=size, objects=objects, memory_frames=memory_frames,
-                                refs=refs, overwrite=overwrite)
+                                refs=refs, overwrite=overwrite, top_k=top_k)
     except (StmaInputError, StmaOutputError) as exc:
         fail(exc)
     except ExportVerificationError as exc:

@@ -9,30 +9,32 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
+import cv2
 import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from stma_cli import _settings
 from stma_cli._common import (EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
                               info, one_line, print_error, stderr_console, stdout_closed, warn)
+from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import ensure_writable_dir
 from stma_core.io.frames import FrameFolderSource, FrameSource, open_frames, scan_folder
-from stma_core.io.masks import LoadedMask, fit_mask, keep_new_objects, load_mask, load_mask_folder
+from stma_core.io.masks import LoadedMask, fit_mask, load_mask, load_mask_folder
 from stma_core.io.outputs import (ALL_FORMATS, ALPHA_CODECS, OVERLAY_STYLES, VIDEO_FORMATS, OutputOptions, OutputWriter,
                                   all_output_paths)
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class _Stop(Exception):
@@ -92,18 +94,16 @@ def _parse_formats(values: list[str]) -> list[str]:
 
 
 def _check_device(device: str) -> str:
-    return check_device(device)
+    """The device the model runs on: one line and exit 2 if unusable here (stma_core.device.resolve_device
+    then picks it; under torchrun, this rank's GPU)."""
+    from stma_core.device import resolve_device
 
+    device = check_device(device)
 
-def _rank_device(device: str) -> str:
-    """Under torchrun each process uses its own GPU (cuda:LOCAL_RANK)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or device not in ("cuda", "auto"):
-        return device
-    import torch
-
-    if not torch.cuda.is_available():
-        return device
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    try:
+        return str(resolve_device(device))
+    except ValueError as exc:
+        fail(f"--device: {exc}")
 
 
 def _check_extras(start: int, end: int | None, stride: int, fps: float | None, objects: str, overlay_alpha: float,
@@ -228,8 +228,9 @@ def _frame_key(source: FrameSource, mask_path: Path) -> str:
 
 def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callable[[str], bool] | None = None
                 ) -> tuple[dict[str, np.ndarray], list[LoadedMask]]:
-    """-> (frame name -> id mask, each object given once), and the loaded masks for reporting.
+    """-> (frame name -> id mask), and the loaded masks for reporting.
 
+    Every annotation is used: new ids start objects, ids already given are corrections on that frame.
     first: index of the first processed frame (a --mask file annotates it); selected: whether a frame is
     processed (--start/--end/--stride), annotations of other frames are ignored.
     """
@@ -253,7 +254,7 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
         if beyond:
             raise StmaInputError(f"{loaded[beyond[0]].path}: annotates frame {beyond[0]} but {source.path} has "
                                  f"{source.frame_count} frames; remove masks past the last frame")
-    given = keep_new_objects({name: m.ids for name, m in loaded.items()}, order)
+    given = {name: loaded[name].ids for name in order if name in loaded}
     return given, list(loaded.values())
 
 
@@ -269,35 +270,45 @@ def _report_masks(console: Console, masks: list[LoadedMask], quiet: bool) -> Non
 
 # ---- one video -------------------------------------------------------------------------------------
 def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator: Propagator,
-                   writer: OutputWriter, progress: Progress, select: range | None = None, soft: bool = False) -> int:
-    """Runs the propagator over every frame in order (only frame indices in `select` if given); returns
-    the number of frames. soft: also hands the writer the propagator's probabilities (if it has them).
+                   writer: OutputWriter, progress: Progress, select: range | None = None, soft: bool = False,
+                   direction: Direction = Direction.FORWARD) -> int:
+    """Runs the propagator over every frame (only frame indices in `select` if given); returns the number
+    of frames. Outputs are written in order. soft: also hands the writer the propagator's per-object
+    probabilities (if it has them).
 
-    A failed video's bar is removed, so the error line is all that is left of it.
+    Forward runs stream. Backward runs (--direction backward, or both when the first mask is after the
+    first frame) keep the decoded frames in a temporary folder beside the outputs, so frames are read
+    out of order without holding the video in memory. A failed video's bar is removed, so the error
+    line is all that is left of it.
     """
     expected = source.frame_count if select is None else len(range(select.start, min(select.stop, source.frame_count),
                                                                     select.step))
     task = progress.add_task(escape(source.name), total=expected)
-    count = 0
-    soft_of = getattr(propagator, "probabilities", None) if soft else None
+    soft_of = getattr(propagator, "object_probabilities", None) if soft else None
     unused = set(masks)
     stopped_early = False
     try:
-        for index, (name, frame) in enumerate(source):
-            unused.discard(name)
-            if select is not None:
-                if index >= select.stop:
-                    stopped_early = True  # frames after --end are not read, nor are their masks checked
-                    break
-                if index not in select:
-                    continue
-            result = propagator.step(frame, masks.get(name))
-            if result.shape != frame.shape[:2]:
-                raise RuntimeError(f"propagator returned a {result.shape} mask for a {frame.shape[:2]} frame")
-            mask = np.array(result, dtype=np.uint8)  # a copy: the writer thread owns it
-            writer.write(name, frame, mask, soft_of() if soft_of is not None else None)
-            count += 1
-            progress.update(task, advance=1, total=max(count, expected))
+        names = _frame_names(source, masks)
+        start = select.start if select is not None else 0
+        first = min((names.index(n) for n in masks if n in names), default=start)
+        backward = direction is Direction.BACKWARD or (direction is Direction.BOTH and first > start)
+        if backward and callable(getattr(propagator, "propagate", None)):  # the model; baselines run forward
+            count, unused, stopped_early = _segment_out_of_order(source, masks, propagator, writer, progress, task,
+                                                                 direction, select, soft_of)
+        else:
+            count = 0
+            for index, (name, frame) in enumerate(source):
+                unused.discard(name)
+                if select is not None:
+                    if index >= select.stop:
+                        stopped_early = True  # frames after --end are not read, nor are their masks checked
+                        break
+                    if index not in select:
+                        continue
+                result = propagator.step(frame, masks.get(name))
+                _write(writer, name, frame, result, soft_of() if soft_of is not None else None)
+                count += 1
+                progress.update(task, advance=1, total=max(count, expected))
         if count == 0:
             raise StmaInputError(f"{source.path}: no frame could be decoded; re-encode the video")
         if unused and not stopped_early:  # a mask for a frame the video does not have would silently drop its objects
@@ -311,6 +322,83 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
     return count
 
 
+def _frame_names(source: FrameSource, masks: dict[str, np.ndarray]) -> list[str]:
+    if isinstance(source, FrameFolderSource):
+        return source.frame_names
+    last = max((int(n) for n in masks), default=0)
+    return [source.frame_name(i) for i in range(max(source.frame_count, last + 1))]
+
+
+def _write(writer: OutputWriter, name: str, frame: np.ndarray, result: np.ndarray,
+           soft: dict[int, np.ndarray] | None = None) -> None:
+    if result.shape != frame.shape[:2]:
+        raise RuntimeError(f"propagator returned a {result.shape} mask for a {frame.shape[:2]} frame")
+    writer.write(name, frame, np.array(result, dtype=np.uint8), soft)  # a copy: the writer thread owns it
+
+
+class _DiskFrames:
+    """Frames saved as lossless PNGs in a folder, read back one at a time by index (a Sequence)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.count = 0
+
+    def append(self, frame: np.ndarray) -> None:
+        cv2.imwrite(str(self.folder / f"{self.count:07d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        bgr = cv2.imread(str(self.folder / f"{index:07d}.png"), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _segment_out_of_order(source: FrameSource, masks: dict[str, np.ndarray], session: Any, writer: OutputWriter,
+                          progress: Progress, task: TaskID, direction: Direction, select: range | None,
+                          soft_of: Callable[[], dict[int, np.ndarray]] | None) -> tuple[int, set[str], bool]:
+    """Backward or both directions: results come out of order; each is kept PNG-compressed (small)
+    until every frame before it is written. -> (frames, mask names matching no frame, stopped early)."""
+    unused = set(masks)
+    stopped_early = False
+    with tempfile.TemporaryDirectory(prefix=".stma-frames-", dir=writer.out_dir) as folder:
+        frames, names = _DiskFrames(Path(folder)), []
+        for index, (name, frame) in enumerate(source):
+            unused.discard(name)
+            if select is not None:
+                if index >= select.stop:
+                    stopped_early = True
+                    break
+                if index not in select:
+                    continue
+            frames.append(frame)
+            names.append(name)
+        given = {names.index(n): m for n, m in masks.items() if n in names}
+        if not given:
+            raise StmaInputError(f"{source.path}: no mask matches a frame of this video; name masks like its frames")
+        pending: dict[int, tuple[bytes, dict[int, bytes] | None]] = {}
+        done = 0
+
+        def encode(image: np.ndarray) -> bytes:
+            return cv2.imencode(".png", np.ascontiguousarray(image, np.uint8))[1].tobytes()
+
+        def decode(data: bytes) -> np.ndarray:
+            return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+        for index, result in session.propagate(frames, given, direction):
+            soft = {k: encode(v) for k, v in soft_of().items()} if soft_of is not None else None
+            pending[index] = (encode(result), soft)
+            progress.update(task, advance=1, total=len(frames))
+            while done in pending:
+                mask, soft = pending.pop(done)
+                _write(writer, names[done], frames[done], decode(mask),
+                       {k: decode(v) for k, v in soft.items()} if soft is not None else None)
+                done += 1
+        return done, unused, stopped_early
+
+
 # ---- command ---------------------------------------------------------------------------------------
 def segment(
     input_path: Path = typer.Argument(..., metavar="INPUT", show_default=False,
@@ -321,8 +409,8 @@ def segment(
                                              "For a folder of videos: a folder holding <video>.png."),
     mask_dir: Optional[Path] = typer.Option(None, "--mask-dir", show_default=False,
                                             help="Annotation folder of <frame>.png masks (objects may appear on "
-                                                 "later frames; each object is taken from its first annotated "
-                                                 "frame). For a folder of videos: a folder of <video>/ folders."),
+                                                 "later frames; a mask of an object given before corrects it on "
+                                                 "that frame). For a folder of videos: a folder of <video>/ folders."),
     out: Path = typer.Option(Path("stma_out"), "--out", "-o", help="Output folder."),
     formats: list[str] = typer.Option(["png"], "--format", "-f",
                                       help="png (DAVIS palette PNGs in OUT/<video>/), rle (OUT/<video>.rle.json), "
@@ -334,9 +422,15 @@ def segment(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", show_default=False,
                                               help="Model checkpoint (.safetensors); default: the shipped model."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    size: Optional[int] = typer.Option(None, "--size", show_default=False,
-                                       help="Short side the model works at; default: what the checkpoint recommends "
-                                            "(outputs always keep the input size)."),
+    size: Optional[int] = _settings.SIZE,
+    top_k: Optional[int] = _settings.TOP_K,
+    spatial_capacity: Optional[int] = _settings.SPATIAL_CAPACITY,
+    spatial_every: Optional[int] = _settings.SPATIAL_EVERY,
+    temporal_capacity: Optional[int] = _settings.TEMPORAL_CAPACITY,
+    temporal_every: Optional[int] = _settings.TEMPORAL_EVERY,
+    direction: str = typer.Option("both", "--direction",
+                                  help="forward, backward or both: with both, frames before the first mask are "
+                                       "segmented too, propagating backwards (baselines run forward only)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes: stdout gets only result paths; warnings and errors stay on stderr."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a batch skips finished videos otherwise)."),
     engine: str = typer.Option("torch", "--engine", help="torch (PyTorch) or onnx (onnxruntime, needs --onnx-dir)."),
@@ -370,12 +464,22 @@ def segment(
         fail(f"--engine: unknown engine {engine!r}; use torch or onnx")
     if engine == "onnx" and (onnx_dir is None or method != "stma"):
         fail("--engine onnx: pass --onnx-dir with a `stma export --format onnx` folder (and --method stma)")
-    device = _rank_device(_check_device(device))
+    if engine == "onnx" and checkpoint is not None:
+        fail("--checkpoint: not used with --engine onnx (the export folder holds its model); leave it out, "
+             "or re-export with `stma export --checkpoint FILE`")
+    if engine == "onnx" and device not in ("auto", "cpu"):
+        fail(f"--device: --engine onnx runs on CPU, not {device!r}; use --device cpu (or --engine torch)")
+    settings = _settings.settings_from_flags(size, top_k, spatial_capacity, spatial_every, temporal_capacity,
+                                             temporal_every)
+    try:
+        way = Direction(direction)
+    except ValueError:
+        fail(f"--direction: unknown direction {direction!r}; use forward, backward or both")
+    if method == "stma" and engine == "torch":
+        device = _check_device(device)
     extras = _check_extras(start, end, stride, fps, objects, overlay_alpha, overlay_style, labels, alpha_codec)
     if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
         warn(stderr_console(), f"--fps only sets the frame rate of {', '.join(VIDEO_FORMATS)} outputs; none is requested")
-    if size is not None and size < 16:
-        fail(f"--size: {size} is too small; use a short side of at least 16 (or leave it out)")
     jobs, batch = _find_jobs(input_path, mask, mask_dir, out)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:
@@ -388,16 +492,17 @@ def segment(
     except StmaOutputError as exc:
         fail(exc)
     try:
-        _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, size,
-                  onnx_dir if engine == "onnx" else None, extras=extras, as_json=as_json)
+        _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, settings,
+                  onnx_dir if engine == "onnx" else None, extras=extras, as_json=as_json, direction=way)
     finally:
         if created_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that wrote nothing leaves nothing behind
 
 
 def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, overwrite: bool, quiet: bool,
-              method: str, checkpoint: Path | None, device: str, size: int | None,
-              onnx_dir: Path | None = None, extras: Extras | None = None, as_json: bool = False) -> None:
+              method: str, checkpoint: Path | None, device: str, settings: dict[str, int | None],
+              onnx_dir: Path | None = None, extras: Extras | None = None, as_json: bool = False,
+              direction: Direction = Direction.FORWARD) -> None:
     """Runs every job in order, printing result paths as they finish and the batch summary at the end."""
     console = stderr_console()
     factory: list[Callable[[], Propagator]] = []
@@ -408,10 +513,10 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
                 if onnx_dir is not None:
                     from stma_core.inference.onnx_session import make_onnx_propagator_factory
 
-                    factory.append(make_onnx_propagator_factory(onnx_dir))
+                    factory.append(make_onnx_propagator_factory(onnx_dir, **settings))
                 else:
                     factory.append(make_propagator_factory(method, str(checkpoint) if checkpoint else None,
-                                                           device, size))
+                                                           device, settings=settings))
             except (StmaInputError, ValueError, OSError) as exc:
                 raise _Stop(exc, EXIT_BAD_INPUT) from exc
         return factory[0]()
@@ -423,7 +528,7 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
         with frame_progress(console, disable=quiet) as progress:
             for job in jobs:
                 outcome = _run_job(job, batch, seen, fmt_list, out, overwrite, propagator, progress, console, quiet,
-                                   extras or Extras())
+                                   extras or Extras(), direction)
                 outcomes.append(outcome)
                 if not as_json:
                     for path in outcome.paths:
@@ -465,7 +570,7 @@ def _print_json(outcomes: list[Outcome], seconds: float) -> None:
 
 def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Path, overwrite: bool,
              propagator: Callable[[], Propagator], progress: Progress, console: Console, quiet: bool,
-             extras: Extras | None = None) -> Outcome:
+             extras: Extras | None = None, direction: Direction = Direction.FORWARD) -> Outcome:
     """One video: bad input ends the command (exit 2) for a single video, or is recorded in a batch."""
     start = time.perf_counter()
     try:
@@ -488,13 +593,11 @@ def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Pat
         _report_masks(console, loaded, quiet)
         prop = propagator()
         soft = bool({"prob", "prob-npz"} & set(todo))
-        if soft and hasattr(prop, "keep_probabilities"):
-            prop.keep_probabilities = True  # type: ignore[attr-defined]
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))
         options = dataclasses.replace(extras.options, object_ids=object_ids)
         fps = extras.fps or source.fps / extras.stride
         with OutputWriter(out, job.name, todo, source.size, fps, options, overwrite=overwrite) as writer:
-            frames = _segment_video(source, masks, prop, writer, progress, select, soft)
+            frames = _segment_video(source, masks, prop, writer, progress, select, soft, direction)
         seconds = time.perf_counter() - start
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")

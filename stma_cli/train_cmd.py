@@ -17,13 +17,14 @@ from stma_core.errors import StmaInputError
 
 
 def _device(name: str) -> str:
-    """auto -> cuda when available; under torchrun each process takes cuda:LOCAL_RANK."""
-    import torch
+    """The one device resolver (stma_core.device): auto, cpu, cuda, cuda:N, mps; under torchrun cuda:LOCAL_RANK."""
+    from stma_core.device import resolve_device
 
-    name = check_device(name)
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    name = check_device(name)  # one line and exit 2 for unknown or absent devices
+    try:
+        return str(resolve_device(name))
+    except ValueError as exc:
+        fail(f"--device: {exc}")
 
 
 def train(

@@ -1,8 +1,15 @@
-"""Typed configuration. A ModelConfig is saved next to every checkpoint and rebuilds the network."""
+"""Typed configuration, the one place settings are defined.
+
+ModelConfig: the architecture, saved in every checkpoint, rebuilds the network (unknown keys of old
+checkpoints, such as a `top_k` that moved to InferenceConfig, are ignored).
+InferenceConfig: per-video settings (processing size, memory readout and capacities); a checkpoint
+carries the one it recommends, and `resolve_inference_config` merges it with what the user asked for.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +29,6 @@ class ModelConfig:
     key_dim: int = 64  # temporal-memory key width
     value_dim: int = 128  # ID value width
     decoder_dims: tuple[int, int, int] = (96, 64, 32)  # stride 16, 8, 4
-    top_k: int = 30  # memory readout keeps the k best matches per query position (0 = all)
     vit_weights: str | None = None  # optional timm-format ViT-B/16 weight file for backbone="vitb"
 
     @staticmethod
@@ -31,17 +37,65 @@ class ModelConfig:
                            key_dim=64, value_dim=256, decoder_dims=(128, 64, 32), vit_weights=vit_weights)
 
 
+class Direction(enum.Enum):
+    """Which way `VideoSession.propagate` runs through a video (`stma segment --direction`)."""
+
+    FORWARD = "forward"  # from frame 0 on; frames before the first mask come out empty (streams any iterable)
+    BACKWARD = "backward"  # from the last frame back to 0; frames after the last mask come out empty
+    BOTH = "both"  # forward from the first mask, then backward from the last mask over the frames before it
+
+
+MIN_SIZE = 16  # smallest short side the network can process (one stride-16 token)
+
+
 @dataclass
 class InferenceConfig:
-    """Per-video inference settings (memories, processing size, device)."""
+    """Per-video inference settings: processing size, memory readout and memory capacities.
 
-    size: int = 480  # short side the network sees; outputs are at the input's resolution
-    device: str = "auto"  # auto | cpu | cuda | mps
+    The device is not a per-video setting: it is chosen when the model is loaded.
+    """
+
+    size: int = 480  # short side the network sees (never up-scaled); outputs are at the input's resolution
+    top_k: int = 30  # memory readout keeps the k best matches per query position (0 = all)
     spatial_capacity: int = 2  # reference frames kept besides the pinned first-appearance frames
     spatial_every: int = 3  # a frame enters the spatial memory every k frames
     temporal_capacity: int = 8  # frames kept in the temporal memory (besides first-appearance frames)
     temporal_every: int = 3  # a frame enters the temporal memory every k frames
     amp: bool = True  # autocast on CUDA
+
+    def __post_init__(self) -> None:
+        for name, least in SETTING_MINIMUMS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"InferenceConfig.{name} is {value!r}; use an integer of at least {least}")
+
+
+# smallest allowed value of each integer InferenceConfig setting
+SETTING_MINIMUMS = {"size": MIN_SIZE, "top_k": 0, "spatial_capacity": 0, "spatial_every": 1,
+                    "temporal_capacity": 0, "temporal_every": 1}
+
+
+def resolve_inference_config(recommended: dict[str, Any] | InferenceConfig | None = None,
+                             base: InferenceConfig | None = None, **overrides: Any) -> InferenceConfig:
+    """The one place settings are resolved (segment, eval, export and the Python API all call it).
+
+    Priority: explicit `overrides` (None values mean "not given") > `base` (a whole config the caller
+    passed) > `recommended` (what the checkpoint recommends) > InferenceConfig defaults.
+    `recommended` may be a checkpoint's metadata-style dict (unknown keys ignored).
+    """
+    values: dict[str, Any] = {}
+    if isinstance(recommended, InferenceConfig):
+        values.update(to_dict(recommended))
+    elif recommended:
+        names = {f.name for f in dataclasses.fields(InferenceConfig)}
+        values.update({k: v for k, v in recommended.items() if k in names})
+    if base is not None:
+        values.update(to_dict(base))
+    unknown = [k for k in overrides if k not in {f.name for f in dataclasses.fields(InferenceConfig)}]
+    if unknown:
+        raise TypeError(f"unknown inference setting(s) {unknown}; see stma_core.config.InferenceConfig")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return InferenceConfig(**values)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -153,3 +153,10 @@ def moving_object_sequence(count: int, seed: int, size: tuple[int, int] = (854, 
         frames.append(frame)
         masks.append(inside.astype(np.uint8))
     return frames, masks
+
+
+@pytest.fixture(scope="session")
+def shared_data_or_none() -> Path | None:
+    """The shared data folder, or None where it is absent (for tests with a part that needs it)."""
+    path = shared_data_path()
+    return path if (path / "davis2016").is_dir() else None

@@ -21,9 +21,9 @@ def _held_tensors(session: VideoSession) -> tuple[int, int]:
     for entry in session.temporal.entries:
         tensors += [entry.key, entry.value]
     if session.temporal._cache is not None:
-        tensors += list(session.temporal._cache[2:])
-    if session._ref_cache is not None:
-        cache = session._ref_cache
+        tensors += [session.temporal._cache[1]] + [g.values for g in session.temporal._cache[2]]
+    if session.engine._cache is not None:
+        cache = session.engine._cache
         tensors += list(cache.keys) + list(cache.values) + [cache.refs_out, cache.objs_out]
     return len(tensors), sum(t.numel() * t.element_size() for t in tensors)
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from stma_core.config import ModelConfig
-from stma_core.model.network import STMANetwork
+from stma_core.model.network import MemoryGroup, STMANetwork
 
 SMALL = ModelConfig(embed_dim=32, stml_depth=2, num_heads=2, mlp_ratio=2.0, key_dim=16, value_dim=32,
                     decoder_dims=(16, 16, 8))
@@ -104,8 +104,9 @@ def test_readout_returns_the_matching_memory_value(net):
     keys = torch.eye(16)[None, :5] * 10  # 5 well-separated memory keys
     values = torch.arange(5.0).view(1, 1, 1, 5).repeat(1, 2, SMALL.value_dim, 1)
     query = keys[:, [3, 1]]
-    readout, usage = net.read_memory(query, keys, values, top_k=2)
+    readout, usage = net.read_memory(query, keys, [MemoryGroup(values)], top_k=2)
     assert torch.allclose(readout[0, 0, 0], torch.tensor([3.0, 1.0]), atol=1e-4)
+    usage = usage / 2  # summed over the 2 objects
     assert usage.shape == (1, 5) and usage[0, 3] > 0.99 and usage[0, 0] < 0.01
 
 
@@ -118,10 +119,9 @@ def test_full_pipeline_shapes_all_objects_in_one_pass(net):
     masks[0, 1, 30:, 40:] = 1
     values = net.encode_value(frame, masks)
     assert values.shape == (1, 3, SMALL.value_dim, 4, 6)
-    cache = net.encode_references(frame.tokens[:, None], net.object_tokens(values.flatten(3)))
-    test = net.associate(frame, cache)
-    readout, _ = net.read_memory(net.key(test), net.key(test), values.flatten(3))
-    logits = net.aggregate(net.segment(frame, test, readout))
+    groups = [MemoryGroup(values.flatten(3))]
+    key = net.predict(frame, None, groups, 30, references=frame.tokens[:, None]).key
+    logits = net.predict(frame, key, groups, 30, references=frame.tokens[:, None]).logits
     assert logits.shape == (1, 4, 64, 96)
     assert torch.isfinite(logits).all()
 
@@ -144,11 +144,10 @@ def test_vitb_configuration_runs_and_loads_a_user_weight_file(tmp_path):
     with torch.no_grad():
         frame = net.encode_frame(torch.rand(1, 3, 64, 64))
         values = net.encode_value(frame, torch.ones(1, 1, 64, 64))
-        cache = net.encode_references(frame.tokens[:, None], net.object_tokens(values.flatten(3)))
-        test = net.associate(frame, cache)
-        readout, _ = net.read_memory(net.key(test), net.key(test), values.flatten(3))
-        logits = net.segment(frame, test, readout)
-    assert logits.shape == (1, 1, 64, 64)
+        groups = [MemoryGroup(values.flatten(3))]
+        key = net.predict(frame, None, groups, 30, references=frame.tokens[:, None]).key
+        logits = net.predict(frame, key, groups, 30, references=frame.tokens[:, None]).logits
+    assert logits.shape == (1, 2, 64, 64)
 
 
 def test_vitb_rejects_a_file_that_is_not_vit_weights(tmp_path):

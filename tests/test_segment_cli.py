@@ -305,3 +305,34 @@ def test_bad_options(tmp_path: Path, args: list[str], fragment: str) -> None:
     mask_args = [] if not args else ["--mask", str(EXAMPLE_MASK)]
     assert_bad_input(segment(video, *mask_args, *args, "--out", tmp_path / "out"), fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_direction_both_segments_frames_before_the_first_mask_and_mask_dir_corrects(tmp_path: Path):
+    """A frame folder whose only masks are on frames 3 and 5 (5: a correction erasing half the car)."""
+    from stma_core.io.frames import open_frames
+
+    frames_dir, masks_dir = tmp_path / "clip", tmp_path / "ann"
+    frames_dir.mkdir()
+    masks_dir.mkdir()
+    for i, (_, frame) in zip(range(7), open_frames(EXAMPLES / "car-shadow.mp4")):
+        small = cv2.resize(frame, (427, 240), interpolation=cv2.INTER_AREA)
+        Image.fromarray(small).save(frames_dir / f"{i:05d}.png")
+    car = (np.asarray(Image.open(EXAMPLES / "car-shadow_mask.png").resize((427, 240), Image.NEAREST)) > 0)
+    Image.fromarray(car.astype(np.uint8)).save(masks_dir / "00003.png")
+    half = car.copy()
+    half[:, int(np.median(np.nonzero(car)[1])):] = False
+    Image.fromarray(half.astype(np.uint8)).save(masks_dir / "00005.png")
+    outs = {}
+    for direction in ("forward", "both"):
+        result = segment(frames_dir, "--mask-dir", masks_dir, "--out", tmp_path / direction, "--quiet",
+                         "--direction", direction)
+        assert result.exit_code == 0, result.output
+        outs[direction] = [np.asarray(Image.open(tmp_path / direction / "clip" / f"{i:05d}.png")) for i in range(7)]
+    assert not any(outs["forward"][i].any() for i in range(3))  # forward: nothing before the first mask
+    assert all((outs["both"][i] == 1).sum() > 0.5 * car.sum() for i in range(3))  # both: segmented backwards
+    for i in range(3, 7):
+        assert np.array_equal(outs["both"][i], outs["forward"][i])  # from the first mask on, the same run
+    given = outs["both"][5] == 1
+    # the correction replaced the prediction (it was dropped before: only first appearances were used);
+    # that it carries on to later frames is tested on the session (tests/test_session_api.py)
+    assert (given & half).sum() / (given | half).sum() > 0.95

@@ -252,12 +252,11 @@ def test_session_probabilities_accessor(clip: tuple[Path, Path, list[np.ndarray]
 
     session = make_propagator("stma", device="cpu")
     first, frames = ids(clip[1]), clip[2]
+    with pytest.raises(RuntimeError, match="call step"):
+        session.object_probabilities()
     session.step(frames[0], first)
-    with pytest.raises(RuntimeError, match="keep_probabilities"):
-        session.probabilities()
-    session.keep_probabilities = True
     labels = session.step(frames[1])
-    probs = session.probabilities()
+    probs = session.object_probabilities()
     assert list(probs) == [1] and probs[1].shape == labels.shape and probs[1].dtype == np.uint8
     assert agreement(probs[1] >= 128, labels == 1) > 0.999
 

@@ -19,13 +19,12 @@ from typing import Callable, Iterable, Protocol
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import DAVIS_RESOLUTION, check_davis_root, short_list
 from stma_core.eval.scoring import VOID_ID, read_id_mask
 from stma_core.inference.propagator import Propagator
-from stma_core.io.palette import DAVIS_PALETTE_FLAT
+from stma_core.io.writers import save_palette_png
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
@@ -49,11 +48,9 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
-    """Palette PNG with the DAVIS colours, pixel value = object id (what every DAVIS/YTVOS tool reads)."""
-    image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
-    image.putpalette(DAVIS_PALETTE_FLAT)
+    """Palette PNG with the DAVIS colours, pixel value = object id (io's writer, as `stma segment` writes)."""
     try:
-        image.save(path, format="PNG", compress_level=1)
+        save_palette_png(mask, path)
     except OSError as exc:
         raise StmaOutputError(f"cannot write {path} ({exc.strerror}); pass --pred-out with a writable folder") from None
 

@@ -32,8 +32,8 @@ from PIL import Image, UnidentifiedImageError
 from stma_core.errors import StmaInputError
 from stma_core.eval.datasets import check_davis_root, short_list
 from stma_core.eval.metrics import BOUND_TH, bound_radius, object_scores, statistics
+from stma_core.ids import VOID_ID
 
-VOID_ID = 255
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 
 

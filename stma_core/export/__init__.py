@@ -1,6 +1,6 @@
 """`stma export`: stateless frame / value / step graphs (ONNX or TorchScript) plus a manifest.
 
-Memory management stays in host code (stma_core.inference.onnx_session.OnnxPropagator).
+Memory management stays in host code (VideoSession with stma_core.inference.onnx_session.ExportedEngine).
 """
 
 from stma_core.export.exporter import export_model

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stma_core.checkpoint import DEFAULT_CHECKPOINT, load_model
-from stma_core.config import InferenceConfig
+from stma_core.checkpoint import DEFAULT_CHECKPOINT, load_model, recommended_inference
+from stma_core.config import MIN_SIZE, InferenceConfig, resolve_inference_config
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.export.graphs import FrameGraph, StepGraph, ValueGraph
 from stma_core.export.manifest import FORMATS, GraphSpec, Manifest, TensorSpec
-from stma_core.inference.object_manager import MAX_OBJECTS
+from stma_core.ids import MAX_OBJECTS
 from stma_core.io.atomic import commit, remove_path
 from stma_core.model.network import STMANetwork
 
@@ -33,7 +33,8 @@ class ExportVerificationError(RuntimeError):
 
 def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = "onnx",
                  size: tuple[int, int] = (480, 854), objects: int = 5, memory_frames: int | None = None,
-                 refs: int | None = None, overwrite: bool = False, verify: bool = True) -> Manifest:
+                 refs: int | None = None, overwrite: bool = False, verify: bool = True,
+                 config: InferenceConfig | None = None, top_k: int | None = None) -> Manifest:
     """Exports the frame, value and step graphs of a checkpoint (None = the shipped default) to out_dir.
 
     size: (H, W) frames are processed at (graphs use it padded to multiples of 16); a video is accepted
@@ -42,15 +43,21 @@ def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = 
     memory_frames / refs: frames the temporal / spatial memory may hold. Default: capacity + 1 pinned
     first frame; a smaller number shrinks the capacity, a larger one leaves room for objects first
     annotated on later frames (each pins a frame).
+    config: inference settings (top_k and memory policy) replacing the checkpoint's recommended ones;
+    top_k: the readout's k baked into the step graphs (None = config's, else the checkpoint's).
     """
     if fmt not in FORMATS:
         raise StmaInputError(f"--format: unknown format {fmt!r}; use {' or '.join(FORMATS)}")
     height, width = (int(v) for v in size)
-    if min(height, width) < 16:
-        raise StmaInputError(f"--size: {height} {width} is too small; frames must be at least 16x16 pixels")
+    if min(height, width) < MIN_SIZE:
+        raise StmaInputError(f"--size: {height} {width} is too small; frames must be at least "
+                             f"{MIN_SIZE}x{MIN_SIZE} pixels")
     if not 1 <= objects <= MAX_OBJECTS:
         raise StmaInputError(f"--objects: {objects} is out of range; use 1..{MAX_OBJECTS}")
-    base = InferenceConfig(size=min(height, width), device="cpu")
+    network, model_config, metadata = load_model(checkpoint, "cpu")
+    if top_k is not None and top_k < 0:
+        raise StmaInputError(f"--top-k: {top_k} is negative; use 0 (all matches) or more")
+    base = resolve_inference_config(recommended_inference(metadata), config, size=min(height, width), top_k=top_k)
     memory_frames = base.temporal_capacity + 1 if memory_frames is None else memory_frames
     refs = base.spatial_capacity + 1 if refs is None else refs
     if memory_frames < 1 or refs < 1:
@@ -58,11 +65,8 @@ def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = 
     out = Path(out_dir)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise StmaOutputError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
-    network, model_config, _ = load_model(checkpoint, "cpu")
-    inference = InferenceConfig(size=base.size, device="cpu",
-                                spatial_capacity=min(base.spatial_capacity, refs - 1),
-                                temporal_capacity=min(base.temporal_capacity, memory_frames - 1),
-                                spatial_every=base.spatial_every, temporal_every=base.temporal_every)
+    inference = resolve_inference_config(base, spatial_capacity=min(base.spatial_capacity, refs - 1),
+                                         temporal_capacity=min(base.temporal_capacity, memory_frames - 1))
     padded = (-(-height // 16) * 16, -(-width // 16) * 16)
     manifest = Manifest(fmt, model_config, inference, (height, width), padded, (padded[0] // 16, padded[1] // 16),
                         objects, memory_frames, refs,
@@ -106,12 +110,13 @@ def _graphs(network: STMANetwork, m: Manifest):
         yield f"value_{n}", ValueGraph(network).eval(), (f8, f16, masks)
         valid_m = torch.ones(1, m.references)
         valid_m[0, m.references // 2 + 1:] = 0  # exercise the padding path
-        valid_t = torch.ones(1, m.memory_frames)
-        valid_t[0, m.memory_frames // 2 + 1:] = 0
+        valid_t = torch.ones(1, n, m.memory_frames)
+        valid_t[0, :, m.memory_frames // 2 + 1:] = 0
+        valid_t[0, 1:, 0] = 0  # later objects' groups start later
         inputs = (tokens, f8, f4, tokens[:, None].expand(1, m.references, n_tok, mc.embed_dim).contiguous(), valid_m,
                   torch.randn(1, m.memory_frames * n_tok, mc.key_dim, generator=gen),
                   torch.randn(1, n, mc.value_dim, m.memory_frames * n_tok, generator=gen), valid_t)
-        yield f"step_{n}", StepGraph(network, m.grid).eval(), inputs
+        yield f"step_{n}", StepGraph(network, m.grid, m.inference.top_k).eval(), inputs
 
 
 def _write(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, fmt: str, verify: bool) -> GraphSpec:

@@ -1,6 +1,6 @@
 """manifest.json of an export folder: what each graph file takes and returns, and how it was made.
 
-The host code that drives the graphs (OnnxPropagator) needs the shapes, the model and inference
+The host code that drives the graphs (VideoSession with ExportedEngine) needs the shapes, the model and inference
 configs and the memory sizes, and nothing else; so does anyone porting the graphs to another runtime.
 """
 
@@ -16,7 +16,7 @@ from stma_core.errors import StmaInputError
 
 MANIFEST = "manifest.json"
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
-VERSION = 1
+VERSION = 2  # 2: memory_valid is per object (1, n, T); top_k is in inference
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         data = to_dict(self)
-        data["graph_inputs_note"] = ("reference_valid / memory_valid: 1 = real frame, 0 = padding; "
+        data["graph_inputs_note"] = ("reference_valid (1, M) / memory_valid (1, n, T): 1 = a real frame (of that object's group), 0 = padding; "
                                      "probabilities: background first, then objects in memory order")
         return data
 

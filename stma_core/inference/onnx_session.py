@@ -1,29 +1,29 @@
-"""Runs an `stma export` folder (ONNX through onnxruntime, or TorchScript) as a Propagator.
+"""Runs an `stma export` folder (ONNX through onnxruntime, or TorchScript) as an engine of a VideoSession.
 
     factory = make_onnx_propagator_factory("export/")      # loads the graphs once
-    propagator = factory()                                  # one per video
-    ids = propagator.step(frame, first_mask)                # HxW uint8, the user's ids
+    session = factory()                                     # a VideoSession(ExportedEngine), one per video
+    ids = session.step(frame, first_mask)                   # HxW uint8, the user's ids
 
-OnnxPropagator is a VideoSession whose network calls run the exported graphs, so the memory policy
-(what is memorized when, pinning, LFU eviction, objects added later) is VideoSession's own code. The
-step graph has fixed memory sizes; memories are padded to them with entries the graph masks out.
+The memory policy (what is memorized when, pinning, LFU eviction, object groups) is VideoSession's
+own; ExportedEngine only runs the graphs. The step graph (STMANetwork.predict, traced) has fixed
+memory sizes; the engine pads memories to them with entries the graph masks out.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
-from stma_core.config import InferenceConfig
+from stma_core.config import InferenceConfig, resolve_inference_config
 from stma_core.errors import StmaInputError
 from stma_core.export.manifest import Manifest, load_manifest
+from stma_core.inference.engine import MemoryState
 from stma_core.inference.session import VideoSession
-from stma_core.model.network import FrameFeatures
+from stma_core.model.network import FrameFeatures, Prediction
 
 
 class GraphRunner(Protocol):
@@ -77,49 +77,82 @@ class TorchScriptRunner:
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-class ExportedNetwork:
-    """The parts of STMANetwork that VideoSession calls directly, answered by the exported graphs."""
+class ExportedEngine:
+    """Engine over the graphs of an export folder; pads memories to the step graph's fixed sizes.
+
+    Runs on CPU. Limits of the export (objects, memory frames, references, frame size, top_k) raise
+    StmaInputError naming the `stma export` option that lifts them.
+    """
 
     def __init__(self, runner: GraphRunner, manifest: Manifest) -> None:
         self.runner, self.manifest = runner, manifest
 
-    def parameters(self) -> Iterator[torch.Tensor]:  # VideoSession takes its device from here
-        yield torch.empty(0)
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
 
-    def eval(self) -> "ExportedNetwork":
-        return self
+    def check_config(self, config: InferenceConfig) -> None:
+        """Raises StmaInputError when `config` needs more than the export holds."""
+        m = self.manifest
+        if config.temporal_capacity + 1 > m.memory_frames or config.spatial_capacity + 1 > m.references:
+            raise StmaInputError(
+                f"memory capacities {config.temporal_capacity}/{config.spatial_capacity} (+1 pinned frame) exceed "
+                f"the export's {m.memory_frames} memory frames / {m.references} references; "
+                "re-export with larger --memory-frames / --refs")
+        if config.top_k != m.inference.top_k:
+            raise StmaInputError(f"top_k {config.top_k} differs from the {m.inference.top_k} this export was made "
+                                 f"with; use top_k {m.inference.top_k} or re-export with --top-k {config.top_k}")
 
     def encode_frame(self, image: torch.Tensor) -> FrameFeatures:
+        if tuple(image.shape[-2:]) != tuple(self.manifest.padded_size):
+            h, w = image.shape[-2:]
+            eh, ew = self.manifest.frame_size
+            raise StmaInputError(f"frames are processed at {w}x{h} (padded to multiples of 16) but this export is "
+                                 f"for {ew}x{eh}; re-export with --size for this video's processing size")
         tokens, f16, f8, f4 = self.runner.run("frame", [image])
         return FrameFeatures(tokens, f16, f8, f4)
 
     def encode_value(self, frame: FrameFeatures, masks: torch.Tensor) -> torch.Tensor:
         return self.runner.run(f"value_{self._objects(masks.shape[1])}", [frame.f8, frame.f16, masks])[0]
 
-    def step(self, frame: FrameFeatures, references: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """references (1,m,N,C), keys (1,t*N,Ck), values (1,n,Cv,t*N) -> probabilities, key, usage (1,t*N)."""
-        m, n_tok = references.shape[1], references.shape[2]
-        frames = keys.shape[1] // n_tok
+    def predict(self, frame: FrameFeatures, memory: MemoryState, top_k: int) -> Prediction:
+        """Pads references to M and memory to T frames; each object's validity row marks its group's frames."""
         limits = self.manifest
+        if top_k != limits.inference.top_k:
+            raise StmaInputError(f"top_k {top_k} differs from the {limits.inference.top_k} this export was made "
+                                 f"with; use top_k {limits.inference.top_k} or re-export with --top-k {top_k}")
+        references = memory.references
+        m, n_tok = references.shape[1], references.shape[2]
         if m > limits.references:
             raise StmaInputError(f"the spatial memory needs {m} frames but this export holds {limits.references} "
                                  f"(objects first annotated on later frames pin one each); re-export with --refs {m}")
+        keys = memory.keys
+        if keys is None:  # nothing to read yet (a first key): the read is computed and ignored
+            keys = frame.tokens.new_zeros(1, max(g.length for g in memory.groups), limits.model.key_dim)
+        length = keys.shape[1]
+        frames = length // n_tok
         if frames > limits.memory_frames:
             raise StmaInputError(f"the temporal memory needs {frames} frames but this export holds "
                                  f"{limits.memory_frames} (objects first annotated on later frames pin one each); "
                                  f"re-export with --memory-frames {frames}")
-        n = self._objects(values.shape[1])
+        n = self._objects(sum(g.objects for g in memory.groups))
+        values, valid = [], []
+        for group in memory.groups:
+            own = group.length // n_tok
+            v = group.values
+            values.append(torch.cat([v.new_zeros(*v.shape[:3], length - group.length), v], 3))
+            row = torch.cat([torch.zeros(frames - own), torch.ones(own), torch.zeros(limits.memory_frames - frames)])
+            valid.append(row[None, None].expand(1, group.objects, -1))
         ref_pad = limits.references - m
         mem_pad = (limits.memory_frames - frames) * n_tok
         refs = torch.cat([references, references[:, -1:].expand(1, ref_pad, *references.shape[2:])], 1)
         ref_valid = torch.cat([torch.ones(1, m), torch.zeros(1, ref_pad)], 1)
-        mem_valid = torch.cat([torch.ones(1, frames), torch.zeros(1, limits.memory_frames - frames)], 1)
         keys = torch.cat([keys, keys.new_zeros(1, mem_pad, keys.shape[2])], 1)
-        values = torch.cat([values, values.new_zeros(*values.shape[:3], mem_pad)], 3)
+        values_t = torch.cat(values, 1)
+        values_t = torch.cat([values_t, values_t.new_zeros(*values_t.shape[:3], mem_pad)], 3)
         prob, key, usage = self.runner.run(f"step_{n}", [frame.tokens, frame.f8, frame.f4, refs, ref_valid, keys,
-                                                         values, mem_valid])
-        return prob, key, usage[:, : frames * n_tok]
+                                                         values_t, torch.cat(valid, 1)])
+        return Prediction(None, key, usage[:, :length], probs=prob[None])
 
     def _objects(self, n: int) -> int:
         if n > self.manifest.objects:
@@ -128,43 +161,14 @@ class ExportedNetwork:
         return n
 
 
-class OnnxPropagator(VideoSession):
-    """Propagator over exported graphs (ONNX or TorchScript) with VideoSession's memory policy."""
+def exported_session_factory(export_dir: str | Path, threads: int | None = None,
+                             config: InferenceConfig | None = None, size: int | None = None,
+                             **settings: int | None) -> Callable[[], VideoSession]:
+    """Loads an export folder of either format once; each call returns a fresh VideoSession on it.
 
-    def __init__(self, runner: GraphRunner, manifest: Manifest, config: InferenceConfig | None = None) -> None:
-        config = config or dataclasses.replace(manifest.inference)
-        if config.temporal_capacity + 1 > manifest.memory_frames or config.spatial_capacity + 1 > manifest.references:
-            raise StmaInputError(
-                f"memory capacities {config.temporal_capacity}/{config.spatial_capacity} (+1 pinned frame) exceed "
-                f"the export's {manifest.memory_frames} memory frames / {manifest.references} references; "
-                "re-export with larger --memory-frames / --refs")
-        self.manifest = manifest
-        super().__init__(ExportedNetwork(runner, manifest), config)  # type: ignore[arg-type]
-
-    def _to_tensor(self, frame: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        image, size = super()._to_tensor(frame)
-        if tuple(image.shape[-2:]) != tuple(self.manifest.padded_size):
-            h, w = frame.shape[:2]
-            eh, ew = self.manifest.frame_size
-            raise StmaInputError(f"{w}x{h} frames are processed at {size[1]}x{size[0]} but this export is for "
-                                 f"{ew}x{eh}; re-export with --size {size[0]} {size[1]}")
-        return image, size
-
-    def _predict(self, frame: FrameFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.temporal.keys_values(self.objects.count)
-        prob, key, usage = self.network.step(frame, self.spatial.tokens(), keys, values)
-        self.temporal.record_usage(usage)
-        return prob, key
-
-    def _first_key(self, frame: FrameFeatures, values: torch.Tensor) -> torch.Tensor:
-        """Same as VideoSession: the frame as its own reference; the memory read is masked out entirely."""
-        keys = frame.tokens.new_zeros(1, frame.tokens.shape[1], self.manifest.model.key_dim)
-        return self.network.step(frame, frame.tokens[:, None], keys, values.flatten(3))[1]
-
-
-def make_exported_propagator_factory(export_dir: str | Path, threads: int | None = None,
-                                     config: InferenceConfig | None = None) -> Callable[[], OnnxPropagator]:
-    """Loads an export folder of either format once; each call returns a fresh per-video propagator."""
+    Settings: resolve_inference_config(the export's, config, size=size, **settings), checked against
+    what the export holds (StmaInputError names the `stma export` option to change).
+    """
     folder = Path(export_dir)
     manifest = load_manifest(folder)
     if manifest.format == "onnx":
@@ -173,14 +177,18 @@ def make_exported_propagator_factory(export_dir: str | Path, threads: int | None
         if threads:
             torch.set_num_threads(threads)
         runner = TorchScriptRunner(folder, manifest)
-    return lambda: OnnxPropagator(runner, manifest, config)
+    engine = ExportedEngine(runner, manifest)
+    resolved = resolve_inference_config(manifest.inference, config, size=size, **settings)
+    engine.check_config(resolved)
+    return lambda: VideoSession(engine, InferenceConfig(**resolved.__dict__))
 
 
 def make_onnx_propagator_factory(export_dir: str | Path, threads: int | None = None,
-                                 config: InferenceConfig | None = None) -> Callable[[], OnnxPropagator]:
+                                 config: InferenceConfig | None = None, size: int | None = None,
+                                 **settings: int | None) -> Callable[[], VideoSession]:
     """For `stma segment --engine onnx --onnx-dir DIR`: an ONNX export run by onnxruntime on CPU."""
     manifest = load_manifest(export_dir)
     if manifest.format != "onnx":
         raise StmaInputError(f"{export_dir}: this export is {manifest.format}, not onnx; "
                              "re-run `stma export --format onnx`")
-    return make_exported_propagator_factory(export_dir, threads, config)
+    return exported_session_factory(export_dir, threads, config, size, **settings)

@@ -1,105 +1,180 @@
-"""Per-video inference state around the stateless STMA network.
+"""Per-video inference state around an engine that runs the network: the memory policy, nothing else.
 
-    session = VideoSession(network, InferenceConfig())
-    session.add_mask(0, first_mask)                      # any frame, any time; ids 1..254
-    for index, mask in session.propagate(frames): ...    # or session.step(frame) frame by frame
+    from stma_core import VideoSession
+    session = VideoSession.from_pretrained(device="auto")      # the shipped model; or checkpoint="m.safetensors"
+    session.add_mask(0, first_mask)                             # HxW uint8, pixel = object id 1..254
+    for index, mask in session.propagate(frames):               # frames: HxWx3 uint8 RGB
+        ...                                                     # mask: HxW uint8 with the same ids
 
-Memory is bounded: the spatial memory holds at most `spatial_capacity` frames plus the frames on
-which objects first appeared, the temporal memory `temporal_capacity` plus those, so time and
-memory per frame stop growing once the memories are full.
+The session decides what is memorized when (spatial memory: reference frames; temporal memory: keys
+and ID values), which objects exist and in which group, and resizing; an engine (TorchEngine,
+ExportedEngine) runs the network steps. Memory is bounded: the spatial memory holds at most
+`spatial_capacity` frames plus the frames on which objects first appeared, the temporal memory
+`temporal_capacity` plus those, so time and memory per frame stop growing once the memories are full.
+Objects first given on the same frame form a group that reads only the memory written since it arrived.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stma_core.config import InferenceConfig
+from stma_core.config import MIN_SIZE, Direction, InferenceConfig
+from stma_core.device import resolve_device
+from stma_core.inference.engine import Engine, MemoryState, TorchEngine
 from stma_core.inference.object_manager import ObjectManager
 from stma_core.inference.spatial_memory import SpatialMemory
 from stma_core.inference.temporal_memory import TemporalMemory
-from stma_core.model.lite_backbone import fuse_for_inference
-from stma_core.model.network import FrameFeatures, STMANetwork
+from stma_core.model.network import FrameFeatures, MemoryGroup, STMANetwork
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
-    return torch.device(name)
+__all__ = ["Direction", "VideoSession", "processing_size", "resolve_device", "session_factory"]
 
 
 def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     """Size the network sees: short side scaled to `short_side` (never up-scaled past the input)."""
     scale = min(short_side / min(height, width), 1.0) if short_side > 0 else 1.0
-    return max(16, round(height * scale)), max(16, round(width * scale))
+    return max(MIN_SIZE, round(height * scale)), max(MIN_SIZE, round(width * scale))
 
 
 class VideoSession:
-    def __init__(self, network: STMANetwork, config: InferenceConfig | None = None) -> None:
+    """One video's segmentation state. Not thread-safe; make one per video (they share the engine's model).
+
+    engine: an Engine (see stma_core.inference.engine), or an STMANetwork to run with a TorchEngine.
+    config: per-video settings (InferenceConfig); None = its defaults.
+    """
+
+    def __init__(self, engine: Engine | STMANetwork, config: InferenceConfig | None = None) -> None:
+        self.engine: Engine = TorchEngine(engine) if isinstance(engine, STMANetwork) else engine
         self.config = config or InferenceConfig()
-        self.device = next(network.parameters()).device
-        self.network = network.eval()
+        self.device = self.engine.device
+        self.reset()
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | Path | None = None, device: str = "auto",
+                        config: InferenceConfig | None = None) -> "VideoSession":
+        """A session on a checkpoint (None = the shipped model) with the settings it recommends.
+
+        device: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'. config: settings that replace the recommended
+        ones. To segment many videos, load once with `session_factory` instead.
+        """
+        return session_factory(checkpoint, device, config=config)()
+
+    # ---- public API -----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forgets every object, mask and memory: the session is as new (the model stays loaded)."""
         self.objects = ObjectManager()
         self.spatial = SpatialMemory(self.config.spatial_capacity)
         self.temporal = TemporalMemory(self.config.temporal_capacity)
         self.pending_masks: dict[int, np.ndarray] = {}
         self.frame_index = 0
+        self.probabilities: torch.Tensor | None = None
         self._last_spatial = -1
         self._last_temporal = -1
-        self._ref_cache = None
-        self._ref_cache_version: tuple[int, int, int] | None = None
+        # memory versions restart with the memories; the epoch keeps engine caches from matching old ones
+        self._epoch = getattr(self, "_epoch", -1) + 1
+        self._memory_version = 0
 
-    # ---- public API -----------------------------------------------------------------------
     def add_mask(self, frame_index: int, mask: np.ndarray) -> None:
-        """Registers a user mask (HxW uint8, pixel = object id) for a frame not yet processed."""
+        """Gives a mask (HxW uint8, pixel = object id 1..254, 0 = background) for a frame not yet processed.
+
+        New ids become objects from that frame on (ids given together form one group). Ids that
+        already exist are corrections: the given pixels replace the prediction on that frame, which
+        then enters the memories, so the frames after it follow the correction.
+        Raises ValueError if the frame was already processed.
+        """
         if frame_index < self.frame_index:
-            raise ValueError(f"frame {frame_index} was already processed; masks must be added ahead")
+            raise ValueError(f"frame {frame_index} was already processed (next is {self.frame_index}); "
+                             "add masks before stepping past their frame, or reset() and start again")
         self.pending_masks[frame_index] = mask
 
-    def propagate(self, frames: Iterable[np.ndarray], masks: dict[int, np.ndarray] | None = None
-                  ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yields (frame index, HxW uint8 user-id mask) for every frame, in order, streaming."""
+    def remove_objects(self, ids: Iterable[int]) -> None:
+        """Stops tracking these user ids (their memory goes too); raises ValueError for unknown ids."""
+        gone = self.objects.remove([int(i) for i in ids])
+        self.temporal.remove_objects(gone)
+        self._memory_version += 1
+
+    def propagate(self, frames: Iterable[np.ndarray] | Sequence[np.ndarray],
+                  masks: dict[int, np.ndarray] | None = None,
+                  direction: Direction | str = Direction.FORWARD) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields (frame index, HxW uint8 user-id mask) once for every frame.
+
+        frames: HxWx3 uint8 RGB. masks: optional {frame index: id mask}, as add_mask.
+        direction: FORWARD streams any iterable, in order. BACKWARD and BOTH need `frames` with len()
+        and indexing (a list, or anything that reads frame i on demand, so memory stays bounded) and a
+        fresh session; they yield in processing order: BACKWARD from the last frame down to 0, BOTH
+        first the frames from the first mask on (forward), then the frames before it, nearest first
+        (propagated backward from the last mask). After BACKWARD or BOTH, reset() before reusing the session.
+        Raises ValueError for an unknown direction or without any mask, TypeError for frames without indexing.
+        """
+        try:
+            direction = Direction(direction)
+        except ValueError:
+            raise ValueError(f"unknown direction {direction!r}; use one of "
+                             f"{', '.join(d.value for d in Direction)}") from None
         for index, mask in (masks or {}).items():
             self.add_mask(index, mask)
-        for frame in frames:
-            index = self.frame_index
-            yield index, self.step(frame)
+        if direction is Direction.FORWARD:
+            for frame in frames:
+                index = self.frame_index
+                yield index, self.step(frame)
+            return
+        if not (hasattr(frames, "__len__") and hasattr(frames, "__getitem__")):
+            raise TypeError("backward propagation reads frames out of order: pass a list or another sequence "
+                            "with len() and indexing (or use direction='forward' to stream)")
+        if self.frame_index != 0:
+            raise ValueError("backward propagation needs a fresh session; call reset() first")
+        given = dict(self.pending_masks)
+        if not given:
+            raise ValueError("no mask given; add_mask(frame, mask) before propagating")
+        count = len(frames)  # type: ignore[arg-type]
+        first, last = min(given), max(given)
+        if direction is Direction.BOTH:
+            yield from self._run(frames, range(first, count), given)
+            yield from ((i, m) for i, m in self._run(frames, range(last, -1, -1), given) if i < first)
+        else:
+            yield from self._run(frames, range(count - 1, -1, -1), given)
+
+    def _run(self, frames: Sequence[np.ndarray], order: Iterable[int], given: dict[int, np.ndarray]
+             ) -> Iterator[tuple[int, np.ndarray]]:
+        """One pass from empty memories over the frames in `order` (video indices), masks from `given`."""
+        self.reset()
+        for index in order:
+            yield index, self.step(frames[index], given.get(index))
 
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """Segments one frame (HxWx3 uint8 RGB); returns the HxW uint8 user-id mask."""
+        """Segments the next frame (HxWx3 uint8 RGB) -> its HxW uint8 user-id mask.
+
+        mask: optional id mask for this frame (as add_mask). After the call, `probabilities` holds
+        this frame's (n+1, H, W) float32 probabilities (background first, then objects in
+        `objects.user_ids` order) on the session's device.
+        """
         if mask is None:
             mask = self.pending_masks.pop(self.frame_index, None)
+        else:
+            self.pending_masks.pop(self.frame_index, None)
         with torch.inference_mode(), self._autocast():
             labels = self._step(frame, mask)
         self.frame_index += 1
         return self.objects.to_user_mask(labels)
 
-    # ---- soft output (opt-in) ---------------------------------------------------------------
-    keep_probabilities: bool = False
-    """Set True before stepping to keep each frame's per-object probabilities (costs a copy per frame)."""
-    _last_probabilities: torch.Tensor | None = None
-
-    def probabilities(self) -> dict[int, np.ndarray]:
+    # ---- soft output ---------------------------------------------------------------------------
+    def object_probabilities(self) -> dict[int, np.ndarray]:
         """Soft masks of the last `step`: user id -> HxW uint8 at the frame's size, value = round(255 * p).
 
         p is the softmax probability of the object (background and all objects sum to 1 per pixel);
-        the id mask `step` returned is the argmax over background and objects. Needs
-        `keep_probabilities = True` before that step, else raises RuntimeError.
+        the id mask `step` returned is the argmax over background and objects. The float form is
+        `self.probabilities` ((n+1, H, W), background first). Raises RuntimeError before any step.
         """
-        if self._last_probabilities is None:
-            raise RuntimeError("no probabilities kept; set session.keep_probabilities = True before step()")
-        return {user_id: self._last_probabilities[i].numpy() for i, user_id in enumerate(self.objects.user_ids)}
+        if self.probabilities is None:
+            raise RuntimeError("no frame segmented yet; call step() first")
+        soft = (self.probabilities[1:].float() * 255).round_().to(torch.uint8).cpu().numpy()
+        return {user_id: soft[i] for i, user_id in enumerate(self.objects.user_ids)}
 
     # ---- internals -------------------------------------------------------------------------
     def _autocast(self):
@@ -108,6 +183,8 @@ class VideoSession:
         return contextlib.nullcontext()
 
     def _to_tensor(self, frame: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"a frame must be an HxWx3 uint8 RGB array; got {frame.dtype} {frame.shape}")
         h, w = frame.shape[:2]
         ph, pw = processing_size(h, w, self.config.size)
         if (ph, pw) != (h, w):
@@ -130,45 +207,37 @@ class VideoSession:
             out[self.objects.index_of(int(user_id)), :ph, :pw] = (small_t == int(user_id)).float()
         return out
 
-    def _reference_cache(self, obj_tokens: torch.Tensor):
-        """The STML object/reference streams, recomputed only when memories changed."""
-        version = (self.spatial.version, self.temporal.version, self.objects.count)
-        if self._ref_cache is None or self._ref_cache_version != version:
-            self._ref_cache = self.network.encode_references(self.spatial.tokens(), obj_tokens)
-            self._ref_cache_version = version
-        return self._ref_cache
-
-    def _predict(self, frame: FrameFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> probabilities (n+1, Hp, Wp) incl. background, and this frame's memory key (1, N, Ck)."""
-        n = self.objects.count
-        keys, values = self.temporal.keys_values(n)
-        cache = self._reference_cache(self.network.object_tokens(values))
-        test = self.network.associate(frame, cache)
-        query = self.network.key(test)
-        readout, usage = self.network.read_memory(query, keys, values)
-        self.temporal.record_usage(usage)
-        logits = self.network.segment(frame, test, readout)
-        return torch.softmax(self.network.aggregate(logits)[0].float(), 0), query
+    def _memory(self) -> MemoryState:
+        """The memories of the groups that have any (a group given on this frame has none yet: it comes last)."""
+        keys, groups = self.temporal.read([g for g in self.objects.groups if g.frame < self.frame_index])
+        version = (id(self), self._epoch, self.spatial.version, self.temporal.version, self._memory_version,
+                   self.objects.count)
+        return MemoryState(self.spatial.tokens(), keys, groups, version)
 
     def _first_key(self, frame: FrameFeatures, values: torch.Tensor) -> torch.Tensor:
         """Memory key of a frame that had nothing to read yet: STML with itself as the reference."""
-        obj_tokens = self.network.object_tokens(values.flatten(3))
-        cache = self.network.encode_references(frame.tokens[:, None], obj_tokens)
-        return self.network.key(self.network.associate(frame, cache))
+        memory = MemoryState(frame.tokens[:, None], None, [MemoryGroup(values.flatten(3))])
+        return self.engine.predict(frame, memory, self.config.top_k).key
 
     def _step(self, frame_np: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         height, width = frame_np.shape[:2]
         image, size = self._to_tensor(frame_np)
         padded = image.shape[-2:]
-        frame = self.network.encode_frame(image)
+        frame = self.engine.encode_frame(image)
         new_ids: list[int] = []
+        given_ids: list[int] = []
         if mask is not None:
-            ids = [int(i) for i in np.unique(mask) if i != 0]
-            new_ids = self.objects.add(ids)
+            if mask.shape != (height, width):
+                raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the frame is {width}x{height}; "
+                                 "give masks at the frame's size")
+            given_ids = [int(i) for i in np.unique(mask) if i != 0]
+            new_ids = self.objects.add(given_ids, self.frame_index)
         n = self.objects.count
         key = None
-        if len(self.temporal) and n:
-            prob, key = self._predict(frame)
+        if len(self.temporal) and n and self.objects.groups[0].frame < self.frame_index:
+            prediction = self.engine.predict(frame, self._memory(), self.config.top_k)
+            prob, key = prediction.probabilities[0], prediction.key
+            self.temporal.record_usage(prediction.usage)
             if prob.shape[0] < n + 1:  # objects first given on this frame
                 prob = torch.cat([prob, prob.new_zeros(n + 1 - prob.shape[0], *prob.shape[1:])], 0)
         else:
@@ -176,51 +245,59 @@ class VideoSession:
             prob[0] = 1
         if mask is not None:
             given = self._given_probabilities(mask, size, padded)
-            given_ids = [self.objects.index_of(i) for i in np.unique(mask) if i != 0]
             covered = given.sum(0).clamp(max=1)
             prob[1:] = prob[1:] * (1 - covered)
-            for idx in given_ids:
+            for user_id in given_ids:
+                idx = self.objects.index_of(user_id)
                 prob[idx + 1] = given[idx]
             prob[0] = (1 - prob[1:].sum(0)).clamp(min=0)
         if n:
-            self._memorize(frame, prob, key, pin=bool(new_ids))
+            corrected = bool(given_ids) and not new_ids
+            self._memorize(frame, prob, key, pin=bool(new_ids), correction=corrected)
         prob = prob[:, : size[0], : size[1]]
         if (size[0], size[1]) != (height, width):
             prob = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        if self.keep_probabilities:  # opt-in soft output, read with probabilities()
-            self._last_probabilities = (prob[1:] * 255).round_().to(torch.uint8).cpu()
+        self.probabilities = prob
         # argmax over a contiguous last dim: same labels (first max wins), ~8x faster than over dim 0 on CPU
         labels = prob.movedim(0, -1).contiguous().argmax(-1)
         return labels.to(torch.uint8 if n < 255 else torch.int64).cpu().numpy()
 
-    def _memorize(self, frame: FrameFeatures, prob: torch.Tensor, key: torch.Tensor | None, pin: bool) -> None:
+    def _memorize(self, frame: FrameFeatures, prob: torch.Tensor, key: torch.Tensor | None, pin: bool,
+                  correction: bool = False) -> None:
+        """Writes this frame to the memories when due; `pin` (new objects) keeps it for good, a
+        `correction` is written now and kept until the next correction."""
         t = self.frame_index
         cfg = self.config
-        if pin or t - self._last_temporal >= cfg.temporal_every:
-            values = self.network.encode_value(frame, prob[None, 1:])
+        if pin or correction or t - self._last_temporal >= cfg.temporal_every:
+            values = self.engine.encode_value(frame, prob[None, 1:])
             if key is None:
                 key = self._first_key(frame, values)
-            self.temporal.add(key, values.flatten(3), pin=pin)
+            self.temporal.add(key, values.flatten(3), pin=pin, frame=t, correction=correction and not pin)
             self._last_temporal = t
-        if pin or t - self._last_spatial >= cfg.spatial_every:
-            self.spatial.add(frame.tokens, pin=pin)
+        if pin or correction or t - self._last_spatial >= cfg.spatial_every:
+            self.spatial.add(frame.tokens, pin=pin, correction=correction and not pin)
             self._last_spatial = t
 
 
-def session_factory(checkpoint: str | None = None, device: str = "auto", size: int | None = None,
-                    config: InferenceConfig | None = None) -> Callable[[], VideoSession]:
-    """Loads the network once; each call returns a fresh VideoSession for one video."""
-    from stma_core.checkpoint import load_model
+def session_factory(checkpoint: str | Path | None = None, device: str = "auto", size: int | None = None,
+                    config: InferenceConfig | None = None, **settings: int | None) -> Callable[[], VideoSession]:
+    """Loads the network once; each call returns a fresh VideoSession for one video.
 
-    torch_device = resolve_device(device)
-    network, _, metadata = load_model(checkpoint, torch_device)
+    checkpoint: a .safetensors file, None = the shipped model. device: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'.
+    Settings: `resolve_inference_config(the checkpoint's recommendation, config, size=size, **settings)`:
+    size and settings (InferenceConfig fields; None = not given) win over config, which wins over
+    what the checkpoint recommends.
+    """
+    from stma_core.checkpoint import load_model, recommended_inference
+    from stma_core.config import resolve_inference_config
+    from stma_core.model.lite_backbone import fuse_for_inference
+
+    network, _, metadata = load_model(checkpoint, resolve_device(device))
     if network.config.backbone == "lite":  # this network is only ever run: fold BatchNorm into the convs
         network.trunk = fuse_for_inference(network.trunk)
-    if size is None:  # the scale the model was trained at works best (see docs/MODEL.md)
-        size = int(metadata.get("inference_size", InferenceConfig.size))
-    base = config or InferenceConfig(size=size, device=device)
+    resolved = resolve_inference_config(recommended_inference(metadata), config, size=size, **settings)
 
     def make() -> VideoSession:
-        return VideoSession(network, InferenceConfig(**{**base.__dict__}))
+        return VideoSession(TorchEngine(network), InferenceConfig(**resolved.__dict__))
 
     return make

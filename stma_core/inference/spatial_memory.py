@@ -1,7 +1,8 @@
 """Spatial memory: the reference frames the STML block attends to.
 
 A first-in-first-out queue of frame tokens with a fixed capacity; frames on which an object first
-appeared are pinned and never evicted (section 3.3, "Spatial Memory Update").
+appeared are pinned and never evicted (section 3.3, "Spatial Memory Update"). The latest user
+correction has a slot of its own (a newer correction replaces it), so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ class SpatialMemory:
     capacity: int = 2  # FIFO slots besides the pinned frames
     pinned: list[torch.Tensor] = field(default_factory=list)
     queue: list[torch.Tensor] = field(default_factory=list)
+    correction: list[torch.Tensor] = field(default_factory=list)  # at most one: the latest corrected frame
     version: int = 0  # bumped on every change, so cached reference streams know when to refresh
 
-    def add(self, tokens: torch.Tensor, pin: bool = False) -> None:
-        """tokens: (1, N, C) stride-16 tokens of one frame."""
-        if pin:
+    def add(self, tokens: torch.Tensor, pin: bool = False, correction: bool = False) -> None:
+        """tokens: (1, N, C) stride-16 tokens of one frame; `correction` replaces the previous correction."""
+        if correction:
+            self.correction = [tokens]
+        elif pin:
             self.pinned.append(tokens)
         else:
             self.queue.append(tokens)
@@ -29,8 +33,8 @@ class SpatialMemory:
         self.version += 1
 
     def __len__(self) -> int:
-        return len(self.pinned) + len(self.queue)
+        return len(self.pinned) + len(self.correction) + len(self.queue)
 
     def tokens(self) -> torch.Tensor:
-        """(1, M, N, C) all reference frames, pinned first."""
-        return torch.stack(self.pinned + self.queue, dim=1)
+        """(1, M, N, C) all reference frames: pinned, the latest correction, then the FIFO queue."""
+        return torch.stack(self.pinned + self.correction + self.queue, dim=1)

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from stma_core.errors import StmaOutputError
 
@@ -55,3 +56,23 @@ def ensure_writable_dir(folder: Path) -> None:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise StmaOutputError(f"{folder}: output folder is not writable ({reason}); pass --out with a writable folder") from exc
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], mode: int = 0o644) -> None:
+    """The one way a single file is written atomically: `write(tmp)` fills a temporary sibling, which
+    then replaces `path` in one rename (readers see the old file or the new one, never half of one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, mode)  # mkstemp makes 0600; outputs are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -15,11 +15,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError
+from stma_core.ids import MAX_OBJECTS, VOID_ID
 from stma_core.io.frames import natural_key
 from stma_core.io.palette import DAVIS_PALETTE, davis_id_of
 
-MAX_OBJECTS = 254
-VOID_ID = 255
 ASPECT_TOLERANCE = 0.01
 """Masks whose aspect ratio is within 1% of the video's are resized (nearest); others are rejected."""
 NEAR_SHADE = 48

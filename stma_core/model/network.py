@@ -8,14 +8,16 @@ Per frame t (eq. 1):  M_t = decoder(P_mem(STML(F_t, F_r, F_o), memory), F_t^1/8,
   associate         STML test stream -> test features; their key projection is the memory key
   read_memory       affinity of test keys with memory keys -> per-object readout (ID association)
   segment           decoder -> per-object logits -> soft aggregation (background first)
+  predict           the whole per-frame recipe above, over memory kept per object group; the one
+                    place it is written (inference engines, export graphs and training call it)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -38,6 +40,60 @@ class FrameFeatures:
     @property
     def grid(self) -> tuple[int, int]:
         return self.f16.shape[-2], self.f16.shape[-1]
+
+
+PAD_PENALTY = 1e9  # added negatively to padded/invalid entries: exp(-1e9) is exactly 0 in float32
+
+
+@dataclass
+class MemoryGroup:
+    """The temporal memory of one group of objects (objects that were first given on the same frame).
+
+    values: (B, n_g, Cv, L_g) float ID values of the group's objects over the group's own entries,
+    which are the LAST L_g positions of the memory keys (a group only has the frames memorized since
+    it arrived, and memory is kept in time order).
+    valid: optional (B, L_g) float, 1 for a real entry and 0 for padding (exported fixed-size graphs).
+    """
+
+    values: torch.Tensor
+    valid: torch.Tensor | None = None
+
+    @property
+    def objects(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def length(self) -> int:
+        return self.values.shape[-1]
+
+    def penalty(self) -> torch.Tensor | None:
+        """(B, L_g) additive penalty: 0 on real entries, -PAD_PENALTY on padding; None without padding."""
+        return None if self.valid is None else (self.valid - 1) * PAD_PENALTY
+
+
+@dataclass
+class Prediction:
+    """What `STMANetwork.predict` returns for one frame.
+
+    logits: (B, n+1, H, W) aggregated logits, background first (None when there was no memory to read,
+    or when an exported graph returned probabilities only).
+    key: (B, N, Ck) the frame's memory key.
+    usage: (B, L) readout weight each memory position received, summed over queries and objects.
+    probs: (B, n+1, H, W) probabilities when given directly (exported graphs); else computed from logits.
+    """
+
+    logits: torch.Tensor | None
+    key: torch.Tensor
+    usage: torch.Tensor
+    probs: torch.Tensor | None = None
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """(B, n+1, H, W) float32 softmax of the logits, background first."""
+        if self.probs is not None:
+            return self.probs
+        assert self.logits is not None, "no memory was read, so there is no mask"
+        return torch.softmax(self.logits.float(), 1)
 
 
 class STMANetwork(nn.Module):
@@ -94,9 +150,18 @@ class STMANetwork(nn.Module):
         """masks (B,n,H,W) probabilities -> ID values (B,n,Cv,h,w)."""
         return self.value_encoder(frame.f8, frame.f16, masks)
 
-    def object_tokens(self, values: torch.Tensor) -> torch.Tensor:
-        """values (B,n,Cv,L) memorized ID values -> object tokens (B,n,C) by max pooling (eq. 5)."""
+    def object_tokens(self, values: torch.Tensor, penalty: torch.Tensor | None = None) -> torch.Tensor:
+        """values (B,n,Cv,L) memorized ID values -> object tokens (B,n,C) by max pooling (eq. 5).
+
+        penalty: optional (B, L) additive mask (-PAD_PENALTY on entries to leave out of the pooling).
+        """
+        if penalty is not None:
+            values = values + penalty[:, None, None, :]
         return self.object_proj(values.amax(dim=-1)) + self.object_type
+
+    def group_tokens(self, groups: Sequence[MemoryGroup]) -> torch.Tensor:
+        """Object tokens (B, n, C) of all groups, each pooled over its own entries, in group order."""
+        return torch.cat([self.object_tokens(g.values, g.penalty()) for g in groups], 1)
 
     def key(self, test_features: torch.Tensor) -> torch.Tensor:
         return self.key_proj(test_features)
@@ -106,19 +171,67 @@ class STMANetwork(nn.Module):
         """ref_tokens (B,M,N,C), obj_tokens (B,n,C)."""
         return self.stml.encode_references(ref_tokens, obj_tokens)
 
-    def associate(self, frame: FrameFeatures, cache: ReferenceCache) -> torch.Tensor:
-        """Test stream of STML -> test features (B,N,C)."""
-        return self.stml.associate_test(frame.tokens, cache)
+    def reference_streams(self, references: torch.Tensor, groups: Sequence[MemoryGroup]) -> ReferenceCache:
+        """Object tokens of the groups, then the STML object/reference streams. references (B,M,N,C).
 
-    def read_memory(self, query: torch.Tensor, mem_keys: torch.Tensor, mem_values: torch.Tensor,
-                    top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """ID association. query (B,N,Ck), mem_keys (B,L,Ck), mem_values (B,n,Cv,L).
+        Independent of the test frame: valid as long as references and memory are unchanged.
+        """
+        return self.encode_references(references, self.group_tokens(groups))
 
-        Returns readout (B,n,Cv,N) and usage (B,L): how much each memory entry was used.
+    def associate(self, frame: FrameFeatures, cache: ReferenceCache,
+                  reference_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Test stream of STML -> test features (B,N,C). reference_valid: optional (B,M), 0 = padded reference."""
+        bias = None
+        if reference_valid is not None:
+            tokens = frame.tokens.shape[1]
+            b, m = reference_valid.shape
+            bias = ((reference_valid - 1) * PAD_PENALTY)[:, :, None].expand(b, m, tokens).reshape(b, m * tokens)
+        return self.stml.associate_test(frame.tokens, cache, bias)
+
+    def read_memory(self, query: torch.Tensor, mem_keys: torch.Tensor, groups: Sequence[MemoryGroup],
+                    top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """ID association, each group over its own entries. query (B,N,Ck), mem_keys (B,L,Ck).
+
+        Returns readout (B,n,Cv,N) in group order and usage (B,L): readout weight per memory position,
+        summed over queries and over the objects of the groups that read it.
         Affinity is the negative squared L2 distance, scaled (the query norm cancels in softmax).
         """
-        top_k = self.config.top_k if top_k is None else top_k
-        return topk_readout(affinity(query, mem_keys), mem_values, top_k)
+        sim = affinity(query, mem_keys)
+        length = mem_keys.shape[1]
+        readouts, usage = [], sim.new_zeros(sim.shape[0], length)
+        for group in groups:
+            start = length - group.length
+            sim_g = sim if start == 0 else sim[:, :, start:]
+            penalty = group.penalty()
+            if penalty is not None:
+                sim_g = sim_g + penalty[:, None, :]
+            readout, used = topk_readout(sim_g, group.values, top_k)
+            readouts.append(readout)
+            used = used * group.objects  # each object read with these weights
+            usage = usage + (used if start == 0 else torch.cat([used.new_zeros(used.shape[0], start), used], 1))
+        return torch.cat(readouts, 1), usage
+
+    def predict(self, frame: FrameFeatures, mem_keys: torch.Tensor | None, groups: Sequence[MemoryGroup],
+                top_k: int, references: torch.Tensor | None = None, cache: ReferenceCache | None = None,
+                reference_valid: torch.Tensor | None = None) -> Prediction:
+        """The per-frame recipe (eq. 1): object tokens -> reference streams -> associate -> key -> read
+        memory -> decode -> aggregate.
+
+        frame: the test frame's features. mem_keys (B,L,Ck) memory keys, or None when there is nothing
+        to read yet (then only the key is computed). groups: the memory of each object group, in object
+        order (see MemoryGroup). references (B,M,N,C) reference-frame tokens, or `cache` already made
+        from them by `reference_streams` (engines cache it while memory is unchanged).
+        reference_valid: optional (B,M), 0 marks padded references (exported fixed-size graphs).
+        """
+        if cache is None:
+            assert references is not None, "predict needs references or their cache"
+            cache = self.reference_streams(references, groups)
+        test = self.associate(frame, cache, reference_valid)
+        key = self.key(test)
+        if mem_keys is None:
+            return Prediction(None, key, key.new_zeros(key.shape[0], 0))
+        readout, usage = self.read_memory(key, mem_keys, groups, top_k)
+        return Prediction(self.aggregate(self.segment(frame, test, readout)), key, usage)
 
     def segment(self, frame: FrameFeatures, test_features: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
         """-> per-object logits (B,n,H,W) at the input resolution."""
@@ -153,6 +266,8 @@ def topk_readout(sim: torch.Tensor, mem_values: torch.Tensor, top_k: int) -> tup
     Training keeps the dense form.
     """
     b, n, cv, length = mem_values.shape
+    if length == 0:
+        return mem_values.new_zeros(b, n, cv, sim.shape[1]), sim.new_zeros(b, 0)
     if not top_k or top_k >= length:
         weights = sim.softmax(-1)
     else:

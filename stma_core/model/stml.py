@@ -75,10 +75,20 @@ class STMLBlock(nn.Module):
         refs_new = self._finish(refs.reshape(b * m, n_tok, c), att_r).reshape(b, m, n_tok, c)
         return refs_new, objs_new, k_r, v_r
 
-    def forward_test(self, test: torch.Tensor, ref_k: torch.Tensor, ref_v: torch.Tensor) -> torch.Tensor:
-        """test (B, N, C) attends to itself and every reference token of this layer."""
+    def forward_test(self, test: torch.Tensor, ref_k: torch.Tensor, ref_v: torch.Tensor,
+                     reference_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """test (B, N, C) attends to itself and every reference token of this layer.
+
+        reference_bias: optional (B, M*N) float added to the attention logits of the reference tokens
+        (0 for real ones, a large negative number for padding, which then gets exactly zero weight).
+        """
         q_t, k_t, v_t = self._qkv(test)
-        att = F.scaled_dot_product_attention(q_t, torch.cat([k_t, ref_k], 2), torch.cat([v_t, ref_v], 2))
+        mask = None
+        if reference_bias is not None:
+            mask = torch.cat([reference_bias.new_zeros(reference_bias.shape[0], test.shape[1]), reference_bias],
+                             1)[:, None, None, :]
+        att = F.scaled_dot_product_attention(q_t, torch.cat([k_t, ref_k], 2), torch.cat([v_t, ref_v], 2),
+                                             attn_mask=mask)
         return self._finish(test, att)
 
 
@@ -95,9 +105,11 @@ class STML(nn.Module):
             values.append(v_r)
         return ReferenceCache(keys, values, refs, objs)
 
-    def associate_test(self, test: torch.Tensor, cache: ReferenceCache) -> torch.Tensor:
+    def associate_test(self, test: torch.Tensor, cache: ReferenceCache,
+                       reference_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """test (B, N, C) through every block's test stream; reference_bias (B, M*N) as in forward_test."""
         for block, k_r, v_r in zip(self.blocks, cache.keys, cache.values):
-            test = block.forward_test(test, k_r, v_r)
+            test = block.forward_test(test, k_r, v_r, reference_bias)
         return test
 
     def forward(self, test: torch.Tensor, refs: torch.Tensor, objs: torch.Tensor):

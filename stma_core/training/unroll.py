@@ -11,31 +11,31 @@ import random
 
 import torch
 
-from stma_core.model.network import FrameFeatures, STMANetwork
+from stma_core.config import InferenceConfig
+from stma_core.model.network import FrameFeatures, MemoryGroup, STMANetwork
 from stma_core.training.losses import stma_loss
+
+TOP_K = InferenceConfig.top_k  # the memory readout is trained as it is run
 
 
 def unroll_sequence(network: STMANetwork, frames: list[FrameFeatures], masks: torch.Tensor,
                     top_fraction: float, rng: random.Random, num_refs: int = 2) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """frames: T FrameFeatures of a batch; masks (B, T, n, H, W) float. -> (mean loss, predicted probs)."""
+    """frames: T FrameFeatures of a batch; masks (B, T, n, H, W) float. -> (mean loss, predicted probs).
+
+    Every frame goes through STMANetwork.predict, the recipe inference runs (one object group: all
+    objects are given on frame 0).
+    """
     first = frames[0]
     value = network.encode_value(first, masks[:, 0]).flatten(3)
-    obj = network.object_tokens(value)
-    cache = network.encode_references(first.tokens[:, None], obj)
-    keys = [network.key(network.associate(first, cache))]
+    keys = [network.predict(first, None, [MemoryGroup(value)], TOP_K, references=first.tokens[:, None]).key]
     values = [value]
     losses, predictions = [], []
     for t in range(1, len(frames)):
         frame = frames[t]
-        mem_values = torch.cat(values, -1)
-        obj = network.object_tokens(mem_values)
         ref_ids = [0] + rng.sample(range(1, t), min(t - 1, num_refs - 1))
         refs = torch.stack([frames[i].tokens for i in ref_ids], 1)
-        cache = network.encode_references(refs, obj)
-        test = network.associate(frame, cache)
-        query = network.key(test)
-        readout, _ = network.read_memory(query, torch.cat(keys, 1), mem_values)
-        logits = network.aggregate(network.segment(frame, test, readout))
+        out = network.predict(frame, torch.cat(keys, 1), [MemoryGroup(torch.cat(values, -1))], TOP_K, references=refs)
+        logits, query = out.logits, out.key
         losses.append(stma_loss(logits, masks[:, t], top_fraction))
         prob = torch.softmax(logits, 1)[:, 1:]
         predictions.append(prob)

@@ -1,0 +1,98 @@
+"""The session API: from_pretrained, corrections on later frames, both directions, remove_objects, reset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from regression_cases import case_inputs
+from stma_core import InferenceConfig, VideoSession
+from stma_core.config import ModelConfig
+from stma_core.inference.session import Direction
+from stma_core.model.network import STMANetwork
+
+TINY = ModelConfig(embed_dim=32, stml_depth=1, num_heads=2, key_dim=16, value_dim=32, decoder_dims=(16, 16, 8))
+FRAMES = 12
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return 1.0 if union == 0 else float((a & b).sum() / union)
+
+
+@pytest.fixture(scope="module")
+def clip() -> tuple[list[np.ndarray], np.ndarray, InferenceConfig, list[np.ndarray]]:
+    """car-shadow (examples/), its first-frame mask, settings, and the plain forward masks."""
+    frames, mask, config = case_inputs("car_shadow", None)  # type: ignore[arg-type]
+    frames = frames[:FRAMES]
+    session = VideoSession.from_pretrained(device="cpu", config=config)
+    forward = [m for _, m in session.propagate(frames, {0: mask})]
+    return frames, mask, config, forward
+
+
+def test_a_correction_changes_the_frames_after_it_and_not_those_before(clip):
+    """A poor first mask (the car's left half) tracked, then corrected on frame k with a whole-car mask."""
+    frames, mask, config, forward = clip
+    k = 5  # not a frame the memories would take anyway (every 2nd): the correction itself must enter them
+    half = mask.copy()
+    half[:, int(np.median(np.nonzero(mask)[1])):] = 0
+    poor = [m for _, m in VideoSession.from_pretrained(device="cpu", config=config).propagate(frames, {0: half})]
+    session = VideoSession.from_pretrained(device="cpu", config=config)
+    corrected = [m for _, m in session.propagate(frames, {0: half, k: forward[k]})]
+    for t in range(k):
+        assert np.array_equal(corrected[t], poor[t]), f"frame {t} before the correction changed"
+    assert _iou(corrected[k] == 1, forward[k] == 1) > 0.95  # the correction replaces the prediction there
+    for t in range(k + 1, FRAMES):
+        changed = _iou(corrected[t] == 1, poor[t] == 1)
+        better, before = _iou(corrected[t] == 1, forward[t] == 1), _iou(poor[t] == 1, forward[t] == 1)
+        assert changed < 0.9 and better > before + 0.1, (t, changed, better, before)
+
+
+def test_both_directions_segment_the_frames_before_the_annotation(clip):
+    frames, _, config, forward = clip
+    k = 6  # the only mask is on frame 6 (forward's own result there)
+    session = VideoSession.from_pretrained(device="cpu", config=config)
+    out = list(session.propagate(frames, {k: forward[k]}, direction="both"))
+    assert [i for i, _ in out] == list(range(k, FRAMES)) + list(range(k - 1, -1, -1))
+    masks = dict(out)
+    for t in range(k):
+        assert _iou(masks[t] == 1, forward[t] == 1) > 0.8, t
+    assert len(session.temporal) <= config.temporal_capacity + 1  # memory stays bounded going backward
+    only_forward = dict(VideoSession.from_pretrained(device="cpu", config=config).propagate(frames, {k: forward[k]}))
+    assert not any((only_forward[t] != 0).any() for t in range(k))
+    backward = list(VideoSession.from_pretrained(device="cpu", config=config).propagate(
+        frames, {k: forward[k]}, direction=Direction.BACKWARD))
+    assert [i for i, _ in backward] == list(range(FRAMES - 1, -1, -1))
+    assert not any((m != 0).any() for i, m in backward if i > k)
+
+
+def test_direction_errors_say_what_to_do():
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frames = [np.zeros((64, 96, 3), np.uint8)] * 3
+    with pytest.raises(ValueError, match="forward, backward, both"):
+        list(session.propagate(frames, direction="sideways"))
+    with pytest.raises(ValueError, match="add_mask"):
+        list(session.propagate(frames, direction="both"))
+    with pytest.raises(TypeError, match="sequence"):
+        list(session.propagate(iter(frames), {0: np.ones((64, 96), np.uint8)}, direction="backward"))
+
+
+def test_remove_objects_and_reset():
+    torch.manual_seed(0)
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64, temporal_every=1))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[5:30, 5:40], mask[35:60, 50:90] = 4, 9
+    session.step(frame, mask)
+    session.step(frame)
+    assert session.probabilities is not None and session.probabilities.shape == (3, 64, 96)
+    session.remove_objects([4])
+    out = session.step(frame)
+    assert session.objects.user_ids == [9] and set(np.unique(out)) <= {0, 9}
+    assert all(e.value.shape[1] == 1 for e in session.temporal.entries)
+    with pytest.raises(ValueError, match="not in this video"):
+        session.remove_objects([4])
+    session.reset()
+    assert session.objects.count == 0 and len(session.temporal) == 0 and session.frame_index == 0
+    assert set(np.unique(session.step(frame))) == {0}

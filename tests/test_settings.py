@@ -1,0 +1,97 @@
+"""One source of truth for settings: InferenceConfig, resolved in one function; one device resolver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from stma_cli.app import app
+from stma_core.checkpoint import DEFAULT_CHECKPOINT, load_model, read_config, recommended_inference, save_model
+from stma_core.config import InferenceConfig, ModelConfig, resolve_inference_config
+from stma_core.device import resolve_device
+from stma_core.inference.session import session_factory
+from stma_core.model.network import STMANetwork
+
+TINY = ModelConfig(embed_dim=32, stml_depth=1, num_heads=2, key_dim=16, value_dim=32, decoder_dims=(16, 16, 8))
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_resolution_order_is_overrides_then_config_then_checkpoint_then_defaults():
+    recommended = {"size": 288, "top_k": 20, "not_a_setting": 1}
+    assert resolve_inference_config(recommended) == InferenceConfig(size=288, top_k=20)
+    base = InferenceConfig(size=200, temporal_capacity=4)
+    assert resolve_inference_config(recommended, base) == base  # a whole config replaces the recommendation
+    got = resolve_inference_config(recommended, base, size=None, top_k=7)  # None = not given
+    assert (got.size, got.top_k, got.temporal_capacity) == (200, 7, 4)
+    with pytest.raises(TypeError, match="unknown inference setting"):
+        resolve_inference_config(None, top_kk=3)
+    with pytest.raises(ValueError, match="InferenceConfig.size is 8; use an integer of at least 16"):
+        InferenceConfig(size=8)
+
+
+def test_checkpoints_with_top_k_in_their_model_config_still_load():
+    """The shipped checkpoint was saved when top_k was a ModelConfig field: ignored, weights unchanged."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(DEFAULT_CHECKPOINT), framework="pt") as f:
+        assert "top_k" in json.loads(f.metadata()["model_config"])
+    config, metadata = read_config(DEFAULT_CHECKPOINT)
+    assert not hasattr(config, "top_k")
+    assert recommended_inference(metadata) == {"size": 288}
+    network, _, _ = load_model(None)  # strict: every tensor matched
+    make = session_factory(None, "cpu")
+    assert make().config == InferenceConfig(size=288)
+    assert session_factory(None, "cpu", size=200, top_k=12)().config == InferenceConfig(size=200, top_k=12)
+    assert network.config == config
+
+
+def test_a_checkpoint_carries_its_recommended_inference_config(tmp_path: Path):
+    path = tmp_path / "m.safetensors"
+    save_model(STMANetwork(TINY, pretrained_trunk=False), TINY, path, inference=InferenceConfig(size=96, top_k=5))
+    assert session_factory(path, "cpu")().config == InferenceConfig(size=96, top_k=5)
+    assert session_factory(path, "cpu", config=InferenceConfig(size=64))().config == InferenceConfig(size=64)
+
+
+def test_one_device_resolver():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="unknown device 'gpu'; use one of auto, cpu, cuda, cuda:N, mps"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available; use device 'cpu' or 'auto'"):
+            resolve_device("cuda:0")
+
+
+def _run(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_reports_bad_settings_with_the_flag(tmp_path: Path):
+    video, mask = EXAMPLES / "car-shadow.mp4", EXAMPLES / "car-shadow_mask.png"
+    for command in (["segment", video, "--mask", mask, "--out", tmp_path / "o"],
+                    ["eval", "--dataset", "davis16-val", "--root", tmp_path]):
+        for flag, value, least in (("--size", 8, 16), ("--temporal-every", 0, 1), ("--top-k", -1, 0)):
+            result = _run(*command, flag, value)
+            assert result.exit_code == 2, result.output
+            assert f"error: {flag}: {value} is too small; use at least {least}" in result.stderr
+    onnx = _run("segment", video, "--mask", mask, "--engine", "onnx", "--onnx-dir", tmp_path, "--checkpoint",
+                DEFAULT_CHECKPOINT, "--out", tmp_path / "o")
+    assert onnx.exit_code == 2 and "--checkpoint: not used with --engine onnx" in onnx.stderr
+    onnx = _run("segment", video, "--mask", mask, "--engine", "onnx", "--onnx-dir", tmp_path, "--device", "cuda",
+                "--out", tmp_path / "o")
+    assert onnx.exit_code == 2 and "--device: --engine onnx runs on CPU" in onnx.stderr
+    bad = _run("segment", video, "--mask", mask, "--device", "gpu", "--out", tmp_path / "o")
+    assert bad.exit_code == 2 and "--device: unknown device 'gpu'" in bad.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_shows_the_memory_settings_and_their_defaults():
+    result = CliRunner().invoke(app, ["segment", "--help"], env={"COLUMNS": "200"})
+    for flag, default in (("--top-k", 30), ("--spatial-capacity", 2), ("--spatial-every", 3),
+                          ("--temporal-capacity", 8), ("--temporal-every", 3)):
+        assert flag in result.output and f"{default} or the checkpoint's" in result.output
