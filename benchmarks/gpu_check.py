@@ -216,7 +216,7 @@ def check_compile(plan: Plan, dev: Device, frames: list[np.ndarray], mask: np.nd
     torch = dev.torch
     make = factory(dev.name, plan.size, True)
     eager, eager_fps = run_clip(make, frames, mask, dev, plan.warmup)
-    network = make().network
+    network = make().engine.network
     trunk, decoder = network.trunk, getattr(network, "decoder", None)
     start = time.perf_counter()
     try:

@@ -475,6 +475,7 @@ def segment(
         way = Direction(direction)
     except ValueError:
         fail(f"--direction: unknown direction {direction!r}; use forward, backward or both")
+    device = check_device(device)  # a wrong --device is a mistake whatever the method
     if method == "stma" and engine == "torch":
         device = _check_device(device)
     extras = _check_extras(start, end, stride, fps, objects, overlay_alpha, overlay_style, labels, alpha_codec)

@@ -42,6 +42,11 @@ class Engine(Protocol):
         """Where the session must put the image and mask tensors it passes in."""
         ...
 
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """(H, W) every frame must be processed at (graphs exported for one size), or None for any size."""
+        ...
+
     def encode_frame(self, image: torch.Tensor) -> FrameFeatures:
         """image (1, 3, H, W) float in [0, 1], H and W multiples of 16 -> the frame's features."""
         ...
@@ -67,6 +72,10 @@ class TorchEngine:
     @property
     def device(self) -> torch.device:
         return self._device
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        return None  # PyTorch runs any size
 
     def encode_frame(self, image: torch.Tensor) -> FrameFeatures:
         return self.network.encode_frame(image)

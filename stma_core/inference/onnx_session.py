@@ -91,6 +91,10 @@ class ExportedEngine:
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        return tuple(self.manifest.frame_size)
+
     def check_config(self, config: InferenceConfig) -> None:
         """Raises StmaInputError when `config` needs more than the export holds."""
         m = self.manifest

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from stma_core.config import MIN_SIZE, Direction, InferenceConfig
 from stma_core.device import resolve_device
+from stma_core.errors import StmaInputError
 from stma_core.inference.engine import Engine, MemoryState, TorchEngine
 from stma_core.inference.object_manager import ObjectManager
 from stma_core.inference.spatial_memory import SpatialMemory
@@ -187,6 +188,11 @@ class VideoSession:
             raise ValueError(f"a frame must be an HxWx3 uint8 RGB array; got {frame.dtype} {frame.shape}")
         h, w = frame.shape[:2]
         ph, pw = processing_size(h, w, self.config.size)
+        fixed = self.engine.frame_size
+        if fixed is not None and tuple(fixed) != (ph, pw):
+            raise StmaInputError(f"a {w}x{h} frame is processed at {pw}x{ph} but this export is for "
+                                 f"{fixed[1]}x{fixed[0]}; re-export with --size {ph} {pw} (or pass frames that "
+                                 f"scale to {fixed[1]}x{fixed[0]})")
         if (ph, pw) != (h, w):
             frame = cv2.resize(frame, (pw, ph), interpolation=cv2.INTER_AREA)
         image = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1)[None].float() / 255
