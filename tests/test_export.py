@@ -192,7 +192,7 @@ def test_propagator_reports_what_to_re_export(tiny_checkpoint: Path, tmp_path: P
     frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     first = np.zeros((64, 96), np.uint8)
     first[10:30, 10:40] = 1
-    with pytest.raises(StmaInputError, match="48 \\(padded to multiples of 16\\) but this export is for 96x64"):
+    with pytest.raises(StmaInputError, match="processed at 72x48 but this export is for 96x64; re-export with --size 48 72"):
         factory().step(frame[:48, :72], first[:48, :72])
     three = first.copy()
     three[40:50, 10:20], three[40:50, 30:40] = 2, 3
