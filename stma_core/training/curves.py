@@ -6,8 +6,9 @@ Uses matplotlib's object API with the Agg canvas, so no pyplot global state or d
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from stma_core.io.atomic import atomic_write
 
 
 def read_log(path: Path) -> list[dict]:
@@ -62,7 +63,5 @@ def write_curves(log_path: Path, png_path: Path) -> bool:
     ax_lr.grid(alpha=0.3)
     fig.suptitle(f"{log_path.parent.name}: step {steps[-1]}")
     fig.tight_layout()
-    tmp = png_path.with_name(png_path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, png_path)
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
     return True

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from stma_core.errors import StmaInputError
+from stma_core.io.atomic import atomic_write
 from stma_core.model.lite_backbone import LiteTrunk
 
 
@@ -75,9 +76,7 @@ def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] =
                 maps[key].append(value.half())
         data = {k: torch.cat(v) for k, v in maps.items()}
         data["masks"] = torch.from_numpy(np.stack(masks).astype(np.uint8))
-        tmp = target.with_suffix(".tmp")
-        torch.save(data, tmp)
-        tmp.replace(target)
+        atomic_write(target, lambda tmp: torch.save(data, tmp))
         if progress:
             progress(name, len(images))
 

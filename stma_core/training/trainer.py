@@ -12,7 +12,6 @@ Exact resume: state.pt holds the step, weights, optimizer, and every RNG that de
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 import warnings
@@ -26,8 +25,9 @@ import torch
 from torch import nn
 
 from stma_core.checkpoint import read_config, save_model
-from stma_core.config import to_dict
+from stma_core.config import InferenceConfig, to_dict
 from stma_core.errors import StmaInputError
+from stma_core.io.atomic import atomic_write, atomic_write_text
 from stma_core.model.network import STMANetwork
 from stma_core.training import distributed
 from stma_core.training.cached_data import STRIDES, collate, curriculum_max_gap, sample_clip
@@ -60,12 +60,6 @@ class ClipLoss(nn.Module):
         frames = [self.network.embed({k: v[:, t] for k, v in maps.items()}) for t in range(length)]
         loss, _ = unroll_sequence(self.network, frames, masks, top_fraction, rng, self.num_refs)
         return loss
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -106,7 +100,7 @@ class Trainer:
         self.rng = random.Random(cfg.seed + self.dist.rank)
         self.step = 0
         if self.dist.is_main:
-            _atomic_write_text(self.run_dir / "train_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+            atomic_write_text(self.run_dir / "train_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
 
     # ---- checkpoints -----------------------------------------------------------------------
     @property
@@ -132,15 +126,13 @@ class Trainer:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.state_path)
+        atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
         save_model(self.network, self.cfg.model, self.run_dir / "model.safetensors",
-                   {"train_step": str(self.step), "train_stage": self.cfg.stage,
-                    "inference_size": str(min(self.cfg.frame_size))})  # the scale it learned at
+                   {"train_step": str(self.step), "train_stage": self.cfg.stage},
+                   inference=InferenceConfig(size=min(self.cfg.frame_size)))  # the scale it learned at
         write_curves(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
         if digests:
-            _atomic_write_text(self.run_dir / "replicas.json",
+            atomic_write_text(self.run_dir / "replicas.json",
                                json.dumps({"step": self.step, "parameter_sha1": digests}) + "\n")
             if len(set(digests)) > 1:
                 raise RuntimeError(f"replicas diverged at step {self.step}: parameter digests {digests}")
@@ -181,7 +173,7 @@ class Trainer:
                     kept.append(line + "\n")
             except (json.JSONDecodeError, AttributeError):
                 continue
-        _atomic_write_text(path, "".join(kept))
+        atomic_write_text(path, "".join(kept))
 
     def load_initial_weights(self, path: Path) -> None:
         """Starts from a saved model (e.g. the static stage's) with the same ModelConfig."""
