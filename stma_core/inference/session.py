@@ -195,6 +195,8 @@ class VideoSession:
                                  f"scale to {fixed[1]}x{fixed[0]})")
         if (ph, pw) != (h, w):
             frame = cv2.resize(frame, (pw, ph), interpolation=cv2.INTER_AREA)
+        if not frame.flags.writeable:  # e.g. np.frombuffer over decoder bytes; torch wants a writable array
+            frame = frame.copy()
         image = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1)[None].float() / 255
         pad_h, pad_w = (-ph) % 16, (-pw) % 16
         if pad_h or pad_w:
