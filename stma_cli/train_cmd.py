@@ -6,6 +6,7 @@ replica (DistributedDataParallel: nccl on GPUs, gloo on CPU); rank 0 alone print
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +39,10 @@ def train(
                                              "(e.g. the static stage's); overrides the config's init_from."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state.pt exactly where it stopped."),
     until: Optional[int] = typer.Option(None, "--until", help="Stop after this step (resume later with --resume)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-time budget in minutes for the "
+                                                "steps (data loading not counted): stop at the end of the step "
+                                                "that passes it, saving state and model like --until; "
+                                                "--resume continues exactly."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where cached trunk features go (default OUT/cache)."),
     static_images: Optional[Path] = typer.Option(None, "--static-images", help="Static stage: a folder of still "
                                                  "images (e.g. DUTS-TR-Image) instead of DAVIS frames."),
@@ -50,6 +55,9 @@ def train(
     from stma_core.training import distributed
     from stma_core.training.run import prepare_trainer
 
+    if max_minutes is not None and not max_minutes > 0:
+        fail(f"--max-minutes {max_minutes}: the time budget must be a positive number of minutes; pass e.g. "
+             "--max-minutes 4")
     device = _device(device)
     if not resume:
         check_output_dir(out)
@@ -70,15 +78,16 @@ def train(
                 fail(exc)
             raise typer.Exit(2)
         total = trainer.cfg.steps if until is None else min(until, trainer.cfg.steps)
+        deadline = None if max_minutes is None else time.monotonic() + 60.0 * max_minutes
         if quiet:
-            trainer.run(until=total)
+            finished = trainer.run(until=total, deadline=deadline)
         elif not err.is_terminal:  # logs and pipes: a plain line per log record instead of a live bar
             def log_line(step: int, record: dict) -> None:
                 if "it_per_s" in record:
                     info(err, f"step {step}/{total} loss {record['loss_mean']:.4f} lr {record['lr']:.3g} "
                               f"{record['it_per_s']:.3f} it/s")
 
-            trainer.run(until=total, on_step=log_line)
+            finished = trainer.run(until=total, on_step=log_line, deadline=deadline)
         else:
             columns = [TextColumn(f"train {trainer.cfg.stage}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[rate]} it/s"), TextColumn("loss {task.fields[loss]}"),
@@ -92,8 +101,11 @@ def train(
                         fields["rate"] = f"{record['it_per_s']:.3f}"
                     progress.update(task, completed=step, **fields)
 
-                trainer.run(until=total, on_step=on_step)
+                finished = trainer.run(until=total, on_step=on_step, deadline=deadline)
     finally:
         distributed.shutdown()
+    if rank.is_main and not finished and not quiet:
+        info(err, f"time budget of {max_minutes:g} min used up at step {trainer.step}/{total}; state saved, "
+                  "continue with --resume")
     if rank.is_main:
         typer.echo(str(out / "model.safetensors"))

@@ -136,6 +136,35 @@ def test_run_folder_holds_checkpoints_and_curves(tiny_davis: Path, cache_dir: Pa
     assert json.loads((out / "train_config.json").read_text())["steps"] == 2
 
 
+def test_time_budget_stops_and_resumes_exactly(tiny_davis: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """--max-minutes stops at the end of the first step past the budget, saves like --until, and --resume
+    then ends with the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    config = write_config(tmp_path / "tiny.yaml")
+    common = ("--data", tiny_davis, "--cache-dir", cache_dir, "--device", "cpu")
+    straight = train("--config", config, "--out", tmp_path / "straight", *common, "--quiet")
+    assert straight.exit_code == 0, straight.output
+    out = tmp_path / "budget"
+    stopped = train("--config", config, "--out", out, *common, "--max-minutes", "0.000001")
+    assert stopped.exit_code == 0, stopped.output
+    assert "time budget of 1e-06 min used up at step 1/4" in stopped.stderr
+    assert torch.load(out / "state.pt", weights_only=True)["step"] == 1
+    assert load_model(out / "model.safetensors")[2]["train_step"] == "1"
+    assert [r["step"] for r in log_records(out)] == [1] and "it_per_s" in log_records(out)[0]
+    resumed = train("--config", config, "--out", out, *common, "--resume", "--max-minutes", "60", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in log_records(out)] == [r["loss"] for r in log_records(tmp_path / "straight")]
+
+
+def test_time_budget_must_be_positive(tmp_path: Path) -> None:
+    result = train("--config", write_config(tmp_path / "c.yaml"), "--data", tmp_path, "--out", tmp_path / "o",
+                   "--max-minutes", "0")
+    assert_bad_input(result, "--max-minutes 0", "positive")
+
+
 # ---- static stage ---------------------------------------------------------------------------------
 
 def test_static_clips_are_deterministic_and_valid(tiny_davis: Path) -> None:

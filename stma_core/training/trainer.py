@@ -6,7 +6,8 @@ the same way in both. Under torchrun the clip loss runs through DistributedDataP
 averaged over ranks), each rank draws its own clips (seed + rank), and rank 0 writes the run folder.
 
 Exact resume: state.pt holds the step, weights, optimizer, and every RNG that decides a step
-(torch, each rank's Python RNG, CUDA), so `--until N` + `--resume` reproduces an uninterrupted run.
+(torch, each rank's Python RNG, CUDA), so `--until N` + `--resume` reproduces an uninterrupted run; so does
+a stop by time budget (`run(deadline=...)`, `stma train --max-minutes M`), which also ends at a step boundary.
 """
 
 from __future__ import annotations
@@ -231,8 +232,15 @@ class Trainer:
         self.step += 1
         return float(distributed.mean_across_ranks(loss.detach()))
 
-    def run(self, until: int | None = None, on_step: Callable[[int, dict], None] | None = None) -> None:
-        """Trains to `until` (default cfg.steps); logs every log_every steps, checkpoints every checkpoint_every."""
+    def run(self, until: int | None = None, on_step: Callable[[int, dict], None] | None = None,
+            deadline: float | None = None) -> bool:
+        """Trains to `until` (default cfg.steps); logs every log_every steps, checkpoints every checkpoint_every.
+
+        deadline: a `time.monotonic()` value in seconds; once it has passed at the end of a step, the
+        run logs that step, saves state and model (as at `until`) and stops, so `--resume` continues
+        exactly. At least one step is taken. Returns True when `until` was reached, False when the
+        deadline stopped the run first. Under torchrun rank 0's clock decides for every rank.
+        """
         cfg = self.cfg
         until = cfg.steps if until is None else min(until, cfg.steps)
         log = (self.run_dir / "log.jsonl").open("a") if self.dist.is_main else None
@@ -242,8 +250,10 @@ class Trainer:
             while self.step < until:
                 loss = self.train_step()
                 window.append(loss)
+                out_of_time = deadline is not None and self._past(deadline)
+                last = self.step == until or out_of_time
                 record = {"step": self.step, "loss": round(loss, 5), "lr": learning_rate(cfg, self.step - 1)}
-                if self.step % cfg.log_every == 0 or self.step == until:
+                if self.step % cfg.log_every == 0 or last:
                     elapsed = time.time() - t0
                     record["it_per_s"] = round((self.step - last_step) / max(elapsed, 1e-9), 4)
                     record["loss_mean"] = round(sum(window) / len(window), 5)
@@ -253,11 +263,18 @@ class Trainer:
                         log.flush()
                 if on_step and self.dist.is_main:
                     on_step(self.step, record)
-                if self.step % cfg.checkpoint_every == 0 or self.step == until:
+                if self.step % cfg.checkpoint_every == 0 or last:
                     self.save_state()
+                if out_of_time:
+                    return self.step >= until
+            return True
         finally:
             if log:
                 log.close()
 
+    def _past(self, deadline: float) -> bool:
+        """Whether time.monotonic() has passed `deadline` (s); rank 0 decides so all ranks stop together."""
+        past = time.monotonic() >= deadline
+        return bool(distributed.all_gather(past)[0]) if self.dist.world_size > 1 else past
 
 CachedFeatureTrainer = Trainer  # the name used before the static stage existed
