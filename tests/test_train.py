@@ -199,6 +199,18 @@ def test_static_stage_trains_and_feeds_main_stage(tiny_davis: Path, cache_dir: P
         out / "model.safetensors")
 
 
+def test_threaded_clip_synthesis_gives_the_same_steps(tiny_davis: Path, tmp_path: Path) -> None:
+    """data_threads > 0 synthesizes a batch's static clips in parallel from seeds drawn in order: same losses."""
+    losses = []
+    for threads in (0, 2):
+        config = write_config(tmp_path / f"s{threads}.yaml", stage="static", steps=2, batch_size=3, crop=[64, 96],
+                              data_threads=threads)
+        trainer = prepare_trainer(config, tiny_davis, tmp_path / f"run{threads}")
+        losses.append(recording(trainer))
+        trainer.run()
+    assert len(losses[0]) == 2 and losses[0] == losses[1]
+
+
 def test_recipe_stages_load() -> None:
     static = load_train_config(REPO / "configs" / "static_then_main_gpu.yaml", "static")
     main = load_train_config(REPO / "configs" / "static_then_main_gpu.yaml", "main")

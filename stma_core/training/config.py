@@ -36,6 +36,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     threads: int = 0  # torch threads (0 = leave torch's default)
+    data_threads: int = 0  # threads that synthesize a batch's static clips (0 = in the training thread); same clips
     amp: bool = True  # autocast on CUDA (bfloat16 where supported, else float16 with loss scaling)
     init_from: str | None = None  # model.safetensors to start from (e.g. the static stage's); fresh runs only
     static_max_objects: int = 3  # static stage: multi-object clips have 2..this many objects

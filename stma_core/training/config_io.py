@@ -86,6 +86,8 @@ def validate(cfg: TrainConfig, path: Path) -> None:
     for key in ("static_distractor_prob", "static_region_prob", "multi_object_prob", "static_mix_prob"):
         if not 0 <= getattr(cfg, key) <= 1:
             problems.append(f"{key} must be in [0, 1]")
+    if cfg.data_threads < 0:
+        problems.append("data_threads must be >= 0")
     if cfg.static_holdout < 0:
         problems.append("static_holdout must be >= 0")
     if (cfg.static_images is None) != (cfg.static_masks is None):

@@ -57,9 +57,11 @@ def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
 
 @torch.inference_mode()
 def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] = (288, 512),
-                batch: int = 8, progress=None, variant: str = "lite0") -> None:
-    """Encodes every frame of `names` at `size` (H, W) and writes one .pt file per sequence in `out`."""
-    trunk = LiteTrunk(variant).eval()
+                batch: int = 8, progress=None, variant: str = "lite0",
+                device: str | torch.device = "cpu") -> None:
+    """Encodes every frame of `names` at `size` (H, W) on `device` and writes one .pt file (CPU tensors)
+    per sequence in `out`."""
+    trunk = LiteTrunk(variant).eval().to(device)
     out.mkdir(parents=True, exist_ok=True)
     h, w = size
     for name in names:
@@ -71,9 +73,9 @@ def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] =
         masks = [np.asarray(Image.open(p).resize((w, h), Image.NEAREST)) for p in mask_paths]
         maps: dict[str, list[torch.Tensor]] = {"f4": [], "f8": [], "f16": []}
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.stack(images[i:i + batch])).permute(0, 3, 1, 2).float() / 255
+            x = torch.from_numpy(np.stack(images[i:i + batch])).permute(0, 3, 1, 2).to(device).float() / 255
             for key, value in trunk(x).items():
-                maps[key].append(value.half())
+                maps[key].append(value.half().cpu())
         data = {k: torch.cat(v) for k, v in maps.items()}
         data["masks"] = torch.from_numpy(np.stack(masks).astype(np.uint8))
         atomic_write(target, lambda tmp: torch.save(data, tmp))

@@ -97,7 +97,8 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
             if rank.is_main:
                 if log:
                     log(f"caching trunk features of {len(names)} sequences in {cache}")
-                build_cache(data, names, cache, size=tuple(cfg.frame_size), variant=cfg.model.lite_variant)
+                build_cache(data, names, cache, size=tuple(cfg.frame_size), variant=cfg.model.lite_variant,
+                            device=device)
             distributed.barrier()
             train_data = load_cache(cache, names)
     trainer = Trainer(cfg, train_data, out, device=device, stills=mixed)

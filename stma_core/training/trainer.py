@@ -16,6 +16,7 @@ import json
 import random
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -100,6 +101,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.rng = random.Random(cfg.seed + self.dist.rank)
         self.step = 0
+        self._pool: ThreadPoolExecutor | None = None  # static clip synthesis (cfg.data_threads > 0)
         if self.dist.is_main:
             atomic_write_text(self.run_dir / "train_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
 
@@ -200,9 +202,18 @@ class Trainer:
         cfg = self.cfg
         multi = self.rng.random() < cfg.multi_object_prob
         n_obj = self.rng.randint(2, cfg.static_max_objects) if multi else 1
-        clips = [synth_clip(self.stills, cfg.clip_length, cfg.crop, n_obj, cfg.frame_size,
-                            np.random.default_rng(self.rng.getrandbits(64)), cfg.static_distractor_prob,
-                            cfg.static_region_prob) for _ in range(cfg.batch_size)]
+        seeds = [self.rng.getrandbits(64) for _ in range(cfg.batch_size)]  # drawn in order: same clips threaded
+
+        def synth(seed: int):
+            return synth_clip(self.stills, cfg.clip_length, cfg.crop, n_obj, cfg.frame_size,
+                              np.random.default_rng(seed), cfg.static_distractor_prob, cfg.static_region_prob)
+
+        if cfg.data_threads > 0:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(cfg.data_threads, thread_name_prefix="stma-synth")
+            clips = list(self._pool.map(synth, seeds))
+        else:
+            clips = [synth(seed) for seed in seeds]
         frames, masks = collate_static(clips)
         b, t = frames.shape[:2]
         with torch.no_grad(), self._autocast():
