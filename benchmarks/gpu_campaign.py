@@ -291,8 +291,8 @@ def run(pack_dir: Path, out: Path, minutes_static: float, minutes_main: float, d
     if not meta.is_file():
         raise CampaignError(f"{pack_dir}: not a pack (no pack.json); write one with `gpu_campaign.py pack` "
                             "and carry it to this machine")
-    if out.exists() and any(out.iterdir()):
-        raise CampaignError(f"{out}: already holds files; choose a new --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CampaignError(f"{out}: already exists and is a file or holds files; choose a new --out")
     if minutes_static < 0 or not minutes_main > 0:
         raise CampaignError(f"--minutes-static {minutes_static:g} --minutes-main {minutes_main:g}: the main stage "
                             "needs a positive budget and the static stage one >= 0 (0 skips it)")
