@@ -475,6 +475,9 @@ def segment(
         way = Direction(direction)
     except ValueError:
         fail(f"--direction: unknown direction {direction!r}; use forward, backward or both")
+    if way is Direction.BACKWARD and method != "stma":
+        fail(f"--direction backward: the {method} baseline runs forward only; use --method stma "
+             "(or --direction forward)")
     device = check_device(device)  # a wrong --device is a mistake whatever the method
     if method == "stma" and engine == "torch":
         device = _check_device(device)
