@@ -329,7 +329,7 @@ class OutputWriter(VideoWriter):
 
         with OutputWriter(out, "bear", ["png", "matte", "prob"], (854, 480), 24.0,
                           OutputOptions(object_ids=(1, 2))) as writer:
-            writer.write(name, frame, mask, session.probabilities())
+            writer.write(name, frame, mask, session.object_probabilities())
 
     Same guarantees: nothing is visible under a final name until every output of the video is complete.
     """
