@@ -478,6 +478,10 @@ def segment(
     if way is Direction.BACKWARD and method != "stma":
         fail(f"--direction backward: the {method} baseline runs forward only; use --method stma "
              "(or --direction forward)")
+    if way is Direction.BACKWARD and mask_dir is None:  # --mask, or the mask beside the video: the first frame
+        fail("--direction backward: a --mask annotates the first frame processed, and propagating backward from "
+             "the last frame would leave every other frame empty; give later annotations with --mask-dir DIR "
+             "(<frame>.png), or use --direction forward or both")
     device = check_device(device)  # a wrong --device is a mistake whatever the method
     if method == "stma" and engine == "torch":
         device = _check_device(device)

@@ -299,6 +299,7 @@ def test_bad_frame_midway_leaves_no_output(tmp_path: Path) -> None:
     (["--method", "magic"], "--method: unknown method 'magic'"),
     (["--device", "tpu"], "--device: unknown device 'tpu'"),
     (["--method", "copy", "--direction", "backward"], "--direction backward: the copy baseline runs forward only"),
+    (["--direction", "backward"], "--direction backward: a --mask annotates the first frame processed"),
 ])
 def test_bad_options(tmp_path: Path, args: list[str], fragment: str) -> None:
     video = tmp_path / "car-shadow.mp4"  # alone: no car-shadow_mask.png beside it as in examples/
