@@ -96,3 +96,19 @@ def test_remove_objects_and_reset():
     session.reset()
     assert session.objects.count == 0 and len(session.temporal) == 0 and session.frame_index == 0
     assert set(np.unique(session.step(frame))) == {0}
+
+
+def test_probabilities_after_remove_objects_belong_to_the_ids_still_tracked():
+    """object_probabilities() right after remove_objects: no removed object's soft mask under another id."""
+    torch.manual_seed(0)
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[:, :30], mask[:, 60:] = 1, 2
+    session.step(frame, mask)
+    before = session.object_probabilities()
+    session.remove_objects([1])
+    after = session.object_probabilities()
+    assert list(after) == [2] and np.array_equal(after[2], before[2])
+    assert session.probabilities.shape == (2, 64, 96)
+    assert torch.allclose(session.probabilities.sum(0), torch.ones(64, 96), atol=1e-5)  # object 1 became background
