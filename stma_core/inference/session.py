@@ -146,7 +146,8 @@ class VideoSession:
         first, last = min(given), max(given)
         if direction is Direction.BOTH:
             yield from self._run(frames, range(first, count), given)
-            yield from ((i, m) for i, m in self._run(frames, range(last, -1, -1), given) if i < first)
+            if first > 0:  # the backward pass only yields frames before the first mask
+                yield from ((i, m) for i, m in self._run(frames, range(last, -1, -1), given) if i < first)
         else:
             yield from self._run(frames, range(count - 1, -1, -1), given)
 
