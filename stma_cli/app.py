@@ -55,6 +55,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
+    except SystemExit as exc:
+        if exc.code != 130:  # typer's exit for a KeyboardInterrupt (Ctrl-C, or SIGTERM through _terminate)
+            raise
+        from stma_cli._common import EXIT_SOME_FAILED, print_error
+
+        print_error("interrupted (Ctrl-C or SIGTERM); unfinished outputs were removed, finished ones are kept")
+        sys.exit(EXIT_SOME_FAILED)  # README: an interrupted run exits with 1
     except BrokenPipeError:
         from stma_cli._common import stdout_closed
 

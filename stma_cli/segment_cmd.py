@@ -191,11 +191,8 @@ def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: 
     for path in paths:
         name = path.name if path.is_dir() else path.stem
         if mask is None and mask_dir is None:
-            beside = contents.masks.get(name)
-            if beside is None:
-                fail(f"--mask: no mask given and {path} has no {name}.png beside it; pass --mask FOLDER holding "
-                     "<video>.png, or --mask-dir with <video>/ annotation folders")
-            jobs.append(Job(path, name, mask_file=beside))
+            # a video without its mask fails alone (error line and summary row), in _load_masks
+            jobs.append(Job(path, name, mask_file=contents.masks.get(name)))
             continue
         jobs.append(Job(path, name, mask_file=mask / f"{name}.png" if mask is not None else None,
                         mask_dir=mask_dir / name if mask_dir is not None else None))
@@ -234,6 +231,9 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
     first: index of the first processed frame (a --mask file annotates it); selected: whether a frame is
     processed (--start/--end/--stride), annotations of other frames are ignored.
     """
+    if job.mask_file is None and job.mask_dir is None:  # a batch video with no <name>.png beside it
+        raise StmaInputError(f"--mask: no mask given and {job.path} has no {job.name}.png beside it; pass --mask "
+                             "FOLDER holding <video>.png, or --mask-dir with <video>/ annotation folders")
     if job.mask_file is not None:
         loaded = {source.frame_name(first): load_mask(job.mask_file)}
     else:
@@ -475,6 +475,13 @@ def segment(
         way = Direction(direction)
     except ValueError:
         fail(f"--direction: unknown direction {direction!r}; use forward, backward or both")
+    if way is Direction.BACKWARD and method != "stma":
+        fail(f"--direction backward: the {method} baseline runs forward only; use --method stma "
+             "(or --direction forward)")
+    if way is Direction.BACKWARD and mask_dir is None:  # --mask, or the mask beside the video: the first frame
+        fail("--direction backward: a --mask annotates the first frame processed, and propagating backward from "
+             "the last frame would leave every other frame empty; give later annotations with --mask-dir DIR "
+             "(<frame>.png), or use --direction forward or both")
     device = check_device(device)  # a wrong --device is a mistake whatever the method
     if method == "stma" and engine == "torch":
         device = _check_device(device)

@@ -266,7 +266,9 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_partial(tmp_path: Path) -> None
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "Traceback" not in stderr
+    assert proc.returncode == 1 and "Traceback" not in stderr  # README: an interrupted run exits with 1
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "interrupted" in lines[0], stderr
     assert not list(out.glob("*.partial")) and not (out / "long").exists() and not (out / "long.overlay.mp4").exists()
 
 

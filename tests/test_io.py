@@ -349,3 +349,18 @@ def test_existing_outputs_need_overwrite(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "clip").iterdir()] == ["00000.png"]  # replaced as a whole
     assert np.array_equal(np.array(Image.open(tmp_path / "clip" / "00000.png")), flipped[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]
+
+
+@pytest.mark.parametrize("fmt", ["overlay", "matte-video", "cutout-video"])
+def test_a_video_aborted_before_its_first_frame_logs_nothing(tmp_path, caplog, fmt):
+    """ffmpeg's writer warns "No frames have been written" when closed empty; nothing may reach the terminal."""
+    import logging
+
+    from stma_core.io.outputs import OutputOptions, OutputWriter
+
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(KeyboardInterrupt):
+        with OutputWriter(tmp_path, "clip", [fmt], (64, 48), 24.0, OutputOptions(object_ids=(1,))):
+            raise KeyboardInterrupt
+    assert not [r for r in caplog.records if r.name.startswith("imageio_ffmpeg")], caplog.text
+    assert not list(tmp_path.iterdir())

@@ -298,6 +298,8 @@ def test_bad_frame_midway_leaves_no_output(tmp_path: Path) -> None:
     (["--format", "gif"], "--format: unknown format 'gif'"),
     (["--method", "magic"], "--method: unknown method 'magic'"),
     (["--device", "tpu"], "--device: unknown device 'tpu'"),
+    (["--method", "copy", "--direction", "backward"], "--direction backward: the copy baseline runs forward only"),
+    (["--direction", "backward"], "--direction backward: a --mask annotates the first frame processed"),
 ])
 def test_bad_options(tmp_path: Path, args: list[str], fragment: str) -> None:
     video = tmp_path / "car-shadow.mp4"  # alone: no car-shadow_mask.png beside it as in examples/
@@ -336,3 +338,20 @@ def test_direction_both_segments_frames_before_the_first_mask_and_mask_dir_corre
     # the correction replaced the prediction (it was dropped before: only first appearances were used);
     # that it carries on to later frames is tested on the session (tests/test_session_api.py)
     assert (given & half).sum() / (given | half).sum() > 0.95
+
+
+def test_a_batch_video_without_a_mask_beside_it_fails_alone(tmp_path: Path,
+                                                            small_clips: dict[str, tuple[Path, Path]]) -> None:
+    """Masks beside their videos, one missing: the others run; that video gets its error line and row (exit 1)."""
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    for name, (video, mask) in small_clips.items():
+        shutil.copy(video, videos / video.name)
+        if name != "dog":
+            shutil.copy(mask, videos / mask.name)
+    result = segment(videos, "--method", "copy", "--out", out, "-f", "png")
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines() == [str(out / "camel"), str(out / "car-shadow")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "dog.mp4 has no dog.png beside it" in errors[0], result.stderr
+    assert "2 done, 0 skipped, 1 failed" in result.stderr

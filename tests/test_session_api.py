@@ -96,3 +96,40 @@ def test_remove_objects_and_reset():
     session.reset()
     assert session.objects.count == 0 and len(session.temporal) == 0 and session.frame_index == 0
     assert set(np.unique(session.step(frame))) == {0}
+
+
+def test_probabilities_after_remove_objects_belong_to_the_ids_still_tracked():
+    """object_probabilities() right after remove_objects: no removed object's soft mask under another id."""
+    torch.manual_seed(0)
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[:, :30], mask[:, 60:] = 1, 2
+    session.step(frame, mask)
+    before = session.object_probabilities()
+    session.remove_objects([1])
+    after = session.object_probabilities()
+    assert list(after) == [2] and np.array_equal(after[2], before[2])
+    assert session.probabilities.shape == (2, 64, 96)
+    assert torch.allclose(session.probabilities.sum(0), torch.ones(64, 96), atol=1e-5)  # object 1 became background
+
+
+def test_both_directions_read_each_frame_once_when_the_first_mask_is_on_frame_0():
+    """Nothing lies before frame 0: 'both' must not run a backward pass (from the last correction) for nothing."""
+
+    class Counted(list):
+        reads = 0
+
+        def __getitem__(self, index):
+            Counted.reads += 1
+            return super().__getitem__(index)
+
+    torch.manual_seed(0)
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    rng = np.random.default_rng(0)
+    frames = Counted(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(6))
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 1
+    out = list(session.propagate(frames, {0: mask, 4: mask}, direction="both"))
+    assert [i for i, _ in out] == list(range(6))
+    assert Counted.reads == 6

@@ -95,9 +95,18 @@ class VideoSession:
         self.pending_masks[frame_index] = mask
 
     def remove_objects(self, ids: Iterable[int]) -> None:
-        """Stops tracking these user ids (their memory goes too); raises ValueError for unknown ids."""
+        """Stops tracking these user ids (their memory goes too); raises ValueError for unknown ids.
+
+        The last frame's `probabilities` lose their rows (their probability goes to the background), so
+        they stay in `objects.user_ids` order."""
         gone = self.objects.remove([int(i) for i in ids])
         self.temporal.remove_objects(gone)
+        if self.probabilities is not None and gone:
+            rows = [i + 1 for i in gone]
+            keep = [r for r in range(self.probabilities.shape[0]) if r not in rows]
+            prob = self.probabilities[keep].clone()
+            prob[0] += self.probabilities[rows].sum(0)
+            self.probabilities = prob
         self._memory_version += 1
 
     def propagate(self, frames: Iterable[np.ndarray] | Sequence[np.ndarray],
@@ -137,7 +146,8 @@ class VideoSession:
         first, last = min(given), max(given)
         if direction is Direction.BOTH:
             yield from self._run(frames, range(first, count), given)
-            yield from ((i, m) for i, m in self._run(frames, range(last, -1, -1), given) if i < first)
+            if first > 0:  # the backward pass only yields frames before the first mask
+                yield from ((i, m) for i, m in self._run(frames, range(last, -1, -1), given) if i < first)
         else:
             yield from self._run(frames, range(count - 1, -1, -1), given)
 

@@ -35,7 +35,7 @@ from PIL import Image
 
 from stma_core.io.atomic import partial_path
 from stma_core.io.palette import DAVIS_PALETTE
-from stma_core.io.writers import _STOP, FORMATS, OVERLAY_ALPHA, OverlaySink, Sink, VideoWriter, overlay
+from stma_core.io.writers import _STOP, FORMATS, OVERLAY_ALPHA, OverlaySink, Sink, VideoWriter, close_encoder, overlay
 
 NEW_FORMATS = ("matte", "matte-video", "cutout", "cutout-video", "prob", "prob-npz")
 ALL_FORMATS = FORMATS + NEW_FORMATS
@@ -171,7 +171,7 @@ class _Encoder:
     def close(self) -> None:
         if self._gen is not None:
             gen, self._gen = self._gen, None
-            gen.close()
+            close_encoder(gen)
 
 
 def _matte_encoder(path: Path, size: tuple[int, int], fps: float) -> _Encoder:
@@ -329,7 +329,7 @@ class OutputWriter(VideoWriter):
 
         with OutputWriter(out, "bear", ["png", "matte", "prob"], (854, 480), 24.0,
                           OutputOptions(object_ids=(1, 2))) as writer:
-            writer.write(name, frame, mask, session.probabilities())
+            writer.write(name, frame, mask, session.object_probabilities())
 
     Same guarantees: nothing is visible under a final name until every output of the video is complete.
     """

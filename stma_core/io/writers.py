@@ -16,6 +16,7 @@ Decode with pycocotools: mask = pycocotools.mask.decode({"size": [H, W], "counts
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import warnings
@@ -174,10 +175,22 @@ class OverlaySink:
     def close(self) -> None:
         if self._encoder is not None:
             encoder, self._encoder = self._encoder, None
-            encoder.close()
+            close_encoder(encoder)
 
 
 _STOP = object()
+
+
+def close_encoder(encoder: Iterator) -> None:
+    """Closes an imageio-ffmpeg writer without its log lines on stderr (a video aborted before its first
+    frame makes it warn "No frames have been written"; the partial file is removed anyway)."""
+    log = logging.getLogger("imageio_ffmpeg")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        encoder.close()
+    finally:
+        log.setLevel(level)
 
 
 class VideoWriter:

@@ -1,0 +1,24 @@
+"""README's Python snippets and prose name only session attributes and methods that exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from stma_core import InferenceConfig, VideoSession
+from stma_core.config import ModelConfig
+from stma_core.model.network import STMANetwork
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TINY = ModelConfig(embed_dim=32, stml_depth=1, num_heads=2, key_dim=16, value_dim=32, decoder_dims=(16, 16, 8))
+
+
+def test_every_session_member_the_readme_names_exists():
+    session = VideoSession(STMANetwork(TINY), InferenceConfig(size=64))
+    text = README.read_text(encoding="utf-8")
+    uses = set(re.findall(r"\bsession\.(\w+)(\(?)", text))
+    assert uses, "README names no session member any more; update this test"
+    for name, call in sorted(uses):
+        assert hasattr(session, name), f"README names session.{name}, which VideoSession does not have"
+        if call:
+            assert callable(getattr(session, name)), f"README calls session.{name}(), which is not a method"
