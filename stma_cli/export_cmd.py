@@ -23,15 +23,15 @@ from stma_core.errors import StmaInputError, StmaOutputError
 def default_export_size(checkpoint: Optional[Path]) -> tuple[int, int]:
     """(H, W) that `stma segment` (default --size) processes a 16:9 video at with this checkpoint, so the
     default ONNX run matches the default PyTorch run."""
-    from stma_core.checkpoint import DEFAULT_CHECKPOINT, read_config
-    from stma_core.config import InferenceConfig
+    from stma_core.checkpoint import DEFAULT_CHECKPOINT, read_config, recommended_inference
+    from stma_core.config import resolve_inference_config
     from stma_core.inference.session import processing_size
 
     try:
         _, metadata = read_config(checkpoint or DEFAULT_CHECKPOINT)
     except StmaInputError as exc:
         fail(exc)
-    short = int(metadata.get("inference_size", InferenceConfig.size))
+    short = resolve_inference_config(recommended_inference(metadata)).size  # the one settings resolver
     return processing_size(short, round(short * 16 / 9), short)
 
 

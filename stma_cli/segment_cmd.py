@@ -315,6 +315,10 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
             first = min(unused, key=lambda n: (len(n), n))
             raise StmaInputError(f"{source.path}: a mask annotates frame {first} but the video has {count} frames "
                                  "(0-based names); remove masks past the last frame")
+    except StmaInputError as exc:  # raised while running this video (e.g. by an export's limits): name it
+        progress.remove_task(task)
+        text = str(exc)
+        raise (exc if text.startswith(str(source.path)) else StmaInputError(f"{source.path}: {text}")) from exc
     except BaseException:
         progress.remove_task(task)
         raise

@@ -18,7 +18,9 @@ from stma_core.config import InferenceConfig, ModelConfig, from_dict, to_dict
 from stma_core.errors import StmaInputError
 from stma_core.io.atomic import atomic_write, atomic_write_text
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "stma_lite0_davis16.safetensors"
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+DEFAULT_CHECKPOINT = WEIGHTS / "stma_lite0_duts_davis16.safetensors"  # the shipped model (docs/MODEL.md)
+PREVIOUS_CHECKPOINT = WEIGHTS / "stma_lite0_davis16.safetensors"  # the model before it, kept for comparison
 
 
 def save_model(network: torch.nn.Module, config: ModelConfig, path: str | Path,

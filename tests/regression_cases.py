@@ -19,7 +19,7 @@ FIXTURES = REPO / "tests" / "fixtures" / "regression"
 # small memories so that 16 frames already evict (LFU) and refresh the reference streams
 SMALL_MEMORY = dict(spatial_capacity=1, spatial_every=2, temporal_capacity=2, temporal_every=2)
 CASES = {
-    "car_shadow": "examples/car-shadow.mp4, 16 frames, shipped model, size 288, small memories",
+    "car_shadow": "examples/car-shadow.mp4, 16 frames, the previous shipped model, size 288, small memories",
     "pair": "DAVIS 2016 parkour | camel side by side at half size (2 objects), 12 frames, default memories",
 }
 
@@ -50,9 +50,10 @@ def case_inputs(name: str, data: Path) -> tuple[list[np.ndarray], np.ndarray, In
 
 
 def run_case(name: str, data: Path) -> list[np.ndarray]:
-    """Segments a case with the shipped model on CPU; -> one HxW uint8 id mask per frame."""
+    """Segments a case with the model the fixtures were made with, on CPU; -> one HxW uint8 id mask per frame."""
+    from stma_core.checkpoint import PREVIOUS_CHECKPOINT
     from stma_core.inference.session import session_factory
 
     frames, mask, config = case_inputs(name, data)
-    session = session_factory(None, "cpu", config=config)()
+    session = session_factory(PREVIOUS_CHECKPOINT, "cpu", config=config)()
     return [session.step(frame, mask if i == 0 else None) for i, frame in enumerate(frames)]

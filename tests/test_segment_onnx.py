@@ -54,7 +54,8 @@ def test_segment_with_onnx_engine_matches_torch(tmp_path: Path) -> None:
                                  "--engine", "onnx", "--onnx-dir", str(tmp_path / "onnx")])
     assert result.exit_code == 2, result.output
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "this export is for 512x288" in lines[0] and "re-export with --size 288 288" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {square}: ")
+    assert "this export is for 512x288" in lines[0] and "re-export with --size 288 288" in lines[0]
 
 
 def test_onnx_engine_needs_an_export_folder(tmp_path: Path) -> None:

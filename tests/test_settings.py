@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from stma_cli.app import app
-from stma_core.checkpoint import DEFAULT_CHECKPOINT, load_model, read_config, recommended_inference, save_model
+from stma_core.checkpoint import (DEFAULT_CHECKPOINT, PREVIOUS_CHECKPOINT, load_model, read_config,
+                                  recommended_inference, save_model)
 from stma_core.config import InferenceConfig, ModelConfig, resolve_inference_config
 from stma_core.device import resolve_device
 from stma_core.inference.session import session_factory
@@ -33,21 +34,30 @@ def test_resolution_order_is_overrides_then_config_then_checkpoint_then_defaults
 
 
 def test_checkpoints_with_top_k_in_their_model_config_still_load():
-    """The shipped checkpoint was saved when top_k was a ModelConfig field: ignored, weights unchanged."""
+    """The previous shipped checkpoint was saved when top_k was a ModelConfig field and its size was an
+    `inference_size` key: both still read, weights unchanged."""
     import json
 
     from safetensors import safe_open
 
-    with safe_open(str(DEFAULT_CHECKPOINT), framework="pt") as f:
+    with safe_open(str(PREVIOUS_CHECKPOINT), framework="pt") as f:
         assert "top_k" in json.loads(f.metadata()["model_config"])
-    config, metadata = read_config(DEFAULT_CHECKPOINT)
+    config, metadata = read_config(PREVIOUS_CHECKPOINT)
     assert not hasattr(config, "top_k")
     assert recommended_inference(metadata) == {"size": 288}
-    network, _, _ = load_model(None)  # strict: every tensor matched
-    make = session_factory(None, "cpu")
+    network, _, _ = load_model(PREVIOUS_CHECKPOINT)  # strict: every tensor matched
+    make = session_factory(PREVIOUS_CHECKPOINT, "cpu")
     assert make().config == InferenceConfig(size=288)
-    assert session_factory(None, "cpu", size=200, top_k=12)().config == InferenceConfig(size=200, top_k=12)
+    assert session_factory(PREVIOUS_CHECKPOINT, "cpu", size=200, top_k=12)().config == \
+        InferenceConfig(size=200, top_k=12)
     assert network.config == config
+
+
+def test_the_shipped_checkpoint_recommends_a_whole_inference_config():
+    _, metadata = read_config(DEFAULT_CHECKPOINT)
+    recommended = InferenceConfig(**recommended_inference(metadata))
+    assert session_factory(None, "cpu")().config == recommended
+    assert session_factory(None, "cpu", size=200)().config == InferenceConfig(**{**recommended.__dict__, "size": 200})
 
 
 def test_a_checkpoint_carries_its_recommended_inference_config(tmp_path: Path):

@@ -275,6 +275,14 @@ class VideoSession:
         prob = prob[:, : size[0], : size[1]]
         if (size[0], size[1]) != (height, width):
             prob = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        if given_ids:  # the user's own pixels, not their round trip through the processing scale
+            ids = torch.from_numpy(mask.astype(np.int64)).to(prob.device)
+            rows = torch.tensor([self.objects.index_of(i) + 1 for i in given_ids], device=prob.device)
+            given_full = ids[None] == torch.tensor(given_ids, device=prob.device)[:, None, None]  # (g, H, W)
+            prob = prob.clone()
+            prob[1:, given_full.any(0)] = 0
+            prob[rows] = given_full.to(prob.dtype)  # a given object is exactly its mask on this frame
+            prob[0] = (1 - prob[1:].sum(0)).clamp(min=0)
         self.probabilities = prob
         # argmax over a contiguous last dim: same labels (first max wins), ~8x faster than over dim 0 on CPU
         labels = prob.movedim(0, -1).contiguous().argmax(-1)
