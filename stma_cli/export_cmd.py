@@ -51,7 +51,7 @@ def export(
                                                    help="Frame size the model processes (videos must scale to it: "
                                                         "`--size 480 854` fits 16:9 videos of 480p and larger). "
                                                         "Default: the size `stma segment` processes 16:9 videos at "
-                                                        "with this checkpoint (288 512 for the shipped model)."),
+                                                        "with this checkpoint (480 853 for the shipped model)."),
     objects: int = typer.Option(5, "--objects", help="Most objects per video (graphs for 1..N are written)."),
     memory_frames: Optional[int] = typer.Option(None, "--memory-frames", metavar="T",
                                                 help="Temporal-memory frames the step graph holds "

@@ -27,7 +27,7 @@ def test_segment_with_onnx_engine_matches_torch(tmp_path: Path) -> None:
                                    "--objects", "1", "--quiet"])
     assert exported.exit_code == 0, exported.output
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
-    assert manifest["frame_size"] == [288, 512]
+    assert manifest["frame_size"] == [480, 853]  # 16:9 at 480; 854x480 pads to the same 480x864
     outs = {}
     for engine in ("torch", "onnx"):
         args = ["segment", str(clip), "--mask", str(mask), "--out", str(tmp_path / engine), "--quiet",
@@ -55,7 +55,7 @@ def test_segment_with_onnx_engine_matches_torch(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {square}: ")
-    assert "this export is for 512x288" in lines[0] and "re-export with --size 288 288" in lines[0]
+    assert "this export is for 853x480" in lines[0] and "re-export with --size 480 480" in lines[0]
 
 
 def test_onnx_engine_needs_an_export_folder(tmp_path: Path) -> None:

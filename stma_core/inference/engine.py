@@ -44,7 +44,7 @@ class Engine(Protocol):
 
     @property
     def frame_size(self) -> tuple[int, int] | None:
-        """(H, W) every frame must be processed at (graphs exported for one size), or None for any size."""
+        """(H, W) an exported graph was made for (frames must pad to the same multiples of 16), or None."""
         ...
 
     def encode_frame(self, image: torch.Tensor) -> FrameFeatures:

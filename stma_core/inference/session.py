@@ -199,7 +199,8 @@ class VideoSession:
         h, w = frame.shape[:2]
         ph, pw = processing_size(h, w, self.config.size)
         fixed = self.engine.frame_size
-        if fixed is not None and tuple(fixed) != (ph, pw):
+        if fixed is not None and (-(-fixed[0] // 16), -(-fixed[1] // 16)) != (-(-ph // 16), -(-pw // 16)):
+            # graphs see frames padded to multiples of 16: any size that pads to the export's runs on it
             raise StmaInputError(f"a {w}x{h} frame is processed at {pw}x{ph} but this export is for "
                                  f"{fixed[1]}x{fixed[0]}; re-export with --size {ph} {pw} (or pass frames that "
                                  f"scale to {fixed[1]}x{fixed[0]})")
