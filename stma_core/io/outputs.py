@@ -35,7 +35,7 @@ from PIL import Image
 
 from stma_core.io.atomic import partial_path
 from stma_core.io.palette import DAVIS_PALETTE
-from stma_core.io.writers import _STOP, FORMATS, OVERLAY_ALPHA, OverlaySink, Sink, VideoWriter, close_encoder, overlay
+from stma_core.io.writers import FORMATS, OVERLAY_ALPHA, OverlaySink, Sink, VideoWriter, close_encoder, overlay
 
 NEW_FORMATS = ("matte", "matte-video", "cutout", "cutout-video", "prob", "prob-npz")
 ALL_FORMATS = FORMATS + NEW_FORMATS
@@ -362,22 +362,13 @@ class OutputWriter(VideoWriter):
             return ProbNpzSink(final, o)
         return super()._open_sink(fmt, final)
 
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            if self._error is not None:
-                continue  # keep draining so the producer never blocks forever
-            try:
-                name, frame, (mask, soft) = item
-                for sink in self._sinks:
-                    if getattr(sink, "wants_probabilities", False):
-                        sink.write_soft(name, frame, mask, soft)  # type: ignore[attr-defined]
-                    else:
-                        sink.write(name, frame, mask)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                self._error = exc
+    def _write_item(self, item: tuple) -> None:
+        name, frame, (mask, soft) = item
+        for sink in self._sinks:
+            if getattr(sink, "wants_probabilities", False):
+                sink.write_soft(name, frame, mask, soft)  # type: ignore[attr-defined]
+            else:
+                sink.write(name, frame, mask)
 
 
 __all__ = ["ALL_FORMATS", "NEW_FORMATS", "VIDEO_FORMATS", "OutputOptions", "OutputWriter", "all_output_paths",

@@ -278,10 +278,15 @@ class VideoWriter:
             if self._error is not None:
                 continue  # keep draining so the producer never blocks forever
             try:
-                for sink in self._sinks:
-                    sink.write(*item)
+                self._write_item(item)
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 self._error = exc
+
+    def _write_item(self, item: tuple) -> None:
+        """Hands one queued frame to every sink (on the writer thread); a writer with richer items
+        (io/outputs.py: soft masks too) unpacks its own."""
+        for sink in self._sinks:
+            sink.write(*item)
 
     def _stop(self) -> None:
         if self._thread.is_alive():
