@@ -42,6 +42,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "examples" / "car-shadow.mp4"
 CLIP_MASK = REPO / "examples" / "car-shadow_mask.png"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark scripts
+from segment_speed import split_objects  # noqa: E402  the same id split the CPU speed benchmark uses
 IOU_MIN = 0.98
 
 
@@ -70,28 +72,12 @@ class Plan:
 # ---- helpers ---------------------------------------------------------------------------------------
 def load_clip(count: int) -> tuple[list[np.ndarray], np.ndarray]:
     """The first `count` RGB frames (HxWx3 uint8) of the bundled clip and its first-frame id mask (HxW uint8)."""
-    import imageio_ffmpeg
     from PIL import Image
 
-    reader = imageio_ffmpeg.read_frames(str(CLIP))
-    meta = next(reader)
-    width, height = meta["size"]
-    frames = []
-    for raw in reader:
-        frames.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3).copy())
-        if len(frames) == count:
-            break
-    reader.close()
+    from stma_core.io.frames import open_frames
+
+    frames = [frame for _, (_, frame) in zip(range(count), open_frames(CLIP))]
     return frames, (np.array(Image.open(CLIP_MASK)) > 0).astype(np.uint8)
-
-
-def split_objects(mask: np.ndarray, count: int) -> np.ndarray:
-    """The object's pixels as `count` ids, split by column at equal pixel counts."""
-    ys, xs = np.nonzero(mask)
-    out = np.zeros(mask.shape, np.uint8)
-    cuts = np.quantile(xs, np.linspace(0, 1, count + 1)[1:-1]) if count > 1 else np.array([])
-    out[ys, xs] = (np.searchsorted(cuts, xs, side="right") + 1).astype(np.uint8)
-    return out
 
 
 def mean_iou(a: np.ndarray, b: np.ndarray) -> float:

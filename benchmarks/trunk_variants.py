@@ -18,24 +18,20 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image
 
 from stma_core.checkpoint import DEFAULT_CHECKPOINT, read_config, save_model
 from stma_core.inference.session import session_factory
+from stma_core.io.frames import open_frames
 from stma_core.model.network import STMANetwork
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def example_frames(count: int) -> tuple[list[np.ndarray], np.ndarray]:
-    reader = imageio_ffmpeg.read_frames(str(REPO / "examples" / "car-shadow.mp4"))
-    meta = next(reader)
-    w, h = meta["size"]
-    frames = [np.frombuffer(b, np.uint8).reshape(h, w, 3) for _, b in zip(range(count), reader)]
-    reader.close()
+    frames = [frame for _, (_, frame) in zip(range(count), open_frames(REPO / "examples" / "car-shadow.mp4"))]
     return frames, np.array(Image.open(REPO / "examples" / "car-shadow_mask.png"))
 
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import cv2
 import numpy as np
@@ -93,12 +93,10 @@ def _parse_formats(values: list[str]) -> list[str]:
     return formats
 
 
-def _check_device(device: str) -> str:
-    """The device the model runs on: one line and exit 2 if unusable here (stma_core.device.resolve_device
-    then picks it; under torchrun, this rank's GPU)."""
+def _resolve_device(device: str) -> str:
+    """The device the model runs on, for a --device value check_device accepted (stma_core.device picks
+    it: auto -> cuda, mps or cpu; under torchrun, this rank's GPU)."""
     from stma_core.device import resolve_device
-
-    device = check_device(device)
 
     try:
         return str(resolve_device(device))
@@ -285,33 +283,24 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
                                                                     select.step))
     task = progress.add_task(escape(source.name), total=expected)
     soft_of = getattr(propagator, "object_probabilities", None) if soft else None
-    unused = set(masks)
-    stopped_early = False
+    frames = _SelectedFrames(source, select)
     try:
-        names = _frame_names(source, masks)
         start = select.start if select is not None else 0
-        first = min((names.index(n) for n in masks if n in names), default=start)
+        first = min((_frame_index(source, n) for n in masks), default=start)
         backward = direction is Direction.BACKWARD or (direction is Direction.BOTH and first > start)
         if backward and callable(getattr(propagator, "propagate", None)):  # the model; baselines run forward
-            count, unused, stopped_early = _segment_out_of_order(source, masks, propagator, writer, progress, task,
-                                                                 direction, select, soft_of)
+            count = _segment_out_of_order(frames, masks, propagator, writer, progress, task, direction, soft_of)
         else:
             count = 0
-            for index, (name, frame) in enumerate(source):
-                unused.discard(name)
-                if select is not None:
-                    if index >= select.stop:
-                        stopped_early = True  # frames after --end are not read, nor are their masks checked
-                        break
-                    if index not in select:
-                        continue
+            for name, frame in frames:
                 result = propagator.step(frame, masks.get(name))
                 _write(writer, name, frame, result, soft_of() if soft_of is not None else None)
                 count += 1
                 progress.update(task, advance=1, total=max(count, expected))
         if count == 0:
             raise StmaInputError(f"{source.path}: no frame could be decoded; re-encode the video")
-        if unused and not stopped_early:  # a mask for a frame the video does not have would silently drop its objects
+        unused = set(masks) - frames.seen
+        if unused and not frames.stopped_early:  # a mask for a frame the video lacks would silently drop objects
             first = min(unused, key=lambda n: (len(n), n))
             raise StmaInputError(f"{source.path}: a mask annotates frame {first} but the video has {count} frames "
                                  "(0-based names); remove masks past the last frame")
@@ -326,11 +315,25 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
     return count
 
 
-def _frame_names(source: FrameSource, masks: dict[str, np.ndarray]) -> list[str]:
-    if isinstance(source, FrameFolderSource):
-        return source.frame_names
-    last = max((int(n) for n in masks), default=0)
-    return [source.frame_name(i) for i in range(max(source.frame_count, last + 1))]
+class _SelectedFrames:
+    """(name, frame) of the frames `select` chooses (all if None), decoding no further than --end; notes
+    which frame names were decoded, and whether reading stopped at --end (later masks go unchecked)."""
+
+    def __init__(self, source: FrameSource, select: range | None) -> None:
+        self.source, self.select = source, select
+        self.seen: set[str] = set()
+        self.stopped_early = False
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for index, (name, frame) in enumerate(self.source):
+            self.seen.add(name)
+            if self.select is not None:
+                if index >= self.select.stop:
+                    self.stopped_early = True
+                    return
+                if index not in self.select:
+                    continue
+            yield name, frame
 
 
 def _write(writer: OutputWriter, name: str, frame: np.ndarray, result: np.ndarray,
@@ -360,28 +363,20 @@ class _DiskFrames:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _segment_out_of_order(source: FrameSource, masks: dict[str, np.ndarray], session: Any, writer: OutputWriter,
-                          progress: Progress, task: TaskID, direction: Direction, select: range | None,
-                          soft_of: Callable[[], dict[int, np.ndarray]] | None) -> tuple[int, set[str], bool]:
+def _segment_out_of_order(selected: _SelectedFrames, masks: dict[str, np.ndarray], session: Any,
+                          writer: OutputWriter, progress: Progress, task: TaskID, direction: Direction,
+                          soft_of: Callable[[], dict[int, np.ndarray]] | None) -> int:
     """Backward or both directions: results come out of order; each is kept PNG-compressed (small)
-    until every frame before it is written. -> (frames, mask names matching no frame, stopped early)."""
-    unused = set(masks)
-    stopped_early = False
+    until every frame before it is written. -> the number of frames."""
     with tempfile.TemporaryDirectory(prefix=".stma-frames-", dir=writer.out_dir) as folder:
         frames, names = _DiskFrames(Path(folder)), []
-        for index, (name, frame) in enumerate(source):
-            unused.discard(name)
-            if select is not None:
-                if index >= select.stop:
-                    stopped_early = True
-                    break
-                if index not in select:
-                    continue
+        for name, frame in selected:
             frames.append(frame)
             names.append(name)
         given = {names.index(n): m for n, m in masks.items() if n in names}
         if not given:
-            raise StmaInputError(f"{source.path}: no mask matches a frame of this video; name masks like its frames")
+            raise StmaInputError(f"{selected.source.path}: no mask matches a frame of this video; "
+                                 "name masks like its frames")
         pending: dict[int, tuple[bytes, dict[int, bytes] | None]] = {}
         done = 0
 
@@ -400,7 +395,7 @@ def _segment_out_of_order(source: FrameSource, masks: dict[str, np.ndarray], ses
                 _write(writer, names[done], frames[done], decode(mask),
                        {k: decode(v) for k, v in soft.items()} if soft is not None else None)
                 done += 1
-        return done, unused, stopped_early
+        return done
 
 
 # ---- command ---------------------------------------------------------------------------------------
@@ -488,7 +483,7 @@ def segment(
              "(<frame>.png), or use --direction forward or both")
     device = check_device(device)  # a wrong --device is a mistake whatever the method
     if method == "stma" and engine == "torch":
-        device = _check_device(device)
+        device = _resolve_device(device)
     extras = _check_extras(start, end, stride, fps, objects, overlay_alpha, overlay_style, labels, alpha_codec)
     if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
         warn(stderr_console(), f"--fps only sets the frame rate of {', '.join(VIDEO_FORMATS)} outputs; none is requested")
@@ -606,15 +601,14 @@ def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Pat
         prop = propagator()
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))
-        options = dataclasses.replace(extras.options, object_ids=object_ids)
+        options = dataclasses.replace(extras.options, object_ids=object_ids)  # also the Outcome's object count
         fps = extras.fps or source.fps / extras.stride
         with OutputWriter(out, job.name, todo, source.size, fps, options, overwrite=overwrite) as writer:
             frames = _segment_video(source, masks, prop, writer, progress, select, soft, direction)
         seconds = time.perf_counter() - start
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")
-        objects = len({int(i) for m in masks.values() for i in np.unique(m) if i != 0})
-        return Outcome(job.name, "done", frames, seconds, list(paths.values()), objects=objects)
+        return Outcome(job.name, "done", frames, seconds, list(paths.values()), objects=len(object_ids))
     except _Stop:
         raise
     except (StmaInputError, StmaOutputError) as exc:

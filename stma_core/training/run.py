@@ -69,16 +69,16 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
         raise StmaInputError(f"{cfg.init_from}: init_from checkpoint not found; train the earlier stage first "
                              "or fix init_from / --init-from")
     rank = distributed.current()
-    mixed: list | None = None
-    if cfg.stage == "main" and cfg.static_mix_prob > 0:
-        if cfg.static_images is None:
-            raise StmaInputError(f"{config_path}: static_mix_prob needs static_images and static_masks "
-                                 "(or --static-images/--static-masks)")
-        mixed, _ = list_still_folder(Path(cfg.static_images), Path(cfg.static_masks), cfg.static_holdout)
-        if log and rank.is_main:
-            log(f"main stage mixes in static clips ({cfg.static_mix_prob:.0%} of batches) from {len(mixed)} stills")
+    mix = cfg.stage == "main" and cfg.static_mix_prob > 0
+    if mix and cfg.static_images is None:
+        raise StmaInputError(f"{config_path}: static_mix_prob needs static_images and static_masks "
+                             "(or --static-images/--static-masks)")
+    folder_stills, held_out = list_still_folder(Path(cfg.static_images), Path(cfg.static_masks),
+                                                cfg.static_holdout) if stills or mix else ([], [])
+    if mix and log and rank.is_main:
+        log(f"main stage mixes in static clips ({cfg.static_mix_prob:.0%} of batches) from {len(folder_stills)} stills")
     if stills:
-        train_data, held_out = list_still_folder(Path(cfg.static_images), Path(cfg.static_masks), cfg.static_holdout)
+        train_data = folder_stills
         if log and rank.is_main:
             log(f"static stage: {len(train_data)} still image + mask pairs from {cfg.static_images} "
                 f"({len(held_out)} held out)")
@@ -101,7 +101,7 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
                             device=device)
             distributed.barrier()
             train_data = load_cache(cache, names)
-    trainer = Trainer(cfg, train_data, out, device=device, stills=mixed)
+    trainer = Trainer(cfg, train_data, out, device=device, stills=folder_stills if mix else None)
     if not fresh:
         trainer.resume()
         if log and rank.is_main:
