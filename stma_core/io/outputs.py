@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Iterator
 
 import cv2
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
 from stma_core.io.atomic import partial_path
 from stma_core.io.palette import DAVIS_PALETTE
-from stma_core.io.writers import FORMATS, OVERLAY_ALPHA, OverlaySink, Sink, VideoWriter, close_encoder, overlay
+from stma_core.io.writers import (FORMATS, OVERLAY_ALPHA, FrameEncoder, OverlaySink, Sink, VideoWriter,
+                                  overlay)
 
 NEW_FORMATS = ("matte", "matte-video", "cutout", "cutout-video", "prob", "prob-npz")
 ALL_FORMATS = FORMATS + NEW_FORMATS
@@ -148,40 +148,20 @@ def hard_probabilities(mask: np.ndarray, object_ids: tuple[int, ...]) -> SoftMas
 
 
 # ---- video encoding ------------------------------------------------------------------------------
-class _Encoder:
-    """One ffmpeg process fed raw frames; odd sizes are padded to even (4:2:0 needs even sizes)."""
-
-    def __init__(self, path: Path, size: tuple[int, int], fps: float, pix_fmt_in: str, codec: str,
-                 pix_fmt_out: str, params: list[str]) -> None:
-        width, height = size
-        self._pad = (height % 2, width % 2)
-        self._gen: Iterator | None = imageio_ffmpeg.write_frames(
-            str(path), (width + self._pad[1], height + self._pad[0]), fps=fps, codec=codec, pix_fmt_in=pix_fmt_in,
-            pix_fmt_out=pix_fmt_out, quality=None, macro_block_size=1, ffmpeg_log_level="error",
-            output_params=params)
-        self._gen.send(None)  # starts ffmpeg
-
-    def send(self, image: np.ndarray) -> None:
-        assert self._gen is not None
-        if any(self._pad):
-            pad = ((0, self._pad[0]), (0, self._pad[1])) + ((0, 0),) * (image.ndim - 2)
-            image = np.pad(image, pad, mode="edge" if image.ndim == 2 or image.shape[-1] == 3 else "constant")
-        self._gen.send(np.ascontiguousarray(image).tobytes())
-
-    def close(self) -> None:
-        if self._gen is not None:
-            gen, self._gen = self._gen, None
-            close_encoder(gen)
+def _encoder(path: Path, size: tuple[int, int], fps: float, pix_fmt_in: str, codec: str, pix_fmt_out: str,
+             params: list[str]) -> FrameEncoder:
+    return FrameEncoder(path, size, fps, codec=codec, pix_fmt_in=pix_fmt_in, pix_fmt_out=pix_fmt_out, quality=None,
+                        output_params=params)
 
 
-def _matte_encoder(path: Path, size: tuple[int, int], fps: float) -> _Encoder:
-    return _Encoder(path, size, fps, "gray", "libx264", "yuv420p", ["-crf", "12", "-f", "mp4"])
+def _matte_encoder(path: Path, size: tuple[int, int], fps: float) -> FrameEncoder:
+    return _encoder(path, size, fps, "gray", "libx264", "yuv420p", ["-crf", "12", "-f", "mp4"])
 
 
-def _alpha_encoder(path: Path, size: tuple[int, int], fps: float, codec: str) -> _Encoder:
+def _alpha_encoder(path: Path, size: tuple[int, int], fps: float, codec: str) -> FrameEncoder:
     if codec == "prores":
-        return _Encoder(path, size, fps, "rgba", "prores_ks", "yuva444p10le", ["-profile:v", "4444", "-f", "mov"])
-    return _Encoder(path, size, fps, "rgba", "libvpx-vp9", "yuva420p",
+        return _encoder(path, size, fps, "rgba", "prores_ks", "yuva444p10le", ["-profile:v", "4444", "-f", "mov"])
+    return _encoder(path, size, fps, "rgba", "libvpx-vp9", "yuva420p",
                     ["-crf", "24", "-b:v", "0", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1",
                      "-auto-alt-ref", "0", "-f", "webm"])
 
@@ -227,7 +207,7 @@ class _VideosSink(_FolderSink):
     def __init__(self, final: Path, options: OutputOptions, size: tuple[int, int], fps: float) -> None:
         super().__init__(final)
         self.options = options
-        self._encoders: dict[str, _Encoder] = {}
+        self._encoders: dict[str, FrameEncoder] = {}
         try:
             for key in options.keys():
                 self._encoders[key] = self._open(self.partial / f"{key}{self.suffix}", size, fps)
@@ -235,7 +215,7 @@ class _VideosSink(_FolderSink):
             self.close()
             raise
 
-    def _open(self, path: Path, size: tuple[int, int], fps: float) -> _Encoder:
+    def _open(self, path: Path, size: tuple[int, int], fps: float) -> FrameEncoder:
         return _matte_encoder(path, size, fps)
 
     def _image(self, frame: np.ndarray, binary: np.ndarray) -> np.ndarray:
@@ -263,7 +243,7 @@ class CutoutVideoSink(_VideosSink):
         self.suffix = ALPHA_CODECS[options.alpha_codec]
         super().__init__(final, options, size, fps)
 
-    def _open(self, path: Path, size: tuple[int, int], fps: float) -> _Encoder:
+    def _open(self, path: Path, size: tuple[int, int], fps: float) -> FrameEncoder:
         return _alpha_encoder(path, size, fps, self.options.alpha_codec)
 
     def _image(self, frame: np.ndarray, binary: np.ndarray) -> np.ndarray:
@@ -315,12 +295,8 @@ class StyledOverlaySink(OverlaySink):
         self.options = options
 
     def write(self, name: str, frame: np.ndarray, mask: np.ndarray) -> None:
-        assert self._encoder is not None
         o = self.options
-        image = styled_overlay(frame, mask, o.overlay_alpha, o.overlay_style, o.labels)
-        if any(self._pad):
-            image = np.pad(image, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
-        self._encoder.send(np.ascontiguousarray(image).tobytes())
+        self._encoder.send(styled_overlay(frame, mask, o.overlay_alpha, o.overlay_style, o.labels))
 
 
 # ---- the writer ----------------------------------------------------------------------------------

@@ -150,32 +150,47 @@ class RleSink:
             self._file = None
 
 
+class FrameEncoder:
+    """One ffmpeg process (imageio-ffmpeg) fed raw frames; odd sizes are padded to even (4:2:0 needs
+    even sizes): RGB/grey edges are repeated, alpha padding is transparent. `options` go to
+    imageio_ffmpeg.write_frames (codec, pix_fmt_in/out, quality, output_params, ...)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, **options) -> None:
+        width, height = size
+        self._pad = (height % 2, width % 2)
+        self._gen: Iterator | None = imageio_ffmpeg.write_frames(
+            str(path), (width + self._pad[1], height + self._pad[0]), fps=fps, macro_block_size=1,
+            ffmpeg_log_level="error", **options)
+        self._gen.send(None)  # starts ffmpeg
+
+    def send(self, image: np.ndarray) -> None:
+        assert self._gen is not None
+        if any(self._pad):
+            pad = ((0, self._pad[0]), (0, self._pad[1])) + ((0, 0),) * (image.ndim - 2)
+            image = np.pad(image, pad, mode="edge" if image.ndim == 2 or image.shape[-1] == 3 else "constant")
+        self._gen.send(np.ascontiguousarray(image).tobytes())
+
+    def close(self) -> None:
+        if self._gen is not None:
+            gen, self._gen = self._gen, None
+            close_encoder(gen)
+
+
 class OverlaySink:
-    """H.264 mp4 of the frames with the masks blended in (odd sizes padded to even for yuv420p)."""
+    """H.264 mp4 of the frames with the masks blended in."""
 
     def __init__(self, final: Path, size: tuple[int, int], fps: float) -> None:
         self.final, self.partial = final, partial_path(final)
-        width, height = size
-        self._pad = (height % 2, width % 2)
-        self._encoder: Iterator | None = imageio_ffmpeg.write_frames(
-            str(self.partial), (width + self._pad[1], height + self._pad[0]), fps=fps, macro_block_size=1,
-            ffmpeg_log_level="error", output_params=["-f", "mp4"])
-        self._encoder.send(None)  # starts ffmpeg
+        self._encoder = FrameEncoder(self.partial, size, fps, output_params=["-f", "mp4"])
 
     def write(self, name: str, frame: np.ndarray, mask: np.ndarray) -> None:
-        assert self._encoder is not None
-        image = overlay(frame, mask)
-        if any(self._pad):
-            image = np.pad(image, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
-        self._encoder.send(np.ascontiguousarray(image).tobytes())
+        self._encoder.send(overlay(frame, mask))
 
     def finish(self) -> None:
         self.close()
 
     def close(self) -> None:
-        if self._encoder is not None:
-            encoder, self._encoder = self._encoder, None
-            close_encoder(encoder)
+        self._encoder.close()
 
 
 _STOP = object()
