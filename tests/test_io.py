@@ -225,7 +225,7 @@ def test_mask_folder_and_objects_appearing_later(tmp_path: Path, tennis: Path) -
     assert list(masks) == ["00000", "00001"] and all(m.object_ids == [1, 2] for m in masks.values())
     first = masks["00000"].ids
     only_one = np.where(first == 2, 0, first).astype(np.uint8)
-    given = keep_new_objects({"00000": only_one, "00003": masks["00001"].ids, "00005": first}, ["00000", "00003", "00005"])
+    given = keep_new_objects([("00000", only_one), ("00003", masks["00001"].ids), ("00005", first)])
     assert list(given) == ["00000", "00003"]  # 00005 adds no new object
     assert np.array_equal(given["00000"], only_one)
     assert np.unique(given["00003"]).tolist() == [0, 2]

@@ -24,6 +24,7 @@ from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import DAVIS_RESOLUTION, check_davis_root, short_list
 from stma_core.eval.scoring import VOID_ID, read_id_mask
 from stma_core.inference.propagator import Propagator
+from stma_core.io.masks import keep_new_objects
 from stma_core.io.writers import save_palette_png
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -85,22 +86,18 @@ def davis_given_masks(annotation_folder: Path, davis2016: bool = False) -> dict[
 
     davis2016: a sequence whose masks are all 0/255 (the original DAVIS 2016 release) has 255 = object 1.
     """
-    given: dict[str, np.ndarray] = {}
-    seen: set[int] = set()
     pngs = sorted(annotation_folder.glob("*.png"))
     binary255 = davis2016 and bool(pngs) and all(
         set(np.unique(read_id_mask(png, "GT mask")).tolist()) <= {0, VOID_ID} for png in pngs[:1])
-    for png in pngs:
-        mask = read_id_mask(png, "GT mask")
-        if binary255 and not (mask[(mask != 0) & (mask != VOID_ID)]).any():
-            mask = (mask == VOID_ID).astype(np.uint8)
-        mask = np.where(mask == VOID_ID, 0, mask).astype(np.uint8)
-        ids = {int(i) for i in np.unique(mask) if i != 0}
-        new = sorted(ids - seen)
-        if new:
-            given[png.stem] = np.where(np.isin(mask, new), mask, 0).astype(np.uint8)
-            seen |= ids
-    return given
+
+    def cleaned():  # void is background here; DAVIS 2016's 255 is object 1
+        for png in pngs:
+            mask = read_id_mask(png, "GT mask")
+            if binary255 and not (mask[(mask != 0) & (mask != VOID_ID)]).any():
+                mask = (mask == VOID_ID).astype(np.uint8)
+            yield png.stem, np.where(mask == VOID_ID, 0, mask).astype(np.uint8)
+
+    return keep_new_objects(cleaned())
 
 
 def segment_davis(root: Path, sequences: Iterable[str], make: Callable[[], Propagator], out_dir: Path,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -375,18 +376,17 @@ def load_mask_folder(folder: str | Path) -> dict[str, LoadedMask]:
     return masks
 
 
-def keep_new_objects(masks: dict[str, np.ndarray], frame_order: list[str]) -> dict[str, np.ndarray]:
+def keep_new_objects(masks: Iterable[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The semi-supervised protocol: each object is given once, on the first annotated frame it appears in.
 
-    Later annotations of an already given object are dropped (so a complete ground-truth folder is used
-    exactly as a benchmark would use it); frames left without a new object are dropped.
+    masks: (frame name, HxW uint8 id mask) in frame order; read one at a time, so a generator keeps
+    only the masks that are given in memory. Later annotations of an already given object are dropped
+    (so a complete ground-truth folder is used exactly as a benchmark would use it); frames left
+    without a new object are dropped.
     """
     seen: set[int] = set()
     out: dict[str, np.ndarray] = {}
-    for name in frame_order:
-        if name not in masks:
-            continue
-        ids = masks[name]
+    for name, ids in masks:
         new = [int(i) for i in np.unique(ids) if i != 0 and int(i) not in seen]
         if not new:
             continue
