@@ -277,3 +277,30 @@ def test_existing_run_and_missing_init(tmp_path: Path) -> None:
     assert_bad_input(train("--config", config, "--data", tmp_path, "--out", tmp_path / "o"), "--resume")
     assert_bad_input(train("--config", config, "--data", tmp_path, "--out", tmp_path / "fresh",
                            "--init-from", tmp_path / "static.safetensors"), "init_from checkpoint not found")
+
+
+# ---- feature cache at another scale ---------------------------------------------------------------
+
+def test_upscaled_cache_masks_keep_ids_and_follow_the_true_outline() -> None:
+    """Training at 480p from 288p DAVIS train masks: the smooth upscale is closer to the true 480p
+    outline than nearest-neighbour stairs, keeps every id (void 255 included), and downscaling and
+    equal sizes stay exact."""
+    import cv2
+
+    from stma_core.training.feature_cache import resize_ids
+
+    truth = np.asarray(Image.open(REPO / "examples" / "car-shadow_mask.png"))  # real 854x480 DAVIS mask
+    truth = np.where(truth > 0, 1, 0).astype(np.uint8)
+    truth[:8, :8] = 255
+    small = cv2.resize(truth, (512, 288), interpolation=cv2.INTER_NEAREST)
+    smooth = resize_ids(small, (480, 854))
+    stairs = cv2.resize(small, (854, 480), interpolation=cv2.INTER_NEAREST)
+
+    def iou(a: np.ndarray) -> float:
+        return float(((a == 1) & (truth == 1)).sum() / ((a == 1) | (truth == 1)).sum())
+
+    assert smooth.shape == (480, 854) and smooth.dtype == np.uint8
+    assert set(np.unique(smooth)) == {0, 1, 255}
+    assert iou(smooth) > iou(stairs) > 0.9
+    assert np.array_equal(resize_ids(small, (288, 512)), small)
+    assert np.array_equal(resize_ids(truth, (288, 512)), small)

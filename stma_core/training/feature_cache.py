@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -55,6 +56,21 @@ def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
     return frames, masks
 
 
+def resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Id mask (H, W) uint8 -> `size` (H, W). Upscaling resizes each id's indicator bilinearly and takes
+    the arg-max, so a 288p DAVIS train mask trained at 480p has smooth edges instead of nearest-neighbour
+    stairs that the images (resized bilinearly) do not have; downscaling stays nearest."""
+    h, w = size
+    if ids.shape == (h, w):
+        return ids
+    if h < ids.shape[0] or w < ids.shape[1]:
+        return cv2.resize(ids, (w, h), interpolation=cv2.INTER_NEAREST)
+    values = np.unique(ids)
+    soft = np.stack([cv2.resize((ids == v).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+                     for v in values])
+    return values[soft.argmax(0)].astype(ids.dtype)
+
+
 @torch.inference_mode()
 def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] = (288, 512),
                 batch: int = 8, progress=None, variant: str = "lite0",
@@ -70,7 +86,7 @@ def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] =
             continue
         image_files, mask_paths = frame_paths(root, name)
         images = [np.asarray(Image.open(p).convert("RGB").resize((w, h), Image.BILINEAR)) for p in image_files]
-        masks = [np.asarray(Image.open(p).resize((w, h), Image.NEAREST)) for p in mask_paths]
+        masks = [resize_ids(np.asarray(Image.open(p)), (h, w)) for p in mask_paths]
         maps: dict[str, list[torch.Tensor]] = {"f4": [], "f8": [], "f16": []}
         for i in range(0, len(images), batch):
             x = torch.from_numpy(np.stack(images[i:i + batch])).permute(0, 3, 1, 2).to(device).float() / 255
