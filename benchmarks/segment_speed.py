@@ -88,7 +88,8 @@ def make_factory(args: dict[str, Any]) -> Callable[[], Any]:
         return make_onnx_propagator_factory(args["onnx_dir"], threads=args["threads"])
     from stma_core.inference.session import session_factory
 
-    return session_factory(checkpoint=args["checkpoint"], device=args["device"], size=args["size"])
+    return session_factory(checkpoint=args["checkpoint"], device=args["device"], size=args["size"],
+                           kernel_sigma=args["kernel_sigma"])
 
 
 def full_memory_frame() -> int:
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--omp-passive", action="store_true",
                         help="children run with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep, not spin)")
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--kernel-sigma", type=int, default=None, help="readout kernel (default: the checkpoint's)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -211,7 +213,7 @@ def main() -> None:
 
             onnx_dir = str(tmp / "onnx")
             export_model(checkpoint, onnx_dir, "onnx", size=processing_size(height, width, args.size),
-                         objects=max(args.objects))
+                         objects=max(args.objects), kernel_sigma=args.kernel_sigma)
         mp4 = tmp / f"{args.sequence}.mp4"
         if "e2e" in args.modes:
             encode_mp4(clip, mp4)
@@ -220,6 +222,7 @@ def main() -> None:
                 spec = {"sequence": args.sequence, "frames": args.frames, "runs": args.runs, "size": args.size,
                         "objects": objects, "mode": mode, "engine": args.engine, "onnx_dir": onnx_dir,
                         "device": args.device, "threads": args.threads, "checkpoint": checkpoint,
+                        "kernel_sigma": args.kernel_sigma,
                         "mp4": str(mp4), "out": str(tmp / "out")}
                 env = {**os.environ, **({"OMP_WAIT_POLICY": "PASSIVE"} if args.omp_passive else {})}
                 proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
@@ -233,7 +236,8 @@ def main() -> None:
 
     print(json.dumps({
         "benchmark": "segment_speed", "sequence": args.sequence, "frame_size": [width, height],
-        "processing_short_side": args.size, "weights": weight_note, "engine": args.engine,
+        "processing_short_side": args.size, "kernel_sigma": args.kernel_sigma, "weights": weight_note,
+        "engine": args.engine,
         "threads": args.threads or "library default", "omp_wait_policy": "PASSIVE" if args.omp_passive else "default",
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()], "full_memory_from_frame": full_memory_frame(),
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),

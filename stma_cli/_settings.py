@@ -15,7 +15,7 @@ from stma_cli._common import fail
 from stma_core.config import SETTING_MINIMUMS, InferenceConfig
 
 _D = InferenceConfig()
-FLAGS = {"size": "--size", "top_k": "--top-k", "spatial_capacity": "--spatial-capacity",
+FLAGS = {"size": "--size", "top_k": "--top-k", "kernel_sigma": "--kernel-sigma", "spatial_capacity": "--spatial-capacity",
          "spatial_every": "--spatial-every", "temporal_capacity": "--temporal-capacity",
          "temporal_every": "--temporal-every"}
 
@@ -24,10 +24,14 @@ def _shown(value: object) -> str:
     return f"{value} or the checkpoint's"
 
 
-SIZE = typer.Option(None, "--size", show_default="the checkpoint's: 288 for the shipped model",
+SIZE = typer.Option(None, "--size", show_default="the checkpoint's: 480 for the shipped model",
                     help="Short side the model works at (outputs always keep the input size).")
 TOP_K = typer.Option(None, "--top-k", show_default=_shown(_D.top_k),
                      help="Memory readout keeps the k best matches per position (0 = all).")
+KERNEL_SIGMA = typer.Option(None, "--kernel-sigma", show_default=_shown(_D.kernel_sigma),
+                            help="Memory readout favours each memory entry's best match and its surroundings "
+                                 "(Gaussian of this sigma in 16-pixel cells; 0 = off), so look-alikes "
+                                 "elsewhere in the frame are not taken for the object.")
 SPATIAL_CAPACITY = typer.Option(None, "--spatial-capacity", show_default=_shown(_D.spatial_capacity),
                                 help="Reference frames kept, besides frames where objects were first given.")
 SPATIAL_EVERY = typer.Option(None, "--spatial-every", show_default=_shown(_D.spatial_every),
@@ -40,11 +44,11 @@ TEMPORAL_EVERY = typer.Option(None, "--temporal-every", show_default=_shown(_D.t
 
 def settings_from_flags(size: Optional[int] = None, top_k: Optional[int] = None,
                         spatial_capacity: Optional[int] = None, spatial_every: Optional[int] = None,
-                        temporal_capacity: Optional[int] = None, temporal_every: Optional[int] = None
-                        ) -> dict[str, Any]:
+                        temporal_capacity: Optional[int] = None, temporal_every: Optional[int] = None,
+                        kernel_sigma: Optional[int] = None) -> dict[str, Any]:
     """-> the InferenceConfig overrides the user gave (None = not given); exits 2 naming a bad flag."""
     given = dict(size=size, top_k=top_k, spatial_capacity=spatial_capacity, spatial_every=spatial_every,
-                 temporal_capacity=temporal_capacity, temporal_every=temporal_every)
+                 temporal_capacity=temporal_capacity, temporal_every=temporal_every, kernel_sigma=kernel_sigma)
     for name, value in given.items():
         if value is not None and value < SETTING_MINIMUMS[name]:
             fail(f"{FLAGS[name]}: {value} is too small; use at least {SETTING_MINIMUMS[name]} (or leave it out)")

@@ -107,6 +107,7 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
     size: Optional[int] = _settings.SIZE,
     top_k: Optional[int] = _settings.TOP_K,
+    kernel_sigma: Optional[int] = _settings.KERNEL_SIGMA,
     spatial_capacity: Optional[int] = _settings.SPATIAL_CAPACITY,
     spatial_every: Optional[int] = _settings.SPATIAL_EVERY,
     temporal_capacity: Optional[int] = _settings.TEMPORAL_CAPACITY,
@@ -127,7 +128,7 @@ def evaluate(
     if out is not None:
         check_output_dir(out)
     settings = _settings.settings_from_flags(size, top_k, spatial_capacity, spatial_every, temporal_capacity,
-                                             temporal_every)
+                                             temporal_every, kernel_sigma)
     try:
         payload = _evaluate(pred, gt, split, dataset, root, method, checkpoint, device, settings, pred_out, out,
                             as_json, quiet, workers, console, report=report, compare=compare, overwrite=overwrite)

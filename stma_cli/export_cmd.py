@@ -62,6 +62,9 @@ def export(
     top_k: Optional[int] = typer.Option(None, "--top-k", show_default="the checkpoint's",
                                         help="Memory readout keeps the k best matches per position (0 = all); "
                                              "fixed in the step graphs."),
+    kernel_sigma: Optional[int] = typer.Option(None, "--kernel-sigma", show_default="the checkpoint's",
+                                               help="Memory readout kernel sigma in 16-pixel cells (0 = off); "
+                                                    "fixed in the step graphs."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
 ) -> None:
@@ -84,7 +87,7 @@ def export(
         size = default_export_size(checkpoint)
     try:
         manifest = export_model(checkpoint, out, fmt, size=size, objects=objects, memory_frames=memory_frames,
-                                refs=refs, overwrite=overwrite, top_k=top_k)
+                                refs=refs, overwrite=overwrite, top_k=top_k, kernel_sigma=kernel_sigma)
     except (StmaInputError, StmaOutputError) as exc:
         fail(exc)
     except ExportVerificationError as exc:

@@ -423,6 +423,7 @@ def segment(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     size: Optional[int] = _settings.SIZE,
     top_k: Optional[int] = _settings.TOP_K,
+    kernel_sigma: Optional[int] = _settings.KERNEL_SIGMA,
     spatial_capacity: Optional[int] = _settings.SPATIAL_CAPACITY,
     spatial_every: Optional[int] = _settings.SPATIAL_EVERY,
     temporal_capacity: Optional[int] = _settings.TEMPORAL_CAPACITY,
@@ -469,7 +470,7 @@ def segment(
     if engine == "onnx" and device not in ("auto", "cpu"):
         fail(f"--device: --engine onnx runs on CPU, not {device!r}; use --device cpu (or --engine torch)")
     settings = _settings.settings_from_flags(size, top_k, spatial_capacity, spatial_every, temporal_capacity,
-                                             temporal_every)
+                                             temporal_every, kernel_sigma)
     try:
         way = Direction(direction)
     except ValueError:

@@ -57,6 +57,7 @@ class InferenceConfig:
 
     size: int = 480  # short side the network sees (never up-scaled); outputs are at the input's resolution
     top_k: int = 30  # memory readout keeps the k best matches per query position (0 = all)
+    kernel_sigma: int = 0  # memory readout's Gaussian kernel (KMN) sigma in stride-16 cells (0 = none)
     spatial_capacity: int = 2  # reference frames kept besides the pinned first-appearance frames
     spatial_every: int = 3  # a frame enters the spatial memory every k frames
     temporal_capacity: int = 8  # frames kept in the temporal memory (besides first-appearance frames)
@@ -71,7 +72,7 @@ class InferenceConfig:
 
 
 # smallest allowed value of each integer InferenceConfig setting
-SETTING_MINIMUMS = {"size": MIN_SIZE, "top_k": 0, "spatial_capacity": 0, "spatial_every": 1,
+SETTING_MINIMUMS = {"size": MIN_SIZE, "top_k": 0, "kernel_sigma": 0, "spatial_capacity": 0, "spatial_every": 1,
                     "temporal_capacity": 0, "temporal_every": 1}
 
 

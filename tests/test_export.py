@@ -97,6 +97,8 @@ def test_cli_bad_input_is_one_line(tiny_checkpoint: Path, tmp_path: Path):
                      "tflite")
     assert_bad_input(export_cli("--checkpoint", tiny_checkpoint, "--out", tmp_path / "c", "--size", 8, 64), "--size")
     assert_bad_input(export_cli("--checkpoint", tiny_checkpoint, "--out", tmp_path / "d", "--objects", 0), "--objects")
+    assert_bad_input(export_cli("--checkpoint", tiny_checkpoint, "--out", tmp_path / "e", "--kernel-sigma", -1),
+                     "--kernel-sigma")
     assert not any(tmp_path.iterdir())
 
 
@@ -113,7 +115,7 @@ def test_step_graph_removes_memory_padding_exactly(tiny_checkpoint: Path, tmp_pa
         keys = torch.randn(1, 2 * n_tok, 16, generator=gen)
         values = torch.randn(1, 2, 32, 2 * n_tok, generator=gen)
         groups = [MemoryGroup(values[:, :1]), MemoryGroup(values[:, 1:, :, n_tok:])]
-        want = net.predict(frame, keys, groups, TINY_INFERENCE.top_k, references=refs)
+        want = net.predict(frame, keys, groups, TINY_INFERENCE.top_k, references=refs, kernel_sigma=2)
         prob, key, usage = want.probabilities[0], want.key, want.usage
     padded = [frame.tokens, frame.f8, frame.f4,
               torch.cat([refs, torch.randn(1, 1, n_tok, 32, generator=gen)], 1), torch.tensor([[1.0, 1, 0]]),
@@ -121,8 +123,10 @@ def test_step_graph_removes_memory_padding_exactly(tiny_checkpoint: Path, tmp_pa
               torch.cat([values, torch.randn(1, 2, 32, 2 * n_tok, generator=gen)], 3),
               torch.tensor([[[1.0, 1, 0, 0], [0, 1, 0, 0]]])]
     for fmt in ("onnx", "torchscript"):
-        manifest = export_model(tiny_checkpoint, tmp_path / fmt, fmt, size=(64, 96), objects=2, memory_frames=4, refs=3)
+        manifest = export_model(tiny_checkpoint, tmp_path / fmt, fmt, size=(64, 96), objects=2, memory_frames=4, refs=3,
+                                kernel_sigma=2)  # the readout kernel is baked into the step graphs
         spec = manifest.graphs["step_2"]
+        assert manifest.inference.kernel_sigma == 2
         if fmt == "onnx":
             session = ort.InferenceSession(str(tmp_path / fmt / spec.file), providers=["CPUExecutionProvider"])
             got = [torch.from_numpy(o) for o in session.run(None, {n: t.numpy() for n, t in zip(spec.input_names(),
@@ -188,6 +192,11 @@ def test_propagator_reports_what_to_re_export(tiny_checkpoint: Path, tmp_path: P
     export_model(tiny_checkpoint, tmp_path / "e", "onnx", size=(64, 96), objects=2, memory_frames=3, refs=1)
     manifest = load_manifest(tmp_path / "e")
     assert manifest.inference.spatial_capacity == 0 and manifest.inference.temporal_capacity == 2
+    assert manifest.inference.kernel_sigma == 0
+    data = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    del data["inference"]["kernel_sigma"]  # exports made before the readout kernel existed had none
+    (tmp_path / "e" / "manifest.json").write_text(json.dumps(data))
+    assert load_manifest(tmp_path / "e").inference.kernel_sigma == 0
     factory = make_onnx_propagator_factory(tmp_path / "e", threads=1)
     frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     first = np.zeros((64, 96), np.uint8)
@@ -207,6 +216,8 @@ def test_propagator_reports_what_to_re_export(tiny_checkpoint: Path, tmp_path: P
         propagator.step(frame)
     with pytest.raises(StmaInputError, match="capacities"):
         exported_session_factory(tmp_path / "e", config=InferenceConfig(size=64, temporal_capacity=8))
+    with pytest.raises(StmaInputError, match="kernel_sigma 3 differs from the 0 .*re-export with --kernel-sigma 3"):
+        exported_session_factory(tmp_path / "e", size=64, kernel_sigma=3)
     export_model(tiny_checkpoint, tmp_path / "ts", "torchscript", size=(64, 96), objects=1)
     with pytest.raises(StmaInputError, match="not onnx"):
         make_onnx_propagator_factory(tmp_path / "ts")
@@ -227,6 +238,18 @@ def test_speedups_keep_outputs():
     with torch.no_grad():
         sparse = net.read_memory(query, keys, [MemoryGroup(values)], 5)
     dense = net.read_memory(query.requires_grad_(), keys, [MemoryGroup(values)], 5)  # training keeps the dense form
+    for got in (sparse, dense):
+        torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+    # with the readout kernel: the bias is added to the kept matches only, in both forms
+    from stma_core.model.network import ReadoutKernel
+    kernel = ReadoutKernel.from_affinity(sim, (5, 10), 3)
+    top = top + kernel.bias(idx)
+    weights = torch.zeros_like(sim).scatter_(-1, idx, top.softmax(-1))
+    want = (values.reshape(2, 24, 120) @ weights.transpose(1, 2)).reshape(2, 3, 8, 50), weights.sum(1) * 3
+    with torch.no_grad():
+        sparse = net.read_memory(query, keys, [MemoryGroup(values)], 5, kernel_sigma=3, grid=(5, 10))
+    dense = net.read_memory(query, keys, [MemoryGroup(values)], 5, kernel_sigma=3, grid=(5, 10))
     for got in (sparse, dense):
         torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)

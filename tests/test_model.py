@@ -110,6 +110,41 @@ def test_readout_returns_the_matching_memory_value(net):
     assert usage.shape == (1, 5) and usage[0, 3] > 0.99 and usage[0, 0] < 0.01
 
 
+def test_readout_kernel_keeps_a_far_look_alike_from_reading_the_object(net):
+    """KMN's kernel (eq. 4-6): a memory entry's best match marks where its object is; a look-alike far
+    from there reads the background instead of the object. Grid 1x10: the object's memory entry
+    matches position 1 best, the background's position 8; position 9 looks more like the object."""
+    obj, bg = torch.zeros(16), torch.zeros(16)
+    obj[0], bg[1] = 2.0, 2.0
+    keys = torch.stack([obj, bg])[None]  # 1, 2, 16
+    values = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2).repeat(1, 1, SMALL.value_dim, 1)
+    query = torch.stack([bg * 0.5 + obj * 0.5] * 10)[None]  # ambiguous positions
+    query[0, 1], query[0, 8] = obj, bg
+    query[0, 9] = obj * 0.6 + bg * 0.4  # a look-alike, 8 cells from the object
+    plain, _ = net.read_memory(query, keys, [MemoryGroup(values)], top_k=0)
+    kernel, _ = net.read_memory(query, keys, [MemoryGroup(values)], top_k=0, kernel_sigma=2, grid=(1, 10))
+    assert plain[0, 0, 0, 1] > 0.85 and kernel[0, 0, 0, 1] > 0.99  # the object reads itself
+    assert plain[0, 0, 0, 9] > 0.55  # without the kernel the look-alike reads mostly the object
+    assert kernel[0, 0, 0, 9] < 0.01  # with it, the background next to it
+
+
+def test_readout_kernel_bias_is_the_gaussian_of_the_distance_to_each_entrys_best_match():
+    from stma_core.model.network import ReadoutKernel
+
+    gen = torch.Generator().manual_seed(1)
+    sim = torch.randn(2, 12, 7, generator=gen)  # grid 3x4, 7 memory entries
+    kernel = ReadoutKernel.from_affinity(sim, (3, 4), 1.5)
+    best = sim.argmax(1)  # 2, 7
+    ys, xs = torch.meshgrid(torch.arange(3.0), torch.arange(4.0), indexing="ij")
+    qy, qx = ys.flatten(), xs.flatten()
+    want = -((qy[None, :, None] - qy[best][:, None, :]) ** 2 + (qx[None, :, None] - qx[best][:, None, :]) ** 2) / 4.5
+    torch.testing.assert_close(kernel.bias(), want)
+    assert torch.all(kernel.bias().gather(1, best[:, None, :]) == 0)  # no penalty at the best match itself
+    indices = sim.topk(3, dim=-1).indices
+    torch.testing.assert_close(kernel.bias(indices), want.gather(2, indices))
+    torch.testing.assert_close(kernel.tail(4).bias(), want[..., 3:])
+
+
 def test_full_pipeline_shapes_all_objects_in_one_pass(net):
     image = torch.rand(1, 3, 64, 96)
     frame = net.encode_frame(image)

@@ -85,7 +85,8 @@ def test_cli_reports_bad_settings_with_the_flag(tmp_path: Path):
     video, mask = EXAMPLES / "car-shadow.mp4", EXAMPLES / "car-shadow_mask.png"
     for command in (["segment", video, "--mask", mask, "--out", tmp_path / "o"],
                     ["eval", "--dataset", "davis16-val", "--root", tmp_path]):
-        for flag, value, least in (("--size", 8, 16), ("--temporal-every", 0, 1), ("--top-k", -1, 0)):
+        for flag, value, least in (("--size", 8, 16), ("--temporal-every", 0, 1), ("--top-k", -1, 0),
+                                   ("--kernel-sigma", -1, 0)):
             result = _run(*command, flag, value)
             assert result.exit_code == 2, result.output
             assert f"error: {flag}: {value} is too small; use at least {least}" in result.stderr
@@ -102,6 +103,6 @@ def test_cli_reports_bad_settings_with_the_flag(tmp_path: Path):
 
 def test_help_shows_the_memory_settings_and_their_defaults():
     result = CliRunner().invoke(app, ["segment", "--help"], env={"COLUMNS": "200"})
-    for flag, default in (("--top-k", 30), ("--spatial-capacity", 2), ("--spatial-every", 3),
+    for flag, default in (("--top-k", 30), ("--kernel-sigma", 0), ("--spatial-capacity", 2), ("--spatial-every", 3),
                           ("--temporal-capacity", 8), ("--temporal-every", 3)):
         assert flag in result.output and f"{default} or the checkpoint's" in result.output

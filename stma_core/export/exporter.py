@@ -34,7 +34,8 @@ class ExportVerificationError(RuntimeError):
 def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = "onnx",
                  size: tuple[int, int] = (480, 854), objects: int = 5, memory_frames: int | None = None,
                  refs: int | None = None, overwrite: bool = False, verify: bool = True,
-                 config: InferenceConfig | None = None, top_k: int | None = None) -> Manifest:
+                 config: InferenceConfig | None = None, top_k: int | None = None,
+                 kernel_sigma: int | None = None) -> Manifest:
     """Exports the frame, value and step graphs of a checkpoint (None = the shipped default) to out_dir.
 
     size: (H, W) frames are processed at (graphs use it padded to multiples of 16); a video is accepted
@@ -45,6 +46,8 @@ def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = 
     annotated on later frames (each pins a frame).
     config: inference settings (top_k and memory policy) replacing the checkpoint's recommended ones;
     top_k: the readout's k baked into the step graphs (None = config's, else the checkpoint's).
+    kernel_sigma: the readout kernel's sigma baked into the step graphs (None = config's, else the
+    checkpoint's; 0 = none).
     """
     if fmt not in FORMATS:
         raise StmaInputError(f"--format: unknown format {fmt!r}; use {' or '.join(FORMATS)}")
@@ -57,7 +60,10 @@ def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = 
     network, model_config, metadata = load_model(checkpoint, "cpu")
     if top_k is not None and top_k < 0:
         raise StmaInputError(f"--top-k: {top_k} is negative; use 0 (all matches) or more")
-    base = resolve_inference_config(recommended_inference(metadata), config, size=min(height, width), top_k=top_k)
+    if kernel_sigma is not None and kernel_sigma < 0:
+        raise StmaInputError(f"--kernel-sigma: {kernel_sigma} is negative; use 0 (no kernel) or more")
+    base = resolve_inference_config(recommended_inference(metadata), config, size=min(height, width), top_k=top_k,
+                                    kernel_sigma=kernel_sigma)
     memory_frames = base.temporal_capacity + 1 if memory_frames is None else memory_frames
     refs = base.spatial_capacity + 1 if refs is None else refs
     if memory_frames < 1 or refs < 1:
@@ -116,7 +122,7 @@ def _graphs(network: STMANetwork, m: Manifest):
         inputs = (tokens, f8, f4, tokens[:, None].expand(1, m.references, n_tok, mc.embed_dim).contiguous(), valid_m,
                   torch.randn(1, m.memory_frames * n_tok, mc.key_dim, generator=gen),
                   torch.randn(1, n, mc.value_dim, m.memory_frames * n_tok, generator=gen), valid_t)
-        yield f"step_{n}", StepGraph(network, m.grid, m.inference.top_k).eval(), inputs
+        yield f"step_{n}", StepGraph(network, m.grid, m.inference.top_k, m.inference.kernel_sigma).eval(), inputs
 
 
 def _write(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, fmt: str, verify: bool) -> GraphSpec:

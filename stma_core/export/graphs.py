@@ -63,11 +63,12 @@ class StepGraph(nn.Module):
                    "memory_valid")
     output_names = ("probabilities", "key", "usage")
 
-    def __init__(self, network: STMANetwork, grid: tuple[int, int], top_k: int) -> None:
+    def __init__(self, network: STMANetwork, grid: tuple[int, int], top_k: int, kernel_sigma: int = 0) -> None:
         super().__init__()
         self.network = network
         self.grid = grid
         self.top_k = top_k
+        self.kernel_sigma = kernel_sigma
 
     def forward(self, tokens: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, references: torch.Tensor,
                 reference_valid: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor,
@@ -77,5 +78,5 @@ class StepGraph(nn.Module):
         groups = [MemoryGroup(memory_values[:, i:i + 1], valid[:, i]) for i in range(memory_values.shape[1])]
         frame = FrameFeatures(tokens, tokens.new_zeros(1, 0, *self.grid), f8, f4)
         out = self.network.predict(frame, memory_keys, groups, self.top_k, references=references,
-                                   reference_valid=reference_valid)
+                                   reference_valid=reference_valid, kernel_sigma=self.kernel_sigma)
         return out.probabilities[0], out.key, out.usage

@@ -16,7 +16,7 @@ from stma_core.errors import StmaInputError
 
 MANIFEST = "manifest.json"
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
-VERSION = 2  # 2: memory_valid is per object (1, n, T); top_k is in inference
+VERSION = 2  # 2: memory_valid is per object (1, n, T); top_k is in inference (kernel_sigma: absent = 0)
 
 
 @dataclass

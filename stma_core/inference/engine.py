@@ -55,7 +55,7 @@ class Engine(Protocol):
         """masks (1, n, H, W) float object probabilities -> ID values (1, n, Cv, H/16, W/16)."""
         ...
 
-    def predict(self, frame: FrameFeatures, memory: MemoryState, top_k: int) -> Prediction:
+    def predict(self, frame: FrameFeatures, memory: MemoryState, top_k: int, kernel_sigma: int = 0) -> Prediction:
         """The per-frame recipe (STMANetwork.predict) for one frame from `memory`."""
         ...
 
@@ -83,8 +83,9 @@ class TorchEngine:
     def encode_value(self, frame: FrameFeatures, masks: torch.Tensor) -> torch.Tensor:
         return self.network.encode_value(frame, masks)
 
-    def predict(self, frame: FrameFeatures, memory: MemoryState, top_k: int) -> Prediction:
+    def predict(self, frame: FrameFeatures, memory: MemoryState, top_k: int, kernel_sigma: int = 0) -> Prediction:
         if memory.version is None or self._cache is None or memory.version != self._cache_version:
             self._cache = self.network.reference_streams(memory.references, memory.groups)
             self._cache_version = memory.version
-        return self.network.predict(frame, memory.keys, memory.groups, top_k, cache=self._cache)
+        return self.network.predict(frame, memory.keys, memory.groups, top_k, cache=self._cache,
+                                    kernel_sigma=kernel_sigma)

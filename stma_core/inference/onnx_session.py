@@ -103,9 +103,7 @@ class ExportedEngine:
                 f"memory capacities {config.temporal_capacity}/{config.spatial_capacity} (+1 pinned frame) exceed "
                 f"the export's {m.memory_frames} memory frames / {m.references} references; "
                 "re-export with larger --memory-frames / --refs")
-        if config.top_k != m.inference.top_k:
-            raise StmaInputError(f"top_k {config.top_k} differs from the {m.inference.top_k} this export was made "
-                                 f"with; use top_k {m.inference.top_k} or re-export with --top-k {config.top_k}")
+        _check_readout(config.top_k, config.kernel_sigma, m.inference)
 
     def encode_frame(self, image: torch.Tensor) -> FrameFeatures:
         if tuple(image.shape[-2:]) != tuple(self.manifest.padded_size):
@@ -119,12 +117,10 @@ class ExportedEngine:
     def encode_value(self, frame: FrameFeatures, masks: torch.Tensor) -> torch.Tensor:
         return self.runner.run(f"value_{self._objects(masks.shape[1])}", [frame.f8, frame.f16, masks])[0]
 
-    def predict(self, frame: FrameFeatures, memory: MemoryState, top_k: int) -> Prediction:
+    def predict(self, frame: FrameFeatures, memory: MemoryState, top_k: int, kernel_sigma: int = 0) -> Prediction:
         """Pads references to M and memory to T frames; each object's validity row marks its group's frames."""
         limits = self.manifest
-        if top_k != limits.inference.top_k:
-            raise StmaInputError(f"top_k {top_k} differs from the {limits.inference.top_k} this export was made "
-                                 f"with; use top_k {limits.inference.top_k} or re-export with --top-k {top_k}")
+        _check_readout(top_k, kernel_sigma, limits.inference)
         references = memory.references
         m, n_tok = references.shape[1], references.shape[2]
         if m > limits.references:
@@ -196,3 +192,12 @@ def make_onnx_propagator_factory(export_dir: str | Path, threads: int | None = N
         raise StmaInputError(f"{export_dir}: this export is {manifest.format}, not onnx; "
                              "re-run `stma export --format onnx`")
     return exported_session_factory(export_dir, threads, config, size, **settings)
+
+
+def _check_readout(top_k: int, kernel_sigma: int, made_with: InferenceConfig) -> None:
+    """The readout settings are fixed in the step graphs: asking for others is an error naming the fix."""
+    for name, flag, value in (("top_k", "--top-k", top_k), ("kernel_sigma", "--kernel-sigma", kernel_sigma)):
+        baked = getattr(made_with, name)
+        if value != baked:
+            raise StmaInputError(f"{name} {value} differs from the {baked} this export was made with; use {name} "
+                                 f"{baked} or re-export with {flag} {value}")

@@ -236,7 +236,7 @@ class VideoSession:
     def _first_key(self, frame: FrameFeatures, values: torch.Tensor) -> torch.Tensor:
         """Memory key of a frame that had nothing to read yet: STML with itself as the reference."""
         memory = MemoryState(frame.tokens[:, None], None, [MemoryGroup(values.flatten(3))])
-        return self.engine.predict(frame, memory, self.config.top_k).key
+        return self.engine.predict(frame, memory, self.config.top_k, self.config.kernel_sigma).key
 
     def _step(self, frame_np: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         height, width = frame_np.shape[:2]
@@ -254,7 +254,7 @@ class VideoSession:
         n = self.objects.count
         key = None
         if len(self.temporal) and n and self.objects.groups[0].frame < self.frame_index:
-            prediction = self.engine.predict(frame, self._memory(), self.config.top_k)
+            prediction = self.engine.predict(frame, self._memory(), self.config.top_k, self.config.kernel_sigma)
             prob, key = prediction.probabilities[0], prediction.key
             self.temporal.record_usage(prediction.usage)
             if prob.shape[0] < n + 1:  # objects first given on this frame

@@ -189,14 +189,21 @@ class STMANetwork(nn.Module):
         return self.stml.associate_test(frame.tokens, cache, bias)
 
     def read_memory(self, query: torch.Tensor, mem_keys: torch.Tensor, groups: Sequence[MemoryGroup],
-                    top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    top_k: int, kernel_sigma: int = 0, grid: tuple[int, int] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """ID association, each group over its own entries. query (B,N,Ck), mem_keys (B,L,Ck).
 
         Returns readout (B,n,Cv,N) in group order and usage (B,L): readout weight per memory position,
         summed over queries and over the objects of the groups that read it.
         Affinity is the negative squared L2 distance, scaled (the query norm cancels in softmax).
+        kernel_sigma > 0 weights the matches by the memory-to-query Gaussian kernel (see `ReadoutKernel`)
+        on the (h, w) `grid` of the query; 0 reads without it (as training does).
         """
         sim = affinity(query, mem_keys)
+        kernel = None
+        if kernel_sigma > 0:
+            assert grid is not None, "the readout kernel needs the query grid"
+            kernel = ReadoutKernel.from_affinity(sim, grid, kernel_sigma)
         length = mem_keys.shape[1]
         readouts, usage = [], sim.new_zeros(sim.shape[0], length)
         for group in groups:
@@ -205,7 +212,8 @@ class STMANetwork(nn.Module):
             penalty = group.penalty()
             if penalty is not None:
                 sim_g = sim_g + penalty[:, None, :]
-            readout, used = topk_readout(sim_g, group.values, top_k)
+            kernel_g = None if kernel is None else kernel.tail(group.length)
+            readout, used = topk_readout(sim_g, group.values, top_k, kernel_g)
             readouts.append(readout)
             used = used * group.objects  # each object read with these weights
             usage = usage + (used if start == 0 else torch.cat([used.new_zeros(used.shape[0], start), used], 1))
@@ -213,7 +221,7 @@ class STMANetwork(nn.Module):
 
     def predict(self, frame: FrameFeatures, mem_keys: torch.Tensor | None, groups: Sequence[MemoryGroup],
                 top_k: int, references: torch.Tensor | None = None, cache: ReferenceCache | None = None,
-                reference_valid: torch.Tensor | None = None) -> Prediction:
+                reference_valid: torch.Tensor | None = None, kernel_sigma: int = 0) -> Prediction:
         """The per-frame recipe (eq. 1): object tokens -> reference streams -> associate -> key -> read
         memory -> decode -> aggregate.
 
@@ -222,6 +230,7 @@ class STMANetwork(nn.Module):
         order (see MemoryGroup). references (B,M,N,C) reference-frame tokens, or `cache` already made
         from them by `reference_streams` (engines cache it while memory is unchanged).
         reference_valid: optional (B,M), 0 marks padded references (exported fixed-size graphs).
+        kernel_sigma: the readout kernel's sigma in stride-16 cells (InferenceConfig.kernel_sigma; 0 = none).
         """
         if cache is None:
             assert references is not None, "predict needs references or their cache"
@@ -230,7 +239,7 @@ class STMANetwork(nn.Module):
         key = self.key(test)
         if mem_keys is None:
             return Prediction(None, key, key.new_zeros(key.shape[0], 0))
-        readout, usage = self.read_memory(key, mem_keys, groups, top_k)
+        readout, usage = self.read_memory(key, mem_keys, groups, top_k, kernel_sigma, frame.grid)
         return Prediction(self.aggregate(self.segment(frame, test, readout)), key, usage)
 
     def segment(self, frame: FrameFeatures, test_features: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
@@ -258,8 +267,59 @@ def affinity(query: torch.Tensor, mem_keys: torch.Tensor) -> torch.Tensor:
     return torch.baddbmm(key_sq, query, mem_keys.transpose(1, 2), alpha=2 * scale)
 
 
-def topk_readout(sim: torch.Tensor, mem_values: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class ReadoutKernel:
+    """Memory-to-query Gaussian kernel of KMN (Seong et al., "Kernelized Memory Network for Video Object
+    Segmentation", ECCV 2020, eq. 4-6), in log form: a match of query position q with memory entry l gets
+    the additive bias -d^2 / (2 sigma^2), d the distance in grid cells from q to the query position that
+    entry l matches best.
+
+    Why: memory matching alone is non-local, so a look-alike elsewhere in the frame (a second camel, a
+    twin) reads the target's values. Each memory entry's best match marks where its object now is;
+    queries far from it get a smaller weight from that entry. Inference only, as in KMN.
+    The bias is evaluated only on the matches the readout keeps (`bias(indices)`), so with top-k it
+    costs one arg-max over the affinities, not another full (N, L) pass.
+    """
+
+    best_y: torch.Tensor  # (B, L) row of each memory entry's best-matching query position
+    best_x: torch.Tensor  # (B, L) its column
+    grid: tuple[int, int]  # (h, w) of the query, N = h * w
+    sigma: float
+
+    @classmethod
+    def from_affinity(cls, sim: torch.Tensor, grid: tuple[int, int], sigma: float) -> "ReadoutKernel":
+        """sim (B, N, L) affinities of the query positions to the memory entries."""
+        w = grid[1]
+        best = sim.argmax(1)  # B, L
+        best_y = torch.div(best, w, rounding_mode="floor")
+        return cls(best_y.to(sim.dtype), (best - best_y * w).to(sim.dtype), grid, sigma)
+
+    def tail(self, length: int) -> "ReadoutKernel":
+        """The kernel of the last `length` memory entries (a group's own entries)."""
+        return ReadoutKernel(self.best_y[:, -length:], self.best_x[:, -length:], self.grid, self.sigma)
+
+    def bias(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """-> (B, N, L) bias for every match, or (B, N, k) for the memory entries `indices` (B, N, k)."""
+        h, w = self.grid
+        dtype, device = self.best_y.dtype, self.best_y.device
+        qy = torch.arange(h, device=device, dtype=dtype).repeat_interleave(w)[None, :, None]  # 1, N, 1
+        qx = torch.arange(w, device=device, dtype=dtype).repeat(h)[None, :, None]
+        if indices is None:
+            by, bx = self.best_y[:, None, :], self.best_x[:, None, :]
+        else:
+            b, n, k = indices.shape
+            flat = indices.reshape(b, n * k)
+            by = self.best_y.gather(1, flat).reshape(b, n, k)
+            bx = self.best_x.gather(1, flat).reshape(b, n, k)
+        d2 = (qy - by).square() + (qx - bx).square()
+        return d2 * (-0.5 / self.sigma ** 2)
+
+
+def topk_readout(sim: torch.Tensor, mem_values: torch.Tensor, top_k: int, kernel: ReadoutKernel | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax over each query's top_k affinities (all when top_k is 0 or >= L) -> readout (B,n,Cv,N), usage (B,L).
+
+    kernel: optional readout kernel whose bias is added to the kept affinities before the softmax.
 
     Without autograd the k chosen values are gathered instead of multiplying a dense (N, L) weight
     matrix that is zero outside them: the same sums (up to float rounding) at about k/L of the cost.
@@ -269,10 +329,10 @@ def topk_readout(sim: torch.Tensor, mem_values: torch.Tensor, top_k: int) -> tup
     if length == 0:
         return mem_values.new_zeros(b, n, cv, sim.shape[1]), sim.new_zeros(b, 0)
     if not top_k or top_k >= length:
-        weights = sim.softmax(-1)
+        weights = (sim if kernel is None else sim + kernel.bias()).softmax(-1)
     else:
         top, indices = sim.topk(top_k, dim=-1)  # B,N,k
-        top = top.softmax(-1)
+        top = (top if kernel is None else top + kernel.bias(indices)).softmax(-1)
         if not (torch.is_grad_enabled() and (sim.requires_grad or mem_values.requires_grad)):
             return _sparse_readout(top, indices, mem_values)
         weights = torch.zeros_like(sim).scatter_(-1, indices, top)
