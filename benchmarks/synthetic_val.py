@@ -39,8 +39,8 @@ def make_clips(images: Path, masks: Path, holdout: int, count: int, length: int,
     return clips
 
 
-def mean_j(checkpoint: str | None, clips, size: int) -> float:
-    make = session_factory(checkpoint=checkpoint, device="cpu", size=size)
+def mean_j(checkpoint: str | None, clips, size: int, kernel_sigma: int | None = None) -> float:
+    make = session_factory(checkpoint=checkpoint, device="cpu", size=size, kernel_sigma=kernel_sigma)
     scores = []
     for frames, ids in clips:
         session = make()
@@ -66,16 +66,17 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=8)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--kernel-sigma", type=int, default=None, help="readout kernel (default: the checkpoint's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clips = make_clips(args.images, args.masks, args.holdout, args.clips, args.length, args.size)
     results = {}
     for checkpoint in args.checkpoint or ["default"]:
         t0 = time.time()
-        j = mean_j(None if checkpoint == "default" else checkpoint, clips, args.size)
+        j = mean_j(None if checkpoint == "default" else checkpoint, clips, args.size, args.kernel_sigma)
         results[checkpoint] = {"mean_J": round(j, 4), "seconds": round(time.time() - t0, 1)}
     print(json.dumps({"clips": args.clips, "length": args.length, "size": args.size, "holdout": args.holdout,
-                      "results": results}, indent=2))
+                      "kernel_sigma": args.kernel_sigma, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
