@@ -15,7 +15,8 @@ from stma_cli._common import fail
 from stma_core.config import SETTING_MINIMUMS, InferenceConfig
 
 _D = InferenceConfig()
-FLAGS = {"size": "--size", "top_k": "--top-k", "kernel_sigma": "--kernel-sigma", "spatial_capacity": "--spatial-capacity",
+FLAGS = {"size": "--size", "top_k": "--top-k", "kernel_sigma": "--kernel-sigma",
+         "spatial_capacity": "--spatial-capacity",
          "spatial_every": "--spatial-every", "temporal_capacity": "--temporal-capacity",
          "temporal_every": "--temporal-every"}
 

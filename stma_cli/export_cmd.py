@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 
+from stma_cli import _settings
 from stma_cli._common import check_output_dir, fail, info, stderr_console
 from stma_core.errors import StmaInputError, StmaOutputError
 
@@ -72,6 +73,7 @@ def export(
     from stma_core.export.exporter import ExportVerificationError, export_model
 
     console = stderr_console()
+    _settings.settings_from_flags(top_k=top_k, kernel_sigma=kernel_sigma)  # exits 2 naming a bad flag
     fmt = fmt.lower()
     if fmt not in ("onnx", "torchscript"):
         fail(f"--format: unknown format {fmt!r}; use onnx or torchscript")

@@ -58,12 +58,11 @@ def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = 
     if not 1 <= objects <= MAX_OBJECTS:
         raise StmaInputError(f"--objects: {objects} is out of range; use 1..{MAX_OBJECTS}")
     network, model_config, metadata = load_model(checkpoint, "cpu")
-    if top_k is not None and top_k < 0:
-        raise StmaInputError(f"--top-k: {top_k} is negative; use 0 (all matches) or more")
-    if kernel_sigma is not None and kernel_sigma < 0:
-        raise StmaInputError(f"--kernel-sigma: {kernel_sigma} is negative; use 0 (no kernel) or more")
-    base = resolve_inference_config(recommended_inference(metadata), config, size=min(height, width), top_k=top_k,
-                                    kernel_sigma=kernel_sigma)
+    try:  # InferenceConfig checks every setting against SETTING_MINIMUMS
+        base = resolve_inference_config(recommended_inference(metadata), config, size=min(height, width),
+                                        top_k=top_k, kernel_sigma=kernel_sigma)
+    except ValueError as exc:
+        raise StmaInputError(str(exc)) from exc
     memory_frames = base.temporal_capacity + 1 if memory_frames is None else memory_frames
     refs = base.spatial_capacity + 1 if refs is None else refs
     if memory_frames < 1 or refs < 1:
