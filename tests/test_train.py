@@ -17,8 +17,10 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner, Result
 
+from conftest import example_frames
 from stma_cli.app import app
 from stma_core.checkpoint import load_model
+from stma_core.model.lite_backbone import LiteTrunk
 from stma_core.training.config_io import load_train_config
 from stma_core.training.run import prepare_trainer
 from stma_core.training.static_data import list_still_pairs, synth_clip
@@ -221,6 +223,60 @@ def test_recipe_stages_load() -> None:
         load_train_config(REPO / "configs" / "lite0_davis16_cpu.yaml").model
 
 
+# ---- trainable top trunk stages ------------------------------------------------------------------
+
+def test_trunk_top_stages_are_the_end_of_the_trunk() -> None:
+    """forward_top(f8) is the trunk's own stride-16 map: training on cached stride-8 maps computes what
+    inference computes from the image."""
+    frame = example_frames(1)[0][:224, :320]
+    image = torch.from_numpy(frame.copy()).permute(2, 0, 1)[None].float() / 255
+    for variant in ("lite0", "lite2"):
+        trunk = LiteTrunk(variant).eval()
+        with torch.no_grad():
+            maps = trunk(image)
+            torch.testing.assert_close(trunk.forward_top(maps["f8"]), maps["f16"], rtol=0, atol=0)
+        top = {id(p) for p in trunk.top_parameters()}
+        first_top = trunk._blocks[trunk.top_start]
+        assert all(id(p) in top for p in first_top.parameters())
+        assert not any(id(p) in top for p in trunk._blocks[trunk.top_start - 1].parameters())
+
+
+def test_trunk_top_lr_trains_only_the_top_stages(tiny_davis: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """trunk_top_lr > 0: the top stages' weights move, the lower stages and BatchNorm statistics do not,
+    the saved model carries the trained stages, and resume is exact."""
+    config = write_config(tmp_path / "top.yaml", trunk_top_lr=1e-3)
+    straight = prepare_trainer(config, tiny_davis, tmp_path / "straight", cache_dir=cache_dir)
+    before = {k: v.clone() for k, v in straight.network.trunk.state_dict().items()}
+    losses = recording(straight)
+    straight.run()
+    after = straight.network.trunk.state_dict()
+    top = straight.network.trunk.top_start
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved, "no trunk weight trained"
+    assert all(int(k.split(".")[1]) >= top for k in moved), sorted(moved)[:3]
+    assert not any("running_" in k for k in moved)  # BatchNorm statistics stay frozen
+    assert any(k.endswith("_project_conv.weight") for k in moved)
+    saved, _, _ = load_model(tmp_path / "straight" / "model.safetensors")
+    for k in moved:
+        assert torch.equal(saved.trunk.state_dict()[k], after[k]), k
+
+    first = prepare_trainer(config, tiny_davis, tmp_path / "split", cache_dir=cache_dir)
+    split = recording(first)
+    first.run(until=2)
+    second = prepare_trainer(config, tiny_davis, tmp_path / "split", resume=True, cache_dir=cache_dir)
+    resumed = recording(second)
+    second.run()
+    split += resumed
+    np.testing.assert_allclose(split, losses, rtol=0, atol=1e-5)
+    for k, v in after.items():
+        assert torch.equal(second.network.trunk.state_dict()[k], v), k
+
+    frozen = write_config(tmp_path / "frozen.yaml")
+    result = train("--config", frozen, "--data", tiny_davis, "--out", tmp_path / "split", "--cache-dir", cache_dir,
+                   "--resume", "--device", "cpu")
+    assert_bad_input(result, "split", "trunk_top_lr 0.001")
+
+
 # ---- one-line errors --------------------------------------------------------------------------------
 
 def test_missing_data_root(tmp_path: Path) -> None:
@@ -248,6 +304,7 @@ def test_split_naming_a_missing_sequence(tmp_path: Path) -> None:
     ({"crop": [64]}, "`crop: [64]`"),
     ({"crop": [60, 128]}, "multiples of 16"),
     ({"stage": "warmup"}, "stage 'warmup'"),
+    ({"trunk_top_lr": -0.1}, "trunk_top_lr must be >= 0"),
 ])
 def test_bad_config(tmp_path: Path, overrides: dict, fragment: str) -> None:
     result = train("--config", write_config(tmp_path / "c.yaml", **overrides), "--data", tmp_path,

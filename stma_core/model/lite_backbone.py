@@ -97,6 +97,7 @@ class LiteTrunk(nn.Module):
                 cin = cout
             if index in (1, 2):
                 self.tap_after[len(blocks) - 1] = "f4" if index == 1 else "f8"
+        self.top_start = max(i for i, key in self.tap_after.items() if key == "f8") + 1
         self.tap_after[len(blocks) - 1] = "f16"
         assert [taps[k] for k in ("f4", "f8", "f16")] == [stages[i][3] for i in (1, 2, 4)]
         self._blocks = nn.ModuleList(blocks)
@@ -139,6 +140,21 @@ class LiteTrunk(nn.Module):
             if i in self.tap_after:
                 feats[self.tap_after[i]] = x
         return feats
+
+
+    def forward_top(self, f8: torch.Tensor) -> torch.Tensor:
+        """Stride-8 map (B, C8, H/8, W/8) -> stride-16 map (B, C16, H/16, W/16): the top stages alone.
+
+        The same computation as the end of `forward` (training with the top stages trainable runs
+        them on cached stride-8 maps)."""
+        x = f8
+        for block in self._blocks[self.top_start:]:
+            x = block(x)
+        return x
+
+    def top_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the blocks between the stride-8 and stride-16 taps."""
+        return [p for block in self._blocks[self.top_start:] for p in block.parameters()]
 
 
 def fuse_for_inference(trunk: LiteTrunk) -> LiteTrunk:

@@ -16,6 +16,10 @@ class TrainConfig:
     split: str = "train"  # split file name under ImageSets/2016 or ImageSets/2017
     cache_features: bool = True  # frozen lite trunk: cache its maps once (much faster steps)
     train_trunk: bool = False
+    # learning rate of the lite trunk's top stages (the blocks from the stride-8 to the stride-16 map),
+    # trained on cached stride-8 maps with BatchNorm statistics frozen; 0 keeps them frozen. It follows
+    # the same decay schedule as `lr`.
+    trunk_top_lr: float = 0.0
     steps: int = 2000
     batch_size: int = 4
     clip_length: int = 5

@@ -88,6 +88,10 @@ def validate(cfg: TrainConfig, path: Path) -> None:
             problems.append(f"{key} must be in [0, 1]")
     if cfg.data_threads < 0:
         problems.append("data_threads must be >= 0")
+    if cfg.trunk_top_lr < 0:
+        problems.append("trunk_top_lr must be >= 0 (0 keeps the trunk frozen)")
+    if cfg.trunk_top_lr > 0 and cfg.model.backbone != "lite":
+        problems.append("trunk_top_lr trains the lite trunk's top stages; use model.backbone: lite")
     if cfg.static_holdout < 0:
         problems.append("static_holdout must be >= 0")
     if (cfg.static_images is None) != (cfg.static_masks is None):

@@ -64,6 +64,9 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
         saved = json.loads((out / "train_config.json").read_text())
         if from_dict(ModelConfig, saved.get("model", {})) != cfg.model:  # from_dict restores tuples
             raise StmaInputError(f"{out}: the run was started with another model config; resume with the same --config")
+        if (saved.get("trunk_top_lr", 0) > 0) != (cfg.trunk_top_lr > 0):
+            raise StmaInputError(f"{out}: the run was started with trunk_top_lr {saved.get('trunk_top_lr', 0)} "
+                                 "(trainable trunk stages or not); resume with the same --config")
     fresh = not (resume and state.exists())
     if fresh and cfg.init_from and not Path(cfg.init_from).is_file():
         raise StmaInputError(f"{cfg.init_from}: init_from checkpoint not found; train the earlier stage first "

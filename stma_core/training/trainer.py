@@ -43,29 +43,36 @@ from stma_core.training.unroll import unroll_sequence
 TrainData = Union[list[CachedSequence], list[StillPair]]
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr * cfg.lr_decay_factor ** sum(step >= s for s in cfg.lr_decay_steps)
+def learning_rate(cfg: TrainConfig, step: int, base: float | None = None) -> float:
+    """The learning rate at `step`: `base` (default cfg.lr) times the decay factor per passed decay step."""
+    return (cfg.lr if base is None else base) * cfg.lr_decay_factor ** sum(step >= s for s in cfg.lr_decay_steps)
 
 
 class ClipLoss(nn.Module):
     """Trunk maps of a clip batch -> unrolled loss, as one module call so DDP can sync gradients."""
 
-    def __init__(self, network: STMANetwork, num_refs: int) -> None:
+    def __init__(self, network: STMANetwork, num_refs: int, train_trunk_top: bool = False) -> None:
         super().__init__()
         self.network = network
         self.num_refs = num_refs
+        self.train_trunk_top = train_trunk_top
 
     def forward(self, maps: dict[str, torch.Tensor], masks: torch.Tensor, top_fraction: float,
                 rng: random.Random) -> torch.Tensor:
-        """maps key -> (B, T, C, h, w), masks (B, T, n, H, W)."""
+        """maps key -> (B, T, C, h, w), masks (B, T, n, H, W). With train_trunk_top the stride-16 maps
+        are recomputed from the stride-8 ones by the trunk's (trainable) top stages."""
         length = masks.shape[1]
+        if self.train_trunk_top:
+            f8 = maps["f8"]
+            maps = {**maps, "f16": self.network.trunk.forward_top(f8.flatten(0, 1)).unflatten(0, f8.shape[:2])}
         frames = [self.network.embed({k: v[:, t] for k, v in maps.items()}) for t in range(length)]
         loss, _ = unroll_sequence(self.network, frames, masks, top_fraction, rng, self.num_refs)
         return loss
 
 
 class Trainer:
-    """Trains everything after the frozen trunk (token projection, STML, memory, decoder)."""
+    """Trains everything after the frozen trunk (token projection, STML, memory, decoder), and the
+    trunk's top stages too where cfg.trunk_top_lr > 0."""
 
     def __init__(self, cfg: TrainConfig, data: TrainData, run_dir: Path, network: STMANetwork | None = None,
                  device: str | torch.device = "cpu", stills: list[StillPair] | None = None) -> None:
@@ -84,13 +91,22 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.network = network or STMANetwork(cfg.model, pretrained_trunk=True)
         self.network.train()
-        self.network.trunk.eval()
+        self.network.trunk.eval()  # BatchNorm statistics stay ImageNet's, also where top stages train
         params = [p for n, p in self.network.named_parameters() if not n.startswith("trunk.")]
         for name, p in self.network.named_parameters():
             p.requires_grad_(not name.startswith("trunk."))
+        groups = [{"params": params}]
+        self.base_lrs = [cfg.lr]  # per optimizer group, before decay
+        train_top = cfg.trunk_top_lr > 0
+        if train_top:
+            top = self.network.trunk.top_parameters()
+            for p in top:
+                p.requires_grad_(True)
+            groups.append({"params": top})
+            self.base_lrs.append(cfg.trunk_top_lr)
         self.network.to(self.device)
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.clip_loss: nn.Module = ClipLoss(self.network, cfg.num_refs)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.clip_loss: nn.Module = ClipLoss(self.network, cfg.num_refs, train_top)
         if self.dist.world_size > 1:
             self.clip_loss = nn.parallel.DistributedDataParallel(
                 self.clip_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -225,8 +241,8 @@ class Trainer:
 
     def train_step(self) -> float:
         cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, self.step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = learning_rate(cfg, self.step, base)
         static = cfg.stage == "static" or (self.stills and self.rng.random() < cfg.static_mix_prob)
         maps, masks = self._static_batch() if static else self._video_batch()
         maps = {k: v.to(self.device, non_blocking=True) for k, v in maps.items()}
@@ -237,7 +253,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
