@@ -3,7 +3,8 @@
 The static stage holds out the last `static_holdout` stills of its folder (by name). This script
 builds a fixed, seeded set of clips from exactly those stills (1-3 objects, half of the clips with
 an unannotated look-alike distractor), runs each checkpoint through the inference session, and
-prints JSON: mean J (IoU) over every object of every frame after the first, per checkpoint.
+prints JSON: mean J (IoU) over every object of every frame after the first, per checkpoint, and for
+each checkpoint after the first its difference to the first with the paired standard error over clips.
 Choosing checkpoints and settings on this, never on DAVIS val, keeps val numbers honest.
 
     python benchmarks/synthetic_val.py --images DUTS/DUTS-TR-Image --masks DUTS/DUTS-TR-Mask \
@@ -39,11 +40,13 @@ def make_clips(images: Path, masks: Path, holdout: int, count: int, length: int,
     return clips
 
 
-def mean_j(checkpoint: str | None, clips, size: int, kernel_sigma: int | None = None) -> float:
+def clip_scores(checkpoint: str | None, clips, size: int, kernel_sigma: int | None = None) -> list[list[float]]:
+    """J (IoU) of every object of every frame after the first, grouped per clip."""
     make = session_factory(checkpoint=checkpoint, device="cpu", size=size, kernel_sigma=kernel_sigma)
-    scores = []
+    per_clip = []
     for frames, ids in clips:
         session = make()
+        scores = []
         for t, frame in enumerate(frames):
             pred = session.step(frame, ids[0] if t == 0 else None)
             if t == 0:
@@ -52,7 +55,16 @@ def mean_j(checkpoint: str | None, clips, size: int, kernel_sigma: int | None = 
                 gt, pr = ids[t] == obj, pred == obj
                 union = (gt | pr).sum()
                 scores.append(1.0 if union == 0 else (gt & pr).sum() / union)
-    return float(np.mean(scores))
+        per_clip.append(scores)
+    return per_clip
+
+
+def paired_difference(scores: list[list[float]], baseline: list[list[float]]) -> dict[str, float]:
+    """Mean J minus the baseline's on the same clips, and the standard error of that difference
+    from the per-clip differences (clips are the independent units)."""
+    diffs = np.array([np.mean(a) - np.mean(b) for a, b in zip(scores, baseline)])
+    delta = float(np.mean(np.concatenate(scores)) - np.mean(np.concatenate(baseline)))
+    return {"delta_J": round(delta, 4), "paired_se": round(float(diffs.std(ddof=1) / np.sqrt(len(diffs))), 4)}
 
 
 def main() -> None:
@@ -70,11 +82,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clips = make_clips(args.images, args.masks, args.holdout, args.clips, args.length, args.size)
-    results = {}
+    results, first = {}, None
     for checkpoint in args.checkpoint or ["default"]:
         t0 = time.time()
-        j = mean_j(None if checkpoint == "default" else checkpoint, clips, args.size, args.kernel_sigma)
-        results[checkpoint] = {"mean_J": round(j, 4), "seconds": round(time.time() - t0, 1)}
+        scores = clip_scores(None if checkpoint == "default" else checkpoint, clips, args.size, args.kernel_sigma)
+        results[checkpoint] = {"mean_J": round(float(np.mean(np.concatenate(scores))), 4),
+                               "seconds": round(time.time() - t0, 1)}
+        if first is None:
+            first = scores
+        else:  # against the first checkpoint, on the same clips
+            results[checkpoint]["vs_first"] = paired_difference(scores, first)
     print(json.dumps({"clips": args.clips, "length": args.length, "size": args.size, "holdout": args.holdout,
                       "kernel_sigma": args.kernel_sigma, "results": results}, indent=2))
 
