@@ -193,12 +193,18 @@ def test_static_stage_trains_and_feeds_main_stage(tiny_davis: Path, cache_dir: P
     network, _, metadata = load_model(out / "model.safetensors")
     assert metadata["train_stage"] == "static" and not network.training
 
-    main = write_config(tmp_path / "main.yaml", steps=1)
+    main = write_config(tmp_path / "main.yaml", steps=2)
     result = train("--config", main, "--data", tiny_davis, "--out", tmp_path / "main", "--cache-dir", cache_dir,
-                   "--init-from", out / "model.safetensors", "--device", "cpu", "--quiet")
+                   "--init-from", out / "model.safetensors", "--device", "cpu", "--quiet", "--until", 1)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "main" / "train_config.json").read_text())["init_from"] == str(
         out / "model.safetensors")
+    result = train("--config", main, "--data", tiny_davis, "--out", tmp_path / "main", "--cache-dir", cache_dir,
+                   "--resume", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "main" / "train_config.json").read_text())
+    assert saved["init_from"] == str(out / "model.safetensors")  # a resume keeps the record of the start
+    assert log_records(tmp_path / "main")[-1]["step"] == 2
 
 
 def test_threaded_clip_synthesis_gives_the_same_steps(tiny_davis: Path, tmp_path: Path) -> None:

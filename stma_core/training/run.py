@@ -68,6 +68,9 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
             raise StmaInputError(f"{out}: the run was started with trunk_top_lr {saved.get('trunk_top_lr', 0)} "
                                  "(trainable trunk stages or not); resume with the same --config")
     fresh = not (resume and state.exists())
+    if not fresh and cfg.init_from is None:  # keep the record of what the run started from
+        cfg.init_from = json.loads((out / "train_config.json").read_text()).get("init_from") \
+            if (out / "train_config.json").exists() else None
     if fresh and cfg.init_from and not Path(cfg.init_from).is_file():
         raise StmaInputError(f"{cfg.init_from}: init_from checkpoint not found; train the earlier stage first "
                              "or fix init_from / --init-from")
