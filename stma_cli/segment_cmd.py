@@ -238,10 +238,19 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
         assert job.mask_dir is not None
         loaded = {_frame_key(source, m.path): m for m in load_mask_folder(job.mask_dir).values()}
         if selected is not None:
+            skipped = {name: m for name, m in loaded.items() if not selected(name)}
             loaded = {name: m for name, m in loaded.items() if selected(name)}
             if not loaded:
                 raise StmaInputError(f"{job.mask_dir}: no annotation on the frames chosen by --start/--end/--stride; "
                                      "choose a range that includes an annotated frame")
+            kept_ids = {i for m in loaded.values() for i in m.object_ids}
+            for name, m in skipped.items():
+                lost = sorted(set(m.object_ids) - kept_ids)
+                if lost:  # reported with the first processed annotation's warnings
+                    next(iter(loaded.values())).warnings.append(
+                        f"{m.path}: object(s) {lost} are annotated only on frames that --start/--end/--stride skip, "
+                        "so they are not tracked; choose frames that include one of their annotations")
+                    kept_ids.update(lost)
     video = str(source.path)
     loaded = {name: fit_mask(m, source.size, video) for name, m in loaded.items()}
     if isinstance(source, FrameFolderSource):

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["InferenceConfig", "ModelConfig", "VideoSession", "load_model", "resolve_device", "session_factory"]
+__all__ = ["InferenceConfig", "ModelConfig", "StmaInputError", "VideoSession", "load_model", "resolve_device",
+           "session_factory"]
 
 _HOMES = {
     "InferenceConfig": "stma_core.config",
@@ -22,12 +23,14 @@ _HOMES = {
     "session_factory": "stma_core.inference.session",
     "load_model": "stma_core.checkpoint",
     "resolve_device": "stma_core.device",
+    "StmaInputError": "stma_core.errors",
 }
 
 if TYPE_CHECKING:
     from stma_core.checkpoint import load_model
     from stma_core.config import InferenceConfig, ModelConfig
     from stma_core.device import resolve_device
+    from stma_core.errors import StmaInputError
     from stma_core.inference.session import VideoSession, session_factory
 
 

@@ -106,6 +106,28 @@ def test_dataset_copy_then_rescore_with_pred(small_root: Path, tmp_path: Path) -
     assert again.stderr == ""  # --quiet
 
 
+def test_failure_mid_sequence_leaves_no_half_written_folder(small_root: Path, tmp_path: Path) -> None:
+    """A frame that cannot be read halfway through a sequence: one-line error, exit 2, and the
+    sequence's prediction folder is neither half written nor a leftover `.partial`; a complete folder
+    from an earlier run of that sequence is kept as it was."""
+    root = tmp_path / "root"
+    shutil.copytree(small_root, root)
+    pred = tmp_path / "pred"
+    assert run("--dataset", "davis16-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred),
+               "--quiet").exit_code == 0
+    before = {p.name: p.read_bytes() for p in (pred / SEQUENCES[1]).iterdir()}
+    (root / "JPEGImages" / "480p" / SEQUENCES[1] / "00006.jpg").write_bytes(b"not a jpeg")
+    result = run("--dataset", "davis16-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred),
+                 "--quiet")
+    assert_input_error(result, "00006.jpg", "cannot be read")
+    assert {p.name: p.read_bytes() for p in (pred / SEQUENCES[1]).iterdir()} == before
+    assert not list(pred.glob("*.partial")) and len(list((pred / SEQUENCES[0]).glob("*.png"))) == FRAMES
+    shutil.rmtree(pred / SEQUENCES[1])
+    result = run("--dataset", "davis16-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred),
+                 "--quiet")
+    assert result.exit_code == 2 and not (pred / SEQUENCES[1]).exists() and not list(pred.glob("*.partial"))
+
+
 def test_perfect_predictions_score_one(small_root: Path, perfect_pred: Path) -> None:
     result = run("--pred", str(perfect_pred), "--gt", str(small_root), "--json", "-q")
     assert result.exit_code == 0, result.stderr
@@ -121,6 +143,10 @@ def test_split_file_path(small_root: Path, perfect_pred: Path, tmp_path: Path) -
     assert result.exit_code == 0, result.stderr
     rows = (perfect_pred / "per-sequence_results-mine.csv").read_text().splitlines()
     assert rows == ["Sequence,J-Mean,F-Mean", "motocross-jump_1,1.000,1.000"]
+    binary = tmp_path / "split.bin"
+    binary.write_bytes(bytes(range(128, 256)))
+    assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root), "--split", str(binary), "-q"),
+                       "split.bin: not a text file, so not a split file")
 
 
 def test_flow_method_through_the_factory(small_root: Path, tmp_path: Path) -> None:

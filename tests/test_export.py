@@ -216,7 +216,7 @@ def test_propagator_reports_what_to_re_export(tiny_checkpoint: Path, tmp_path: P
         propagator.step(frame)
     with pytest.raises(StmaInputError, match="capacities"):
         exported_session_factory(tmp_path / "e", config=InferenceConfig(size=64, temporal_capacity=8))
-    with pytest.raises(StmaInputError, match="kernel_sigma 3 differs from the 0 .*re-export with --kernel-sigma 3"):
+    with pytest.raises(StmaInputError, match=r"--kernel-sigma 3 differs from the 0 .*\(kernel_sigma=0 in Python\) or re-export with --kernel-sigma 3"):
         exported_session_factory(tmp_path / "e", size=64, kernel_sigma=3)
     export_model(tiny_checkpoint, tmp_path / "ts", "torchscript", size=(64, 96), objects=1)
     with pytest.raises(StmaInputError, match="not onnx"):

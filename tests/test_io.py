@@ -199,6 +199,11 @@ def test_antialiased_rgb_mask_reports_strays_and_invents_no_object(tmp_path: Pat
 def test_mask_without_object_or_with_too_many_objects(tmp_path: Path) -> None:
     with pytest.raises(StmaInputError, match="empty.png: mask has no object"):
         load_mask(_save(np.zeros((20, 30), np.uint8), tmp_path / "empty.png"))
+    for level in (1, 128, 255):  # one flat non-black level everywhere: it is the background, no object
+        with pytest.raises(StmaInputError, match=f"flat{level}.png: mask has no object"):
+            load_mask(_save(np.full((20, 30), level, np.uint8), tmp_path / f"flat{level}.png"))
+    with pytest.raises(StmaInputError, match="flatrgb.png: mask has no object"):
+        load_mask(_save(np.full((20, 30, 3), (200, 30, 30), np.uint8), tmp_path / "flatrgb.png"))
     rng = np.random.default_rng(0)
     colours = rng.choice(2**24 - 1, size=300, replace=False) + 1
     tiles = np.repeat(np.repeat(colours.reshape(15, 20), 4, 0), 4, 1)

@@ -6,6 +6,7 @@ import gc
 import warnings
 
 import numpy as np
+import pytest
 import torch
 
 from stma_core.config import InferenceConfig, ModelConfig
@@ -35,10 +36,12 @@ def _live_tensor_count() -> int:
         return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
 
 
-def test_memories_and_held_tensors_stop_growing_once_full():
+@pytest.mark.parametrize("capacity", [(2, 3), (0, 0)])  # (0, 0): first-appearance frames only
+def test_memories_and_held_tensors_stop_growing_once_full(capacity: tuple[int, int]):
     torch.manual_seed(0)
     net = STMANetwork(TINY, pretrained_trunk=False)
-    cfg = InferenceConfig(size=64, spatial_capacity=2, spatial_every=2, temporal_capacity=3, temporal_every=2)
+    cfg = InferenceConfig(size=64, spatial_capacity=capacity[0], spatial_every=2, temporal_capacity=capacity[1],
+                          temporal_every=2)
     session = VideoSession(net, cfg)
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)

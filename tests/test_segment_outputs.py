@@ -182,6 +182,27 @@ def test_mask_folder_outside_the_range_is_an_error(tmp_path: Path, clip: tuple[P
     assert not out.exists()
 
 
+def test_an_object_annotated_only_on_a_skipped_frame_is_a_warning(
+        tmp_path: Path, clip: tuple[Path, Path, list[np.ndarray]]) -> None:
+    """--mask-dir with --stride: object 2, annotated only on frame 2 (skipped by --start 1 --stride 2),
+    is named in a warning instead of vanishing silently; object 1 (on processed frame 1) is tracked."""
+    video, mask, _ = clip
+    car = np.array(Image.open(mask))
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    save_palette_png(car, annotations / "00001.png")
+    both = car.copy()
+    both[:40, :60] = 2
+    save_palette_png(both, annotations / "00002.png")
+    result = segment(video, "--mask-dir", annotations, "--out", tmp_path / "out", "--method", "copy",
+                     "--start", "1", "--stride", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "not tracked" in line]
+    assert len(warnings) == 1 and "00002.png: object(s) [2]" in warnings[0], result.stderr
+    saved = sorted((tmp_path / "out" / video.stem).glob("*.png"))
+    assert saved and all(set(np.unique(np.array(Image.open(p)))) <= {0, 1} for p in saved)
+
+
 def test_a_failing_frame_leaves_no_new_output(tmp_path: Path, clip: tuple[Path, Path, list[np.ndarray]]) -> None:
     _, mask, frames = clip
     folder = tmp_path / "frames"

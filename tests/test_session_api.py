@@ -136,3 +136,64 @@ def test_both_directions_read_each_frame_once_when_the_first_mask_is_on_frame_0(
     out = list(session.propagate(frames, {0: mask, 4: mask}, direction="both"))
     assert [i for i, _ in out] == list(range(6))
     assert Counted.reads == 6
+
+
+def test_objects_added_one_call_at_a_time_on_the_same_frame_are_all_tracked(clip):
+    """add_mask(0, car) then add_mask(0, box): both objects, as one mask with both would give (the
+    second call used to replace the first, silently dropping the car)."""
+    frames, mask, config, _ = clip
+    box = np.zeros_like(mask)
+    box[20:120, 20:160] = 2
+    together = VideoSession.from_pretrained(device="cpu", config=config)
+    both = np.where(box != 0, box, mask)
+    expected = [m for _, m in together.propagate(frames[:4], {0: both})]
+    session = VideoSession.from_pretrained(device="cpu", config=config)
+    session.add_mask(0, mask)
+    session.add_mask(0, box)
+    got = [m for _, m in session.propagate(frames[:4])]
+    assert session.objects.user_ids == [1, 2]
+    for a, b in zip(got, expected):
+        assert np.array_equal(a, b)
+    assert set(np.unique(got[-1])) == {0, 1, 2}
+    stepped = VideoSession.from_pretrained(device="cpu", config=config)  # a pending mask and step(mask) merge too
+    stepped.add_mask(0, mask)
+    assert np.array_equal(stepped.step(frames[0], box), expected[0])
+
+
+def test_bad_masks_and_arguments_are_refused_where_they_are_given():
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frame = np.zeros((64, 96, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"2-D HxW array .* shape \(64, 96, 3\); for a colour mask"):
+        session.add_mask(0, frame)
+    soft = np.zeros((64, 96), np.float32)
+    soft[10:20, 10:20] = 0.8
+    with pytest.raises(ValueError, match="integer object ids .* float32: threshold"):
+        session.add_mask(0, soft)
+    with pytest.raises(ValueError, match=r"1..254; got \[300\]"):
+        session.add_mask(0, np.full((64, 96), 300, np.int32))
+    with pytest.raises(TypeError, match="frame index must be an integer; got '0'"):
+        session.add_mask("0", np.zeros((64, 96), np.uint8))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="masks must be a dict"):
+        list(session.propagate([frame], [np.zeros((64, 96), np.uint8)]))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="differ in size"):
+        session.add_mask(0, np.ones((64, 96), np.uint8))
+        session.add_mask(0, np.ones((32, 48), np.uint8))
+    session.reset()
+    with pytest.raises(ValueError, match="frame 9 but the video has 3 frames"):
+        list(session.propagate([frame] * 3, {9: np.ones((64, 96), np.uint8)}, direction="both"))
+    session.reset()
+    with pytest.warns(UserWarning, match=r"frame\(s\) \[9\] were not used: the video ended at frame 2"):
+        out = list(session.propagate([frame] * 3, {0: np.ones((64, 96), bool), 9: np.ones((64, 96), np.uint8)}))
+    assert len(out) == 3 and session.objects.user_ids == [1]  # a bool mask is object 1
+
+
+def test_pil_images_are_frames():
+    from PIL import Image
+
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 1
+    as_array = session.step(frame, mask)
+    session.reset()
+    assert np.array_equal(session.step(Image.fromarray(frame), mask), as_array)

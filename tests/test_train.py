@@ -324,6 +324,10 @@ def test_bad_yaml_and_missing_config(tmp_path: Path) -> None:
                      "invalid YAML")
     assert_bad_input(train("--config", tmp_path / "absent.yaml", "--data", tmp_path, "--out", tmp_path / "o"),
                      "training config not found")
+    png = tmp_path / "mask.png"  # a binary file given as the config
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(png)
+    assert_bad_input(train("--config", png, "--data", tmp_path, "--out", tmp_path / "o"),
+                     "mask.png: not a text file, so not a YAML training config")
 
 
 def test_recipe_needs_a_stage(tmp_path: Path) -> None:

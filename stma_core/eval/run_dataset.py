@@ -24,7 +24,9 @@ from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import DAVIS_RESOLUTION, check_davis_root, short_list
 from stma_core.eval.scoring import VOID_ID, read_id_mask
 from stma_core.inference.propagator import Propagator
+from stma_core.io.atomic import commit, partial_path, remove_path
 from stma_core.io.masks import keep_new_objects
+from stma_core.io.text import read_user_text
 from stma_core.io.writers import save_palette_png
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -62,21 +64,30 @@ def _jpeg_frames(folder: Path) -> list[Path]:
 
 def _run_video(frames: list[Path], given: dict[str, np.ndarray], make: Callable[[], Propagator],
                out_folder: Path, keep: set[str] | None, sequence: str, progress: FrameProgress | None) -> None:
-    """Feeds one video to a fresh propagator; writes the outputs of the frames in `keep` (None: all)."""
-    out_folder.mkdir(parents=True, exist_ok=True)
+    """Feeds one video to a fresh propagator; writes the outputs of the frames in `keep` (None: all).
+
+    The sequence's folder is written as `<folder>.partial` and renamed when the video is complete (an
+    earlier run's folder is replaced then), so a failure never leaves a sequence half written."""
+    partial = partial_path(out_folder)
+    remove_path(partial)
+    partial.mkdir(parents=True)
     start = time.perf_counter()
-    propagator = make()
-    for path in frames:
-        frame = read_rgb(path)
-        mask = given.get(path.stem)
-        if mask is not None and mask.shape != frame.shape[:2]:
-            raise StmaInputError(f"annotation for {path} is {mask.shape[1]}x{mask.shape[0]} but the frame is "
-                                 f"{frame.shape[1]}x{frame.shape[0]}; the dataset is inconsistent")
-        out = propagator.step(frame, mask)
-        if keep is None or path.stem in keep:
-            write_mask(out_folder / f"{path.stem}.png", out)
-        if progress is not None:
-            progress.frame(sequence)
+    try:
+        propagator = make()
+        for path in frames:
+            frame = read_rgb(path)
+            mask = given.get(path.stem)
+            if mask is not None and mask.shape != frame.shape[:2]:
+                raise StmaInputError(f"annotation for {path} is {mask.shape[1]}x{mask.shape[0]} but the frame is "
+                                     f"{frame.shape[1]}x{frame.shape[0]}; the dataset is inconsistent")
+            out = propagator.step(frame, mask)
+            if keep is None or path.stem in keep:
+                write_mask(partial / f"{path.stem}.png", out)
+            if progress is not None:
+                progress.frame(sequence)
+        commit(partial, out_folder, overwrite=True)
+    finally:
+        remove_path(partial)
     if progress is not None:
         progress.sequence_done(sequence, len(frames), time.perf_counter() - start)
 
@@ -147,7 +158,7 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
     """
     valid = ytvos_valid_dir(root)
     try:
-        videos = json.loads((valid / "meta.json").read_text())["videos"]
+        videos = json.loads(read_user_text(valid / "meta.json", "YouTube-VOS meta.json", "re-download it"))["videos"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise StmaInputError(f"{valid / 'meta.json'} is not a YouTube-VOS meta.json ({exc}); re-download it") from None
     all_frames = valid.parent / "valid_all_frames" / "JPEGImages"

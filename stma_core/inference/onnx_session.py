@@ -199,5 +199,5 @@ def _check_readout(top_k: int, kernel_sigma: int, made_with: InferenceConfig) ->
     for name, flag, value in (("top_k", "--top-k", top_k), ("kernel_sigma", "--kernel-sigma", kernel_sigma)):
         baked = getattr(made_with, name)
         if value != baked:
-            raise StmaInputError(f"{name} {value} differs from the {baked} this export was made with; use {name} "
-                                 f"{baked} or re-export with {flag} {value}")
+            raise StmaInputError(f"{flag} {value} differs from the {baked} this export was made with; use {flag} "
+                                 f"{baked} ({name}={baked} in Python) or re-export with {flag} {value}")

@@ -17,6 +17,8 @@ Objects first given on the same frame form a group that reads only the memory wr
 from __future__ import annotations
 
 import contextlib
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from stma_core.config import MIN_SIZE, Direction, InferenceConfig
 from stma_core.device import resolve_device
 from stma_core.errors import StmaInputError
+from stma_core.ids import MAX_OBJECTS
 from stma_core.inference.engine import Engine, MemoryState, TorchEngine
 from stma_core.inference.object_manager import ObjectManager
 from stma_core.inference.spatial_memory import SpatialMemory
@@ -87,12 +90,17 @@ class VideoSession:
         New ids become objects from that frame on (ids given together form one group). Ids that
         already exist are corrections: the given pixels replace the prediction on that frame, which
         then enters the memories, so the frames after it follow the correction.
-        Raises ValueError if the frame was already processed.
+        Masks given for the same frame are merged (a later mask's nonzero pixels win), so objects can be
+        added one call at a time. Raises ValueError if the frame was already processed or the mask is not
+        an HxW array of ids 0..254 (TypeError for a frame index that is not an integer).
         """
+        if isinstance(frame_index, bool) or not isinstance(frame_index, (int, np.integer)):
+            raise TypeError(f"frame index must be an integer; got {frame_index!r}")
+        frame_index = int(frame_index)
         if frame_index < self.frame_index:
             raise ValueError(f"frame {frame_index} was already processed (next is {self.frame_index}); "
                              "add masks before stepping past their frame, or reset() and start again")
-        self.pending_masks[frame_index] = mask
+        self.pending_masks[frame_index] = merge_masks(self.pending_masks.get(frame_index), check_mask(mask))
 
     def remove_objects(self, ids: Iterable[int]) -> None:
         """Stops tracking these user ids (their memory goes too); raises ValueError for unknown ids.
@@ -127,12 +135,18 @@ class VideoSession:
         except ValueError:
             raise ValueError(f"unknown direction {direction!r}; use one of "
                              f"{', '.join(d.value for d in Direction)}") from None
+        if masks is not None and not isinstance(masks, Mapping):
+            raise TypeError(f"masks must be a dict {{frame index: id mask}}; got {type(masks).__name__}")
         for index, mask in (masks or {}).items():
             self.add_mask(index, mask)
         if direction is Direction.FORWARD:
             for frame in frames:
                 index = self.frame_index
                 yield index, self.step(frame)
+            unused = sorted(i for i in self.pending_masks if i >= self.frame_index)
+            if unused:
+                warnings.warn(f"masks given for frame(s) {unused} were not used: the video ended at frame "
+                              f"{self.frame_index - 1}", stacklevel=2)
             return
         if not (hasattr(frames, "__len__") and hasattr(frames, "__getitem__")):
             raise TypeError("backward propagation reads frames out of order: pass a list or another sequence "
@@ -144,6 +158,8 @@ class VideoSession:
             raise ValueError("no mask given; add_mask(frame, mask) before propagating")
         count = len(frames)  # type: ignore[arg-type]
         first, last = min(given), max(given)
+        if last >= count:
+            raise ValueError(f"a mask is given for frame {last} but the video has {count} frames (0..{count - 1})")
         if direction is Direction.BOTH:
             yield from self._run(frames, range(first, count), given)
             if first > 0:  # the backward pass only yields frames before the first mask
@@ -165,10 +181,10 @@ class VideoSession:
         this frame's (n+1, H, W) float32 probabilities (background first, then objects in
         `objects.user_ids` order) on the session's device.
         """
-        if mask is None:
-            mask = self.pending_masks.pop(self.frame_index, None)
-        else:
-            self.pending_masks.pop(self.frame_index, None)
+        if not isinstance(frame, np.ndarray):  # e.g. a PIL image
+            frame = np.asarray(frame)
+        pending = self.pending_masks.pop(self.frame_index, None)
+        mask = pending if mask is None else merge_masks(pending, check_mask(mask))
         with torch.inference_mode(), self._autocast():
             labels = self._step(frame, mask)
         self.frame_index += 1
@@ -304,6 +320,36 @@ class VideoSession:
         if pin or correction or t - self._last_spatial >= cfg.spatial_every:
             self.spatial.add(frame.tokens, pin=pin, correction=correction and not pin)
             self._last_spatial = t
+
+
+def check_mask(mask: np.ndarray) -> np.ndarray:
+    """A user mask as an HxW uint8 id array (bool masks become ids 0/1); ValueError naming the problem
+    for anything else (colour images, soft masks, ids outside 0..254)."""
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        hint = "; for a colour mask use stma_core.io.masks.load_mask (or take one channel)" if arr.ndim == 3 else ""
+        raise ValueError(f"a mask must be a 2-D HxW array of object ids (0 = background); got shape {arr.shape}{hint}")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"a mask must hold integer object ids (0 = background, 1..{MAX_OBJECTS} objects); got dtype "
+                         f"{arr.dtype}: threshold a soft mask first, e.g. (mask > 0.5).astype(np.uint8)")
+    ids = np.unique(arr)
+    bad = ids[(ids < 0) | (ids > MAX_OBJECTS)]
+    if bad.size:
+        raise ValueError(f"object ids must be 1..{MAX_OBJECTS}; got {bad[:5].tolist()} (0 is background, "
+                         "255 is void): relabel the mask")
+    return arr.astype(np.uint8, copy=False)
+
+
+def merge_masks(earlier: np.ndarray | None, later: np.ndarray) -> np.ndarray:
+    """Two masks of one frame as one: the later mask's nonzero pixels win. ValueError on size mismatch."""
+    if earlier is None:
+        return later
+    if earlier.shape != later.shape:
+        raise ValueError(f"masks given for the same frame differ in size ({earlier.shape[1]}x{earlier.shape[0]} "
+                         f"and {later.shape[1]}x{later.shape[0]}); give masks at the frame's size")
+    return np.where(later != 0, later, earlier)
 
 
 def session_factory(checkpoint: str | Path | None = None, device: str = "auto", size: int | None = None,

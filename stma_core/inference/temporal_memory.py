@@ -55,7 +55,8 @@ class TemporalMemory:
         self.entries.append(_Entry(key, value, pin or correction, frame, correction))
         unpinned = [e for e in self.entries if not e.pinned]
         while len(unpinned) > self.capacity:
-            victim = min(unpinned[:-1], key=lambda e: e.frequency)  # the newest entry always stays
+            # the newest entry stays, unless the capacity is 0 (first-appearance frames only)
+            victim = min(unpinned[:-1] or unpinned, key=lambda e: e.frequency)
             self.entries.remove(victim)
             unpinned.remove(victim)
         self.version += 1

@@ -243,8 +243,8 @@ def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorId
     else:
         levels = sorted(int(values[i]) for i in objects)
         binary = len(levels) == 1 and levels[0] in (1, 255)
-        identity = not binary and all(1 <= v <= MAX_OBJECTS for v in levels) and (
-            lossless_ids or levels[-1] <= GRAY_ID_MAX)
+        identity = bool(levels) and not binary and all(1 <= v <= MAX_OBJECTS for v in levels) and (
+            lossless_ids or levels[-1] <= GRAY_ID_MAX)  # no levels: a flat mask, all background
         for i in sorted(objects, key=lambda i: int(values[i])):
             level = int(values[i])
             if binary:
@@ -334,8 +334,8 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
             rgb = np.where(alpha[..., None] < 128, 0, rgba[..., :3]).astype(np.uint8)
             mask = _values_to_ids(path, rgb, "rgb", color_ids)
     if require_object and not mask.object_ids:
-        raise StmaInputError(f"{path}: mask has no object (every pixel is background); "
-                             "draw each object with a nonzero id or colour")
+        raise StmaInputError(f"{path}: mask has no object (every pixel is background, void or one flat "
+                             "colour); draw each object with a nonzero id or colour on a black background")
     return mask
 
 

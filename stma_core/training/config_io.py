@@ -15,6 +15,7 @@ import yaml
 
 from stma_core.config import ModelConfig
 from stma_core.errors import StmaInputError
+from stma_core.io.text import read_user_text
 from stma_core.training.config import STAGES, TrainConfig
 
 
@@ -108,7 +109,7 @@ def load_train_config(path: str | Path, stage: str | None = None) -> TrainConfig
     if not path.is_file():
         raise StmaInputError(f"{path}: training config not found; pass --config with a YAML file (see configs/)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_user_text(path, "YAML training config", "pass --config with a YAML file (see configs/)")) or {}
     except yaml.YAMLError as exc:
         raise StmaInputError(f"{path}: invalid YAML ({str(exc).splitlines()[0]}); fix the syntax") from exc
     if not isinstance(data, dict):
