@@ -522,6 +522,12 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
               direction: Direction = Direction.FORWARD) -> None:
     """Runs every job in order, printing result paths as they finish and the batch summary at the end."""
     console = stderr_console()
+    first_of: dict[str, Path] = {}
+    for job in jobs:  # outputs are named after the input: two inputs of one name would collide
+        if job.name in first_of:
+            fail(f"{job.path}: {first_of[job.name]} is also named {job.name!r}, and outputs are named after "
+                 "their input; rename one of them")
+        first_of[job.name] = job.path
     factory: list[Callable[[], Propagator]] = []
 
     def propagator() -> Propagator:
@@ -539,12 +545,11 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
         return factory[0]()
 
     outcomes: list[Outcome] = []
-    seen: set[str] = set()
     start = time.perf_counter()
     try:
         with frame_progress(console, disable=quiet) as progress:
             for job in jobs:
-                outcome = _run_job(job, batch, seen, fmt_list, out, overwrite, propagator, progress, console, quiet,
+                outcome = _run_job(job, batch, fmt_list, out, overwrite, propagator, progress, console, quiet,
                                    extras or Extras(), direction)
                 outcomes.append(outcome)
                 if not as_json:
@@ -585,15 +590,12 @@ def _print_json(outcomes: list[Outcome], seconds: float) -> None:
         stdout_closed()
 
 
-def _run_job(job: Job, batch: bool, seen: set[str], formats: list[str], out: Path, overwrite: bool,
+def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bool,
              propagator: Callable[[], Propagator], progress: Progress, console: Console, quiet: bool,
              extras: Extras | None = None, direction: Direction = Direction.FORWARD) -> Outcome:
     """One video: bad input ends the command (exit 2) for a single video, or is recorded in a batch."""
     start = time.perf_counter()
     try:
-        if job.name in seen:
-            raise StmaInputError(f"{job.path}: another input is also named {job.name!r}; rename one of them")
-        seen.add(job.name)
         extras = extras or Extras()
         paths = all_output_paths(out, job.name, formats)
         todo = [f for f, p in paths.items() if overwrite or not p.exists()]

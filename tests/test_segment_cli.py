@@ -164,6 +164,23 @@ def test_batch_with_a_failing_video(tmp_path: Path, small_clips: dict[str, tuple
     assert (out / "camel.overlay.mp4").is_file() and "skipped" not in more.stderr  # quiet: no table
 
 
+def test_two_batch_inputs_with_one_name_fail_before_any_work(tmp_path: Path,
+                                                             small_clips: dict[str, tuple[Path, Path]]) -> None:
+    """camel.mp4 and camel.mov would write the same outputs: one line naming both, exit 2, nothing written
+    (it used to be found only after the first of them was segmented)."""
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    video, mask = small_clips["camel"]
+    shutil.copy(video, videos / "camel.mp4")
+    shutil.copy(video, videos / "camel.mov")
+    result = segment(videos, "--mask", mask.parent, "--method", "copy", "--out", out)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "camel.mov" in lines[0] and "camel.mp4" in lines[0], lines
+    assert "is also named 'camel'" in lines[0] and "rename one of them" in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_torchrun_ranks_split_the_batch(tmp_path: Path, small_clips: dict[str, tuple[Path, Path]]) -> None:
     videos, masks = tmp_path / "videos", tmp_path / "masks"
     videos.mkdir()
