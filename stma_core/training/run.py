@@ -60,6 +60,7 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
     state = out / "state.pt"
     if state.exists() and not resume:
         raise StmaInputError(f"{out}: already holds a run (state.pt); pass --resume to continue or choose a new --out")
+    saved: dict = {}
     if resume and (out / "train_config.json").exists():
         saved = json.loads((out / "train_config.json").read_text())
         if from_dict(ModelConfig, saved.get("model", {})) != cfg.model:  # from_dict restores tuples
@@ -69,8 +70,7 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
                                  "(trainable trunk stages or not); resume with the same --config")
     fresh = not (resume and state.exists())
     if not fresh and cfg.init_from is None:  # keep the record of what the run started from
-        cfg.init_from = json.loads((out / "train_config.json").read_text()).get("init_from") \
-            if (out / "train_config.json").exists() else None
+        cfg.init_from = saved.get("init_from")
     if fresh and cfg.init_from and not Path(cfg.init_from).is_file():
         raise StmaInputError(f"{cfg.init_from}: init_from checkpoint not found; train the earlier stage first "
                              "or fix init_from / --init-from")
