@@ -546,9 +546,11 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
 
     outcomes: list[Outcome] = []
     start = time.perf_counter()
+    current: Job | None = None
     try:
         with frame_progress(console, disable=quiet) as progress:
             for job in jobs:
+                current = job
                 outcome = _run_job(job, batch, fmt_list, out, overwrite, propagator, progress, console, quiet,
                                    extras or Extras(), direction)
                 outcomes.append(outcome)
@@ -559,6 +561,10 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
                         except BrokenPipeError:
                             stdout_closed()
     except _Stop as stop:
+        if as_json and current is not None:  # a script reading stdout gets the failure too, not nothing
+            outcomes.append(Outcome(current.name, "failed", error=one_line(stop.args[0]),
+                                    bad_input=stop.code == EXIT_BAD_INPUT))
+            _print_json(outcomes, time.perf_counter() - start)
         fail(stop.args[0], stop.code)
     if batch and not quiet:
         console.print(_summary(outcomes))

@@ -239,6 +239,22 @@ def test_segment_json_summary(tmp_path: Path) -> None:
     assert video["seconds"] > 0 and summary["seconds"] >= video["seconds"]
 
 
+def test_segment_json_reports_a_failed_video_too(tmp_path: Path) -> None:
+    """--json on one video that cannot be segmented: exit 2, the one-line error on stderr, and the same
+    JSON summary on stdout with the video failed (it used to print nothing, so `| jq` saw no input)."""
+    empty = tmp_path / "empty.png"
+    Image.fromarray(np.zeros((480, 854), np.uint8)).save(empty)
+    result = run("segment", EXAMPLE_VIDEO, "--mask", empty, "--method", "copy", "--out", tmp_path / "out", "--json")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "mask has no object" in lines[0]
+    summary = json.loads(result.stdout)
+    assert (summary["done"], summary["failed"], summary["frames"]) == (0, 1, 0)
+    video = summary["videos"][0]
+    assert video["name"] == "car-shadow" and video["status"] == "failed" and "mask has no object" in video["error"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_quiet_hides_progress_not_warnings(tmp_path: Path) -> None:
     truth = np.array(Image.open(EXAMPLE_MASK))
     smooth = cv2.resize((truth[..., None] * np.array([255, 60, 0])).astype(np.uint8), (427, 240),
