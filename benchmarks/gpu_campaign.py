@@ -47,6 +47,9 @@ MAIN_CONFIG = REPO / "configs" / "lite0_davis16_main_gpu.yaml"
 DUTS_HOLDOUT = 300  # the last 300 DUTS-TR stills by name are held out (static_holdout in the configs)
 DAVIS_QUALITIES = (90, 85, 80, 75, 70, 65, 60, 55, 50, 45, 40, 35, 30)
 TRUNK_FILE = "efficientnet_lite0_trunk.pt"
+# the GPU configs' `model:` section is Lite0's: their default start is the Lite0 model of the CPU recipe
+# (the shipped default is a Lite2 model now, which these configs cannot load)
+LITE0_MODEL = REPO / "stma_core" / "weights" / "stma_lite0_duts_davis16.safetensors"
 # --tiny: the same code at sizes a CPU runs in seconds (tests); never for a real run
 TINY_MODEL = {"embed_dim": 32, "stml_depth": 1, "num_heads": 2, "key_dim": 16, "value_dim": 32,
               "decoder_dims": [16, 16, 8]}
@@ -279,13 +282,11 @@ def run(pack_dir: Path, out: Path, minutes_static: float, minutes_main: float, d
         steps_main: int | None = None, tiny: bool = False) -> dict[str, Any]:
     """Static stage (minutes_static minutes of steps; 0 skips it) then main stage from its result.
 
-    init_from: the static stage's starting weights (default: the shipped model, as in the CPU recipe;
+    init_from: the static stage's starting weights (default: the Lite0 model, LITE0_MODEL;
     with the static stage skipped, the main stage's). steps_*: the stages' planned step counts (default:
     the GPU configs'). tiny: a tiny model at tiny sizes, so the CPU tests run it in seconds.
     """
     import torch
-
-    from stma_core.checkpoint import DEFAULT_CHECKPOINT
 
     meta = pack_dir / "pack.json"
     if not meta.is_file():
@@ -303,7 +304,7 @@ def run(pack_dir: Path, out: Path, minutes_static: float, minutes_main: float, d
     if (weights / TRUNK_FILE).is_file():
         os.environ["STMA_LITE_WEIGHTS"] = str(weights.resolve())  # no efficientnet package needed
     if init_from is None and not tiny:
-        init_from = DEFAULT_CHECKPOINT
+        init_from = LITE0_MODEL
     if init_from is not None and not init_from.is_file():
         raise CampaignError(f"{init_from}: --init-from checkpoint not found; pass an existing model.safetensors")
     out.mkdir(parents=True, exist_ok=True)
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--minutes-main", type=float, required=True, help="main stage budget, minutes")
     r.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     r.add_argument("--init-from", type=Path, default=None,
-                   help="starting weights (default: the shipped model stma_lite0_davis16)")
+                   help="starting weights (default: the Lite0 model stma_lite0_duts_davis16, whose model config the GPU configs use)")
     r.add_argument("--steps-static", type=int, default=None, help="planned static steps (default: the config's)")
     r.add_argument("--steps-main", type=int, default=None, help="planned main steps (default: the config's)")
     r.add_argument("--export", type=Path, default=None,
