@@ -22,7 +22,7 @@ from stma_cli import _settings
 from stma_cli._common import check_device, check_output_dir, fail, frame_progress, info, stderr_console
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
-                                     resolve_root, resolve_split)
+                                     resolve_root, resolve_split, short_list)
 from stma_core.eval.report import render_table, result_json, write_csvs
 from stma_core.eval.run_dataset import segment_davis, segment_ytvos
 from stma_core.eval.scoring import EvalResult, check_prediction_files, score_predictions
@@ -51,6 +51,17 @@ class _RichFrames:
     def sequence_done(self, sequence: str, frames: int, seconds: float) -> None:
         if self._lines:
             info(self._console, f"{self._label} {sequence}: {frames} frames, {frames / max(seconds, 1e-9):.1f} frames/s")
+
+
+def _check_predictions_absent(folder: Path, overwrite: bool, sequences: list[str] | None = None) -> None:
+    """Predictions of an earlier run are replaced only with --overwrite (nothing is overwritten unasked).
+    sequences: the folders this run writes (None: any folder in `folder`)."""
+    if overwrite or not folder.is_dir():
+        return
+    existing = sorted(p.name for p in folder.iterdir() if p.is_dir() and (sequences is None or p.name in sequences))
+    if existing:
+        fail(f"{folder}: already holds predictions ({short_list(existing, 3)}); pass --overwrite to replace them "
+             "or choose another --pred-out")
 
 
 def _default_pred_out(dataset: str, method: str) -> Path:
@@ -119,7 +130,8 @@ def evaluate(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Scoring threads (default: one per CPU)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report folder (index.html + PNGs; opens without a server)."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="Second prediction folder, scored on the same split and shown beside the first (table and --report)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --report folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --report folder and the "
+                                   "predictions of an earlier run in --pred-out."),
 ) -> None:
     """Score predictions with the official DAVIS J/F protocol, or segment a benchmark and score it."""
     console = stderr_console()
@@ -164,6 +176,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
                                      f"submit the zip to {YTVOS_SERVER}")
             target = pred_out or _default_pred_out(spec.name, method)
             check_output_dir(target, "--pred-out")
+            _check_predictions_absent(target / "Annotations", overwrite)
             annotations = _segment(spec, gt_root, None, method, checkpoint, device, settings, target, quiet, console)
             zip_path = target / "submission.zip"
             if not quiet:
@@ -179,6 +192,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
             _, sequences = resolve_split(gt_root, split_arg)
             pred = pred_out or _default_pred_out(spec.name, method)
             check_output_dir(pred, "--pred-out")
+            _check_predictions_absent(pred, overwrite, sequences)
             _segment(spec, gt_root, sequences, method, checkpoint, device, settings, pred, quiet, console,
                      davis2016=spec.year == 2016)
             extra["method"] = method

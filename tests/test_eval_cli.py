@@ -116,16 +116,23 @@ def test_failure_mid_sequence_leaves_no_half_written_folder(small_root: Path, tm
     assert run("--dataset", "davis16-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred),
                "--quiet").exit_code == 0
     before = {p.name: p.read_bytes() for p in (pred / SEQUENCES[1]).iterdir()}
+    again = run("--dataset", "davis16-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred), "-q")
+    assert_input_error(again, str(pred), "already holds predictions", "--overwrite")  # nothing replaced unasked
     (root / "JPEGImages" / "480p" / SEQUENCES[1] / "00006.jpg").write_bytes(b"not a jpeg")
     result = run("--dataset", "davis16-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred),
-                 "--quiet")
-    assert_input_error(result, "00006.jpg", "cannot be read")
+                 "--quiet", "--overwrite")
+    assert_input_error(result, "00006.jpg", "not a readable image")
     assert {p.name: p.read_bytes() for p in (pred / SEQUENCES[1]).iterdir()} == before
     assert not list(pred.glob("*.partial")) and len(list((pred / SEQUENCES[0]).glob("*.png"))) == FRAMES
     shutil.rmtree(pred / SEQUENCES[1])
     result = run("--dataset", "davis16-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred),
-                 "--quiet")
+                 "--quiet", "--overwrite")
     assert result.exit_code == 2 and not (pred / SEQUENCES[1]).exists() and not list(pred.glob("*.partial"))
+    whole = (root / "JPEGImages" / "480p" / SEQUENCES[1] / "00005.jpg").read_bytes()  # a JPEG cut short
+    (root / "JPEGImages" / "480p" / SEQUENCES[1] / "00006.jpg").write_bytes(whole[: len(whole) // 2])
+    result = run("--dataset", "davis16-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred),
+                 "--quiet", "--overwrite")
+    assert_input_error(result, "00006.jpg", "truncated")
 
 
 def test_perfect_predictions_score_one(small_root: Path, perfect_pred: Path) -> None:

@@ -308,6 +308,12 @@ def test_bad_frame_midway_leaves_no_output(tmp_path: Path) -> None:
     assert_bad_input(segment(frames, "--mask", mask, "--method", "copy", "--out", out, "-f", "png", "-f", "overlay"),
                      "00002.jpg: not a readable image")
     assert not out.exists()
+    # a real JPEG cut short: libjpeg alone would decode it with a grey bottom and only print a warning
+    whole = (frames / "00001.jpg").read_bytes()
+    (frames / "00002.jpg").write_bytes(whole[: len(whole) // 2])
+    assert_bad_input(segment(frames, "--mask", mask, "--method", "copy", "--out", out, "-f", "png"),
+                     "00002.jpg: not a readable image, or truncated")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -17,7 +17,6 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-import cv2
 import numpy as np
 
 from stma_core.errors import StmaInputError, StmaOutputError
@@ -25,6 +24,7 @@ from stma_core.eval.datasets import DAVIS_RESOLUTION, check_davis_root, short_li
 from stma_core.eval.scoring import VOID_ID, read_id_mask
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import commit, partial_path, remove_path
+from stma_core.io.frames import read_image_frame
 from stma_core.io.masks import keep_new_objects
 from stma_core.io.text import read_user_text
 from stma_core.io.writers import save_palette_png
@@ -43,11 +43,8 @@ class FrameProgress(Protocol):
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB frame; a one-line error for unreadable files."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise StmaInputError(f"frame {path} cannot be read as an image; re-extract the dataset")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """HxWx3 uint8 RGB frame; a one-line error for unreadable or truncated files."""
+    return read_image_frame(path, "re-extract the dataset")
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:

@@ -344,14 +344,30 @@ class FrameFolderSource(FrameSource):
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         for name, file in zip(self._names, self.files):
-            bgr = cv2.imread(str(file), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            if bgr is None:
-                raise StmaInputError(f"{file}: not a readable image; replace or remove it")
-            if (bgr.shape[1], bgr.shape[0]) != self.size:
+            rgb = read_image_frame(file)
+            if (rgb.shape[1], rgb.shape[0]) != self.size:
                 raise StmaInputError(
-                    f"{file}: frame is {bgr.shape[1]}x{bgr.shape[0]} but the first frame is "
+                    f"{file}: frame is {rgb.shape[1]}x{rgb.shape[0]} but the first frame is "
                     f"{self.size[0]}x{self.size[1]}; resize all frames to one size")
-            yield name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            yield name, rgb
+
+
+def read_image_frame(file: Path, fix: str = "replace or remove it") -> np.ndarray:
+    """One image file as an HxWx3 uint8 RGB frame (EXIF orientation ignored, as video frames have none).
+
+    StmaInputError names the file and the `fix` when it is not an image or is truncated: libjpeg decodes
+    a cut-off JPEG into a frame with a grey bottom and only prints a warning, so PIL decodes it fully
+    first and refuses what it cannot finish. cv2 then decodes (it also scales 16-bit PNGs to 8 bits).
+    """
+    try:
+        with Image.open(file) as image:
+            image.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise StmaInputError(f"{file}: not a readable image, or truncated ({exc}); {fix}") from None
+    bgr = cv2.imread(str(file), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        raise StmaInputError(f"{file}: not a readable image; {fix}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def open_frames(path: str | Path) -> FrameSource:
