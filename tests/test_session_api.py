@@ -188,6 +188,20 @@ def test_bad_masks_and_arguments_are_refused_where_they_are_given():
     assert len(out) == 3 and session.objects.user_ids == [1]  # a bool mask is object 1
 
 
+def test_a_frame_of_another_size_mid_video_is_refused():
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 1
+    session.step(np.zeros((64, 96, 3), np.uint8), mask)
+    with pytest.raises(ValueError, match="frame 1 is 96x48 but this video's frames are 96x64"):
+        session.step(np.zeros((48, 96, 3), np.uint8))
+    assert session.frame_index == 1
+    session.reset()  # another video may have another size
+    assert session.step(np.zeros((48, 96, 3), np.uint8), mask[:48]).shape == (48, 96)
+    with pytest.raises(ValueError, match="negative"):
+        session.add_mask(-1, mask)
+
+
 def test_pil_images_are_frames():
     from PIL import Image
 

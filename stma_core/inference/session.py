@@ -78,6 +78,7 @@ class VideoSession:
         self.pending_masks: dict[int, np.ndarray] = {}
         self.frame_index = 0
         self.probabilities: torch.Tensor | None = None
+        self._frame_shape: tuple[int, int] | None = None  # (H, W) of the video's frames, set by its first
         self._last_spatial = -1
         self._last_temporal = -1
         # memory versions restart with the memories; the epoch keeps engine caches from matching old ones
@@ -97,6 +98,8 @@ class VideoSession:
         if isinstance(frame_index, bool) or not isinstance(frame_index, (int, np.integer)):
             raise TypeError(f"frame index must be an integer; got {frame_index!r}")
         frame_index = int(frame_index)
+        if frame_index < 0:
+            raise ValueError(f"frame index {frame_index} is negative; frames count from 0")
         if frame_index < self.frame_index:
             raise ValueError(f"frame {frame_index} was already processed (next is {self.frame_index}); "
                              "add masks before stepping past their frame, or reset() and start again")
@@ -183,10 +186,15 @@ class VideoSession:
         """
         if not isinstance(frame, np.ndarray):  # e.g. a PIL image
             frame = np.asarray(frame)
+        if self._frame_shape is not None and frame.shape[:2] != self._frame_shape:
+            raise ValueError(f"frame {self.frame_index} is {frame.shape[1]}x{frame.shape[0]} but this video's frames "
+                             f"are {self._frame_shape[1]}x{self._frame_shape[0]}; give frames of one size, or reset() "
+                             "to start another video")
         pending = self.pending_masks.pop(self.frame_index, None)
         mask = pending if mask is None else merge_masks(pending, check_mask(mask))
         with torch.inference_mode(), self._autocast():
             labels = self._step(frame, mask)
+        self._frame_shape = frame.shape[:2]
         self.frame_index += 1
         return self.objects.to_user_mask(labels)
 
