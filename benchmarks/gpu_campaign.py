@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--minutes-main", type=float, required=True, help="main stage budget, minutes")
     r.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     r.add_argument("--init-from", type=Path, default=None,
-                   help="starting weights (default: the Lite0 model stma_lite0_duts_davis16, whose model config the GPU configs use)")
+                   help="starting weights (default: the Lite0 model stma_lite0_duts_davis16, whose model "
+                        "config the GPU configs use)")
     r.add_argument("--steps-static", type=int, default=None, help="planned static steps (default: the config's)")
     r.add_argument("--steps-main", type=int, default=None, help="planned main steps (default: the config's)")
     r.add_argument("--export", type=Path, default=None,

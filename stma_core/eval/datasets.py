@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stma_core.errors import StmaInputError
-from stma_core.io.text import read_user_text
+from stma_core.io.text import read_split_names
 
 DAVIS17_URL = "https://davischallenge.org/davis2017/code.html"
 DAVIS16_URL = "https://davischallenge.org/davis2016/code.html"
@@ -141,7 +141,7 @@ def resolve_split(root: Path, split: str) -> tuple[str, list[str]]:
             raise StmaInputError(f"split {split!r} not found: no file {split!r} and no {looked}; "
                                  "pass --split with a split name or a text file of sequence names")
         split_file = found[0]
-    sequences = [line.strip() for line in read_user_text(split_file, "split file", "write one sequence name per line").splitlines() if line.strip()]
+    sequences = read_split_names(split_file)
     if not sequences:
         raise StmaInputError(f"split file {split_file} lists no sequences; write one sequence name per line")
     missing = [s for s in sequences if not (annotations / s).is_dir()]

@@ -42,11 +42,6 @@ class FrameProgress(Protocol):
     def sequence_done(self, sequence: str, frames: int, seconds: float) -> None: ...
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB frame; a one-line error for unreadable or truncated files."""
-    return read_image_frame(path, "re-extract the dataset")
-
-
 def write_mask(path: Path, mask: np.ndarray) -> None:
     """Palette PNG with the DAVIS colours, pixel value = object id (io's writer, as `stma segment` writes)."""
     try:
@@ -72,7 +67,7 @@ def _run_video(frames: list[Path], given: dict[str, np.ndarray], make: Callable[
     try:
         propagator = make()
         for path in frames:
-            frame = read_rgb(path)
+            frame = read_image_frame(path, "re-extract the dataset")
             mask = given.get(path.stem)
             if mask is not None and mask.shape != frame.shape[:2]:
                 raise StmaInputError(f"annotation for {path} is {mask.shape[1]}x{mask.shape[0]} but the frame is "

@@ -78,7 +78,7 @@ class VideoSession:
         self.pending_masks: dict[int, np.ndarray] = {}
         self.frame_index = 0
         self.probabilities: torch.Tensor | None = None
-        self._frame_shape: tuple[int, int] | None = None  # (H, W) of the video's frames, set by its first
+        self._frame_shape: tuple[int, int] | None = None  # (H, W) of this video's frames, from its first one
         self._last_spatial = -1
         self._last_temporal = -1
         # memory versions restart with the memories; the epoch keeps engine caches from matching old ones

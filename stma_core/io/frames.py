@@ -13,6 +13,7 @@ video, never a shorter result. ffmpeg's own messages are captured, never printed
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -352,19 +353,30 @@ class FrameFolderSource(FrameSource):
             yield name, rgb
 
 
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk and its CRC close every complete PNG
+
+
 def read_image_frame(file: Path, fix: str = "replace or remove it") -> np.ndarray:
     """One image file as an HxWx3 uint8 RGB frame (EXIF orientation ignored, as video frames have none).
 
     StmaInputError names the file and the `fix` when it is not an image or is truncated: libjpeg decodes
-    a cut-off JPEG into a frame with a grey bottom and only prints a warning, so PIL decodes it fully
-    first and refuses what it cannot finish. cv2 then decodes (it also scales 16-bit PNGs to 8 bits).
+    a cut-off JPEG into a frame with a grey bottom and only prints a warning. A file that ends the way a
+    complete JPEG or PNG ends is decoded once, by cv2 (which also scales 16-bit PNGs to 8 bits); any
+    other is first decoded fully by PIL, which refuses what it cannot finish.
     """
     try:
-        with Image.open(file) as image:
-            image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise StmaInputError(f"{file}: not a readable image, or truncated ({exc}); {fix}") from None
-    bgr = cv2.imread(str(file), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        data = Path(file).read_bytes()
+    except OSError as exc:
+        raise StmaInputError(f"{file}: cannot be read ({exc.strerror or exc}); {fix}") from None
+    tail = data.rstrip(b"\0")
+    if not (tail.endswith(_PNG_END) or (data.startswith(_JPEG_START) and tail.endswith(_JPEG_END))):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            raise StmaInputError(f"{file}: not a readable image, or truncated ({exc}); {fix}") from None
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise StmaInputError(f"{file}: not a readable image; {fix}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

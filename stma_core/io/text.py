@@ -16,3 +16,9 @@ def read_user_text(path: Path, what: str, fix: str) -> str:
         raise StmaInputError(f"{path}: not a text file, so not a {what}; {fix}") from None
     except OSError as exc:
         raise StmaInputError(f"{path}: cannot read the {what} ({exc.strerror or exc}); {fix}") from None
+
+
+def read_split_names(path: Path) -> list[str]:
+    """The sequence names a split file lists: one per line, blank lines skipped (as read_user_text errs)."""
+    text = read_user_text(path, "split file", "write one sequence name per line")
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -109,7 +109,8 @@ def load_train_config(path: str | Path, stage: str | None = None) -> TrainConfig
     if not path.is_file():
         raise StmaInputError(f"{path}: training config not found; pass --config with a YAML file (see configs/)")
     try:
-        data = yaml.safe_load(read_user_text(path, "YAML training config", "pass --config with a YAML file (see configs/)")) or {}
+        text = read_user_text(path, "YAML training config", "pass --config with a YAML file (see configs/)")
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise StmaInputError(f"{path}: invalid YAML ({str(exc).splitlines()[0]}); fix the syntax") from exc
     if not isinstance(data, dict):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from stma_core.errors import StmaInputError
 from stma_core.io.atomic import atomic_write
-from stma_core.io.text import read_user_text
+from stma_core.io.text import read_split_names
 from stma_core.model.lite_backbone import LiteTrunk
 
 
@@ -34,7 +34,7 @@ class CachedSequence:
 
 
 def read_split(root: Path, split_file: Path) -> list[str]:
-    return [line.strip() for line in read_user_text(split_file, "split file", "write one sequence name per line").splitlines() if line.strip()]
+    return read_split_names(split_file)
 
 
 def check_sequences(root: Path, names: list[str], split_file: Path) -> None:
