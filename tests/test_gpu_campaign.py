@@ -58,39 +58,72 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
 
 @pytest.fixture(scope="module")
 def pack(sources: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A Lite0 pack whose size limit leaves room for about half of the 10 training stills: measured on a
+    pack without a limit, so the test does not depend on this machine's encoder's exact sizes."""
     davis, images, masks = sources
+    full = campaign.pack(davis, images, masks, tmp_path_factory.mktemp("full") / "p", max_mib=100, variant="lite0",
+                         duts_short_side=160, duts_holdout=4)
+    assert full["duts"]["stills"] == 10
+    budget = full["data_mib"] - full["duts"]["mib"] / 2 + 0.004  # pack.json's reserve
     out = tmp_path_factory.mktemp("pack") / "gpu_pack"
-    budget = 2.94  # MiB: the trunk weights (2.79), all of DAVIS (0.08), and only some of the stills (12 KiB each)
-    summary = campaign.pack(davis, images, masks, out, max_mib=budget, davis_share=0.1, duts_short_side=160,
+    summary = campaign.pack(davis, images, masks, out, max_mib=budget, variant="lite0", duts_short_side=160,
                             duts_holdout=4)
     return out, summary
 
 
 def test_pack_fits_and_holds_the_right_files(pack: tuple[Path, dict], sources: tuple[Path, Path, Path]) -> None:
+    from stma_core.training.feature_cache import resize_ids
+
     out, summary = pack
     assert campaign.pack_size_mib(out) <= summary["max_mib"]
     assert abs(campaign.pack_size_mib(out) - summary["mib"]) < 0.01
     assert json.loads((out / "pack.json").read_text())["duts"] == summary["duts"]
+    assert summary["format"] == campaign.PACK_FORMAT and summary["variant"] == "lite0"
     assert not out.with_name(out.name + ".partial").exists()
     davis = out / "davis"
-    assert sorted(p.name for p in (davis / "JPEGImages" / "480p").iterdir()) == ["seq-a", "seq-b"]  # never val
+    assert sorted(p.name for p in (davis / "videos").iterdir()) == ["seq-a.mp4", "seq-b.mp4"]  # never val
+    h, w = summary["davis"]["frame_size"]
+    assert (h, w) == tuple(load_train_config(campaign.MAIN_CONFIG).frame_size)
     assert summary["davis"] == {**summary["davis"], "sequences": 2, "frames": 12}
-    assert 30 <= summary["davis"]["jpeg_quality"] <= 90
-    for seq in ("seq-a", "seq-b"):  # masks recompressed losslessly: same ids
-        for original in sorted((sources[0] / "Annotations" / "480p" / seq).glob("*.png")):
+    assert summary["davis"]["psnr_db_min"] > 30  # measured here by decoding the written videos
+    for seq in ("seq-a", "seq-b"):  # masks resized as the feature cache resizes them: same ids, palette kept
+        originals = sorted((sources[0] / "Annotations" / "480p" / seq).glob("*.png"))
+        assert json.loads((davis / "frames.json").read_text())[seq] == [p.stem for p in originals]
+        for original in originals:
             packed = Image.open(davis / "Annotations" / "480p" / seq / original.name)
-            assert packed.mode == "P" and np.array_equal(np.array(packed), np.array(Image.open(original)))
+            expected = resize_ids(np.array(Image.open(original)), (h, w))
+            assert packed.mode == "P" and np.array_equal(np.array(packed), expected)
     stills = sorted(p.stem for p in (out / "duts" / "images").iterdir())
     assert 0 < summary["duts"]["stills"] == len(stills) < 10  # some, not all 10 training stills fit
     assert summary["duts"]["training_stills"] == 10 and summary["duts"]["held_out_excluded"] == 4
     assert not set(stills) & {f"still_{i:03d}" for i in range(10, 14)}  # the held-out last 4 by name
     for stem in stills:
-        image, mask = Image.open(out / "duts" / "images" / f"{stem}.jpg"), Image.open(out / "duts" / "masks" / f"{stem}.png")
+        image, mask = Image.open(out / "duts" / "images" / f"{stem}.webp"), Image.open(out / "duts" / "masks" / f"{stem}.png")
         assert min(image.size) == 160 and image.size == mask.size
         assert set(np.unique(np.array(mask.convert("L")))) <= {0, 255}
-    weights = torch.load(out / "weights" / campaign.TRUNK_FILE, weights_only=True)
+    weights = torch.load(out / "weights" / campaign.trunk_file("lite0"), weights_only=True)
     reference = LiteTrunk("lite0").state_dict()
     assert weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in weights)
+
+
+def test_unpack_gives_the_davis_layout(pack: tuple[Path, dict], sources: tuple[Path, Path, Path],
+                                       tmp_path: Path) -> None:
+    """The videos decode back to the frames, named as the originals, at the training frame size, close to
+    the resized originals (the PSNR the pack recorded)."""
+    out, summary = pack
+    root = tmp_path / "davis"
+    assert campaign.unpack_davis(out, root) == {"sequences": 2, "frames": 12}
+    h, w = summary["davis"]["frame_size"]
+    for seq in ("seq-a", "seq-b"):
+        originals = sorted((sources[0] / "JPEGImages" / "480p" / seq).glob("*.jpg"))
+        frames = sorted((root / "JPEGImages" / "480p" / seq).glob("*.jpg"))
+        assert [p.name for p in frames] == [p.name for p in originals]
+        for frame, original in zip(frames, originals):
+            decoded = np.array(Image.open(frame))
+            resized = np.array(Image.open(original).convert("RGB").resize((w, h), Image.BILINEAR))
+            assert decoded.shape == (h, w, 3) and campaign._psnr(decoded, resized) > 28
+        assert len(list((root / "Annotations" / "480p" / seq).glob("*.png"))) == 6
+    assert (root / "ImageSets" / "2016" / "train.txt").read_text() == "seq-a\nseq-b\n"
 
 
 def test_lite_weights_from_a_folder(pack: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,21 +157,65 @@ def test_run_trains_both_stages_and_exports(pack: tuple[Path, dict], tmp_path: P
     assert main_config["static_holdout"] == 0 and main_config["static_mix_prob"] == 0.25  # mixes pack stills
     assert main_config["static_images"] == str(pack[0] / "duts" / "images")
     assert json.loads((export / "summary.json").read_text())["checkpoint"] == main["model"]
+    assert summary["davis_unpacked"]["frames"] == 12 and summary["probes"] == {}
+
+
+def test_probe_sizes_each_stage_to_its_budget(pack: tuple[Path, dict], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """--probe-seconds: each stage's steps/s is measured first and its planned steps are 95 % of what its
+    budget allows at that rate (with the lr decay moved along)."""
+    monkeypatch.setenv("STMA_LITE_WEIGHTS", "")
+    minutes = {"static": 0.04, "main": 0.06}
+    summary = campaign.run(pack[0], tmp_path / "run", minutes["static"], minutes["main"], device="cpu", tiny=True,
+                           probe_seconds=1.5)
+    for stage in ("static", "main"):
+        probe, result = summary["probes"][stage], summary["stages"][stage]
+        assert probe["steps"] > campaign.PROBE_WARMUP_STEPS and probe["it_per_s"] > 0
+        assert result["planned_steps"] == probe["planned_steps"] == int(probe["it_per_s"] * 60 * minutes[stage] * 0.95)
+        assert 1 <= result["steps"] <= result["planned_steps"]
+        assert not (tmp_path / "run" / f"probe_{stage}").exists()  # the probe's scratch run is removed
+        cfg = load_train_config(tmp_path / "run" / f"{stage}.yaml")
+        assert cfg.steps == probe["planned_steps"]
+
+
+def test_a_failing_stage_is_recorded_and_the_exit_code_says_so(pack: tuple[Path, dict], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Starting weights of another model config: each stage records the one-line error, the run goes on
+    to the end, prints its summary and exits 1."""
+    monkeypatch.setenv("STMA_LITE_WEIGHTS", "")
+    code = campaign.main(["run", "--pack", str(pack[0]), "--out", str(tmp_path / "run"), "--minutes-static", "0.01",
+                          "--minutes-main", "0.01", "--device", "cpu", "--tiny",
+                          "--init-from", str(campaign.LITE0_MODEL)])
+    assert code == 1
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    for stage in ("static", "main"):
+        assert "another model config" in summary["stages"][stage]["error"]
+    assert summary["checkpoint"] is None and "Traceback" not in captured.err
 
 
 def test_run_steps_override_moves_the_lr_decay(tmp_path: Path) -> None:
     path = campaign._stage_config(campaign.MAIN_CONFIG, tmp_path, "main", {}, 4000)
     cfg = load_train_config(path)
     assert cfg.steps == 4000 and cfg.lr_decay_steps == (3200,)
+    assert (cfg.bootstrap_warmup, cfg.bootstrap_ramp) == (200, 800)  # 100 and 400 of 2000 steps
 
 
 def test_gpu_configs_match_the_cpu_recipe() -> None:
     """Same model section (checkpoints interchangeable) and recipe; a GPU batch, autocast, threads for clips."""
-    for gpu, cpu in (("lite0_duts_static_gpu", "lite0_duts_static_cpu"), ("lite0_davis16_main_gpu", "lite0_davis16_main_cpu")):
+    for gpu, cpu in (("lite0_duts_static_gpu", "lite0_duts_static_cpu"), ("lite0_davis16_main_gpu", "lite0_davis16_main_cpu"),
+                     ("lite2_duts_static_gpu", "lite2_duts_static_cpu"),
+                     ("lite2_davis16_main_gpu", "lite2_davis16_main_toptrunk_cpu")):
         g, c = (load_train_config(REPO / "configs" / f"{name}.yaml") for name in (gpu, cpu))
         assert g.model == c.model and g.stage == c.stage and g.crop == c.crop and g.clip_length == c.clip_length
         assert g.static_mix_prob == c.static_mix_prob and g.static_holdout == c.static_holdout == 300
+        assert g.frame_size == c.frame_size and g.seed == c.seed
         assert g.batch_size == 32 and g.amp and g.data_threads > 0 and c.lr < g.lr <= 8 * c.lr
+        assert g.trunk_top_lr / g.lr == c.trunk_top_lr / c.lr  # trainable top stages keep their share of the lr
+    for variant, (static, main, init) in campaign.CONFIGS.items():  # each variant's start fits its configs
+        _, config, _ = load_model(init)
+        assert config == load_train_config(static).model == load_train_config(main).model
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -155,5 +232,5 @@ def test_bad_input_is_one_line(args: list[str], fragment: str, tmp_path: Path, c
 
 def test_pack_that_cannot_fit(sources: tuple[Path, Path, Path], tmp_path: Path) -> None:
     with pytest.raises(campaign.CampaignError, match="raise --max-mib"):
-        campaign.pack(*sources, tmp_path / "p", max_mib=0.5, duts_holdout=4)
+        campaign.pack(*sources, tmp_path / "p", max_mib=0.5, variant="lite0", duts_holdout=4)
     assert not (tmp_path / "p").exists() and not (tmp_path / "p.partial").exists()
