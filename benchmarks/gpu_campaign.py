@@ -65,6 +65,7 @@ STATIC_CONFIG, MAIN_CONFIG, LITE0_MODEL = CONFIGS["lite0"]
 DUTS_HOLDOUT = 300  # the last 300 DUTS-TR stills by name are held out (static_holdout in the configs)
 PACK_FORMAT = 2
 PROBE_STEP_CAP = 10 ** 6
+PROBE_MIN_TIMED = 10  # steps timed after the warm-up, at least (unless 4x --probe-seconds pass first)
 PROBE_WARMUP_STEPS = 5  # a probe's first steps (allocation, kernel selection) are not timed
 # --tiny: the same code at sizes a CPU runs in seconds (tests); never for a real run
 TINY_MODEL = {"embed_dim": 32, "stml_depth": 1, "num_heads": 2, "key_dim": 16, "value_dim": 32,
@@ -339,7 +340,21 @@ def _probe(config: Path, run_dir: Path, seconds: float, device: str, data: Path 
     trainer = _prepare(config, run_dir, device, data, stills, init_from, cache_dir)
     times: list[float] = []
     started = time.monotonic()
-    trainer.run(on_step=lambda step, record: times.append(time.monotonic()), deadline=started + seconds)
+
+    class Done(Exception):
+        pass
+
+    def record(step: int, _: dict) -> None:
+        times.append(time.monotonic())
+        # slow first steps (seen: 3 steps in 16 s under bf16 autocast on an H200) would plan far too few
+        # steps: the probe goes on past `seconds` until PROBE_MIN_TIMED steps after the warm-up are timed
+        if times[-1] >= started + seconds and len(times) >= PROBE_WARMUP_STEPS + 1 + PROBE_MIN_TIMED:
+            raise Done
+
+    try:
+        trainer.run(on_step=record, deadline=started + 4 * seconds)  # 4x: the most it may take
+    except Done:
+        pass
     timed = len(times) - 1 - PROBE_WARMUP_STEPS
     rate = timed / (times[-1] - times[PROBE_WARMUP_STEPS]) if timed > 0 else len(times) / (time.monotonic() - started)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -399,7 +414,8 @@ def _run_stage(summary: dict[str, Any], stage: str, base: Path, minutes: float, 
 
 def run(pack_dir: Path, out: Path, minutes_static: float, minutes_main: float, device: str = "cuda",
         init_from: Path | None = None, export: Path | None = None, steps_static: int | None = None,
-        steps_main: int | None = None, tiny: bool = False, probe_seconds: float = 0.0) -> dict[str, Any]:
+        steps_main: int | None = None, tiny: bool = False, probe_seconds: float = 0.0,
+        amp: bool | None = None) -> dict[str, Any]:
     """Static stage (minutes_static minutes of steps; 0 skips it) then main stage from its result.
 
     The trunk variant and so the configs (CONFIGS) are the pack's. init_from: the first stage's
@@ -442,6 +458,8 @@ def run(pack_dir: Path, out: Path, minutes_static: float, minutes_main: float, d
     common: dict[str, Any] = {"static_holdout": 0}  # the pack holds training stills only
     if tiny:
         common.update(TINY)
+    if amp is not None:  # None: the configs' setting
+        common["amp"] = amp
     summary: dict[str, Any] = {"pack": info, "device": device,
                                "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
                                "torch": torch.__version__, "run_dir": str(out), "stages": {}, "probes": {}}
@@ -526,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--steps-main", type=int, default=None, help="planned main steps (default: the config's)")
     r.add_argument("--export", type=Path, default=None,
                    help="also copy models, logs, curves and summary.json here, flat (e.g. $OUT on the device)")
+    r.add_argument("--no-amp", dest="amp", action="store_false", default=None,
+                   help="train in float32 instead of the configs' autocast (bf16 measured slower on an H200)")
     r.add_argument("--tiny", action="store_true", help="tiny model and sizes, for tests on a CPU")
     args = parser.parse_args(argv)
     try:
@@ -534,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
                           args.davis_crf, args.duts_short_side, duts_holdout=args.duts_holdout)
         else:
             result = run(args.pack, args.out, args.minutes_static, args.minutes_main, args.device, args.init_from,
-                         args.export, args.steps_static, args.steps_main, args.tiny, args.probe_seconds)
+                         args.export, args.steps_static, args.steps_main, args.tiny, args.probe_seconds,
+                         args.amp)
     except CampaignError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

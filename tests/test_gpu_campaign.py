@@ -211,7 +211,8 @@ def test_gpu_configs_match_the_cpu_recipe() -> None:
         assert g.model == c.model and g.stage == c.stage and g.crop == c.crop and g.clip_length == c.clip_length
         assert g.static_mix_prob == c.static_mix_prob and g.static_holdout == c.static_holdout == 300
         assert g.frame_size == c.frame_size and g.seed == c.seed
-        assert g.batch_size == 32 and g.amp and g.data_threads > 0 and c.lr < g.lr <= 8 * c.lr
+        assert g.batch_size == 32 and g.data_threads > 0 and c.lr < g.lr <= 8 * c.lr
+        assert g.amp == (gpu.startswith("lite0"))  # Lite2: float32, measured faster there
         assert g.trunk_top_lr / g.lr == c.trunk_top_lr / c.lr  # trainable top stages keep their share of the lr
     for variant, (static, main, init) in campaign.CONFIGS.items():  # each variant's start fits its configs
         _, config, _ = load_model(init)

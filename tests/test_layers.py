@@ -52,3 +52,24 @@ def test_public_api_names():
 
     assert stma_core.VideoSession is VideoSession
     assert callable(stma_core.load_model) and stma_core.InferenceConfig().top_k > 0
+
+
+def test_topk_readout_with_mixed_precision() -> None:
+    """Under CUDA bf16 autocast the affinities are bf16 and the softmax float32; the dense top-k form
+    scattered one into the other and failed on the first GPU run. The same mix on a CPU: bf16
+    affinities with a float32 kernel bias (which makes the kept affinities float32)."""
+    import torch
+
+    from stma_core.model.network import ReadoutKernel, topk_readout
+
+    torch.manual_seed(0)
+    sim = torch.randn(2, 50, 40)  # B, N queries (a 5 x 10 grid), L memory entries
+    values = torch.randn(2, 1, 8, 40, requires_grad=True)  # B, n objects, Cv, L
+    kernel = ReadoutKernel.from_affinity(sim, (5, 10), sigma=3.0)  # float32 bias
+    reference, _ = topk_readout(sim, values, top_k=10, kernel=kernel)
+    low = sim.to(torch.bfloat16).requires_grad_()
+    readout, _ = topk_readout(low, values, top_k=10, kernel=kernel)
+    assert readout.shape == reference.shape == (2, 1, 8, 50)
+    torch.testing.assert_close(readout, reference, atol=0.1, rtol=0.05)
+    readout.sum().backward()
+    assert low.grad is not None and torch.isfinite(low.grad.float()).all()

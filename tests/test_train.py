@@ -283,6 +283,42 @@ def test_trunk_top_lr_trains_only_the_top_stages(tiny_davis: Path, cache_dir: Pa
     assert_bad_input(result, "split", "trunk_top_lr 0.001")
 
 
+def test_frozen_stage_from_trained_top_stages_uses_them(tiny_davis: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """The cache holds the ImageNet trunk's maps. A frozen-trunk main stage that starts from (or resumes) a
+    model whose top stages were trained computes the stride-16 maps with those stages, as inference does,
+    instead of reading the cache's; the first loss proves it (it equals the loss of the trained-top run
+    given the same maps). A trunk changed below stride 8 is refused in one line."""
+    trained = prepare_trainer(write_config(tmp_path / "top.yaml", trunk_top_lr=1e-2, steps=2), tiny_davis,
+                              tmp_path / "top", cache_dir=cache_dir)
+    trained.run()
+    model = tmp_path / "top" / "model.safetensors"
+    frozen = write_config(tmp_path / "frozen.yaml")
+    plain = prepare_trainer(frozen, tiny_davis, tmp_path / "plain", cache_dir=cache_dir)
+    assert not plain._loss.recompute_top  # ImageNet top stages: the cache's stride-16 maps are the model's
+    fine = prepare_trainer(frozen, tiny_davis, tmp_path / "fine", cache_dir=cache_dir, init_from=model)
+    assert fine._loss.recompute_top
+    maps, masks = fine._video_batch()
+    with torch.no_grad():
+        own = fine.network.trunk.forward_top(maps["f8"].flatten(0, 1)).unflatten(0, maps["f8"].shape[:2])
+        assert not torch.allclose(own, maps["f16"], atol=1e-3)  # the trained stages do change the map
+        used = fine.clip_loss(maps, masks, 1.0, __import__("random").Random(0))
+        expected = fine.clip_loss({**maps, "f16": own}, masks, 1.0, __import__("random").Random(0))
+    assert torch.equal(used, expected)
+    fine.run(until=1)
+    resumed = prepare_trainer(frozen, tiny_davis, tmp_path / "fine", resume=True, cache_dir=cache_dir)
+    assert resumed._loss.recompute_top
+
+    network, config, _ = load_model(model)
+    with torch.no_grad():
+        network.trunk._conv_stem.weight.mul_(1.1)
+    from stma_core.checkpoint import save_model
+
+    save_model(network, config, tmp_path / "stem.safetensors")
+    result = train("--config", frozen, "--data", tiny_davis, "--out", tmp_path / "stem", "--cache-dir", cache_dir,
+                   "--init-from", tmp_path / "stem.safetensors", "--device", "cpu")
+    assert_bad_input(result, "stem.safetensors", "below the stride-16")
+
+
 # ---- one-line errors --------------------------------------------------------------------------------
 
 def test_missing_data_root(tmp_path: Path) -> None:

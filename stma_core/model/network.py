@@ -335,7 +335,7 @@ def topk_readout(sim: torch.Tensor, mem_values: torch.Tensor, top_k: int, kernel
         top = (top if kernel is None else top + kernel.bias(indices)).softmax(-1)
         if not (torch.is_grad_enabled() and (sim.requires_grad or mem_values.requires_grad)):
             return _sparse_readout(top, indices, mem_values)
-        weights = torch.zeros_like(sim).scatter_(-1, indices, top)
+        weights = torch.zeros_like(sim, dtype=top.dtype).scatter_(-1, indices, top)  # autocast: sim bf16, top fp32
     readout = (mem_values.reshape(b, n * cv, length) @ weights.transpose(1, 2)).reshape(b, n, cv, -1)
     return readout, weights.sum(1)
 

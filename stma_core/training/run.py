@@ -17,7 +17,8 @@ from stma_core.training import distributed
 from stma_core.training.config_io import load_train_config
 from stma_core.training.feature_cache import build_cache, check_sequences, load_cache, read_split
 from stma_core.training.static_data import list_still_folder, list_still_pairs
-from stma_core.training.trainer import Trainer
+from stma_core.model.lite_backbone import LiteTrunk
+from stma_core.training.trainer import Trainer, cache_trunk_error, trunk_changes
 
 
 def find_split_file(root: Path, split: str) -> Path:
@@ -27,6 +28,20 @@ def find_split_file(root: Path, split: str) -> Path:
             return candidate
     raise StmaInputError(f"{root}: no ImageSets/2017/{split}.txt or ImageSets/2016/{split}.txt; "
                          "pass --data with a DAVIS-layout root")
+
+
+def check_init_trunk(path: Path, variant: str) -> None:
+    """The feature cache holds the ImageNet trunk's maps: a starting checkpoint whose trunk differs below
+    the top stages cannot train on it (one line); trained top stages are fine (the trainer recomputes
+    their maps)."""
+    from safetensors.torch import load_file
+
+    reference = LiteTrunk(variant)
+    state = {k[len("trunk."):]: v for k, v in load_file(str(path)).items() if k.startswith("trunk.")}
+    if state.keys() != reference.state_dict().keys():
+        return  # another model config: load_initial_weights says so
+    if trunk_changes(state, reference.state_dict(), reference.top_start)[1]:
+        raise StmaInputError(cache_trunk_error(path))
 
 
 def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: bool = False,
@@ -74,6 +89,8 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
     if fresh and cfg.init_from and not Path(cfg.init_from).is_file():
         raise StmaInputError(f"{cfg.init_from}: init_from checkpoint not found; train the earlier stage first "
                              "or fix init_from / --init-from")
+    if fresh and cfg.init_from and cfg.stage == "main":  # before the feature cache: a trunk it cannot serve
+        check_init_trunk(Path(cfg.init_from), cfg.model.lite_variant)
     rank = distributed.current()
     mix = cfg.stage == "main" and cfg.static_mix_prob > 0
     if mix and cfg.static_images is None:

@@ -48,6 +48,25 @@ def learning_rate(cfg: TrainConfig, step: int, base: float | None = None) -> flo
     return (cfg.lr if base is None else base) * cfg.lr_decay_factor ** sum(step >= s for s in cfg.lr_decay_steps)
 
 
+def trunk_changes(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], top_start: int
+                  ) -> tuple[bool, bool]:
+    """Two LiteTrunk state dicts -> (a top stage differs, something below the top stages differs)."""
+    top = below = False
+    for key, value in state.items():
+        if torch.equal(value.detach().cpu(), reference[key].detach().cpu()):
+            continue
+        if key.startswith("_blocks.") and int(key.split(".")[1]) >= top_start:
+            top = True
+        else:
+            below = True
+    return top, below
+
+
+def cache_trunk_error(source: Path) -> str:
+    return (f"{source}: its trunk differs from the ImageNet weights below the stride-16 stages, which the "
+            "feature cache holds; start from a checkpoint trained by stma train (only the top stages ever train)")
+
+
 class ClipLoss(nn.Module):
     """Trunk maps of a clip batch -> unrolled loss, as one module call so DDP can sync gradients."""
 
@@ -55,14 +74,16 @@ class ClipLoss(nn.Module):
         super().__init__()
         self.network = network
         self.num_refs = num_refs
-        self.train_trunk_top = train_trunk_top
+        # stride-16 maps from the network's own top stages instead of the cache's: where they train, and
+        # where the starting weights' top stages differ from the ImageNet ones the cache was made with
+        self.recompute_top = train_trunk_top
 
     def forward(self, maps: dict[str, torch.Tensor], masks: torch.Tensor, top_fraction: float,
                 rng: random.Random) -> torch.Tensor:
         """maps key -> (B, T, C, h, w), masks (B, T, n, H, W). With train_trunk_top the stride-16 maps
         are recomputed from the stride-8 ones by the trunk's (trainable) top stages."""
         length = masks.shape[1]
-        if self.train_trunk_top:
+        if self.recompute_top:
             f8 = maps["f8"]
             maps = {**maps, "f16": self.network.trunk.forward_top(f8.flatten(0, 1)).unflatten(0, f8.shape[:2])}
         frames = [self.network.embed({k: v[:, t] for k, v in maps.items()}) for t in range(length)]
@@ -107,6 +128,10 @@ class Trainer:
         self.network.to(self.device)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.clip_loss: nn.Module = ClipLoss(self.network, cfg.num_refs, train_top)
+        self._loss = self.clip_loss  # the ClipLoss itself, also once DDP wraps it
+        # the trunk as constructed (ImageNet weights: those the feature cache is made with)
+        self._cache_trunk = {k: v.detach().clone() for k, v in self.network.trunk.state_dict().items()} \
+            if cfg.model.backbone == "lite" else {}
         if self.dist.world_size > 1:
             self.clip_loss = nn.parallel.DistributedDataParallel(
                 self.clip_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -161,6 +186,7 @@ class Trainer:
             return False
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         self.network.load_state_dict(state["model"])
+        self._match_cache_trunk(self.state_path)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
@@ -203,6 +229,19 @@ class Trainer:
             raise StmaInputError(f"{path}: init_from checkpoint has another model config than the training "
                                  "config's `model:`; use the same model section in both stages")
         self.network.load_state_dict(load_file(str(path), device=str(self.device)))
+        self._match_cache_trunk(path)
+
+    def _match_cache_trunk(self, source: Path) -> None:
+        """Cached maps come from the ImageNet trunk. Where the loaded weights' top stages differ (a model
+        whose top stages were trained), the stride-16 maps are recomputed from the cached stride-8 ones by
+        the network's own top stages, as inference computes them."""
+        if self.cfg.stage != "main" or self.cfg.model.backbone != "lite":
+            return
+        top, below = trunk_changes(self.network.trunk.state_dict(), self._cache_trunk, self.network.trunk.top_start)
+        if below:
+            raise StmaInputError(cache_trunk_error(source))
+        if top:
+            self._loss.recompute_top = True
 
     # ---- steps -----------------------------------------------------------------------------
     def _video_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
