@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 import cv2
 import numpy as np
@@ -503,11 +503,11 @@ def segment(
         jobs = jobs[rank::world]
     created_out = not out.exists()
     if out.exists() and not out.is_dir():
-        fail(f"{out}: --out is a file, not a folder; pass --out with a folder path")
+        _refuse(jobs, f"{out}: --out is a file, not a folder; pass --out with a folder path", as_json)
     try:
         ensure_writable_dir(out)
     except StmaOutputError as exc:
-        fail(exc)
+        _refuse(jobs, exc, as_json)
     try:
         _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, settings,
                   onnx_dir if engine == "onnx" else None, extras=extras, as_json=as_json, direction=way)
@@ -525,8 +525,8 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
     first_of: dict[str, Path] = {}
     for job in jobs:  # outputs are named after the input: two inputs of one name would collide
         if job.name in first_of:
-            fail(f"{job.path}: {first_of[job.name]} is also named {job.name!r}, and outputs are named after "
-                 "their input; rename one of them")
+            _refuse(jobs, f"{job.path}: {first_of[job.name]} is also named {job.name!r}, and outputs are named after "
+                    "their input; rename one of them", as_json)
         first_of[job.name] = job.path
     factory: list[Callable[[], Propagator]] = []
 
@@ -577,7 +577,18 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def _print_json(outcomes: list[Outcome], seconds: float) -> None:
+def _refuse(jobs: list[Job], message: object, as_json: bool) -> NoReturn:
+    """Ends a run refused before any video started (exit 2): with --json, stdout still gets the summary, every
+    video failed as not run and the reason in `error`, so a script reading it never gets nothing."""
+    if as_json:
+        line = one_line(message)
+        _print_json([Outcome(job.name, "failed", error=f"not run: {line}", bad_input=True) for job in jobs], 0.0,
+                    error=line)
+    fail(message)
+
+
+def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> None:
+    """The --json summary; `error`: why the whole run was refused (absent when videos ran or failed alone)."""
     import json
 
     payload = {
@@ -589,6 +600,7 @@ def _print_json(outcomes: list[Outcome], seconds: float) -> None:
         "done": sum(o.status == "done" for o in outcomes),
         "skipped": sum(o.status == "skipped" for o in outcomes),
         "failed": sum(o.status == "failed" for o in outcomes),
+        **({"error": error} if error else {}),
     }
     try:
         typer.echo(json.dumps(payload))
