@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 
 from stma_cli._common import fail
-from stma_core.config import SETTING_MINIMUMS, InferenceConfig
+from stma_core.config import MIN_SIZE, SETTING_MINIMUMS, SIZE_TOO_SMALL, InferenceConfig
 
 _D = InferenceConfig()
 FLAGS = {"size": "--size", "top_k": "--top-k", "kernel_sigma": "--kernel-sigma",
@@ -26,7 +26,7 @@ def _shown(value: object) -> str:
 
 
 SIZE = typer.Option(None, "--size", show_default="the checkpoint's: 480 for the shipped model",
-                    help="Short side the model works at (outputs always keep the input size).")
+                    help=f"Short side the model works at, at least {MIN_SIZE} (outputs always keep the input size).")
 TOP_K = typer.Option(None, "--top-k", show_default=_shown(_D.top_k),
                      help="Memory readout keeps the k best matches per position (0 = all).")
 KERNEL_SIGMA = typer.Option(None, "--kernel-sigma", show_default=_shown(_D.kernel_sigma),
@@ -52,5 +52,8 @@ def settings_from_flags(size: Optional[int] = None, top_k: Optional[int] = None,
                  temporal_capacity=temporal_capacity, temporal_every=temporal_every, kernel_sigma=kernel_sigma)
     for name, value in given.items():
         if value is not None and value < SETTING_MINIMUMS[name]:
+            if name == "size":  # the network's floor, not a range: say why and what works
+                fail(f"--size: {value} is {SIZE_TOO_SMALL}; use at least {MIN_SIZE}, e.g. {_D.size} (the default), "
+                     "or leave it out")
             fail(f"{FLAGS[name]}: {value} is too small; use at least {SETTING_MINIMUMS[name]} (or leave it out)")
     return given

@@ -43,7 +43,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.command("segment")(segment_cmd.segment)
 app.command("eval")(eval_cmd.evaluate)
 app.command("train")(train_cmd.train)
-app.command("export")(export_cmd.export)
+app.command("export", cls=export_cmd.ExportCommand)(export_cmd.export)
 
 
 def _terminate(signum: int, frame: object) -> None:

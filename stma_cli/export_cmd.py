@@ -14,7 +14,9 @@ import importlib
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from stma_cli import _settings
 from stma_cli._common import check_output_dir, fail, info, stderr_console
@@ -34,6 +36,37 @@ def default_export_size(checkpoint: Optional[Path]) -> tuple[int, int]:
         fail(exc)
     short = resolve_inference_config(recommended_inference(metadata)).size  # the one settings resolver
     return processing_size(short, round(short * 16 / 9), short)
+
+
+def _check_size_args(args: list[str]) -> None:
+    """--size takes two numbers H W: click would read `--size 288 --out x` as H=288, W='--out' and report
+    "'--out' is not a valid int" (or that --size needs 2 arguments); say what --size wants instead."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return
+        if arg != "--size" and not arg.startswith("--size="):
+            continue
+        attached = arg.split("=", 1)[1:]  # --size=288 512 is click's spelling of --size 288 512
+        values = (attached + args[i + 1:i + 3])[:2]
+        if len(values) == 2 and all(v.isdigit() for v in values):
+            continue
+        if len(values) == 2 and values[1].startswith("-"):
+            values = values[:1]  # the next option, taken as the width
+        if not values or values[0].startswith("--"):
+            problem = "no numbers given"
+        elif len(values) == 1 and values[0].isdigit():
+            problem = f"one number given ({values[0]})"
+        else:
+            problem = f"{' '.join(values)!r} is not two numbers"
+        fail(f"--size: {problem}; --size takes two numbers H W, e.g. --size 288 512")
+
+
+class ExportCommand(TyperCommand):
+    """`stma export` with a one-line error for a --size that is not two numbers (see _check_size_args)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _check_size_args(args)
+        return super().parse_args(ctx, args)
 
 
 def _importable(module: str) -> bool:

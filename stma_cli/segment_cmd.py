@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -222,8 +222,9 @@ def _frame_key(source: FrameSource, mask_path: Path) -> str:
 
 
 def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callable[[str], bool] | None = None
-                ) -> tuple[dict[str, np.ndarray], list[LoadedMask]]:
-    """-> (frame name -> id mask), and the loaded masks for reporting.
+                ) -> tuple[dict[str, np.ndarray], list[LoadedMask], list[str]]:
+    """-> (frame name -> id mask), the loaded masks for reporting, and warnings about the annotations as a
+    whole (objects annotated only on frames that are not processed), which belong to no single mask.
 
     Every annotation is used: new ids start objects, ids already given are corrections on that frame.
     first: index of the first processed frame (a --mask file annotates it); selected: whether a frame is
@@ -232,6 +233,7 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
     if job.mask_file is None and job.mask_dir is None:  # a batch video with no <name>.png beside it
         raise StmaInputError(f"--mask: no mask given and {job.path} has no {job.name}.png beside it; pass --mask "
                              "FOLDER holding <video>.png, or --mask-dir with <video>/ annotation folders")
+    warnings: list[str] = []
     if job.mask_file is not None:
         loaded = {source.frame_name(first): load_mask(job.mask_file)}
     else:
@@ -246,11 +248,11 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
             kept_ids = {i for m in loaded.values() for i in m.object_ids}
             for name, m in skipped.items():
                 lost = sorted(set(m.object_ids) - kept_ids)
-                if lost:  # reported with the first processed annotation's warnings
-                    next(iter(loaded.values())).warnings.append(
-                        f"{m.path}: object(s) {lost} are annotated only on frames that --start/--end/--stride skip, "
-                        "so they are not tracked; choose frames that include one of their annotations")
-                    kept_ids.update(lost)
+                if lost:
+                    warnings.append(f"{m.path}: object(s) {lost} are annotated only on frames that "
+                                    "--start/--end/--stride skip, so they are not tracked; choose frames that "
+                                    "include one of their annotations")
+                    kept_ids.update(lost)  # named once, on the first skipped frame that has it
     video = str(source.path)
     loaded = {name: fit_mask(m, source.size, video) for name, m in loaded.items()}
     if isinstance(source, FrameFolderSource):
@@ -262,17 +264,20 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
             raise StmaInputError(f"{loaded[beyond[0]].path}: annotates frame {beyond[0]} but {source.path} has "
                                  f"{source.frame_count} frames; remove masks past the last frame")
     given = {name: loaded[name].ids for name in order if name in loaded}
-    return given, list(loaded.values())
+    return given, list(loaded.values()), warnings
 
 
-def _report_masks(console: Console, masks: list[LoadedMask], quiet: bool) -> None:
-    """Warnings always reach stderr (one line each); the id mapping is a note that --quiet hides."""
+def _report_masks(console: Console, masks: list[LoadedMask], quiet: bool, warnings: Sequence[str] = ()) -> None:
+    """Warnings (each mask's, then `warnings` about the annotations as a whole) always reach stderr, one line
+    each; the id mapping is a note that --quiet hides."""
     for mask in masks:
         for message in mask.warnings:
             warn(console, message)
         if mask.mapping and not quiet:
             pairs = ", ".join(f"{source} -> {object_id}" for object_id, source in sorted(mask.mapping.items()))
             info(console, f"{mask.path}: {mask.kind} mask, object ids: {pairs}")
+    for message in warnings:
+        warn(console, message)
 
 
 # ---- one video -------------------------------------------------------------------------------------
@@ -503,11 +508,11 @@ def segment(
         jobs = jobs[rank::world]
     created_out = not out.exists()
     if out.exists() and not out.is_dir():
-        fail(f"{out}: --out is a file, not a folder; pass --out with a folder path")
+        _refuse(jobs, f"{out}: --out is a file, not a folder; pass --out with a folder path", as_json)
     try:
         ensure_writable_dir(out)
     except StmaOutputError as exc:
-        fail(exc)
+        _refuse(jobs, exc, as_json)
     try:
         _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, settings,
                   onnx_dir if engine == "onnx" else None, extras=extras, as_json=as_json, direction=way)
@@ -525,8 +530,8 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
     first_of: dict[str, Path] = {}
     for job in jobs:  # outputs are named after the input: two inputs of one name would collide
         if job.name in first_of:
-            fail(f"{job.path}: {first_of[job.name]} is also named {job.name!r}, and outputs are named after "
-                 "their input; rename one of them")
+            _refuse(jobs, f"{job.path}: {first_of[job.name]} is also named {job.name!r}, and outputs are named after "
+                    "their input; rename one of them", as_json)
         first_of[job.name] = job.path
     factory: list[Callable[[], Propagator]] = []
 
@@ -577,7 +582,18 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def _print_json(outcomes: list[Outcome], seconds: float) -> None:
+def _refuse(jobs: list[Job], message: object, as_json: bool) -> NoReturn:
+    """Ends a run refused before any video started (exit 2): with --json, stdout still gets the summary, every
+    video failed as not run and the reason in `error`, so a script reading it never gets nothing."""
+    if as_json:
+        line = one_line(message)
+        _print_json([Outcome(job.name, "failed", error=f"not run: {line}", bad_input=True) for job in jobs], 0.0,
+                    error=line)
+    fail(message)
+
+
+def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> None:
+    """The --json summary; `error`: why the whole run was refused (absent when videos ran or failed alone)."""
     import json
 
     payload = {
@@ -589,6 +605,7 @@ def _print_json(outcomes: list[Outcome], seconds: float) -> None:
         "done": sum(o.status == "done" for o in outcomes),
         "skipped": sum(o.status == "skipped" for o in outcomes),
         "failed": sum(o.status == "failed" for o in outcomes),
+        **({"error": error} if error else {}),
     }
     try:
         typer.echo(json.dumps(payload))
@@ -613,9 +630,9 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
                                   "pass --overwrite to replace it or choose another --out")
         source = open_frames(job.path)
         select = _frame_range(source, extras)
-        masks, loaded = _load_masks(job, source, select.start if select else 0,
-                                    None if select is None else lambda name: _frame_index(source, name) in select)
-        _report_masks(console, loaded, quiet)
+        selected = None if select is None else lambda name: _frame_index(source, name) in select
+        masks, loaded, warnings = _load_masks(job, source, select.start if select else 0, selected)
+        _report_masks(console, loaded, quiet, warnings)
         prop = propagator()
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))

@@ -255,6 +255,42 @@ def test_segment_json_reports_a_failed_video_too(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_segment_json_reports_a_batch_refused_up_front(tmp_path: Path) -> None:
+    """--json on a batch refused before any work (camel.mp4 and camel.mov: outputs would collide): exit 2, the
+    one-line error on stderr, and the JSON summary on stdout with every video failed as not run and the reason
+    in `error` (it used to print nothing). Without --json stdout stays empty, as before."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("camel.mp4", "camel.mov", "car-shadow.mp4"):
+        shutil.copy(EXAMPLE_VIDEO, videos / name)
+    for name in ("camel.png", "car-shadow.png"):
+        shutil.copy(EXAMPLE_MASK, videos / name)
+    out = tmp_path / "out"
+    result = run("segment", videos, "--method", "copy", "--out", out, "--json")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "is also named 'camel'" in lines[0], result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["error"] == lines[0].removeprefix("error: ")
+    assert (summary["done"], summary["skipped"], summary["failed"], summary["frames"]) == (0, 0, 3, 0)
+    assert sorted(v["name"] for v in summary["videos"]) == ["camel", "camel", "car-shadow"]
+    for video in summary["videos"]:
+        assert video["status"] == "failed" and video["error"] == f"not run: {summary['error']}"
+        assert (video["frames"], video["objects"], video["outputs"]) == (0, 0, [])
+    assert "Traceback" not in result.output and not out.exists()
+    plain = run("segment", videos, "--method", "copy", "--out", out)
+    assert plain.exit_code == 2 and plain.stdout == "" and plain.stderr == result.stderr
+    # the same for an --out refused after the inputs were read
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("a file\n")
+    result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", blocker, "--json")
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1 and "--out is a file" in result.stderr
+    summary = json.loads(result.stdout)
+    assert "--out is a file" in summary["error"] and summary["failed"] == 1
+    assert summary["videos"][0]["name"] == "car-shadow" and summary["videos"][0]["error"].startswith("not run: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.txt", "videos"]
+
+
 def test_quiet_hides_progress_not_warnings(tmp_path: Path) -> None:
     truth = np.array(Image.open(EXAMPLE_MASK))
     smooth = cv2.resize((truth[..., None] * np.array([255, 60, 0])).astype(np.uint8), (427, 240),

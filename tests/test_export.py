@@ -102,6 +102,26 @@ def test_cli_bad_input_is_one_line(tiny_checkpoint: Path, tmp_path: Path):
     assert not any(tmp_path.iterdir())
 
 
+def test_size_that_is_not_two_numbers_is_one_clear_line(tiny_checkpoint: Path, tmp_path: Path):
+    """`--size 288` (one number, as `stma segment --size` takes) used to give click's "'--out' is not a valid
+    int" or "requires 2 arguments" in a box; now one line says --size takes H W, wherever --size stands."""
+    out = tmp_path / "export"
+    wanted = "--size takes two numbers H W, e.g. --size 288 512"
+    for args, problem in ((["--size", 288, "--out", out], "one number given (288)"),
+                          (["--out", out, "--size", 288], "one number given (288)"),
+                          (["--size", 288, "-q", "--out", out], "one number given (288)"),
+                          (["--size=288", "--out", out], "one number given (288)"),
+                          (["--out", out, "--size", "288,512"], "'288,512' is not two numbers"),
+                          (["--out", out, "--size"], "no numbers given")):
+        result = export_cli("--checkpoint", tiny_checkpoint, *args)
+        assert_bad_input(result, f"error: --size: {problem}; {wanted}")
+        assert "Traceback" not in result.output and result.stdout == ""
+    # two numbers under the minimum: the size check names it
+    assert_bad_input(export_cli("--checkpoint", tiny_checkpoint, "--out", out, "--size", 48, 90),
+                     "--size: 48 90 is too small", "use at least 64")
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_step_graph_removes_memory_padding_exactly(tiny_checkpoint: Path, tmp_path: Path):
     """ONNX and TorchScript step graphs with 2 of 3 references and 2 of 4 memory frames real == PyTorch unpadded,

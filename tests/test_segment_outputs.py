@@ -203,6 +203,36 @@ def test_an_object_annotated_only_on_a_skipped_frame_is_a_warning(
     assert saved and all(set(np.unique(np.array(Image.open(p)))) <= {0, 1} for p in saved)
 
 
+def test_load_masks_returns_the_skipped_object_warnings_on_their_own(tmp_path: Path) -> None:
+    """_load_masks hands back the warnings about objects annotated only on skipped frames as a list of their
+    own (they used to be appended to the first processed mask's warnings); each object is named once."""
+    from stma_cli.segment_cmd import Job, _load_masks
+    from stma_core.io.frames import open_frames
+
+    video = EXAMPLES / "car-shadow.mp4"
+    car = np.array(Image.open(EXAMPLES / "car-shadow_mask.png"))
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    save_palette_png(car, annotations / "00001.png")
+    two = car.copy()
+    two[:40, :60] = 2
+    save_palette_png(two, annotations / "00002.png")
+    three = two.copy()
+    three[-40:, -60:] = 3
+    save_palette_png(three, annotations / "00004.png")  # object 2 again (named once) and object 3
+    source = open_frames(video)
+    select = range(1, source.frame_count, 2)  # --start 1 --stride 2: frames 2 and 4 are skipped
+    given, loaded, warnings = _load_masks(Job(video, "car-shadow", mask_dir=annotations), source, 1,
+                                          lambda name: int(name) in select)
+    assert list(given) == [source.frame_name(1)] and set(np.unique(given[source.frame_name(1)])) == {0, 1}
+    assert [m.path.name for m in loaded] == ["00001.png"] and loaded[0].warnings == []
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"{annotations / '00002.png'}: object(s) [2] are annotated only on frames")
+    assert warnings[1].startswith(f"{annotations / '00004.png'}: object(s) [3] are annotated only on frames")
+    _, _, none = _load_masks(Job(video, "car-shadow", mask_dir=annotations), source)  # every frame: no warning
+    assert none == []
+
+
 def test_a_failing_frame_leaves_no_new_output(tmp_path: Path, clip: tuple[Path, Path, list[np.ndarray]]) -> None:
     _, mask, frames = clip
     folder = tmp_path / "frames"

@@ -345,6 +345,7 @@ def test_split_naming_a_missing_sequence(tmp_path: Path) -> None:
     ({"steps": "many"}, "`steps: 'many'`"),
     ({"crop": [64]}, "`crop: [64]`"),
     ({"crop": [60, 128]}, "multiples of 16"),
+    ({"frame_size": [48, 176], "crop": [48, 128]}, "frame_size [48, 176] must be at least 64"),
     ({"stage": "warmup"}, "stage 'warmup'"),
     ({"trunk_top_lr": -0.1}, "trunk_top_lr must be >= 0"),
 ])

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from stma_core.checkpoint import DEFAULT_CHECKPOINT, load_model, recommended_inference
-from stma_core.config import MIN_SIZE, InferenceConfig, resolve_inference_config
+from stma_core.config import MIN_SIZE, SIZE_TOO_SMALL, InferenceConfig, resolve_inference_config
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.export.graphs import FrameGraph, StepGraph, ValueGraph
 from stma_core.export.manifest import FORMATS, GraphSpec, Manifest, TensorSpec
@@ -53,8 +53,8 @@ def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = 
         raise StmaInputError(f"--format: unknown format {fmt!r}; use {' or '.join(FORMATS)}")
     height, width = (int(v) for v in size)
     if min(height, width) < MIN_SIZE:
-        raise StmaInputError(f"--size: {height} {width} is too small; frames must be at least "
-                             f"{MIN_SIZE}x{MIN_SIZE} pixels")
+        raise StmaInputError(f"--size: {height} {width} is {SIZE_TOO_SMALL}; use at least {MIN_SIZE} for each, "
+                             f"e.g. --size 480 854")
     if not 1 <= objects <= MAX_OBJECTS:
         raise StmaInputError(f"--objects: {objects} is out of range; use 1..{MAX_OBJECTS}")
     network, model_config, metadata = load_model(checkpoint, "cpu")

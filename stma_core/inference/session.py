@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stma_core.config import MIN_SIZE, Direction, InferenceConfig
+from stma_core.config import TOKEN_CELL, Direction, InferenceConfig
 from stma_core.device import resolve_device
 from stma_core.errors import StmaInputError
 from stma_core.ids import MAX_OBJECTS
@@ -41,21 +41,24 @@ __all__ = ["Direction", "VideoSession", "processing_size", "resolve_device", "se
 
 
 def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """Size the network sees: short side scaled to `short_side` (never up-scaled past the input)."""
+    """Size the network sees: short side scaled to `short_side` (never up-scaled past the input, except that
+    a side below one 16-pixel token cell is stretched to it)."""
     scale = min(short_side / min(height, width), 1.0) if short_side > 0 else 1.0
-    return max(MIN_SIZE, round(height * scale)), max(MIN_SIZE, round(width * scale))
+    return max(TOKEN_CELL, round(height * scale)), max(TOKEN_CELL, round(width * scale))
 
 
 class VideoSession:
     """One video's segmentation state. Not thread-safe; make one per video (they share the engine's model).
 
     engine: an Engine (see stma_core.inference.engine), or an STMANetwork to run with a TorchEngine.
-    config: per-video settings (InferenceConfig); None = its defaults.
+    config: per-video settings (InferenceConfig); None = its defaults. A setting below its minimum (such as
+    a size under MIN_SIZE set on the config after it was made) is a ValueError naming it.
     """
 
     def __init__(self, engine: Engine | STMANetwork, config: InferenceConfig | None = None) -> None:
         self.engine: Engine = TorchEngine(engine) if isinstance(engine, STMANetwork) else engine
         self.config = config or InferenceConfig()
+        self.config.check()  # InferenceConfig checks when made; its fields may have been changed since
         self.device = self.engine.device
         self.reset()
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from stma_core.config import ModelConfig
+from stma_core.config import MIN_SIZE, ModelConfig
 from stma_core.errors import StmaInputError
 from stma_core.io.text import read_user_text
 from stma_core.training.config import STAGES, TrainConfig
@@ -80,6 +80,9 @@ def validate(cfg: TrainConfig, path: Path) -> None:
         problems.append("clip_length must be >= 2 (frame 0 is the given mask)")
     if any(v <= 0 or v % 16 for v in (*cfg.crop, *cfg.frame_size)):
         problems.append("crop and frame_size must be positive multiples of 16")
+    if min(cfg.frame_size) < MIN_SIZE:  # checkpoints recommend it as their processing size (InferenceConfig.size)
+        problems.append(f"frame_size {list(cfg.frame_size)} must be at least {MIN_SIZE} on each side "
+                        "(the smallest size the network gives masks at)")
     if cfg.stage == "main" and (cfg.crop[0] > cfg.frame_size[0] or max(cfg.crop[1], 160) > cfg.frame_size[1]):
         problems.append(f"crop {list(cfg.crop)} must fit in frame_size {list(cfg.frame_size)} (width >= 160)")
     if cfg.static_mix_prob > 0 and cfg.stage != "main":
