@@ -160,6 +160,22 @@ def test_run_trains_both_stages_and_exports(pack: tuple[Path, dict], tmp_path: P
     assert summary["davis_unpacked"]["frames"] == 12 and summary["probes"] == {}
 
 
+def test_zipped_pack_travels_as_one_file_and_runs(sources: tuple[Path, Path, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out X.zip: the same pack as one uncompressed file (the device tool refused ~4,800 small files);
+    `run --pack X.zip` unpacks it into the run folder and trains from it."""
+    monkeypatch.setenv("STMA_LITE_WEIGHTS", "")
+    davis, images, masks = sources
+    out = tmp_path / "carry" / "gpu_pack.zip"
+    summary = campaign.pack(davis, images, masks, out, max_mib=100, variant="lite0", duts_short_side=160,
+                            duts_holdout=4)
+    assert summary["pack"] == str(out) and out.is_file() and not list(out.parent.glob("*.partial"))
+    assert abs(summary["zip_mib"] - summary["mib"]) < 0.1  # stored, not compressed: about the same size
+    run = campaign.run(out, tmp_path / "run", 0, 0.01, device="cpu", tiny=True)
+    assert run["pack"]["duts"]["stills"] == 10 and (tmp_path / "run" / "gpu_pack" / "pack.json").is_file()
+    assert run["stages"]["main"]["steps"] >= 1 and run["checkpoint"]
+
+
 def test_probe_sizes_each_stage_to_its_budget(pack: tuple[Path, dict], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """--probe-seconds: each stage's steps/s is measured first and its planned steps are 95 % of what its
