@@ -47,11 +47,13 @@ class Direction(enum.Enum):
 
 TOKEN_CELL = 16  # pixels per stride-16 token: the least the network can compute on at all
 # Smallest processing size (short side) a user may ask for: the network sees 16-pixel cells, and with fewer
-# than 4 rows of them the shipped model's masks collapse (car-shadow, mean J over 40 frames: 0.73 at 64,
-# 0.20 at 48, 0 at 32 and 16). --size and InferenceConfig.size are checked against it.
+# than 4 rows of them the masks collapse (car-shadow, mean J over 40 frames, shipped model: 0.80 at 80,
+# 0.67 at 64 (the car lost in the last 3 frames), 0.21 at 48, 0 at 32; the CPU-trained weights before it:
+# 0.73 at 64, 0.20 at 48, 0 at 32 and 16). A floor, not a recommendation: small objects need far more
+# (480 is the default). --size and InferenceConfig.size are checked against it.
 MIN_SIZE = 64
-SIZE_TOO_SMALL = (f"too small for the network (it sees {TOKEN_CELL}-pixel cells and its masks come "
-                  f"out empty below {MIN_SIZE})")
+SIZE_TOO_SMALL = (f"too small for the network (it sees {TOKEN_CELL}-pixel cells and its masks "
+                  f"collapse below {MIN_SIZE})")
 
 
 @dataclass
