@@ -157,7 +157,7 @@ def _psnr(a, b) -> float:
 
 def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: float = 31.5,
          variant: str = "lite2", davis_crf: int = 20, duts_short_side: int = 240, duts_quality: int = 80,
-         seed: int = 0, duts_holdout: int = DUTS_HOLDOUT) -> dict:
+         seed: int = 0, duts_holdout: int = DUTS_HOLDOUT, _zip_as: Path | None = None) -> dict:
     """Writes the pack to `out` (via `out.partial`, renamed when complete) and returns its summary.
 
     out: a folder, or a `.zip` file (the pack folder `gpu_pack/` inside, stored uncompressed), which
@@ -173,14 +173,14 @@ def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: f
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as staging:
             summary = pack(davis, duts_images, duts_masks, Path(staging) / PACK_FOLDER, max_mib, variant, davis_crf,
-                           duts_short_side, duts_quality, seed, duts_holdout)
+                           duts_short_side, duts_quality, seed, duts_holdout, _zip_as=out)
             partial = out.with_name(out.name + ".partial")
             with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:  # JPEG/WebP/H.264: no gain
                 for path in sorted((Path(staging) / PACK_FOLDER).rglob("*")):
                     if path.is_file():
                         archive.write(path, path.relative_to(staging).as_posix())
             partial.rename(out)
-        return {**summary, "pack": str(out), "zip_mib": round(out.stat().st_size / MIB, 2)}
+        return {**summary, "zip_mib": round(out.stat().st_size / MIB, 2)}
     import numpy as np
     import torch
     import yaml
@@ -208,11 +208,18 @@ def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: f
     try:
         used = 0
 
-        def put(path: Path, data: bytes) -> None:
+        def charge(path: Path, size: int) -> None:
+            """Counts a file against the budget: its bytes, and in a zip its two headers (30 + 46 bytes
+            plus its name twice), so the zip, not only its contents, stays within max_mib."""
             nonlocal used
+            used += size
+            if _zip_as is not None:
+                used += 76 + 2 * len(f"{PACK_FOLDER}/{path.relative_to(tmp).as_posix()}".encode())
+
+        def put(path: Path, data: bytes) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-            used += len(data)
+            charge(path, len(data))
 
         trunk = LiteTrunk(variant, pretrained=True)  # the package's weights, trunk keys only
         buffer = io.BytesIO()
@@ -227,7 +234,7 @@ def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: f
             video = tmp / "davis" / "videos" / f"{name}.mp4"
             video.parent.mkdir(parents=True, exist_ok=True)
             _encode_video(video, frames, davis_crf)
-            used += video.stat().st_size
+            charge(video, video.stat().st_size)
             decoded = decode_video(video)
             if len(decoded) != len(frames):
                 raise CampaignError(f"{video}: decodes to {len(decoded)} frames, not {len(frames)}; "
@@ -242,7 +249,7 @@ def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: f
                 put(tmp / "davis" / "Annotations" / "480p" / name / mask.name,
                     _encoded(resized, "PNG", optimize=True))
         davis_bytes = used - weights_bytes
-        reserve = 4096  # pack.json
+        reserve = 4096 + 22  # pack.json, a zip's end record
         if used + reserve > budget:
             raise CampaignError(f"{davis}: the trunk weights and the train split (CRF {davis_crf}) take "
                                 f"{used / MIB:.1f} MiB, over --max-mib {max_mib:g}; raise --max-mib or --davis-crf")
@@ -267,7 +274,7 @@ def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: f
             put(tmp / "duts" / "masks" / f"{pair.image.stem}.png", png)
             taken += 1
         summary: dict[str, Any] = {
-            "format": PACK_FORMAT, "pack": str(out), "max_mib": max_mib, "variant": variant,
+            "format": PACK_FORMAT, "pack": str(_zip_as or out), "max_mib": max_mib, "variant": variant,
             "weights": {"file": f"weights/{trunk_file(variant)}", "mib": round(weights_bytes / MIB, 2)},
             "davis": {"sequences": len(names), "frames": len(psnrs), "frame_size": [h, w], "crf": davis_crf,
                       "psnr_db_mean": round(float(np.mean(psnrs)), 2), "psnr_db_min": round(min(psnrs), 2),
@@ -319,6 +326,31 @@ def unpack_davis(pack_dir: Path, out: Path) -> dict[str, Any]:
 
 # ---- run ----------------------------------------------------------------------------------------------
 
+def _read_pack_info(pack: Path) -> dict[str, Any]:
+    """pack.json of a pack folder or zip, checked (format, variant); one-line CampaignError otherwise."""
+    if pack.is_file():
+        name = f"{PACK_FOLDER}/pack.json"
+        try:
+            with zipfile.ZipFile(pack) as archive:
+                if name not in archive.namelist():
+                    raise CampaignError(f"{pack}: not a pack (no {name} inside); write one with `gpu_campaign.py "
+                                        "pack --out X.zip`")
+                text = archive.read(name).decode()
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise CampaignError(f"{pack}: not a readable zip ({exc}); copy it again or re-make it with "
+                                "`gpu_campaign.py pack`") from None
+    else:
+        if not (pack / "pack.json").is_file():
+            raise CampaignError(f"{pack}: not a pack (no pack.json); write one with `gpu_campaign.py pack` "
+                                "and carry it to this machine")
+        text = (pack / "pack.json").read_text()
+    info = json.loads(text)
+    if info.get("format") != PACK_FORMAT or info.get("variant") not in CONFIGS:
+        raise CampaignError(f"{pack}: pack format {info.get('format', 1)}, this script reads format {PACK_FORMAT}; "
+                            "re-make the pack with `gpu_campaign.py pack`")
+    return info
+
+
 def _stage_config(base: Path, run_dir: Path, name: str, overrides: dict[str, Any], steps: int | None) -> Path:
     """Writes RUNDIR/<name>.yaml: the base config with `overrides`, and with `steps` the lr decay and the
     bootstrap warm-up and ramp moved to the same fractions of it, so the run folder records exactly
@@ -326,18 +358,22 @@ def _stage_config(base: Path, run_dir: Path, name: str, overrides: dict[str, Any
     import yaml
 
     data = yaml.safe_load(base.read_text())
+    base_steps = data.get("steps", 1)
     for key, value in overrides.items():
         if key == "model":
             data["model"] = {**data.get("model", {}), **value}
         else:
             data[key] = value
-    if steps is not None:
-        old = data.get("steps", steps)
-        data["lr_decay_steps"] = [max(1, round(s * steps / old)) for s in data.get("lr_decay_steps", [])]
-        for key in ("bootstrap_warmup", "bootstrap_ramp"):
-            if key in data:
-                data[key] = max(1, round(data[key] * steps / old))
-        data["steps"] = steps
+    target = data.get("steps", 1) if steps is None else steps
+    for key in ("lr_decay_steps", "bootstrap_warmup", "bootstrap_ramp"):
+        if key not in data:
+            continue
+        # a fraction of the steps the value was written for: the override's, else the base config's
+        written_for = overrides.get("steps", base_steps) if key in overrides else base_steps
+        scale = target / written_for
+        value = data[key]
+        data[key] = [max(1, round(v * scale)) for v in value] if isinstance(value, list) else max(1, round(value * scale))
+    data["steps"] = target
     path = run_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -396,7 +432,8 @@ def _train_stage(config: Path, run_dir: Path, minutes: float, device: str, data:
             "clips_per_s": round(steps * trainer.cfg.batch_size / max(done - prepared, 1e-9), 2),
             "final_loss": last.get("loss_mean", last["loss"]), "prepare_s": round(prepared - started, 1),
             "train_s": round(done - prepared, 1), "model": str(run_dir / "model.safetensors"),
-            "log": str(run_dir / "log.jsonl"), "config": str(config), "init_from": str(init_from)}
+            "log": str(run_dir / "log.jsonl"), "config": str(config),
+            "init_from": None if init_from is None else str(init_from)}
 
 
 def _export(summary: dict[str, Any], export: Path | None) -> None:
@@ -449,25 +486,28 @@ def run(pack_dir: Path, out: Path, minutes_static: float, minutes_main: float, d
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CampaignError(f"{out}: already exists and is a file or holds files; choose a new --out")
-    if pack_dir.suffix == ".zip" and pack_dir.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(pack_dir) as archive:
-            archive.extractall(out)
-        pack_dir = out / PACK_FOLDER
-    meta = pack_dir / "pack.json"
-    if not meta.is_file():
-        raise CampaignError(f"{pack_dir}: not a pack (no pack.json); write one with `gpu_campaign.py pack` "
-                            "and carry it to this machine")
-    info = json.loads(meta.read_text())
-    if info.get("format") != PACK_FORMAT:
-        raise CampaignError(f"{meta}: pack format {info.get('format', 1)}, this script reads format {PACK_FORMAT}; "
-                            "re-make the pack with `gpu_campaign.py pack`")
     if minutes_static < 0 or not minutes_main > 0:
         raise CampaignError(f"--minutes-static {minutes_static:g} --minutes-main {minutes_main:g}: the main stage "
                             "needs a positive budget and the static stage one >= 0 (0 skips it)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CampaignError(f"--device {device}: CUDA is not available on this machine; run on the GPU machine "
                             "or pass --device cpu")
+    if init_from is not None and not init_from.is_file():
+        raise CampaignError(f"{init_from}: --init-from checkpoint not found; pass an existing model.safetensors")
+    if not pack_dir.exists():
+        raise CampaignError(f"{pack_dir}: pack not found; write one with `gpu_campaign.py pack` and carry it here")
+    zipped = pack_dir.is_file()
+    info = _read_pack_info(pack_dir)  # checks the zip or folder before anything is written
+    if zipped:
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            with zipfile.ZipFile(pack_dir) as archive:
+                archive.extractall(out)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            shutil.rmtree(out / PACK_FOLDER, ignore_errors=True)
+            raise CampaignError(f"{pack_dir}: damaged zip ({exc}); copy it again or re-make it with "
+                                "`gpu_campaign.py pack`") from None
+        pack_dir = out / PACK_FOLDER
     variant = info["variant"]
     static_config, main_config, default_init = CONFIGS[variant]
     weights = pack_dir / "weights"
@@ -475,8 +515,6 @@ def run(pack_dir: Path, out: Path, minutes_static: float, minutes_main: float, d
         os.environ["STMA_LITE_WEIGHTS"] = str(weights.resolve())  # no efficientnet package needed
     if init_from is None and not tiny:
         init_from = default_init
-    if init_from is not None and not init_from.is_file():
-        raise CampaignError(f"{init_from}: --init-from checkpoint not found; pass an existing model.safetensors")
     out.mkdir(parents=True, exist_ok=True)
     stills = (pack_dir / "duts" / "images", pack_dir / "duts" / "masks")
     common: dict[str, Any] = {"static_holdout": 0}  # the pack holds training stills only
@@ -529,6 +567,7 @@ def run(pack_dir: Path, out: Path, minutes_static: float, minutes_main: float, d
         _export(summary, export)
     summary["total_s"] = round(time.monotonic() - started, 1)
     summary["checkpoint"] = summary["stages"]["main"].get("model") or summary["stages"].get("static", {}).get("model")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _export(summary, export)
     return summary
 

@@ -167,13 +167,50 @@ def test_zipped_pack_travels_as_one_file_and_runs(sources: tuple[Path, Path, Pat
     monkeypatch.setenv("STMA_LITE_WEIGHTS", "")
     davis, images, masks = sources
     out = tmp_path / "carry" / "gpu_pack.zip"
-    summary = campaign.pack(davis, images, masks, out, max_mib=100, variant="lite0", duts_short_side=160,
+    full = campaign.pack(davis, images, masks, tmp_path / "full.zip", max_mib=100, variant="lite0",
+                         duts_short_side=160, duts_holdout=4)
+    budget = full["zip_mib"] - 0.02  # binding: the zip's own headers must count, not only the contents
+    summary = campaign.pack(davis, images, masks, out, max_mib=budget, variant="lite0", duts_short_side=160,
                             duts_holdout=4)
     assert summary["pack"] == str(out) and out.is_file() and not list(out.parent.glob("*.partial"))
+    assert out.stat().st_size <= budget * campaign.MIB and summary["duts"]["stills"] < 10
     assert abs(summary["zip_mib"] - summary["mib"]) < 0.1  # stored, not compressed: about the same size
     run = campaign.run(out, tmp_path / "run", 0, 0.01, device="cpu", tiny=True)
-    assert run["pack"]["duts"]["stills"] == 10 and (tmp_path / "run" / "gpu_pack" / "pack.json").is_file()
+    assert run["pack"]["pack"] == str(out) and (tmp_path / "run" / "gpu_pack" / "pack.json").is_file()
     assert run["stages"]["main"]["steps"] >= 1 and run["checkpoint"]
+    assert run["stages"]["main"]["init_from"] is None  # tiny: no starting weights (JSON null, not "None")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == run  # also without --export
+
+
+def test_bad_zips_are_one_line_and_leave_nothing(pack: tuple[Path, dict], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """A truncated zip, a zip without the pack, a missing pack and a bad option are refused before
+    anything is written, so the same --out works once the input is fixed."""
+    import shutil
+    import zipfile
+
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as archive:
+        for path in sorted(pack[0].rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{campaign.PACK_FOLDER}/{path.relative_to(pack[0]).as_posix()}")
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("readme.txt", "not a pack")
+    out = tmp_path / "run"
+    cases = [(truncated, "cpu", "not a readable zip"), (other, "cpu", "no gpu_pack/pack.json inside"),
+             (tmp_path / "missing.zip", "cpu", "pack not found")]
+    if not torch.cuda.is_available():
+        cases.append((good, "cuda", "CUDA is not available"))
+    for path, device, fragment in cases:
+        code = campaign.main(["run", "--pack", str(path), "--out", str(out), "--minutes-static", "0",
+                              "--minutes-main", "0.01", "--device", device, "--tiny"])
+        err = capsys.readouterr().err.splitlines()
+        assert code == 2 and len(err) == 1 and fragment in err[0], err
+        assert not out.exists() or not any(out.iterdir())
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def test_probe_sizes_each_stage_to_its_budget(pack: tuple[Path, dict], tmp_path: Path,
@@ -192,6 +229,10 @@ def test_probe_sizes_each_stage_to_its_budget(pack: tuple[Path, dict], tmp_path:
         assert not (tmp_path / "run" / f"probe_{stage}").exists()  # the probe's scratch run is removed
         cfg = load_train_config(tmp_path / "run" / f"{stage}.yaml")
         assert cfg.steps == probe["planned_steps"]
+        base = load_train_config(campaign.CONFIGS["lite0"][0 if stage == "static" else 1])
+        # the lr decay keeps its place in the run (the tiny step override does not move it)
+        expected = max(1, round(base.lr_decay_steps[0] * cfg.steps / base.steps))
+        assert cfg.lr_decay_steps == (expected,), (cfg.lr_decay_steps, cfg.steps)
 
 
 def test_a_failing_stage_is_recorded_and_the_exit_code_says_so(pack: tuple[Path, dict], tmp_path: Path,
