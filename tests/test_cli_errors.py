@@ -221,6 +221,30 @@ def test_help_renders_flags_as_flags(command: list[str]) -> None:
         assert not following.startswith("<") and not following.isupper(), (flag, following)
 
 
+@pytest.mark.parametrize("args, line", [
+    (["export", "--size", 288, 512, 7], "--out: this option is required; see stma export --help"),
+    (["export", "--size", 288, 512, 7, "--out", "o"], "stma export: got unexpected extra argument(s) (7); see stma "
+                                                      "export --help"),
+    (["segment", EXAMPLE_VIDEO, "--out", "o", "--size", "abc"], "--size: 'abc' is not a valid int; see stma segment "
+                                                                 "--help"),
+    (["segment", EXAMPLE_VIDEO, "--out", "o", "--size", "480.5"], "--size: '480.5' is not a valid int; see stma "
+                                                                   "segment --help"),
+    (["segment", "--bogus"], "--bogus: no such option (did you mean --out?); see stma segment --help"),
+    (["segment", EXAMPLE_VIDEO, "--quiet=yes", "--out", "o"], "--quiet: does not take a value; see stma segment --help"),
+    (["segment", "--out", "o"], "INPUT: this argument is required; see stma segment --help"),
+    (["eval", "--sizee", 288], "--sizee: no such option (did you mean --size?); see stma eval --help"),
+    (["train", "--until"], "--until: requires an argument; see stma train --help"),
+    (["sgment"], "stma: no such command 'sgment' (did you mean 'segment'?); see stma --help"),
+])
+def test_usage_errors_are_one_line_for_every_command(tmp_path: Path, args: list[object], line: str) -> None:
+    """click's usage errors (wrong value type, unknown option, missing or extra argument) were a multi-line box
+    of usage text; they are the README's one `error:` line and exit 2, in every command, nothing written."""
+    result = run(*[tmp_path / "o" if a == "o" else a for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: {line}\n" and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_version() -> None:
     result = run("--version")
     assert result.exit_code == 0 and result.stdout.startswith("stma ") and result.stdout.strip().split()[1][0].isdigit()
