@@ -259,6 +259,7 @@ def test_segment_json_summary(tmp_path: Path) -> None:
     assert summary["frames"] == 40 and summary["done"] == 1 and summary["failed"] == 0
     video = summary["videos"][0]
     assert (video["name"], video["status"], video["frames"], video["objects"]) == ("car-shadow", "done", 40, 1)
+    assert video["input"] == str(EXAMPLE_VIDEO)
     assert video["outputs"] == [str(out / "car-shadow"), str(out / "car-shadow.rle.json")]
     assert video["seconds"] > 0 and summary["seconds"] >= video["seconds"]
 
@@ -276,6 +277,7 @@ def test_segment_json_reports_a_failed_video_too(tmp_path: Path) -> None:
     assert (summary["done"], summary["failed"], summary["frames"]) == (0, 1, 0)
     video = summary["videos"][0]
     assert video["name"] == "car-shadow" and video["status"] == "failed" and "mask has no object" in video["error"]
+    assert video["input"] == str(EXAMPLE_VIDEO)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -298,6 +300,9 @@ def test_segment_json_reports_a_batch_refused_up_front(tmp_path: Path) -> None:
     assert summary["error"] == lines[0].removeprefix("error: ")
     assert (summary["done"], summary["skipped"], summary["failed"], summary["frames"]) == (0, 0, 3, 0)
     assert sorted(v["name"] for v in summary["videos"]) == ["camel", "camel", "car-shadow"]
+    # the two rows named camel are told apart by their input (before, nothing in the rows did)
+    assert sorted(v["input"] for v in summary["videos"]) == [str(videos / n) for n in ("camel.mov", "camel.mp4",
+                                                                                      "car-shadow.mp4")]
     for video in summary["videos"]:
         assert video["status"] == "failed" and video["error"] == f"not run: {summary['error']}"
         assert (video["frames"], video["objects"], video["outputs"]) == (0, 0, [])
