@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - a typer that uses click itself
 
 EXIT_BAD_INPUT = 2
 EXIT_SOME_FAILED = 1
+DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what --device takes (check_device), for help texts and errors alike
 
 
 def one_line(message: object) -> str:
@@ -90,7 +91,7 @@ def check_device(device: str, option: str = "--device") -> str:
         return name
     if name not in ("cuda", "mps") and not re.fullmatch(r"cuda:\d+", name):
         hint = " (for an NVIDIA GPU use cuda or cuda:N, on Apple silicon mps)" if name == "gpu" else ""
-        fail(f"{option}: unknown device {device!r}{hint}; use auto, cpu, cuda, cuda:N or mps")
+        fail(f"{option}: unknown device {device!r}{hint}; use {DEVICES}")
     import torch
 
     if name.startswith("cuda"):

@@ -24,7 +24,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from stma_cli import _settings
-from stma_cli._common import (EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
+from stma_cli._common import (DEVICES, EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
                               info, one_line, print_error, stderr_console, stdout_closed, warn)
 from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
@@ -438,7 +438,7 @@ def segment(
     method: str = typer.Option("stma", "--method", help="stma (the model), copy or flow (baselines)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", show_default=False,
                                               help="Model checkpoint (.safetensors); default: the shipped model."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", help=f"{DEVICES}."),
     size: Optional[int] = _settings.SIZE,
     top_k: Optional[int] = _settings.TOP_K,
     kernel_sigma: Optional[int] = _settings.KERNEL_SIGMA,
@@ -456,7 +456,8 @@ def segment(
                                             help="Folder written by `stma export --format onnx` (with --engine onnx)."),
     start: int = typer.Option(0, "--start", help="First frame to segment (0-based index; a --mask file annotates it)."),
     end: Optional[int] = typer.Option(None, "--end", show_default=False,
-                                      help="Stop before this frame index (default: the last frame)."),
+                                      help="Frame index to stop before, itself not segmented (--end 10: "
+                                           "frames up to 9); default: through the last frame."),
     stride: int = typer.Option(1, "--stride", help="Segment every N-th frame from --start."),
     fps: Optional[float] = typer.Option(None, "--fps", show_default=False,
                                         help="Frame rate of video outputs (default: the input's, 24 for frame "

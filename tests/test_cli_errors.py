@@ -245,6 +245,24 @@ def test_usage_errors_are_one_line_for_every_command(tmp_path: Path, args: list[
     assert list(tmp_path.iterdir()) == []
 
 
+def test_help_of_segment_and_eval_agree_and_say_what_end_does(tmp_path: Path) -> None:
+    """eval --help lacked segment's exit-code line and said cuda:1 where segment says cuda:N; segment's --end
+    help read as if the last frame were left out by default. --end is an exclusive index: --end 3 is frames 0-2."""
+    from stma_cli._common import DEVICES
+
+    helps = {c: " ".join(run(c, "--help").stdout.replace("│", " ").split()) for c in ("segment", "eval")}
+    for text in helps.values():
+        assert f"--device <str> {DEVICES}. [default: auto]" in text and "cuda:1" not in text
+        assert re.search(r"Exit codes: 0 success, 1 [^.]+, 2 bad input", text), text
+    assert "itself not segmented (--end 10: frames up to 9); default: through the last frame" in helps["segment"]
+    out = tmp_path / "out"
+    for end in ("3", None):
+        result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", out, "-q",
+                      "--overwrite", *(["--end", end] if end else []))
+        assert result.exit_code == 0, result.output
+        assert len(list((out / "car-shadow").glob("*.png"))) == (3 if end else 40)
+
+
 def test_version() -> None:
     result = run("--version")
     assert result.exit_code == 0 and result.stdout.startswith("stma ") and result.stdout.strip().split()[1][0].isdigit()
