@@ -18,8 +18,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+try:  # typer 0.28 parses with its own copy of click: its usage errors are that copy's classes
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - a typer that uses click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
 EXIT_BAD_INPUT = 2
 EXIT_SOME_FAILED = 1
+DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what --device takes (check_device), for help texts and errors alike
 
 
 def one_line(message: object) -> str:
@@ -39,6 +45,42 @@ def fail(message: object, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
+def usage_error_line(exc: click_errors.UsageError, command: str = "stma") -> str:
+    """A click usage error (unknown option, a value of the wrong type, a missing or extra argument) as the one
+    line `<option>: <problem>; see stma <command> --help`, instead of click's multi-line usage box.
+
+    command: the command being parsed, for errors that carry no context (click's parser raises some so)."""
+    names, ctx = [], exc.ctx
+    while ctx is not None and ctx.parent is not None:  # the root's name is the program's (python -m ...)
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    if exc.ctx is not None:
+        command = " ".join(["stma", *reversed(names)])
+    message = exc.format_message()
+    if isinstance(exc, click_errors.NoSuchOption):
+        name, message = exc.option_name, "no such option"
+        if exc.possibilities:
+            message += f" (did you mean {' or '.join(sorted(exc.possibilities))}?)"
+    elif isinstance(exc, click_errors.BadParameter) and (exc.param_hint or exc.param) is not None:
+        param = exc.param
+        name = exc.param_hint if isinstance(exc.param_hint, str) else (
+            param.opts[0] if param.param_type_name == "option" else param.human_readable_name)
+        if isinstance(exc, click_errors.MissingParameter):
+            message = f"this {exc.param_type or param.param_type_name} is required"
+        elif exc.message:
+            message = exc.message
+    elif isinstance(exc, click_errors.BadOptionUsage):
+        name = exc.option_name
+        message = exc.message.replace(f"Option '{name}' ", "").replace(f"Option {name!r} ", "")
+    else:
+        name = command
+    message = message.rstrip(".")
+    if ". " in message:  # a suggestion after the problem: "No such command 'x'. Did you mean 'y'?"
+        problem, hint = message.split(". ", 1)
+        message = f"{problem} ({hint[:1].lower()}{hint[1:]})"
+    return f"{name}: {message[:1].lower()}{message[1:]}; see {command} --help"
+
+
 def check_device(device: str, option: str = "--device") -> str:
     """Validates a --device value against this machine before any work: one line and exit 2 if unusable.
 
@@ -49,7 +91,7 @@ def check_device(device: str, option: str = "--device") -> str:
         return name
     if name not in ("cuda", "mps") and not re.fullmatch(r"cuda:\d+", name):
         hint = " (for an NVIDIA GPU use cuda or cuda:N, on Apple silicon mps)" if name == "gpu" else ""
-        fail(f"{option}: unknown device {device!r}{hint}; use auto, cpu, cuda, cuda:N or mps")
+        fail(f"{option}: unknown device {device!r}{hint}; use {DEVICES}")
     import torch
 
     if name.startswith("cuda"):

@@ -2,20 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from typing import Any, Iterator
 
 # Idle OpenMP workers sleep instead of spinning: on a busy 2-core machine spinning made inference
 # 4-6x slower (docs/BENCHMARKS.md). Must be set before torch is imported; a user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import click  # noqa: E402
 import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
 
 from stma_cli import eval_cmd, export_cmd, segment_cmd, train_cmd  # noqa: E402
+from stma_cli._common import click_errors, fail, usage_error_line  # noqa: E402
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors(ctx: click.Context | None = None) -> Iterator[None]:
+    """Turns click's usage errors into the one-line error (ctx: the group's, naming the command being parsed)."""
+    try:
+        yield
+    except click_errors.NoArgsIsHelpError:  # a bare `stma`: click shows the help
+        raise
+    except click_errors.UsageError as exc:
+        command = getattr(ctx, "invoked_subcommand", None)
+        fail(usage_error_line(exc, f"stma {command}" if command else "stma"))
+
+
+class StmaGroup(TyperGroup):
+    """The `stma` group: click's usage errors, in any command's arguments, are one `error:` line and exit 2
+    (README), not click's multi-line usage box; errors in the group's own arguments and in a command's alike."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_usage_errors(ctx):
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
     name="stma",
+    cls=StmaGroup,
     help="Semi-supervised video object segmentation with STMA.",
     no_args_is_help=True,
     add_completion=False,

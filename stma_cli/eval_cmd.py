@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stma_cli import _settings
-from stma_cli._common import check_device, check_output_dir, fail, frame_progress, info, stderr_console
+from stma_cli._common import DEVICES, check_device, check_output_dir, fail, frame_progress, info, stderr_console
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
                                      resolve_root, resolve_split, short_list)
@@ -115,7 +115,7 @@ def evaluate(
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root for --dataset (else $STMA_DAVIS16_ROOT, $STMA_DAVIS17_ROOT or $STMA_YTVOS_ROOT)."),
     method: str = typer.Option("stma", "--method", help=f"Segmentation method for --dataset: {', '.join(METHODS)}."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="STMA checkpoint (default: the shipped weights)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    device: str = typer.Option("auto", "--device", help=f"{DEVICES}."),
     size: Optional[int] = _settings.SIZE,
     top_k: Optional[int] = _settings.TOP_K,
     kernel_sigma: Optional[int] = _settings.KERNEL_SIGMA,
@@ -133,7 +133,10 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --report folder and the "
                                    "predictions of an earlier run in --pred-out."),
 ) -> None:
-    """Score predictions with the official DAVIS J/F protocol, or segment a benchmark and score it."""
+    """Score predictions with the official DAVIS J/F protocol, or segment a benchmark and score it.
+
+    Exit codes: 0 success, 1 interrupted (Ctrl-C or SIGTERM), 2 bad input (one error line).
+    """
     console = stderr_console()
     if dataset is not None and pred is None:
         device = check_device(device)

@@ -24,7 +24,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from stma_cli import _settings
-from stma_cli._common import (EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
+from stma_cli._common import (DEVICES, EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
                               info, one_line, print_error, stderr_console, stdout_closed, warn)
 from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
@@ -71,7 +71,7 @@ class Extras:
 
 @dataclass
 class Outcome:
-    name: str
+    job: Job  # its input: two inputs may share a name (x.mp4 and x.mov), so the --json rows give the path too
     status: str  # 'done', 'skipped' or 'failed'
     frames: int = 0
     seconds: float = 0.0
@@ -79,6 +79,10 @@ class Outcome:
     error: str = ""
     objects: int = 0
     bad_input: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.job.name
 
 
 # ---- option checks --------------------------------------------------------------------------------
@@ -434,7 +438,7 @@ def segment(
     method: str = typer.Option("stma", "--method", help="stma (the model), copy or flow (baselines)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", show_default=False,
                                               help="Model checkpoint (.safetensors); default: the shipped model."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", help=f"{DEVICES}."),
     size: Optional[int] = _settings.SIZE,
     top_k: Optional[int] = _settings.TOP_K,
     kernel_sigma: Optional[int] = _settings.KERNEL_SIGMA,
@@ -452,7 +456,8 @@ def segment(
                                             help="Folder written by `stma export --format onnx` (with --engine onnx)."),
     start: int = typer.Option(0, "--start", help="First frame to segment (0-based index; a --mask file annotates it)."),
     end: Optional[int] = typer.Option(None, "--end", show_default=False,
-                                      help="Stop before this frame index (default: the last frame)."),
+                                      help="Frame index to stop before, itself not segmented (--end 10: "
+                                           "frames up to 9); default: through the last frame."),
     stride: int = typer.Option(1, "--stride", help="Segment every N-th frame from --start."),
     fps: Optional[float] = typer.Option(None, "--fps", show_default=False,
                                         help="Frame rate of video outputs (default: the input's, 24 for frame "
@@ -464,8 +469,9 @@ def segment(
     labels: bool = typer.Option(False, "--labels", help="Overlay: write each object's id on it."),
     alpha_codec: str = typer.Option("vp9", "--alpha-codec",
                                     help="cutout-video: vp9 (.webm, browsers) or prores (.mov ProRes 4444, editors)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout (videos, frames, objects, "
-                                                       "seconds, outputs) instead of result paths."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout (videos with their input "
+                                                       "path, frames, objects, seconds, outputs) instead of result "
+                                                       "paths."),
 ) -> None:
     """Segment the objects of the first-frame mask in every frame of a video.
 
@@ -567,7 +573,7 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
                             stdout_closed()
     except _Stop as stop:
         if as_json and current is not None:  # a script reading stdout gets the failure too, not nothing
-            outcomes.append(Outcome(current.name, "failed", error=one_line(stop.args[0]),
+            outcomes.append(Outcome(current, "failed", error=one_line(stop.args[0]),
                                     bad_input=stop.code == EXIT_BAD_INPUT))
             _print_json(outcomes, time.perf_counter() - start)
         fail(stop.args[0], stop.code)
@@ -587,7 +593,7 @@ def _refuse(jobs: list[Job], message: object, as_json: bool) -> NoReturn:
     video failed as not run and the reason in `error`, so a script reading it never gets nothing."""
     if as_json:
         line = one_line(message)
-        _print_json([Outcome(job.name, "failed", error=f"not run: {line}", bad_input=True) for job in jobs], 0.0,
+        _print_json([Outcome(job, "failed", error=f"not run: {line}", bad_input=True) for job in jobs], 0.0,
                     error=line)
     fail(message)
 
@@ -597,7 +603,7 @@ def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> Non
     import json
 
     payload = {
-        "videos": [{"name": o.name, "status": o.status, "frames": o.frames, "objects": o.objects,
+        "videos": [{"name": o.name, "input": str(o.job.path), "status": o.status, "frames": o.frames, "objects": o.objects,
                     "seconds": round(o.seconds, 3), "outputs": [str(p) for p in o.paths],
                     **({"error": o.error} if o.error else {})} for o in outcomes],
         "frames": sum(o.frames for o in outcomes),
@@ -623,7 +629,7 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         paths = all_output_paths(out, job.name, formats)
         todo = [f for f, p in paths.items() if overwrite or not p.exists()]
         if not todo and batch:
-            return Outcome(job.name, "skipped", paths=list(paths.values()))
+            return Outcome(job, "skipped", paths=list(paths.values()))
         if len(todo) < len(formats) and not batch:
             existing = next(p for f, p in paths.items() if f not in todo)
             raise StmaOutputError(f"{existing}: output already exists; "
@@ -643,20 +649,20 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         seconds = time.perf_counter() - start
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")
-        return Outcome(job.name, "done", frames, seconds, list(paths.values()), objects=len(object_ids))
+        return Outcome(job, "done", frames, seconds, list(paths.values()), objects=len(object_ids))
     except _Stop:
         raise
     except (StmaInputError, StmaOutputError) as exc:
         if not batch:
             raise _Stop(exc, EXIT_BAD_INPUT) from exc
         print_error(exc)
-        return Outcome(job.name, "failed", error=one_line(exc), bad_input=True)
+        return Outcome(job, "failed", error=one_line(exc), bad_input=True)
     except Exception as exc:  # noqa: BLE001 - a batch must go on with the other videos
         message = f"{job.path}: segmentation failed ({type(exc).__name__}: {exc}); rerun, or report a bug with this line"
         if not batch:
             raise _Stop(message, EXIT_SOME_FAILED) from exc
         print_error(message)
-        return Outcome(job.name, "failed", error=one_line(exc))
+        return Outcome(job, "failed", error=one_line(exc))
 
 
 def _summary(outcomes: list[Outcome]) -> Table:

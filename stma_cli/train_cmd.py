@@ -59,7 +59,8 @@ def train(
         fail(f"--max-minutes {max_minutes}: the time budget must be a positive number of minutes; pass e.g. "
              "--max-minutes 4")
     device = _device(device)
-    if not resume:
+    new_run = not (out / "state.pt").exists()
+    if not resume or new_run:
         check_output_dir(out)
     if distributed.launched_by_torchrun():
         rank, torch_device = distributed.init_from_env(device)
@@ -77,7 +78,13 @@ def train(
             if rank.is_main:  # every rank sees the same bad input; one line is enough
                 fail(exc)
             raise typer.Exit(2)
+        if resume and new_run and not quiet:  # e.g. a mistyped --out: say so rather than silently start over
+            info(err, f"note: --resume: no run found in {out} (no state.pt), so a new run starts there")
         total = trainer.cfg.steps if until is None else min(until, trainer.cfg.steps)
+        if trainer.step >= total and not quiet:
+            limit = f"its final step ({total})" if total == trainer.cfg.steps else f"--until {until}"
+            where = f"at {limit}" if trainer.step == total else f"at step {trainer.step}, past {limit}"
+            info(err, f"note: the run in {out} is already {where}; nothing was trained")
         deadline = None if max_minutes is None else time.monotonic() + 60.0 * max_minutes
         if quiet:
             finished = trainer.run(until=total, deadline=deadline)

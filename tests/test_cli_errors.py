@@ -221,6 +221,48 @@ def test_help_renders_flags_as_flags(command: list[str]) -> None:
         assert not following.startswith("<") and not following.isupper(), (flag, following)
 
 
+@pytest.mark.parametrize("args, line", [
+    (["export", "--size", 288, 512, 7], "--out: this option is required; see stma export --help"),
+    (["export", "--size", 288, 512, 7, "--out", "o"], "stma export: got unexpected extra argument(s) (7); see stma "
+                                                      "export --help"),
+    (["segment", EXAMPLE_VIDEO, "--out", "o", "--size", "abc"], "--size: 'abc' is not a valid int; see stma segment "
+                                                                 "--help"),
+    (["segment", EXAMPLE_VIDEO, "--out", "o", "--size", "480.5"], "--size: '480.5' is not a valid int; see stma "
+                                                                   "segment --help"),
+    (["segment", "--bogus"], "--bogus: no such option (did you mean --out?); see stma segment --help"),
+    (["segment", EXAMPLE_VIDEO, "--quiet=yes", "--out", "o"], "--quiet: does not take a value; see stma segment --help"),
+    (["segment", "--out", "o"], "INPUT: this argument is required; see stma segment --help"),
+    (["eval", "--sizee", 288], "--sizee: no such option (did you mean --size?); see stma eval --help"),
+    (["train", "--until"], "--until: requires an argument; see stma train --help"),
+    (["sgment"], "stma: no such command 'sgment' (did you mean 'segment'?); see stma --help"),
+])
+def test_usage_errors_are_one_line_for_every_command(tmp_path: Path, args: list[object], line: str) -> None:
+    """click's usage errors (wrong value type, unknown option, missing or extra argument) were a multi-line box
+    of usage text; they are the README's one `error:` line and exit 2, in every command, nothing written."""
+    result = run(*[tmp_path / "o" if a == "o" else a for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: {line}\n" and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_of_segment_and_eval_agree_and_say_what_end_does(tmp_path: Path) -> None:
+    """eval --help lacked segment's exit-code line and said cuda:1 where segment says cuda:N; segment's --end
+    help read as if the last frame were left out by default. --end is an exclusive index: --end 3 is frames 0-2."""
+    from stma_cli._common import DEVICES
+
+    helps = {c: " ".join(run(c, "--help").stdout.replace("│", " ").split()) for c in ("segment", "eval")}
+    for text in helps.values():
+        assert f"--device <str> {DEVICES}. [default: auto]" in text and "cuda:1" not in text
+        assert re.search(r"Exit codes: 0 success, 1 [^.]+, 2 bad input", text), text
+    assert "itself not segmented (--end 10: frames up to 9); default: through the last frame" in helps["segment"]
+    out = tmp_path / "out"
+    for end in ("3", None):
+        result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", out, "-q",
+                      "--overwrite", *(["--end", end] if end else []))
+        assert result.exit_code == 0, result.output
+        assert len(list((out / "car-shadow").glob("*.png"))) == (3 if end else 40)
+
+
 def test_version() -> None:
     result = run("--version")
     assert result.exit_code == 0 and result.stdout.startswith("stma ") and result.stdout.strip().split()[1][0].isdigit()
@@ -235,6 +277,7 @@ def test_segment_json_summary(tmp_path: Path) -> None:
     assert summary["frames"] == 40 and summary["done"] == 1 and summary["failed"] == 0
     video = summary["videos"][0]
     assert (video["name"], video["status"], video["frames"], video["objects"]) == ("car-shadow", "done", 40, 1)
+    assert video["input"] == str(EXAMPLE_VIDEO)
     assert video["outputs"] == [str(out / "car-shadow"), str(out / "car-shadow.rle.json")]
     assert video["seconds"] > 0 and summary["seconds"] >= video["seconds"]
 
@@ -252,6 +295,7 @@ def test_segment_json_reports_a_failed_video_too(tmp_path: Path) -> None:
     assert (summary["done"], summary["failed"], summary["frames"]) == (0, 1, 0)
     video = summary["videos"][0]
     assert video["name"] == "car-shadow" and video["status"] == "failed" and "mask has no object" in video["error"]
+    assert video["input"] == str(EXAMPLE_VIDEO)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -274,6 +318,9 @@ def test_segment_json_reports_a_batch_refused_up_front(tmp_path: Path) -> None:
     assert summary["error"] == lines[0].removeprefix("error: ")
     assert (summary["done"], summary["skipped"], summary["failed"], summary["frames"]) == (0, 0, 3, 0)
     assert sorted(v["name"] for v in summary["videos"]) == ["camel", "camel", "car-shadow"]
+    # the two rows named camel are told apart by their input (before, nothing in the rows did)
+    assert sorted(v["input"] for v in summary["videos"]) == [str(videos / n) for n in ("camel.mov", "camel.mp4",
+                                                                                      "car-shadow.mp4")]
     for video in summary["videos"]:
         assert video["status"] == "failed" and video["error"] == f"not run: {summary['error']}"
         assert (video["frames"], video["objects"], video["outputs"]) == (0, 0, [])

@@ -212,3 +212,31 @@ def test_pil_images_are_frames():
     as_array = session.step(frame, mask)
     session.reset()
     assert np.array_equal(session.step(Image.fromarray(frame), mask), as_array)
+
+
+def test_a_config_changed_after_the_session_was_made_is_checked_where_frames_and_masks_come_in(clip):
+    """The shipped model on the bundled clip: a size set on `session.config` after from_pretrained (32: empty
+    masks; 0 and -1: silently full resolution) is a ValueError at add_mask, step, propagate and reset, and a size
+    that changes the processing size mid-video (480 -> 64) is refused like a frame of another size."""
+    frames, mask, _, _ = clip
+    session = VideoSession.from_pretrained(device="cpu")
+    for size in (32, 0, -1):
+        session.config.size = size
+        for call in (lambda: session.add_mask(0, mask), lambda: session.step(frames[0], mask),
+                     lambda: list(session.propagate(frames[:2], {0: mask})), session.reset):
+            with pytest.raises(ValueError, match=rf"InferenceConfig.size is {size}, too small .*at least 64"):
+                call()
+        assert session.frame_index == 0 and not session.pending_masks
+    session.config.size = 480
+    first = session.step(frames[0], mask)
+    session.config.size = 720  # the clip is 480 high: still processed at 854x480, nothing changes
+    assert session.step(frames[1]).shape == first.shape
+    session.config.size = 64
+    with pytest.raises(ValueError, match=r"InferenceConfig.size changed mid-video \(480 -> 64: frame 2 would be "
+                                         r"processed at 114x64, the frames before it were at 854x480\); set it back "
+                                         r"to 480, or reset\(\)"):
+        session.step(frames[2])
+    assert session.frame_index == 2
+    session.reset()  # a new video may use another size
+    masks = [m for _, m in session.propagate(frames[:3], {0: mask})]
+    assert len(masks) == 3 and (masks[2] == 1).sum() > 0.5 * mask.sum()

@@ -122,6 +122,38 @@ def test_resume_matches_uninterrupted_run(tiny_davis: Path, cache_dir: Path, tmp
     assert {"step", "loss", "lr", "it_per_s", "loss_mean"} <= set(straight_log[-1])
 
 
+def test_resume_says_what_it_did_and_keeps_the_start_it_recorded(tiny_davis: Path, cache_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """--resume where no run is yet starts one and says so; with another --init-from than the run started from
+    it is one error line (before, the new path silently replaced the record); on a finished run it says that
+    nothing was trained (before: only the caching and resumed lines)."""
+    config = write_config(tmp_path / "tiny.yaml", steps=2)
+    common = ("--config", config, "--data", tiny_davis, "--cache-dir", cache_dir, "--device", "cpu")
+    start = tmp_path / "start"
+    result = train(*common, "--out", start, "--resume", "--until", 1)
+    assert result.exit_code == 0, result.output
+    assert f"note: --resume: no run found in {start} (no state.pt), so a new run starts there" in result.stderr
+    assert log_records(start)[-1]["step"] == 1
+
+    out, init = tmp_path / "run", start / "model.safetensors"
+    assert train(*common, "--out", out, "--init-from", init, "--until", 1).exit_code == 0
+    assert_bad_input(train(*common, "--out", out, "--resume", "--init-from", out / "model.safetensors"),
+                     f"--init-from: {out / 'model.safetensors'} is not what the run in {out} started from ({init})",
+                     "drop --init-from")
+    assert json.loads((out / "train_config.json").read_text())["init_from"] == str(init)
+    assert torch.load(out / "state.pt", weights_only=True)["step"] == 1
+    result = train(*common, "--out", out, "--resume", "--init-from", init)  # the same one is fine
+    assert result.exit_code == 0, result.output
+    assert "no run found" not in result.stderr and "nothing was trained" not in result.stderr
+    assert [r["step"] for r in log_records(out)] == [1, 2]
+
+    finished = train(*common, "--out", out, "--resume")
+    assert finished.exit_code == 0, finished.output
+    assert f"note: the run in {out} is already at its final step (2); nothing was trained" in finished.stderr
+    assert [r["step"] for r in log_records(out)] == [1, 2]
+    assert json.loads((out / "train_config.json").read_text())["init_from"] == str(init)
+
+
 def test_run_folder_holds_checkpoints_and_curves(tiny_davis: Path, cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = train("--config", write_config(tmp_path / "tiny.yaml", steps=2), "--data", tiny_davis,

@@ -52,13 +52,13 @@ class VideoSession:
 
     engine: an Engine (see stma_core.inference.engine), or an STMANetwork to run with a TorchEngine.
     config: per-video settings (InferenceConfig); None = its defaults. A setting below its minimum (such as
-    a size under MIN_SIZE set on the config after it was made) is a ValueError naming it.
+    a size under MIN_SIZE set on the config after it was made) is a ValueError naming it, raised where frames
+    and masks come in (step, add_mask, propagate, reset); so is a size that changes the processing size mid-video.
     """
 
     def __init__(self, engine: Engine | STMANetwork, config: InferenceConfig | None = None) -> None:
         self.engine: Engine = TorchEngine(engine) if isinstance(engine, STMANetwork) else engine
         self.config = config or InferenceConfig()
-        self.config.check()  # InferenceConfig checks when made; its fields may have been changed since
         self.device = self.engine.device
         self.reset()
 
@@ -75,6 +75,7 @@ class VideoSession:
     # ---- public API -----------------------------------------------------------------------
     def reset(self) -> None:
         """Forgets every object, mask and memory: the session is as new (the model stays loaded)."""
+        self.config.check()  # InferenceConfig checks when made; its fields may have been changed since
         self.objects = ObjectManager()
         self.spatial = SpatialMemory(self.config.spatial_capacity)
         self.temporal = TemporalMemory(self.config.temporal_capacity)
@@ -82,6 +83,7 @@ class VideoSession:
         self.frame_index = 0
         self.probabilities: torch.Tensor | None = None
         self._frame_shape: tuple[int, int] | None = None  # (H, W) of this video's frames, from its first one
+        self._size: int | None = None  # config.size this video's first frame was processed at
         self._last_spatial = -1
         self._last_temporal = -1
         # memory versions restart with the memories; the epoch keeps engine caches from matching old ones
@@ -101,6 +103,7 @@ class VideoSession:
         if isinstance(frame_index, bool) or not isinstance(frame_index, (int, np.integer)):
             raise TypeError(f"frame index must be an integer; got {frame_index!r}")
         frame_index = int(frame_index)
+        self.config.check()
         if frame_index < 0:
             raise ValueError(f"frame index {frame_index} is negative; frames count from 0")
         if frame_index < self.frame_index:
@@ -141,6 +144,7 @@ class VideoSession:
         except ValueError:
             raise ValueError(f"unknown direction {direction!r}; use one of "
                              f"{', '.join(d.value for d in Direction)}") from None
+        self.config.check()
         if masks is not None and not isinstance(masks, Mapping):
             raise TypeError(f"masks must be a dict {{frame index: id mask}}; got {type(masks).__name__}")
         for index, mask in (masks or {}).items():
@@ -189,15 +193,25 @@ class VideoSession:
         """
         if not isinstance(frame, np.ndarray):  # e.g. a PIL image
             frame = np.asarray(frame)
+        self.config.check()
         if self._frame_shape is not None and frame.shape[:2] != self._frame_shape:
             raise ValueError(f"frame {self.frame_index} is {frame.shape[1]}x{frame.shape[0]} but this video's frames "
                              f"are {self._frame_shape[1]}x{self._frame_shape[0]}; give frames of one size, or reset() "
                              "to start another video")
+        if self._size is not None and self.config.size != self._size:
+            before, now = (processing_size(*self._frame_shape, s) for s in (self._size, self.config.size))
+            if now != before:  # the memories hold features at the old size: reading them at another one is garbage
+                raise ValueError(f"InferenceConfig.size changed mid-video ({self._size} -> {self.config.size}: frame "
+                                 f"{self.frame_index} would be processed at {now[1]}x{now[0]}, the frames before it "
+                                 f"were at {before[1]}x{before[0]}); set it back to {self._size}, or reset() to "
+                                 "start the video again")
         pending = self.pending_masks.pop(self.frame_index, None)
         mask = pending if mask is None else merge_masks(pending, check_mask(mask))
         with torch.inference_mode(), self._autocast():
             labels = self._step(frame, mask)
         self._frame_shape = frame.shape[:2]
+        if self._size is None:
+            self._size = self.config.size
         self.frame_index += 1
         return self.objects.to_user_mask(labels)
 

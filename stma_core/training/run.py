@@ -84,8 +84,13 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
             raise StmaInputError(f"{out}: the run was started with trunk_top_lr {saved.get('trunk_top_lr', 0)} "
                                  "(trainable trunk stages or not); resume with the same --config")
     fresh = not (resume and state.exists())
-    if not fresh and cfg.init_from is None:  # keep the record of what the run started from
-        cfg.init_from = saved.get("init_from")
+    if not fresh and "init_from" in saved:  # a resumed run continues from its state: keep the record of its start
+        recorded = saved["init_from"]
+        if init_from is not None and (recorded is None or Path(recorded).resolve() != Path(init_from).resolve()):
+            raise StmaInputError(f"--init-from: {init_from} is not what the run in {out} started from "
+                                 f"({recorded or 'no checkpoint'}) and a resumed run continues from its own state; "
+                                 "drop --init-from (or pass the same one), or choose a new --out to start from it")
+        cfg.init_from = recorded
     if fresh and cfg.init_from and not Path(cfg.init_from).is_file():
         raise StmaInputError(f"{cfg.init_from}: init_from checkpoint not found; train the earlier stage first "
                              "or fix init_from / --init-from")
