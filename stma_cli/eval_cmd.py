@@ -111,7 +111,8 @@ def evaluate(
     pred: Optional[Path] = typer.Option(None, "--pred", help="Folder of predictions: <sequence>/<frame>.png (palette ids)."),
     gt: Optional[Path] = typer.Option(None, "--gt", help="DAVIS root holding Annotations/480p and ImageSets/."),
     split: Optional[str] = typer.Option(None, "--split", help="Split name (val, train: ImageSets/2017 then 2016) or a file of sequence names. Default: val."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help=f"Segment and score a named benchmark: {', '.join(DATASETS)}."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=f"Segment and score a named benchmark: {', '.join(DATASETS)} (with --pred: score those "
+                                                   "predictions against its ground truth, segmenting nothing)."),
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root for --dataset (else $STMA_DAVIS16_ROOT, $STMA_DAVIS17_ROOT or $STMA_YTVOS_ROOT)."),
     method: str = typer.Option("stma", "--method", help=f"Segmentation method for --dataset: {', '.join(METHODS)}."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="STMA checkpoint (default: the shipped weights)."),
