@@ -182,18 +182,23 @@ def test_mask_folder_outside_the_range_is_an_error(tmp_path: Path, clip: tuple[P
     assert not out.exists()
 
 
-def test_an_object_annotated_only_on_a_skipped_frame_is_a_warning(
-        tmp_path: Path, clip: tuple[Path, Path, list[np.ndarray]]) -> None:
-    """--mask-dir with --stride: object 2, annotated only on frame 2 (skipped by --start 1 --stride 2),
-    is named in a warning instead of vanishing silently; object 1 (on processed frame 1) is tracked."""
-    video, mask, _ = clip
-    car = np.array(Image.open(mask))
+def _skipped_object_annotations(tmp_path: Path, car: np.ndarray) -> Path:
+    """A --mask-dir: frame 1 annotates the car (object 1); frame 2 adds object 2 (top-left corner)."""
     annotations = tmp_path / "annotations"
     annotations.mkdir()
     save_palette_png(car, annotations / "00001.png")
     both = car.copy()
     both[:40, :60] = 2
     save_palette_png(both, annotations / "00002.png")
+    return annotations
+
+
+def test_an_object_annotated_only_on_a_skipped_frame_is_a_warning(
+        tmp_path: Path, clip: tuple[Path, Path, list[np.ndarray]]) -> None:
+    """--mask-dir with --stride: object 2, annotated only on frame 2 (skipped by --start 1 --stride 2),
+    is named in a warning instead of vanishing silently; object 1 (on processed frame 1) is tracked."""
+    video, mask, _ = clip
+    annotations = _skipped_object_annotations(tmp_path, np.array(Image.open(mask)))
     result = segment(video, "--mask-dir", annotations, "--out", tmp_path / "out", "--method", "copy",
                      "--start", "1", "--stride", "2", "--quiet")
     assert result.exit_code == 0, result.output
@@ -210,14 +215,8 @@ def test_load_masks_returns_the_skipped_object_warnings_on_their_own(tmp_path: P
     from stma_core.io.frames import open_frames
 
     video = EXAMPLES / "car-shadow.mp4"
-    car = np.array(Image.open(EXAMPLES / "car-shadow_mask.png"))
-    annotations = tmp_path / "annotations"
-    annotations.mkdir()
-    save_palette_png(car, annotations / "00001.png")
-    two = car.copy()
-    two[:40, :60] = 2
-    save_palette_png(two, annotations / "00002.png")
-    three = two.copy()
+    annotations = _skipped_object_annotations(tmp_path, np.array(Image.open(EXAMPLES / "car-shadow_mask.png")))
+    three = np.array(Image.open(annotations / "00002.png"))
     three[-40:, -60:] = 3
     save_palette_png(three, annotations / "00004.png")  # object 2 again (named once) and object 3
     source = open_frames(video)
