@@ -315,6 +315,30 @@ def test_trunk_top_lr_trains_only_the_top_stages(tiny_davis: Path, cache_dir: Pa
     assert_bad_input(result, "split", "trunk_top_lr 0.001")
 
 
+def test_a_fine_tune_keeps_its_starting_models_recommended_settings(tiny_davis: Path, cache_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """A run from scratch recommends the scale it learned at (min frame_size); a fine-tune of a shipped model
+    keeps the settings that model recommends (the shipped one's 480, chosen on full val, not its 288
+    training size), also across --resume."""
+    from stma_core.checkpoint import recommended_inference
+    from stma_core.config import InferenceConfig
+    from stma_core.training.ship import ship
+
+    config = write_config(tmp_path / "c.yaml", steps=2)
+    prepare_trainer(config, tiny_davis, tmp_path / "scratch", cache_dir=cache_dir).run()
+    assert recommended_inference(load_model(tmp_path / "scratch" / "model.safetensors")[2])["size"] == 96
+    ship(tmp_path / "scratch" / "model.safetensors", tmp_path / "shipped.safetensors",
+         InferenceConfig(size=200, top_k=20))
+    fine = prepare_trainer(config, tiny_davis, tmp_path / "fine", cache_dir=cache_dir,
+                           init_from=tmp_path / "shipped.safetensors")
+    fine.run(until=1)
+    settings = recommended_inference(load_model(tmp_path / "fine" / "model.safetensors")[2])
+    assert settings["size"] == 200 and settings["top_k"] == 20
+    (tmp_path / "shipped.safetensors").unlink()  # resume reads the settings from its own state
+    prepare_trainer(config, tiny_davis, tmp_path / "fine", resume=True, cache_dir=cache_dir).run()
+    assert recommended_inference(load_model(tmp_path / "fine" / "model.safetensors")[2])["size"] == 200
+
+
 def test_frozen_stage_from_trained_top_stages_uses_them(tiny_davis: Path, cache_dir: Path, tmp_path: Path) -> None:
     """The cache holds the ImageNet trunk's maps. A frozen-trunk main stage that starts from (or resumes) a
     model whose top stages were trained computes the stride-16 maps with those stages, as inference does,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stma_core.checkpoint import read_config, save_model
+from stma_core.checkpoint import read_config, recommended_inference, save_model
 from stma_core.config import InferenceConfig, to_dict
 from stma_core.errors import StmaInputError
 from stma_core.io.atomic import atomic_write, atomic_write_text
@@ -46,6 +46,11 @@ TrainData = Union[list[CachedSequence], list[StillPair]]
 def learning_rate(cfg: TrainConfig, step: int, base: float | None = None) -> float:
     """The learning rate at `step`: `base` (default cfg.lr) times the decay factor per passed decay step."""
     return (cfg.lr if base is None else base) * cfg.lr_decay_factor ** sum(step >= s for s in cfg.lr_decay_steps)
+
+
+def _inference_fields(settings: dict) -> dict:
+    """The InferenceConfig fields of a checkpoint's recommended settings (older files may hold others)."""
+    return {k: v for k, v in settings.items() if k in InferenceConfig.__dataclass_fields__}
 
 
 def trunk_changes(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], top_start: int
@@ -142,6 +147,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.rng = random.Random(cfg.seed + self.dist.rank)
         self.step = 0
+        # inference settings the saved models recommend: a run from scratch, the scale it learns at; a
+        # fine-tune (init_from) keeps its starting model's (the shipped model's 480, chosen on full val)
+        self.recommended: dict = {"size": min(cfg.frame_size)}
         self._pool: ThreadPoolExecutor | None = None  # static clip synthesis (cfg.data_threads > 0)
         if self.dist.is_main:
             atomic_write_text(self.run_dir / "train_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
@@ -165,6 +173,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "py_rng": py_rngs[0],
             "rank_py_rngs": py_rngs,
+            "recommended_inference": json.dumps(self.recommended),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -173,7 +182,7 @@ class Trainer:
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
         save_model(self.network, self.cfg.model, self.run_dir / "model.safetensors",
                    {"train_step": str(self.step), "train_stage": self.cfg.stage},
-                   inference=InferenceConfig(size=min(self.cfg.frame_size)))  # the scale it learned at
+                   inference=InferenceConfig(**self.recommended))
         write_curves(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
         if digests:
             atomic_write_text(self.run_dir / "replicas.json",
@@ -190,6 +199,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+        if "recommended_inference" in state:  # runs saved before it was kept recommend the default
+            self.recommended = _inference_fields(json.loads(state["recommended_inference"]))
         rank_rngs = state.get("rank_py_rngs") or [state["py_rng"]]
         if len(rank_rngs) == self.dist.world_size:
             py_state = json.loads(rank_rngs[self.dist.rank])
@@ -221,15 +232,17 @@ class Trainer:
         atomic_write_text(path, "".join(kept))
 
     def load_initial_weights(self, path: Path) -> None:
-        """Starts from a saved model (e.g. the static stage's) with the same ModelConfig."""
+        """Starts from a saved model (e.g. the static stage's) with the same ModelConfig, and recommends
+        its inference settings."""
         from safetensors.torch import load_file
 
-        config, _ = read_config(path)
+        config, metadata = read_config(path)
         if to_dict(config) != to_dict(self.cfg.model):
             raise StmaInputError(f"{path}: init_from checkpoint has another model config than the training "
                                  "config's `model:`; use the same model section in both stages")
         self.network.load_state_dict(load_file(str(path), device=str(self.device)))
         self._match_cache_trunk(path)
+        self.recommended = _inference_fields(recommended_inference(metadata)) or self.recommended
 
     def _match_cache_trunk(self, source: Path) -> None:
         """Cached maps come from the ImageNet trunk. Where the loaded weights' top stages differ (a model
