@@ -13,11 +13,11 @@ import torch
 
 from stma_core.config import ModelConfig, from_dict
 from stma_core.errors import StmaInputError
+from stma_core.model.lite_backbone import LiteTrunk
 from stma_core.training import distributed
 from stma_core.training.config_io import load_train_config
 from stma_core.training.feature_cache import build_cache, check_sequences, load_cache, read_split
 from stma_core.training.static_data import list_still_folder, list_still_pairs
-from stma_core.model.lite_backbone import LiteTrunk
 from stma_core.training.trainer import Trainer, cache_trunk_error, trunk_changes
 
 
