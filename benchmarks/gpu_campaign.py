@@ -101,18 +101,20 @@ def _davis_files(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, Path
     if not split.is_file():
         raise CampaignError(f"{split}: DAVIS 2016 train split not found; pass --davis with the DAVIS 2016 root "
                             "(JPEGImages/480p, Annotations/480p, ImageSets/2016/train.txt)")
-    names = [line.strip() for line in split.read_text().splitlines() if line.strip()]
+    from stma_core.io.text import read_split_names
+    from stma_core.training.feature_cache import frame_paths
+
+    names = read_split_names(split)
     pairs: dict[str, list[tuple[Path, Path]]] = {}
     for name in names:
-        frames = sorted((root / "JPEGImages" / "480p" / name).glob("*.jpg"))
+        frames, masks = frame_paths(root, name)
         if not frames:
             raise CampaignError(f"{root / 'JPEGImages' / '480p' / name}: no .jpg frames of train sequence {name!r}; "
                                 "fix --davis or the split file")
-        for frame in frames:
-            mask = root / "Annotations" / "480p" / name / f"{frame.stem}.png"
-            if not mask.is_file():
-                raise CampaignError(f"{mask}: missing mask of a train frame; training needs every frame's mask")
-        pairs[name] = [(f, root / "Annotations" / "480p" / name / f"{f.stem}.png") for f in frames]
+        missing = next((m for m in masks if not m.is_file()), None)
+        if missing is not None:
+            raise CampaignError(f"{missing}: missing mask of a train frame; training needs every frame's mask")
+        pairs[name] = list(zip(frames, masks))
     return names, pairs
 
 
@@ -148,13 +150,6 @@ def decode_video(path: Path) -> list:
     return frames
 
 
-def _psnr(a, b) -> float:
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * float(np.log10(255.0 ** 2 / mse))
-
-
 def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: float = 31.5,
          variant: str = "lite2", davis_crf: int = 20, duts_short_side: int = 240, duts_quality: int = 80,
          seed: int = 0, duts_holdout: int = DUTS_HOLDOUT, _zip_as: Path | None = None) -> dict:
@@ -181,13 +176,14 @@ def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: f
                         archive.write(path, path.relative_to(staging).as_posix())
             partial.rename(out)
         return {**summary, "zip_mib": round(out.stat().st_size / MIB, 2)}
+    import cv2
     import numpy as np
     import torch
     import yaml
     from PIL import Image
 
     from stma_core.model.lite_backbone import LiteTrunk
-    from stma_core.training.feature_cache import resize_ids
+    from stma_core.training.feature_cache import read_resized_frame, resize_ids
     from stma_core.training.static_data import list_still_folder, read_still_mask
 
     if variant not in CONFIGS:
@@ -230,7 +226,7 @@ def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: f
         put(tmp / "davis" / "frames.json", json.dumps({n: [f.stem for f, _ in pairs[n]] for n in names}).encode())
         psnrs = []
         for name in names:
-            frames = [np.asarray(Image.open(f).convert("RGB").resize((w, h), Image.BILINEAR)) for f, _ in pairs[name]]
+            frames = [read_resized_frame(f, (h, w)) for f, _ in pairs[name]]
             video = tmp / "davis" / "videos" / f"{name}.mp4"
             video.parent.mkdir(parents=True, exist_ok=True)
             _encode_video(video, frames, davis_crf)
@@ -239,7 +235,7 @@ def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: f
             if len(decoded) != len(frames):
                 raise CampaignError(f"{video}: decodes to {len(decoded)} frames, not {len(frames)}; "
                                     "check the ffmpeg/OpenCV installation")
-            psnrs += [_psnr(a, b) for a, b in zip(decoded, frames)]
+            psnrs += [cv2.PSNR(a, b) for a, b in zip(decoded, frames)]
             for _, mask in pairs[name]:
                 source = Image.open(mask)
                 ids = resize_ids(np.asarray(source), (h, w))
@@ -526,10 +522,9 @@ def run(pack_dir: Path, out: Path, minutes_static: float, minutes_main: float, d
                                "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
                                "torch": torch.__version__, "run_dir": str(out), "stages": {}, "probes": {}}
     started = time.monotonic()
-    unpacked = time.monotonic()
     try:
         summary["davis_unpacked"] = unpack_davis(pack_dir, out / "davis")
-        summary["davis_unpacked"]["seconds"] = round(time.monotonic() - unpacked, 1)
+        summary["davis_unpacked"]["seconds"] = round(time.monotonic() - started, 1)
     except CampaignError as exc:  # e.g. no H.264 decoder there: the static stage gets the main stage's time
         print(f"error: {exc}", file=sys.stderr)
         summary["davis_unpacked"] = {"error": str(exc)}

@@ -79,11 +79,10 @@ class InferenceConfig:
         """Raises ValueError naming a setting below its minimum (VideoSession re-checks: fields are mutable)."""
         for name, least in SETTING_MINIMUMS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                why, example = ("", "")
-                if name == "size":
-                    why = f", {SIZE_TOO_SMALL}" if isinstance(value, int) and not isinstance(value, bool) else ""
-                    example = f", e.g. {InferenceConfig.size} (the default)"
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            if not is_int or value < least:
+                why = f", {SIZE_TOO_SMALL}" if name == "size" and is_int else ""
+                example = f", e.g. {InferenceConfig.size} (the default)" if name == "size" else ""
                 raise ValueError(f"InferenceConfig.{name} is {value!r}{why}; use an integer of at least {least}"
                                  f"{example}")
 

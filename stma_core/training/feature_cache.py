@@ -17,7 +17,6 @@ from PIL import Image
 
 from stma_core.errors import StmaInputError
 from stma_core.io.atomic import atomic_write
-from stma_core.io.text import read_split_names
 from stma_core.model.lite_backbone import LiteTrunk
 
 
@@ -31,10 +30,6 @@ class CachedSequence:
 
     def __len__(self) -> int:
         return self.masks.shape[0]
-
-
-def read_split(root: Path, split_file: Path) -> list[str]:
-    return read_split_names(split_file)
 
 
 def check_sequences(root: Path, names: list[str], split_file: Path) -> None:
@@ -55,6 +50,13 @@ def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
     frames = sorted((root / "JPEGImages" / "480p" / name).glob("*.jpg"))
     masks = [root / "Annotations" / "480p" / name / (p.stem + ".png") for p in frames]
     return frames, masks
+
+
+def read_resized_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A training frame as HxWx3 uint8 RGB at `size` (H, W), resized bilinearly: the one resize the
+    cache applies (and benchmarks/gpu_campaign.py packs frames with, so the cache finds them at size)."""
+    h, w = size
+    return np.asarray(Image.open(path).convert("RGB").resize((w, h), Image.BILINEAR))
 
 
 def resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -86,7 +88,7 @@ def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] =
         if target.exists():
             continue
         image_files, mask_paths = frame_paths(root, name)
-        images = [np.asarray(Image.open(p).convert("RGB").resize((w, h), Image.BILINEAR)) for p in image_files]
+        images = [read_resized_frame(p, size) for p in image_files]
         masks = [resize_ids(np.asarray(Image.open(p)), (h, w)) for p in mask_paths]
         maps: dict[str, list[torch.Tensor]] = {"f4": [], "f8": [], "f16": []}
         for i in range(0, len(images), batch):

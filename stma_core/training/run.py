@@ -13,10 +13,11 @@ import torch
 
 from stma_core.config import ModelConfig, from_dict
 from stma_core.errors import StmaInputError
+from stma_core.io.text import read_split_names
 from stma_core.model.lite_backbone import LiteTrunk
 from stma_core.training import distributed
 from stma_core.training.config_io import load_train_config
-from stma_core.training.feature_cache import build_cache, check_sequences, load_cache, read_split
+from stma_core.training.feature_cache import build_cache, check_sequences, load_cache
 from stma_core.training.static_data import list_still_folder, list_still_pairs
 from stma_core.training.trainer import Trainer, cache_trunk_error, trunk_changes
 
@@ -112,7 +113,7 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
                 f"({len(held_out)} held out)")
     else:
         split_file = find_split_file(data, cfg.split)
-        names = read_split(data, split_file)
+        names = read_split_names(split_file)
         check_sequences(data, names, split_file)
         if cfg.stage == "static":
             train_data = list_still_pairs(data, names, cfg.static_frame_every)
