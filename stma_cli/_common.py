@@ -39,10 +39,22 @@ def print_error(message: object) -> None:
     sys.stderr.flush()
 
 
-def fail(message: object, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    """Prints the one-line error and exits (2 = bad input, the default)."""
+class Refusal(typer.Exit):
+    """What `fail` raises: the exit plus its one line, so the `stma` group can also put it in a --json run's
+    stdout (a script reading stdout then never gets nothing). json_printed: the command already did."""
+
+    def __init__(self, line: str, code: int, json_printed: bool = False) -> None:
+        super().__init__(code)
+        self.line = line
+        self.json_printed = json_printed
+
+
+def fail(message: object, code: int = EXIT_BAD_INPUT, json_printed: bool = False) -> NoReturn:
+    """Prints the one-line error and exits (2 = bad input, the default).
+
+    json_printed: the caller already wrote its --json summary with this error (see Refusal)."""
     print_error(message)
-    raise typer.Exit(code)
+    raise Refusal(one_line(message), code, json_printed)
 
 
 def usage_error_line(exc: click_errors.UsageError, command: str = "stma") -> str:

@@ -26,7 +26,8 @@ def _shown(value: object) -> str:
 
 
 SIZE = typer.Option(None, "--size", show_default="the checkpoint's: 480 for the shipped model",
-                    help=f"Short side the model works at, at least {MIN_SIZE} (outputs always keep the input size).")
+                    help=f"Short side the model works at, at least {MIN_SIZE}; never above the input's (frames are not "
+                         "upscaled). Outputs always keep the input size.")
 TOP_K = typer.Option(None, "--top-k", show_default=_shown(_D.top_k),
                      help="Memory readout keeps the k best matches per position (0 = all).")
 KERNEL_SIGMA = typer.Option(None, "--kernel-sigma", show_default=_shown(_D.kernel_sigma),

@@ -17,7 +17,11 @@ import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 from stma_cli import eval_cmd, export_cmd, segment_cmd, train_cmd  # noqa: E402
-from stma_cli._common import click_errors, fail, usage_error_line  # noqa: E402
+from stma_cli._common import Refusal, click_errors, fail, usage_error_line  # noqa: E402
+
+# Commands with --json: what each prints on stdout when it is refused before writing its own summary
+# (a bad option, a usage error), so a script parsing stdout never gets nothing.
+JSON_REFUSALS = {"segment": segment_cmd.refused_json, "eval": eval_cmd.refused_json}
 
 
 @contextlib.contextmanager
@@ -42,8 +46,16 @@ class StmaGroup(TyperGroup):
             return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with _one_line_usage_errors(ctx):
-            return super().invoke(ctx)
+        args = [*getattr(ctx, "_protected_args", ()), *ctx.args]  # the group's invoke consumes them
+        try:
+            with _one_line_usage_errors(ctx):
+                return super().invoke(ctx)
+        except Refusal as refusal:
+            given = args[:args.index("--")] if "--" in args else args
+            refused_json = JSON_REFUSALS.get(given[0] if given else "")
+            if refused_json is not None and "--json" in given and not refusal.json_printed:
+                refused_json(refusal.line)
+            raise
 
 
 app = typer.Typer(

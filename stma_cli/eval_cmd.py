@@ -154,6 +154,11 @@ def evaluate(
         typer.echo(json.dumps(payload))
 
 
+def refused_json(line: str) -> None:
+    """What a refused --json run prints on stdout: one JSON object whose `error` is the one-line reason."""
+    typer.echo(json.dumps({"error": line}))
+
+
 def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], dataset: Optional[str],
               root: Optional[Path], method: str, checkpoint: Optional[Path], device: str, settings: dict[str, Any],
               pred_out: Optional[Path], out: Optional[Path], as_json: bool, quiet: bool,

@@ -67,6 +67,7 @@ class Extras:
     end: int | None = None
     stride: int = 1
     fps: float | None = None
+    size: int | None = None  # --size as given (None: the model's recommended size), for the no-upscale note
 
 
 @dataclass
@@ -505,7 +506,8 @@ def segment(
     device = check_device(device)  # a wrong --device is a mistake whatever the method
     if method == "stma" and engine == "torch":
         device = _resolve_device(device)
-    extras = _check_extras(start, end, stride, fps, objects, overlay_alpha, overlay_style, labels, alpha_codec)
+    extras = dataclasses.replace(_check_extras(start, end, stride, fps, objects, overlay_alpha, overlay_style,
+                                               labels, alpha_codec), size=size if method == "stma" else None)
     if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
         warn(stderr_console(), f"--fps only sets the frame rate of {', '.join(VIDEO_FORMATS)} outputs; none is requested")
     jobs, batch = _find_jobs(input_path, mask, mask_dir, out)
@@ -576,7 +578,7 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
             outcomes.append(Outcome(current, "failed", error=one_line(stop.args[0]),
                                     bad_input=stop.code == EXIT_BAD_INPUT))
             _print_json(outcomes, time.perf_counter() - start)
-        fail(stop.args[0], stop.code)
+        fail(stop.args[0], stop.code, json_printed=as_json and current is not None)
     if batch and not quiet:
         console.print(_summary(outcomes))
     if as_json:
@@ -595,7 +597,12 @@ def _refuse(jobs: list[Job], message: object, as_json: bool) -> NoReturn:
         line = one_line(message)
         _print_json([Outcome(job, "failed", error=f"not run: {line}", bad_input=True) for job in jobs], 0.0,
                     error=line)
-    fail(message)
+    fail(message, json_printed=as_json)
+
+
+def refused_json(line: str) -> None:
+    """The --json summary of a run refused before its inputs were listed (a bad option): no videos, `error`."""
+    _print_json([], 0.0, error=line)
 
 
 def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> None:
@@ -639,6 +646,9 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         selected = None if select is None else lambda name: _frame_index(source, name) in select
         masks, loaded, warnings = _load_masks(job, source, select.start if select else 0, selected)
         _report_masks(console, loaded, quiet, warnings)
+        if extras.size is not None and extras.size > min(source.size) and not quiet:
+            info(console, f"{job.path}: --size {extras.size} is above the video's short side ({min(source.size)} "
+                          f"pixels); frames are never upscaled, so it runs at {min(source.size)}")
         prop = propagator()
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))

@@ -299,6 +299,30 @@ def test_segment_json_reports_a_failed_video_too(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["segment", EXAMPLE_VIDEO, "--json", "--size", "abc"], "--size: 'abc' is not a valid int"),
+    (["segment", EXAMPLE_VIDEO, "--json", "--method", "bogus"], "--method: unknown method 'bogus'"),
+    (["segment", EXAMPLE_VIDEO, "--json", "--size", 32], "--size: 32 is too small"),
+    (["segment", "missing.mp4", "--json"], "missing.mp4: no such file or folder"),
+    (["eval", "--json", "--dataset", "nope"], "unknown dataset 'nope'"),
+    (["eval", "--json", "--bogus"], "--bogus: no such option"),
+])
+def test_json_runs_refused_for_their_options_still_print_json(tmp_path: Path, args: list[object],
+                                                               expected: str) -> None:
+    """With --json, a run refused for a bad option or a usage error (before any input was read) printed nothing
+    on stdout, so `| jq` saw no input: stdout now gets one JSON object whose `error` is the stderr line
+    (segment's is its usual summary with no videos); exit 2, nothing written, one line on stderr as before."""
+    result = run(*args, "--out", tmp_path / "o") if args[0] == "segment" else run(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["error"] == lines[0].removeprefix("error: ")
+    if args[0] == "segment":
+        assert (payload["videos"], payload["done"], payload["failed"], payload["frames"]) == ([], 0, 0, 0)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_segment_json_reports_a_batch_refused_up_front(tmp_path: Path) -> None:
     """--json on a batch refused before any work (camel.mp4 and camel.mov: outputs would collide): exit 2, the
     one-line error on stderr, and the JSON summary on stdout with every video failed as not run and the reason

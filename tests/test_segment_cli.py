@@ -205,6 +205,19 @@ def test_quiet_prints_only_paths(tmp_path: Path, clip: tuple[Path, Path]) -> Non
     assert result.stderr == ""
 
 
+def test_size_above_the_input_is_a_note_not_an_upscale(tmp_path: Path, clip: tuple[Path, Path]) -> None:
+    """--size larger than the video's short side runs at the input size; the user is told so (not --quiet)."""
+    video, mask = clip  # 426x240
+    above = segment(video, "--mask", mask, "--size", 480, "--end", 2, "--out", tmp_path / "a")
+    assert above.exit_code == 0, above.output
+    assert "--size 480 is above the video's short side (240 pixels)" in above.stderr
+    assert "runs at 240" in above.stderr
+    for args, out in ((["--size", 200], "b"), (["--size", 480, "-q"], "c"), ([], "d")):  # below, quiet, default
+        result = segment(video, "--mask", mask, "--end", 2, "--out", tmp_path / out, *args)
+        assert result.exit_code == 0, result.output
+        assert "short side" not in result.stderr, result.stderr
+
+
 def test_rgb_antialiased_mask_is_reported_not_split(tmp_path: Path, clip: tuple[Path, Path]) -> None:
     video, _ = clip
     car = png_ids(EXAMPLE_MASK)
