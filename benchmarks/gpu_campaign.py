@@ -225,7 +225,17 @@ def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: f
         put(tmp / "davis" / "ImageSets" / "2016" / "train.txt", ("\n".join(names) + "\n").encode())
         put(tmp / "davis" / "frames.json", json.dumps({n: [f.stem for f, _ in pairs[n]] for n in names}).encode())
         psnrs = []
-        for name in names:
+        reserve = 4096 + 22  # pack.json, a zip's end record
+
+        def check_davis_budget(done: int) -> None:
+            """Checked after every sequence, so a --max-mib too small fails at once, not after all 30."""
+            if used + reserve > budget:
+                raise CampaignError(f"{davis}: the trunk weights and {done} of the {len(names)} train sequences "
+                                    f"(CRF {davis_crf}) already take {used / MIB:.1f} MiB, over --max-mib "
+                                    f"{max_mib:g}; raise --max-mib or --davis-crf")
+
+        check_davis_budget(0)
+        for done, name in enumerate(names, 1):
             frames = [read_resized_frame(f, (h, w)) for f, _ in pairs[name]]
             video = tmp / "davis" / "videos" / f"{name}.mp4"
             video.parent.mkdir(parents=True, exist_ok=True)
@@ -244,11 +254,8 @@ def pack(davis: Path, duts_images: Path, duts_masks: Path, out: Path, max_mib: f
                     resized.putpalette(source.getpalette())
                 put(tmp / "davis" / "Annotations" / "480p" / name / mask.name,
                     _encoded(resized, "PNG", optimize=True))
+            check_davis_budget(done)
         davis_bytes = used - weights_bytes
-        reserve = 4096 + 22  # pack.json, a zip's end record
-        if used + reserve > budget:
-            raise CampaignError(f"{davis}: the trunk weights and the train split (CRF {davis_crf}) take "
-                                f"{used / MIB:.1f} MiB, over --max-mib {max_mib:g}; raise --max-mib or --davis-crf")
         order = list(stills)
         random.Random(seed).shuffle(order)
         taken = 0

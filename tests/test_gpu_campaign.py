@@ -289,7 +289,15 @@ def test_bad_input_is_one_line(args: list[str], fragment: str, tmp_path: Path, c
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
 
 
-def test_pack_that_cannot_fit(sources: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_pack_that_cannot_fit(sources: tuple[Path, Path, Path], pack: tuple[Path, dict], tmp_path: Path) -> None:
     with pytest.raises(campaign.CampaignError, match="raise --max-mib"):
         campaign.pack(*sources, tmp_path / "p", max_mib=0.5, variant="lite0", duts_holdout=4)
     assert not (tmp_path / "p").exists() and not (tmp_path / "p.partial").exists()
+    # room for the weights and part of the first sequence: it stops after that sequence, not after all of them
+    out, _ = pack
+    weights, davis = (sum(f.stat().st_size for f in (out / part).rglob("*") if f.is_file()) / campaign.MIB
+                      for part in ("weights", "davis"))
+    budget = weights + 0.004 + davis / 4  # 0.004: pack.json's reserve; each of the 2 sequences is ~half of davis
+    with pytest.raises(campaign.CampaignError, match="and 1 of the 2 train sequences"):
+        campaign.pack(*sources, tmp_path / "q", max_mib=budget, variant="lite0", duts_holdout=4)
+    assert not (tmp_path / "q").exists() and not (tmp_path / "q.partial").exists()
