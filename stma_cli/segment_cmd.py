@@ -243,7 +243,13 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
         loaded = {source.frame_name(first): load_mask(job.mask_file)}
     else:
         assert job.mask_dir is not None
-        loaded = {_frame_key(source, m.path): m for m in load_mask_folder(job.mask_dir).values()}
+        loaded = {}
+        for m in load_mask_folder(job.mask_dir).values():
+            key = _frame_key(source, m.path)
+            if key in loaded:  # 3.png and 00003.png: one would silently replace the other
+                raise StmaInputError(f"{job.mask_dir}: {loaded[key].path.name} and {m.path.name} both annotate frame "
+                                     f"{key} of {source.path}; keep one of them")
+            loaded[key] = m
         if selected is not None:
             skipped = {name: m for name, m in loaded.items() if not selected(name)}
             loaded = {name: m for name, m in loaded.items() if selected(name)}

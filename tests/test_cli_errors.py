@@ -189,6 +189,28 @@ def test_davis16_binary_ground_truth_is_object_1(tmp_path: Path, davis16_root: P
     assert json.loads(again.stdout)["global"]["J-Mean"] == pytest.approx(1.0)
 
 
+def test_davis16_split_takes_0_255_and_bool_predictions_over_palette_ground_truth(tmp_path: Path,
+                                                                                 davis16_root: Path) -> None:
+    """README: under a DAVIS 2016 split, 255 in a 0/255 prediction is object 1. It only held when the ground
+    truth itself was 0/255; over palette 0/1 ground truth (this project's copy of DAVIS 2016) the same
+    predictions were refused as void. 1-bit PNGs (numpy bool saved with PIL) were 0/255 too: now 0/1."""
+    root = tmp_path / "davis16_palette"
+    shutil.copytree(davis16_root, root)
+    for png in (root / "Annotations" / "480p" / "car-shadow").iterdir():
+        save_palette_png((np.array(Image.open(png)) == 255).astype(np.uint8), png)
+    gray255, bilevel = tmp_path / "gray255", tmp_path / "bool"
+    shutil.copytree(davis16_root / "Annotations" / "480p", gray255)  # 0/255 grayscale
+    (bilevel / "car-shadow").mkdir(parents=True)
+    for png in (gray255 / "car-shadow").iterdir():
+        Image.fromarray(np.array(Image.open(png)) == 255).save(bilevel / "car-shadow" / png.name)
+    assert Image.open(bilevel / "car-shadow" / "00002.png").mode == "1"
+    for pred in (gray255, bilevel):
+        result = run("eval", "--pred", pred, "--gt", root, "--split", "val", "--json", "-q")
+        assert result.exit_code == 0, result.output
+        scores = json.loads(result.stdout)["global"]
+        assert scores["J-Mean"] == pytest.approx(1.0) and scores["F-Mean"] == pytest.approx(1.0)
+
+
 def test_hints_for_255_are_correct(tmp_path: Path, davis16_root: Path) -> None:
     root = tmp_path / "davis17"
     shutil.copytree(davis16_root, root)

@@ -151,6 +151,78 @@ def test_grayscale_masks(tmp_path: Path) -> None:
     assert mask.object_ids == [3, 7] and mask.mapping == {}
 
 
+def test_wide_integer_masks_keep_every_instance_id(tmp_path: Path) -> None:
+    """16-bit masks from labelling/panoptic tools (ids 1, 2, 300 or 1000, 1001, ...) were divided by 257 as
+    if 8-bit levels stored in 16 bits, silently merging or dropping objects: ids above 255 are now read
+    exactly and renumbered in sorted order, the mapping returned; a true 8-bit-in-16 mask still scales."""
+    quads = np.zeros((60, 90), np.uint16)
+    regions = (np.s_[5:25, 5:40], np.s_[5:25, 50:85], np.s_[35:55, 20:70])
+    for values, ids, mapping in (((1, 2, 300), [1, 2, 3], {3: "gray 300"}),
+                                 ((1000, 1001, 1002), [1, 2, 3], {1: "gray 1000", 2: "gray 1001", 3: "gray 1002"}),
+                                 ((256, 512, 768), [1, 2, 3], {1: "gray 256", 2: "gray 512", 3: "gray 768"}),
+                                 ((257, 514, 771), [1, 2, 3], {}),  # 8-bit ids 1, 2, 3 stored in 16 bits
+                                 ((70000, 2, 5), [1, 2, 3], {1: "gray 2", 2: "gray 5", 3: "gray 70000"})):
+        wide = np.zeros((60, 90), np.uint32 if max(values) > 65535 else np.uint16)
+        for region, value in zip(regions, values):
+            wide[region] = value
+        if wide.dtype == np.uint16:
+            path = tmp_path / f"ids_{values[0]}.png"
+            cv2.imwrite(str(path), wide)  # as OpenCV-based tools write them
+        else:  # 32-bit ids: a TIFF (PNG stops at 16 bits)
+            path = tmp_path / f"ids_{values[0]}.tif"
+            Image.fromarray(wide.astype(np.int32), mode="I").save(path)
+        mask = load_mask(path)
+        assert mask.object_ids == ids and mask.mapping == mapping, (values, mask.object_ids, mask.mapping)
+        order = np.argsort(values)
+        for rank, index in enumerate(order, 1):
+            region = regions[index]
+            assert (mask.ids[region] == rank).all(), values
+        assert (mask.ids > 0).sum() == sum((wide[r] > 0).sum() for r in regions) and not mask.warnings
+    single = np.zeros((60, 90), np.uint16)
+    single[regions[0]] = 1000
+    cv2.imwrite(str(tmp_path / "one.png"), single)
+    mask = load_mask(tmp_path / "one.png")
+    assert mask.object_ids == [1] and mask.mapping == {1: "gray 1000"} and (mask.ids[regions[0]] == 1).all()
+    car = example_mask()
+    cv2.imwrite(str(tmp_path / "car16.png"), car.astype(np.uint16) * 65535)
+    mask = load_mask(tmp_path / "car16.png")
+    assert mask.kind == "binary" and np.array_equal(mask.ids, car)
+
+
+def test_float_and_bilevel_masks(tmp_path: Path) -> None:
+    """A soft float mask (probabilities) was cut where p == 1.0 by PIL's conversion, silently: it is refused
+    now, as the Python API refuses soft masks; integer-valued float masks and 1-bit PNGs read as ids."""
+    car = example_mask()
+    soft = cv2.GaussianBlur(car.astype(np.float32), (15, 15), 4)
+    assert 0 < soft.min() or len(np.unique(soft)) > 10
+    Image.fromarray(soft, mode="F").save(tmp_path / "soft.tif")
+    with pytest.raises(StmaInputError, match=r"soft.tif: a soft \(probability\) mask.*threshold it first"):
+        load_mask(tmp_path / "soft.tif")
+    Image.fromarray(car.astype(np.float32), mode="F").save(tmp_path / "hard.tif")
+    mask = load_mask(tmp_path / "hard.tif")
+    assert mask.kind == "binary" and np.array_equal(mask.ids, car)
+    Image.fromarray(car.astype(bool)).save(tmp_path / "bool.png")
+    assert Image.open(tmp_path / "bool.png").mode == "1"
+    mask = load_mask(tmp_path / "bool.png")
+    assert mask.kind == "binary" and np.array_equal(mask.ids, car)
+
+
+def test_gray_255_beside_small_ids_is_void(tmp_path: Path) -> None:
+    """The DAVIS/VOC convention in a grayscale label map: 0/1/2/7 ids with 255 on the 'ignore' pixels became
+    a fourth object; 255 is void there (background, with a warning), as in palette masks. 0/255 stays a
+    binary mask and 60/128/255 stay shades (test_grayscale_masks)."""
+    labels = np.zeros((60, 90), np.uint8)
+    labels[5:25, 5:40], labels[5:25, 50:85], labels[35:55, 20:70] = 1, 2, 7
+    labels[25:27, :] = 255  # an ignore band
+    mask = load_mask(_save(labels, tmp_path / "voc.png"))
+    assert mask.object_ids == [1, 2, 7] and mask.mapping == {}
+    assert np.array_equal(mask.ids, np.where(labels == 255, 0, labels))
+    assert len(mask.warnings) == 1 and "180 pixel(s) of gray 255 beside ids 1-7 treated as void" in mask.warnings[0]
+    only = np.where(labels == 255, 255, np.where(labels > 0, 1, 0)).astype(np.uint8)
+    mask = load_mask(_save(only, tmp_path / "one_and_void.png"))
+    assert mask.object_ids == [1] and "treated as void" in mask.warnings[0]
+
+
 def test_antialiased_grayscale_mask_stays_one_object(tmp_path: Path) -> None:
     car = example_mask()
     smooth = cv2.resize(car.astype(np.uint8) * 255, (640, 360), interpolation=cv2.INTER_AREA)

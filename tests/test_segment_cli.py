@@ -218,6 +218,21 @@ def test_size_above_the_input_is_a_note_not_an_upscale(tmp_path: Path, clip: tup
         assert "short side" not in result.stderr, result.stderr
 
 
+def test_mask_dir_with_two_files_for_one_frame_is_refused(tmp_path: Path, clip: tuple[Path, Path]) -> None:
+    """3.png and 00003.png both annotate frame 3 of a video: one silently replaced the other; now an error
+    naming both, before anything is written."""
+    video, mask = clip
+    annotations = tmp_path / "ann"
+    annotations.mkdir()
+    shutil.copy(mask, annotations / "00000.png")
+    shutil.copy(mask, annotations / "00003.png")
+    shutil.copy(mask, annotations / "3.png")
+    out = tmp_path / "out"
+    assert_bad_input(segment(video, "--mask-dir", annotations, "--method", "copy", "--out", out),
+                     "00003.png and 3.png both annotate frame 00003", "keep one of them")
+    assert not out.exists()
+
+
 def test_rgb_antialiased_mask_is_reported_not_split(tmp_path: Path, clip: tuple[Path, Path]) -> None:
     video, _ = clip
     car = png_ids(EXAMPLE_MASK)

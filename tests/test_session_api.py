@@ -212,6 +212,14 @@ def test_pil_images_are_frames():
     as_array = session.step(frame, mask)
     session.reset()
     assert np.array_equal(session.step(Image.fromarray(frame), mask), as_array)
+    # PIL images of other modes (grayscale, RGBA: what Image.open gives for such files) are converted to RGB,
+    # as frame folders are; they were refused as "not an HxWx3 uint8 RGB array"
+    for mode in ("L", "RGBA"):
+        image = Image.fromarray(frame).convert(mode)
+        session.reset()
+        expected = session.step(np.asarray(image.convert("RGB")), mask)
+        session.reset()
+        assert np.array_equal(session.step(image, mask), expected), mode
 
 
 def test_a_config_changed_after_the_session_was_made_is_checked_where_frames_and_masks_come_in(clip):

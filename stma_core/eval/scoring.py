@@ -85,8 +85,8 @@ def read_id_mask(path: Path, what: str) -> np.ndarray:
     """HxW uint8 ids from a palette or grayscale PNG; anything else is a one-line input error."""
     try:
         with Image.open(path) as image:
-            if image.mode == "1":  # a bilevel PNG (some DAVIS 2016 copies): 0/255
-                return np.asarray(image.convert("L"))
+            if image.mode == "1":  # a bilevel PNG (some DAVIS 2016 copies, numpy bool arrays saved by PIL)
+                return np.asarray(image, dtype=np.uint8)  # on = object 1
             if image.mode not in ("P", "L"):
                 raise StmaInputError(
                     f"{what} {path} is a {image.mode} image; save it as a palette (P) or grayscale (L) PNG "
@@ -161,8 +161,8 @@ def score_sequence(annotations: Path, pred_dir: Path, sequence: str,
         gt = gts[t + 1]
         path = pred_dir / sequence / f"{name}.png"
         pred = read_id_mask(path, "prediction")
-        if binary255:
-            pred = _binary255_prediction(pred)
+        if davis2016 and gt_ids.tolist() == [1]:  # single-object DAVIS 2016: a 0/255 prediction, whatever the GT's
+            pred = _binary255_prediction(pred)  # encoding (this project's copy has palette 0/1 ground truth)
         if pred.shape != gt.shape:
             raise StmaInputError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} but its GT is "
                                  f"{gt.shape[1]}x{gt.shape[0]}; write predictions at the GT resolution")

@@ -185,14 +185,14 @@ class VideoSession:
             yield index, self.step(frames[index], given.get(index))
 
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """Segments the next frame (HxWx3 uint8 RGB) -> its HxW uint8 user-id mask.
+        """Segments the next frame (HxWx3 uint8 RGB array, or a PIL image of any mode) -> its HxW uint8 user-id mask.
 
         mask: optional id mask for this frame (as add_mask). After the call, `probabilities` holds
         this frame's (n+1, H, W) float32 probabilities (background first, then objects in
         `objects.user_ids` order) on the session's device.
         """
-        if not isinstance(frame, np.ndarray):  # e.g. a PIL image
-            frame = np.asarray(frame)
+        if not isinstance(frame, np.ndarray):  # a PIL image in any mode (L, RGBA, P, CMYK, ...), as frame folders are
+            frame = np.asarray(frame.convert("RGB") if hasattr(frame, "convert") else frame)
         self.config.check()
         if self._frame_shape is not None and frame.shape[:2] != self._frame_shape:
             raise ValueError(f"frame {self.frame_index} is {frame.shape[1]}x{frame.shape[0]} but this video's frames "

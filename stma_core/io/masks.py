@@ -188,8 +188,10 @@ def _group_colours(path: Path, codes: np.ndarray, values: np.ndarray, kind: str
     return lut[codes], real, warnings
 
 
-def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorIds) -> LoadedMask:
-    """Shared path of RGB and grayscale masks: group colours, pick background and void, assign ids."""
+def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorIds, exact: bool = False) -> LoadedMask:
+    """Shared path of RGB and grayscale masks: group colours, pick background and void, assign ids.
+
+    exact: the levels are ids (wide integer masks, see _gray_levels): every level is its own object."""
     h, w = pixels.shape[:2]
     if kind == "rgb":
         flat = (pixels[..., 0].astype(np.int64) << 16) | (pixels[..., 1].astype(np.int64) << 8) | pixels[..., 2]
@@ -202,7 +204,7 @@ def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorId
     else:
         values_nd = values[:, None]
     warnings: list[str] = []
-    lossless_ids = (kind == "gray" and int(values.max()) <= GRAY_ID_MAX) or \
+    lossless_ids = exact or (kind == "gray" and int(values.max()) <= GRAY_ID_MAX) or \
         (kind == "rgb" and all(davis_id_of(tuple(int(x) for x in v)) is not None for v in values_nd))
     if lossless_ids:  # an id map (gray 0/1/2..., or DAVIS colours): read verbatim, whatever an object's size
         real = list(range(len(values)))
@@ -262,6 +264,49 @@ def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorId
     return LoadedMask(path, lut[codes].astype(np.uint8), kind, mapping, warnings)
 
 
+def _gray_levels(path: Path, image: Image.Image) -> tuple[np.ndarray, bool]:
+    """A one-channel mask's levels -> (HxW array, exact).
+
+    exact: the levels are integer instance ids wider than 8 bits (16/32-bit or float PNG/TIFF from a
+    labelling or panoptic tool: 1, 2, 300 or 1000, 1001, ...), to be read verbatim, never scaled or
+    folded as shades. A 16-bit image whose levels are all multiples of 257 is an 8-bit mask stored in 16
+    bits (0/65535, 0/257/514): scaled down. Fractional levels are a soft (probability) mask: refused, as
+    the Python API refuses them, rather than cut at an arbitrary level.
+    """
+    if image.mode == "1":
+        return np.array(image, dtype=np.uint8), False  # bool pixels: 0/1
+    values = np.array(image.getchannel(0) if image.mode == "LA" else image)
+    if values.dtype == np.uint8:
+        return values, False
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all() or (values != np.round(values)).any():
+            low, high = float(np.nanmin(values)), float(np.nanmax(values))
+            raise StmaInputError(
+                f"{path}: a soft (probability) mask: float levels from {low:g} to {high:g}, not integer ids; "
+                "threshold it first (e.g. save (prob > 0.5) as a 0/1 PNG)")
+    values = values.astype(np.int64)
+    if values.min(initial=0) < 0:
+        raise StmaInputError(f"{path}: negative levels ({int(values.min())}) in the mask; ids are 0 (background) "
+                             "and positive integers")
+    top = int(values.max(initial=0))
+    if top <= 255:
+        return values.astype(np.uint8), False
+    if top <= 65535 and not (values % 257).any():
+        return (values // 257).astype(np.uint8), False
+    return values, True
+
+
+def _gray_void(path: Path, gray: np.ndarray) -> str | None:
+    """The DAVIS/VOC 'ignore' level: a grayscale id map of small ids (<= GRAY_ID_MAX) plus 255 marks void
+    pixels (as palette index 255 does), not one more object. Returns the warning when that is the case."""
+    levels = np.unique(gray)
+    if len(levels) < 3 or levels[-1] != VOID_ID or levels[-2] > GRAY_ID_MAX:
+        return None  # 0/255 is a binary mask; 0/128/255 are shades of a drawn mask
+    count = int((gray == VOID_ID).sum())
+    return (f"{path}: {count} pixel(s) of gray 255 beside ids 1-{int(levels[-2])} treated as void (background), "
+            "as DAVIS and VOC label maps mean it; give that object another id if it is one")
+
+
 def _describe(kind: str, value: np.ndarray) -> str:
     if kind == "rgb":
         return "rgb({}, {}, {})".format(*(int(v) for v in value))
@@ -298,7 +343,10 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
     """Reads one mask PNG into ids.
 
     Palette PNGs: pixel value = id, 255 (DAVIS void) becomes background with a warning.
-    Grayscale: 0/255 or 0/1 -> id 1; values 1..254 are ids; other gray levels get ids in sorted order.
+    Grayscale: 0/255 or 0/1 -> id 1; values 1..254 are ids; other gray levels get ids in sorted order;
+    255 beside small ids (<= GRAY_ID_MAX) is void. 16/32-bit and float masks with levels above 255 are
+    instance ids read exactly (renumbered in sorted order, the mapping returned); an 8-bit mask stored in
+    16 bits (levels multiples of 257) is scaled down; a soft float mask is a StmaInputError.
     RGB(A): black (or transparent) is background; DAVIS colours keep their ids; other colours get ids in
     order of first appearance; the DAVIS void colour (224, 224, 192) is void (background), as in palette
     masks. An RGBA cut-out (a picture on transparency) is one object: its opaque pixels. `color_ids` keeps those choices consistent over the masks of one video.
@@ -315,16 +363,19 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
             mask.ids = np.where(void, 0, ids).astype(np.uint8)
             mask.warnings.append(f"{path}: {int(void.sum())} void pixel(s) (value 255) treated as background")
     elif mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
-        gray = np.array(image.convert("L") if mode in ("1", "LA", "F") else image)
-        if gray.dtype != np.uint8:
-            gray = np.round(gray / 257).astype(np.uint8) if gray.max(initial=0) > 255 else gray.astype(np.uint8)
+        gray, exact = _gray_levels(path, image)
         alpha = np.array(image.getchannel("A")) if mode == "LA" else None
         if alpha is not None and _is_cutout(alpha, gray[..., None]):
             mask = _alpha_mask(path, alpha)
         else:
             if alpha is not None:
-                gray = np.where(alpha < 128, 0, gray).astype(np.uint8)
-            mask = _values_to_ids(path, gray, "gray", color_ids)
+                gray = np.where(alpha < 128, 0, gray).astype(gray.dtype)
+            void_warning = None if exact else _gray_void(path, gray)
+            if void_warning is not None:
+                gray = np.where(gray == VOID_ID, 0, gray).astype(gray.dtype)
+            mask = _values_to_ids(path, gray, "gray", color_ids, exact)
+            if void_warning is not None:
+                mask.warnings.insert(0, void_warning)
     else:
         rgba = np.array(image.convert("RGBA"))
         alpha = rgba[..., 3]
