@@ -70,6 +70,27 @@ def vfr_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.n
     return root / "phone.mp4", frames
 
 
+JITTER_TIMES = [0.0, 0.0287, 0.0575, 0.0903, 0.1396, 0.1749, 0.2021, 0.2379, 0.2675, 0.3087, 0.3397, 0.3567,
+                0.4071, 0.4240, 0.4713]
+"""Capture times (s) of a phone-like recording: about 30 fps with jitter, some frames 1/600 s apart."""
+
+
+@pytest.fixture(scope="module")
+def jittery_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    """15 frames with jittered timing in a 1/600 time base (as iPhones write), encoded the way ffmpeg
+    does by default: timestamps rounded to 1/30 s and nudged apart by the mp4 muxer, so some frames lie a
+    tick apart or share a timestamp ("32.14 fps, 30 tbr, 600 tbn"). `ffmpeg -i FILE -f null -` decodes it
+    cleanly; reading it once failed with "non monotonically increasing dts"."""
+    root = tmp_path_factory.mktemp("jitter")
+    frames = colour_frames(len(JITTER_TIMES))
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(root / f"{i}.png")
+    when = "+".join(f"eq(N\\,{i})*{t}" for i, t in enumerate(JITTER_TIMES))
+    ffmpeg("-framerate", "30", "-i", root / "%d.png", "-vf", f"setpts=({when})/TB", "-fps_mode", "passthrough",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-video_track_timescale", "600", root / "iphone.mp4")
+    return root / "iphone.mp4", frames
+
+
 @pytest.fixture(scope="module")
 def short_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """25 frames of the example clip at 214x120, index at the start (faststart) like web videos."""
@@ -109,6 +130,31 @@ def test_variable_frame_rate_video_segments_every_frame_and_mask_dir_frames_matc
     assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(n)]
     objects = [set(np.unique(np.array(Image.open(p))).tolist()) for p in pngs]
     assert objects[:4] == [{0, 1}] * 4 and all(o == {0, 1, 2} for o in objects[4:])
+
+
+def test_jittery_phone_video_gives_every_frame_once_in_order(tmp_path: Path,
+                                                            jittery_video: tuple[Path, list[np.ndarray]]) -> None:
+    path, sources = jittery_video
+    read = list(open_frames(path))
+    assert [which_frame(frame, sources) for _, frame in read] == list(range(len(sources)))
+    out = tmp_path / "out"
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, tmp_path / "mask.png")
+    result = segment(path, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in sorted((out / "iphone").iterdir())] == [f"{i:05d}.png" for i in range(len(sources))]
+
+
+def test_suggested_re_encode_keeps_every_frame_of_a_jittery_video(
+        tmp_path: Path, jittery_video: tuple[Path, list[np.ndarray]]) -> None:
+    """The command damaged-video errors suggest must not itself drop frames (a constant-rate re-encode does)."""
+    from stma_core.io.frames import _REENCODE
+    path, sources = jittery_video
+    args = _REENCODE.split()[1:]
+    args[args.index("IN")], args[args.index("OUT.mp4")] = str(path), str(tmp_path / "re.mp4")
+    ffmpeg(*args)
+    assert [which_frame(f, sources) for _, f in open_frames(tmp_path / "re.mp4")] == list(range(len(sources)))
 
 
 def test_truncated_video_is_a_failure_not_a_shorter_result(tmp_path: Path, short_video: Path) -> None:

@@ -43,6 +43,9 @@ FOLDER_FPS = 24.0
 
 _SUPPORTED = "a video file (anything ffmpeg decodes: mp4, mov, mkv, webm, avi, m4v, mpg, ts, ...) " \
              "or a folder of jpg/png frames"
+_REENCODE = "ffmpeg -i IN -fps_mode passthrough -c:v libx264 OUT.mp4"
+"""The re-encode errors suggest: `-fps_mode passthrough` keeps every frame of a variable-frame-rate file
+(ffmpeg's default for mp4 output converts to a constant rate, dropping and duplicating frames)."""
 _DECODE_ERROR = re.compile(r"error|invalid|corrupt|partial file|truncat|missing|not found|could not|failed",
                            re.IGNORECASE)
 
@@ -239,7 +242,7 @@ class VideoFileSource(FrameSource):
                 raise StmaInputError(f"{self.path}: file has no video stream (audio only?); pass {_SUPPORTED}")
             known = self.path.suffix.lower() in VIDEO_EXTENSIONS
             what = ("the video is damaged or incomplete (a cut-off download?); re-download it or re-encode it "
-                    "(ffmpeg -i IN -c:v libx264 OUT.mp4)" if known or has_stream else
+                    f"({_REENCODE})" if known or has_stream else
                     f"if it is a video it is damaged, else pass {_SUPPORTED}")
             raise StmaInputError(f"{self.path}: ffmpeg cannot decode a frame of it ({_first_problem(header)}); {what}")
         return header, cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
@@ -259,8 +262,16 @@ class VideoFileSource(FrameSource):
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         width, height = self.size
         frame_bytes = width * height * 3
+        # `settb=1,setpts=N` renumbers the decoded frames 0, 1, 2, ... seconds before the rawvideo muxer
+        # sees them. Without it the muxer gets the file's own timestamps in a time base of 1/(guessed
+        # rate): a phone or screen recording whose frames come closer together than that (jittered
+        # timing, two frames a 1/600 s tick apart, even equal timestamps) maps two frames to one
+        # timestamp, and the muxer reports "non monotonically increasing dts" although every frame was
+        # decoded, which would fail the video. Renumbering happens after decoding, so it changes no
+        # frame, drops none and adds none (`-fps_mode passthrough` keeps ffmpeg from doing so either);
+        # only the raw stream's timestamps, which nothing reads, differ.
         cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(self.path), "-map", "0:v:0",
-               "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+               "-vf", "settb=1,setpts=N", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
         # Own session: Ctrl-C reaches Python (which stops ffmpeg below), not ffmpeg mid-frame.
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    start_new_session=True, bufsize=0)
@@ -296,11 +307,11 @@ class VideoFileSource(FrameSource):
         if short or (problem and decoded < promised):
             raise StmaInputError(
                 f"{self.path}: decoded {decoded} of {promised} frames: file truncated? ({_first_problem(stderr)}); "
-                "re-download or re-encode the video (ffmpeg -i IN -c:v libx264 OUT.mp4)")
+                f"re-download or re-encode the video ({_REENCODE})")
         if problem:
             raise StmaInputError(
                 f"{self.path}: decode error after {decoded} frames ({_first_problem(stderr)}); the video is "
-                "damaged: re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4) and check the result")
+                f"damaged: re-encode it ({_REENCODE}) and check the result")
 
 
 def _read_exactly(stream, count: int) -> bytes:
