@@ -336,3 +336,111 @@ def _save(array: np.ndarray, path: Path) -> Path:
 def _save_palette(ids: np.ndarray, path: Path) -> Path:
     save_palette_png(ids, path)
     return path
+
+
+# ---- 3. frame folders as cameras and editors write them ---------------------------------------------------
+def _upright_truth(stored: np.ndarray, orientation: int) -> np.ndarray:
+    """What a viewer shows for a stored image and its EXIF orientation (the EXIF 2.3 definitions)."""
+    return {1: stored, 2: stored[:, ::-1], 3: stored[::-1, ::-1], 4: stored[::-1], 5: stored.swapaxes(0, 1),
+            6: np.rot90(stored, -1), 7: stored[::-1, ::-1].swapaxes(0, 1), 8: np.rot90(stored, 1)}[orientation]
+
+
+@pytest.mark.parametrize("extension", [".jpg", ".png", ".webp", ".tif"])
+def test_frame_images_are_read_upright_whatever_their_exif_orientation(tmp_path: Path, extension: str) -> None:
+    from stma_core.io.frames import read_image_frame
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:8, :16] = (250, 20, 20)  # a red block in the stored top-left corner, green elsewhere
+    stored[8:, :, 1] = 200
+    for orientation in range(1, 9):
+        image = Image.fromarray(stored)
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}{extension}"
+        image.save(path, exif=exif, **({"quality": 98} if extension == ".jpg" else {"lossless": True}
+                                       if extension == ".webp" else {}))
+        got, want = read_image_frame(path), _upright_truth(stored, orientation)
+        assert got.shape == want.shape, (orientation, got.shape)
+        error = np.abs(got.astype(int) - want)
+        assert (error.mean() < 4 if extension == ".jpg" else error.max() == 0), orientation  # JPEG: edges ring
+
+
+def test_exif_rotated_jpeg_folder_is_segmented_upright(tmp_path: Path) -> None:
+    """Phone JPEGs stored sideways with Orientation=6: frames, sizes and masks are the upright picture
+    (they were read raw: a mask drawn on the upright frame was refused, or on square frames silently misplaced)."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    upright = colour_frames(3, size=(48, 64))  # 48 wide, 64 high, as people see them
+    for i, frame in enumerate(upright):
+        frame[:16, :16] = (255, 255, 255)  # a white block at the top left of the upright picture
+        stored = Image.fromarray(np.ascontiguousarray(np.rot90(frame, 1)))  # the sensor's rows: 64x48
+        exif = stored.getexif()
+        exif[0x0112] = 6
+        stored.save(folder / f"{i:03d}.jpg", exif=exif, quality=98)
+    source = open_frames(folder)
+    assert source.size == (48, 64)
+    for (_, got), want in zip(source, upright):
+        assert got.shape == (64, 48, 3) and np.abs(got.astype(int) - want).mean() < 3
+        assert got[2:14, 2:14].min() > 200  # the block is where the viewer shows it
+    mask = np.zeros((64, 48), np.uint8)
+    mask[:16, :16] = 1
+    save_palette_png(mask, tmp_path / "mask.png")
+    result = segment(folder, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.array(Image.open(tmp_path / "out" / "phone" / "000.png")), mask)
+
+
+def test_pil_frames_given_to_the_api_are_turned_upright(tmp_path: Path) -> None:
+    from stma_core.inference.session import _upright_pil
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:8, :16] = 255
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 8
+    image.save(tmp_path / "f.png", exif=exif)
+    assert np.array_equal(np.asarray(_upright_pil(Image.open(tmp_path / "f.png"))), np.rot90(stored, 1))
+
+
+@pytest.mark.parametrize("extension", [".webp", ".tif", ".tiff", ".bmp"])
+def test_frame_folders_of_webp_tiff_and_bmp_images(tmp_path: Path, extension: str) -> None:
+    """Frames in these formats (masks in them were already read) make a frame folder, alone or in a batch."""
+    batch = tmp_path / "shoot"
+    folder = batch / "take"
+    folder.mkdir(parents=True)
+    frames = colour_frames(4, size=(40, 30))
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i}{extension}", **({"lossless": True} if extension == ".webp" else {}))
+    assert scan_folder(folder).kind == "frames" and scan_folder(batch).frame_folders == [folder]
+    read = list(open_frames(folder))
+    assert [name for name, _ in read] == ["0", "1", "2", "3"]
+    assert all(np.array_equal(got, want) for (_, got), want in zip(read, frames))
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:15, 5:20] = 1
+    save_palette_png(mask, batch / "take.png")  # the mask beside the frame folder, as beside a video
+    result = segment(batch, "--method", "copy", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out" / "take").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_a_jpeg_thumbnail_beside_a_video_is_not_its_mask(tmp_path: Path, short_video: Path) -> None:
+    """Batch and single-video runs take the same mask beside a video: clip.png or clip_mask.png, never a
+    clip.jpg thumbnail (a batch once turned the photo into a one-object mask with only warnings)."""
+    folder = tmp_path / "thumb"
+    folder.mkdir()
+    shutil.copy(short_video, folder / "clip.mp4")
+    Image.fromarray(example_frames(1)[0]).resize((214, 120)).save(folder / "clip.jpg")
+    contents = scan_folder(folder)
+    assert contents.kind == "batch" and contents.masks == {} and contents.not_masks == {"clip": [folder / "clip.jpg"]}
+    for target in (folder, folder / "clip.mp4"):
+        out = tmp_path / f"out_{target.name}"
+        result = segment(target, "--method", "copy", "--out", out)
+        assert result.exit_code != 0
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "clip.jpg is not taken as its mask" in errors[0], result.stderr
+        assert "save it as clip.png" in errors[0] and not (out / "clip").exists()
+    mask = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), (214, 120), interpolation=cv2.INTER_NEAREST)
+    save_palette_png(mask, folder / "clip_mask.png")  # with a PNG mask beside it, both modes take that
+    for target in (folder, folder / "clip.mp4"):
+        out = tmp_path / f"ok_{target.name}"
+        result = segment(target, "--method", "copy", "--out", out, "-q")
+        assert result.exit_code == 0, result.output
+        assert np.array_equal(np.array(Image.open(out / "clip" / "00000.png")), mask)

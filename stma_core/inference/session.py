@@ -192,7 +192,7 @@ class VideoSession:
         `objects.user_ids` order) on the session's device.
         """
         if not isinstance(frame, np.ndarray):  # e.g. a PIL image
-            frame = np.asarray(frame)
+            frame = np.asarray(_upright_pil(frame))
         self.config.check()
         if self._frame_shape is not None and frame.shape[:2] != self._frame_shape:
             raise ValueError(f"frame {self.frame_index} is {frame.shape[1]}x{frame.shape[0]} but this video's frames "
@@ -375,6 +375,13 @@ def merge_masks(earlier: np.ndarray | None, later: np.ndarray) -> np.ndarray:
         raise ValueError(f"masks given for the same frame differ in size ({earlier.shape[1]}x{earlier.shape[0]} "
                          f"and {later.shape[1]}x{later.shape[0]}); give masks at the frame's size")
     return np.where(later != 0, later, earlier)
+
+
+def _upright_pil(frame: object) -> object:
+    """A PIL image turned as its EXIF orientation says (a phone JPEG from Image.open is stored sideways
+    and shown upright, and masks are drawn on what is shown); anything else unchanged."""
+    from PIL import Image, ImageOps
+    return ImageOps.exif_transpose(frame) if isinstance(frame, Image.Image) else frame
 
 
 def session_factory(checkpoint: str | Path | None = None, device: str = "auto", size: int | None = None,
