@@ -263,7 +263,7 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
                                     "include one of their annotations")
                     kept_ids.update(lost)  # named once, on the first skipped frame that has it
     video = str(source.path)
-    loaded = {name: fit_mask(m, source.size, video) for name, m in loaded.items()}
+    loaded = {name: fit_mask(m, source.size, video, source.display_size, source.turned) for name, m in loaded.items()}
     if isinstance(source, FrameFolderSource):
         order = source.frame_names
     else:

@@ -444,3 +444,41 @@ def test_a_jpeg_thumbnail_beside_a_video_is_not_its_mask(tmp_path: Path, short_v
         result = segment(target, "--method", "copy", "--out", out, "-q")
         assert result.exit_code == 0, result.output
         assert np.array_equal(np.array(Image.open(out / "clip" / "00000.png")), mask)
+
+
+# ---- 4. masks of another size than the frames: what the error or warning says ---------------------------
+def test_mask_drawn_on_a_rotated_videos_stored_frame_is_explained(tmp_path: Path, short_video: Path) -> None:
+    rotated = tmp_path / "portrait.mp4"
+    ffmpeg("-display_rotation", "90", "-i", short_video, "-c", "copy", rotated)
+    sideways = np.zeros((120, 214), np.uint8)  # the stored 214x120 frame, not the upright 120x214 one
+    sideways[20:60, 30:90] = 1
+    save_palette_png(sideways, tmp_path / "mask.png")
+    result = segment(rotated, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "mask is 214x120 but" in line and "is read upright, 120x214" in line, line
+    assert "rotation metadata" in line and "draw the mask on the upright frame" in line
+
+
+def test_anamorphic_video_takes_a_mask_drawn_at_its_shown_size(tmp_path: Path) -> None:
+    """SAR 4:3: stored 240x180, shown 320x180. A mask drawn on the shown picture is resized to the stored
+    frames with a warning (it was 'another aspect ratio'); a mask of neither shape names both sizes."""
+    video = tmp_path / "wide.mp4"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "3", "-vf", "scale=240:180,setsar=4/3", "-c:v", "libx264", video)
+    source = open_frames(video)
+    assert source.size == (240, 180) and source.display_size == (320, 180) and not source.turned
+    shown = np.zeros((180, 320), np.uint8)
+    shown[40:120, 80:240] = 1  # a box at x 80..240 of the shown picture = x 60..180 of the stored frames
+    save_palette_png(shown, tmp_path / "shown.png")
+    out = tmp_path / "out"
+    result = segment(video, "--mask", tmp_path / "shown.png", "--method", "copy", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert "non-square pixels" in result.stderr and "resized (nearest) to its stored 240x180" in result.stderr
+    expected = np.zeros((180, 240), np.uint8)
+    expected[40:120, 60:180] = 1
+    assert np.array_equal(np.array(Image.open(out / "wide" / "00000.png")), expected)
+    save_palette_png(np.ones((100, 100), np.uint8), tmp_path / "square.png")
+    result = segment(video, "--mask", tmp_path / "square.png", "--method", "copy", "--out", tmp_path / "o2")
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "non-square pixels: stored 240x180, shown 320x180" in line, line

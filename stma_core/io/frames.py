@@ -220,6 +220,11 @@ class FrameSource(ABC):
     fps: float
     frame_count: int
     """Number of frames (for video files: the packets of the video stream, counted without decoding)."""
+    display_size: tuple[int, int] | None = None
+    """(width, height) a player shows the frames at, when not `size`: a video with non-square pixels
+    (anamorphic, SAR other than 1:1) is stored narrower or wider than it is shown. Frames stay stored-size."""
+    turned: bool = False
+    """True when the frames are read turned a quarter by the file's rotation metadata (a phone video)."""
 
     @abstractmethod
     def frame_name(self, index: int) -> str:
@@ -256,6 +261,7 @@ class VideoFileSource(FrameSource):
         self.name = path.stem
         header, first = self._probe()
         self.size = (int(first.shape[1]), int(first.shape[0]))  # after the file's rotation is applied
+        self.turned, self.display_size = _shape_metadata(header, self.size)
         fps = re.search(r"Video: .*?(\d+(?:\.\d+)?) fps", header)
         self.fps = float(fps.group(1)) if fps and float(fps.group(1)) > 0 else FOLDER_FPS
         duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", header)
@@ -356,6 +362,21 @@ class VideoFileSource(FrameSource):
             raise StmaInputError(
                 f"{self.path}: decode error after {decoded} frames ({_first_problem(stderr)}); the video is "
                 f"damaged: re-encode it ({_REENCODE}) and check the result")
+
+
+def _shape_metadata(header: str, size: tuple[int, int]) -> tuple[bool, tuple[int, int] | None]:
+    """-> (frames turned a quarter by rotation metadata, displayed (width, height) if pixels are not square),
+    from ffmpeg's description of the file; only used to explain masks drawn at another size."""
+    stream = re.search(r"Stream #\S+.*: Video: (.*)", header)
+    stored = re.search(r", (\d{1,5})x(\d{1,5})\b", stream.group(1)) if stream else None
+    turned = bool(stored) and (int(stored.group(1)), int(stored.group(2))) == (size[1], size[0]) != size
+    sar = re.search(r"\[SAR (\d+):(\d+) DAR", stream.group(1)) if stream else None
+    if not sar or int(sar.group(1)) == int(sar.group(2)) or not int(sar.group(1)) * int(sar.group(2)):
+        return turned, None
+    ratio = int(sar.group(1)) / int(sar.group(2))  # a stored pixel's width / height on screen
+    width, height = size
+    shown = (width, round(height * ratio)) if turned else (round(width * ratio), height)
+    return turned, (shown if shown != size else None)
 
 
 def _read_exactly(stream, count: int) -> bytes:
