@@ -33,6 +33,7 @@ from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import ensure_writable_dir
 from stma_core.io.frames import FrameFolderSource, FrameSource, mask_beside, not_a_mask_note, open_frames, scan_folder
 from stma_core.io.masks import LoadedMask, fit_mask, load_mask, load_mask_folder
+from stma_core.io.writers import padded_size
 from stma_core.io.outputs import (ALL_FORMATS, ALPHA_CODECS, OVERLAY_STYLES, VIDEO_FORMATS, OutputOptions, OutputWriter,
                                   all_output_paths)
 
@@ -653,6 +654,11 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         if extras.size is not None and extras.size > min(source.size) and not quiet:
             info(console, f"{job.path}: --size {extras.size} is above the video's short side ({min(source.size)} "
                           f"pixels); frames are never upscaled, so it runs at {min(source.size)}")
+        padded, even_size = padded_size(todo, source.size)
+        if padded and not quiet:
+            info(console, f"{job.path}: {' and '.join(padded)} {'are' if len(padded) > 1 else 'is'} "
+                          f"{even_size[0]}x{even_size[1]}, not {source.size[0]}x{source.size[1]}: H.264 needs even "
+                          "sizes, so the last column/row is repeated (the other outputs keep the input's size)")
         prop = propagator()
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))

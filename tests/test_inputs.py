@@ -482,3 +482,28 @@ def test_anamorphic_video_takes_a_mask_drawn_at_its_shown_size(tmp_path: Path) -
     assert result.exit_code == 2
     line = result.stderr.strip()
     assert "\n" not in line and "non-square pixels: stored 240x180, shown 320x180" in line, line
+
+
+# ---- 5. odd-sized inputs -------------------------------------------------------------------------------
+def test_odd_sized_video_outputs_and_the_note_on_padded_ones(tmp_path: Path) -> None:
+    """A 107x61 video (H.264 4:4:4 takes odd sizes): PNGs and cutout-video are 107x61; overlay is 108x62
+    (H.264 4:2:0 needs even sizes) and a note says so, once, naming the padded outputs."""
+    video = tmp_path / "odd.mp4"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "3", "-vf", "scale=107:61", "-c:v", "libx264", "-pix_fmt", "yuv444p", video)
+    assert open_frames(video).size == (107, 61)
+    mask = np.zeros((61, 107), np.uint8)
+    mask[10:40, 20:70] = 1
+    save_palette_png(mask, tmp_path / "mask.png")
+    out = tmp_path / "out"
+    result = segment(video, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", out,
+                     "-f", "png", "-f", "overlay", "-f", "cutout-video")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if "H.264 needs even sizes" in line]
+    assert len(notes) == 1 and "overlay is 108x62, not 107x61" in notes[0], result.stderr
+    assert np.array(Image.open(out / "odd" / "00000.png")).shape == (61, 107)
+    reader = imageio_ffmpeg.read_frames(str(out / "odd.cutout-video" / "1.webm"))
+    assert next(reader)["size"] == (107, 61)
+    reader.close()
+    quiet = segment(video, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", tmp_path / "o2",
+                    "-f", "png", "-f", "cutout-video")
+    assert quiet.exit_code == 0 and "even sizes" not in quiet.stderr  # nothing padded, no note
