@@ -31,8 +31,9 @@ from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import ensure_writable_dir
-from stma_core.io.frames import FrameFolderSource, FrameSource, open_frames, scan_folder
+from stma_core.io.frames import FrameFolderSource, FrameSource, mask_beside, not_a_mask_note, open_frames, scan_folder
 from stma_core.io.masks import LoadedMask, fit_mask, load_mask, load_mask_folder
+from stma_core.io.writers import padded_size
 from stma_core.io.outputs import (ALL_FORMATS, ALPHA_CODECS, OVERLAY_STYLES, VIDEO_FORMATS, OutputOptions, OutputWriter,
                                   all_output_paths)
 
@@ -56,6 +57,8 @@ class Job:
     name: str
     mask_file: Path | None = None
     mask_dir: Path | None = None
+    not_masks: list[Path] = field(default_factory=list)
+    """Images named like the input that are not taken as its mask (`clip.jpg`), named when it has none."""
 
 
 @dataclass
@@ -195,7 +198,7 @@ def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: 
         name = path.name if path.is_dir() else path.stem
         if mask is None and mask_dir is None:
             # a video without its mask fails alone (error line and summary row), in _load_masks
-            jobs.append(Job(path, name, mask_file=contents.masks.get(name)))
+            jobs.append(Job(path, name, mask_file=contents.masks.get(name), not_masks=contents.not_masks.get(name, [])))
             continue
         jobs.append(Job(path, name, mask_file=mask / f"{name}.png" if mask is not None else None,
                         mask_dir=mask_dir / name if mask_dir is not None else None))
@@ -203,13 +206,14 @@ def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: 
 
 
 def _mask_beside(input_path: Path) -> Path:
-    """`clip.png` or `clip_mask.png` beside `clip.mp4` (or beside a frame folder `clip/`) when no mask is given."""
+    """`clip.png` or `clip_mask.png` beside `clip.mp4` (or beside a frame folder `clip/`) when no mask is given:
+    frames.mask_beside, the rule batches follow too."""
+    found, others = mask_beside(input_path)
+    if found is not None:
+        return found
     stem = input_path.name if input_path.is_dir() else input_path.stem
-    for candidate in (input_path.with_name(f"{stem}.png"), input_path.with_name(f"{stem}_mask.png")):
-        if candidate.is_file() and candidate != input_path:
-            return candidate
-    fail(f"--mask: no mask given and no {stem}.png beside {input_path}; pass --mask FIRST_FRAME.png "
-         "or --mask-dir ANNOTATION_FOLDER")
+    fail(f"--mask: no mask given and no {stem}.png beside {input_path}{not_a_mask_note(others)}; pass --mask "
+         "FIRST_FRAME.png or --mask-dir ANNOTATION_FOLDER")
 
 
 def _frame_key(source: FrameSource, mask_path: Path) -> str:
@@ -236,8 +240,9 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
     processed (--start/--end/--stride), annotations of other frames are ignored.
     """
     if job.mask_file is None and job.mask_dir is None:  # a batch video with no <name>.png beside it
-        raise StmaInputError(f"--mask: no mask given and {job.path} has no {job.name}.png beside it; pass --mask "
-                             "FOLDER holding <video>.png, or --mask-dir with <video>/ annotation folders")
+        raise StmaInputError(f"--mask: no mask given and {job.path} has no {job.name}.png beside it"
+                             f"{not_a_mask_note(job.not_masks)}; pass --mask FOLDER holding <video>.png, or "
+                             "--mask-dir with <video>/ annotation folders")
     warnings: list[str] = []
     if job.mask_file is not None:
         loaded = {source.frame_name(first): load_mask(job.mask_file)}
@@ -265,7 +270,7 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
                                     "include one of their annotations")
                     kept_ids.update(lost)  # named once, on the first skipped frame that has it
     video = str(source.path)
-    loaded = {name: fit_mask(m, source.size, video) for name, m in loaded.items()}
+    loaded = {name: fit_mask(m, source.size, video, source.display_size, source.turned) for name, m in loaded.items()}
     if isinstance(source, FrameFolderSource):
         order = source.frame_names
     else:
@@ -655,6 +660,11 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         if extras.size is not None and extras.size > min(source.size) and not quiet:
             info(console, f"{job.path}: --size {extras.size} is above the video's short side ({min(source.size)} "
                           f"pixels); frames are never upscaled, so it runs at {min(source.size)}")
+        padded, even_size = padded_size(todo, source.size)
+        if padded and not quiet:
+            info(console, f"{job.path}: {' and '.join(padded)} {'are' if len(padded) > 1 else 'is'} "
+                          f"{even_size[0]}x{even_size[1]}, not {source.size[0]}x{source.size[1]}: H.264 needs even "
+                          "sizes, so the last column/row is repeated (the other outputs keep the input's size)")
         prop = propagator()
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))

@@ -70,6 +70,27 @@ def vfr_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.n
     return root / "phone.mp4", frames
 
 
+JITTER_TIMES = [0.0, 0.0287, 0.0575, 0.0903, 0.1396, 0.1749, 0.2021, 0.2379, 0.2675, 0.3087, 0.3397, 0.3567,
+                0.4071, 0.4240, 0.4713]
+"""Capture times (s) of a phone-like recording: about 30 fps with jitter, some frames 1/600 s apart."""
+
+
+@pytest.fixture(scope="module")
+def jittery_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    """15 frames with jittered timing in a 1/600 time base (as iPhones write), encoded the way ffmpeg
+    does by default: timestamps rounded to 1/30 s and nudged apart by the mp4 muxer, so some frames lie a
+    tick apart or share a timestamp ("32.14 fps, 30 tbr, 600 tbn"). `ffmpeg -i FILE -f null -` decodes it
+    cleanly; reading it once failed with "non monotonically increasing dts"."""
+    root = tmp_path_factory.mktemp("jitter")
+    frames = colour_frames(len(JITTER_TIMES))
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(root / f"{i}.png")
+    when = "+".join(f"eq(N\\,{i})*{t}" for i, t in enumerate(JITTER_TIMES))
+    ffmpeg("-framerate", "30", "-i", root / "%d.png", "-vf", f"setpts=({when})/TB", "-fps_mode", "passthrough",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-video_track_timescale", "600", root / "iphone.mp4")
+    return root / "iphone.mp4", frames
+
+
 @pytest.fixture(scope="module")
 def short_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """25 frames of the example clip at 214x120, index at the start (faststart) like web videos."""
@@ -109,6 +130,31 @@ def test_variable_frame_rate_video_segments_every_frame_and_mask_dir_frames_matc
     assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(n)]
     objects = [set(np.unique(np.array(Image.open(p))).tolist()) for p in pngs]
     assert objects[:4] == [{0, 1}] * 4 and all(o == {0, 1, 2} for o in objects[4:])
+
+
+def test_jittery_phone_video_gives_every_frame_once_in_order(tmp_path: Path,
+                                                            jittery_video: tuple[Path, list[np.ndarray]]) -> None:
+    path, sources = jittery_video
+    read = list(open_frames(path))
+    assert [which_frame(frame, sources) for _, frame in read] == list(range(len(sources)))
+    out = tmp_path / "out"
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, tmp_path / "mask.png")
+    result = segment(path, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in sorted((out / "iphone").iterdir())] == [f"{i:05d}.png" for i in range(len(sources))]
+
+
+def test_suggested_re_encode_keeps_every_frame_of_a_jittery_video(
+        tmp_path: Path, jittery_video: tuple[Path, list[np.ndarray]]) -> None:
+    """The command damaged-video errors suggest must not itself drop frames (a constant-rate re-encode does)."""
+    from stma_core.io.frames import _REENCODE
+    path, sources = jittery_video
+    args = _REENCODE.split()[1:]
+    args[args.index("IN")], args[args.index("OUT.mp4")] = str(path), str(tmp_path / "re.mp4")
+    ffmpeg(*args)
+    assert [which_frame(f, sources) for _, f in open_frames(tmp_path / "re.mp4")] == list(range(len(sources)))
 
 
 def test_truncated_video_is_a_failure_not_a_shorter_result(tmp_path: Path, short_video: Path) -> None:
@@ -290,3 +336,174 @@ def _save(array: np.ndarray, path: Path) -> Path:
 def _save_palette(ids: np.ndarray, path: Path) -> Path:
     save_palette_png(ids, path)
     return path
+
+
+# ---- 3. frame folders as cameras and editors write them ---------------------------------------------------
+def _upright_truth(stored: np.ndarray, orientation: int) -> np.ndarray:
+    """What a viewer shows for a stored image and its EXIF orientation (the EXIF 2.3 definitions)."""
+    return {1: stored, 2: stored[:, ::-1], 3: stored[::-1, ::-1], 4: stored[::-1], 5: stored.swapaxes(0, 1),
+            6: np.rot90(stored, -1), 7: stored[::-1, ::-1].swapaxes(0, 1), 8: np.rot90(stored, 1)}[orientation]
+
+
+@pytest.mark.parametrize("extension", [".jpg", ".png", ".webp", ".tif"])
+def test_frame_images_are_read_upright_whatever_their_exif_orientation(tmp_path: Path, extension: str) -> None:
+    from stma_core.io.frames import read_image_frame
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:8, :16] = (250, 20, 20)  # a red block in the stored top-left corner, green elsewhere
+    stored[8:, :, 1] = 200
+    for orientation in range(1, 9):
+        image = Image.fromarray(stored)
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}{extension}"
+        image.save(path, exif=exif, **({"quality": 98} if extension == ".jpg" else {"lossless": True}
+                                       if extension == ".webp" else {}))
+        got, want = read_image_frame(path), _upright_truth(stored, orientation)
+        assert got.shape == want.shape, (orientation, got.shape)
+        error = np.abs(got.astype(int) - want)
+        assert (error.mean() < 4 if extension == ".jpg" else error.max() == 0), orientation  # JPEG: edges ring
+
+
+def test_exif_rotated_jpeg_folder_is_segmented_upright(tmp_path: Path) -> None:
+    """Phone JPEGs stored sideways with Orientation=6: frames, sizes and masks are the upright picture
+    (they were read raw: a mask drawn on the upright frame was refused, or on square frames silently misplaced)."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    upright = colour_frames(3, size=(48, 64))  # 48 wide, 64 high, as people see them
+    for i, frame in enumerate(upright):
+        frame[:16, :16] = (255, 255, 255)  # a white block at the top left of the upright picture
+        stored = Image.fromarray(np.ascontiguousarray(np.rot90(frame, 1)))  # the sensor's rows: 64x48
+        exif = stored.getexif()
+        exif[0x0112] = 6
+        stored.save(folder / f"{i:03d}.jpg", exif=exif, quality=98)
+    source = open_frames(folder)
+    assert source.size == (48, 64)
+    for (_, got), want in zip(source, upright):
+        assert got.shape == (64, 48, 3) and np.abs(got.astype(int) - want).mean() < 3
+        assert got[2:14, 2:14].min() > 200  # the block is where the viewer shows it
+    mask = np.zeros((64, 48), np.uint8)
+    mask[:16, :16] = 1
+    save_palette_png(mask, tmp_path / "mask.png")
+    result = segment(folder, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.array(Image.open(tmp_path / "out" / "phone" / "000.png")), mask)
+
+
+def test_pil_frames_given_to_the_api_are_turned_upright(tmp_path: Path) -> None:
+    from stma_core.inference.session import _pil_frame
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:8, :16] = 255
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 8
+    image.save(tmp_path / "f.png", exif=exif)
+    assert np.array_equal(np.asarray(_pil_frame(Image.open(tmp_path / "f.png"))), np.rot90(stored, 1))
+
+
+@pytest.mark.parametrize("extension", [".webp", ".tif", ".tiff", ".bmp"])
+def test_frame_folders_of_webp_tiff_and_bmp_images(tmp_path: Path, extension: str) -> None:
+    """Frames in these formats (masks in them were already read) make a frame folder, alone or in a batch."""
+    batch = tmp_path / "shoot"
+    folder = batch / "take"
+    folder.mkdir(parents=True)
+    frames = colour_frames(4, size=(40, 30))
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i}{extension}", **({"lossless": True} if extension == ".webp" else {}))
+    assert scan_folder(folder).kind == "frames" and scan_folder(batch).frame_folders == [folder]
+    read = list(open_frames(folder))
+    assert [name for name, _ in read] == ["0", "1", "2", "3"]
+    assert all(np.array_equal(got, want) for (_, got), want in zip(read, frames))
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:15, 5:20] = 1
+    save_palette_png(mask, batch / "take.png")  # the mask beside the frame folder, as beside a video
+    result = segment(batch, "--method", "copy", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out" / "take").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_a_jpeg_thumbnail_beside_a_video_is_not_its_mask(tmp_path: Path, short_video: Path) -> None:
+    """Batch and single-video runs take the same mask beside a video: clip.png or clip_mask.png, never a
+    clip.jpg thumbnail (a batch once turned the photo into a one-object mask with only warnings)."""
+    folder = tmp_path / "thumb"
+    folder.mkdir()
+    shutil.copy(short_video, folder / "clip.mp4")
+    Image.fromarray(example_frames(1)[0]).resize((214, 120)).save(folder / "clip.jpg")
+    contents = scan_folder(folder)
+    assert contents.kind == "batch" and contents.masks == {} and contents.not_masks == {"clip": [folder / "clip.jpg"]}
+    for target in (folder, folder / "clip.mp4"):
+        out = tmp_path / f"out_{target.name}"
+        result = segment(target, "--method", "copy", "--out", out)
+        assert result.exit_code != 0
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "clip.jpg is not taken as its mask" in errors[0], result.stderr
+        assert "save it as clip.png" in errors[0] and not (out / "clip").exists()
+    mask = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), (214, 120), interpolation=cv2.INTER_NEAREST)
+    save_palette_png(mask, folder / "clip_mask.png")  # with a PNG mask beside it, both modes take that
+    for target in (folder, folder / "clip.mp4"):
+        out = tmp_path / f"ok_{target.name}"
+        result = segment(target, "--method", "copy", "--out", out, "-q")
+        assert result.exit_code == 0, result.output
+        assert np.array_equal(np.array(Image.open(out / "clip" / "00000.png")), mask)
+
+
+# ---- 4. masks of another size than the frames: what the error or warning says ---------------------------
+def test_mask_drawn_on_a_rotated_videos_stored_frame_is_explained(tmp_path: Path, short_video: Path) -> None:
+    rotated = tmp_path / "portrait.mp4"
+    ffmpeg("-display_rotation", "90", "-i", short_video, "-c", "copy", rotated)
+    sideways = np.zeros((120, 214), np.uint8)  # the stored 214x120 frame, not the upright 120x214 one
+    sideways[20:60, 30:90] = 1
+    save_palette_png(sideways, tmp_path / "mask.png")
+    result = segment(rotated, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "mask is 214x120 but" in line and "is read upright, 120x214" in line, line
+    assert "rotation metadata" in line and "draw the mask on the upright frame" in line
+
+
+def test_anamorphic_video_takes_a_mask_drawn_at_its_shown_size(tmp_path: Path) -> None:
+    """SAR 4:3: stored 240x180, shown 320x180. A mask drawn on the shown picture is resized to the stored
+    frames with a warning (it was 'another aspect ratio'); a mask of neither shape names both sizes."""
+    video = tmp_path / "wide.mp4"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "3", "-vf", "scale=240:180,setsar=4/3", "-c:v", "libx264", video)
+    source = open_frames(video)
+    assert source.size == (240, 180) and source.display_size == (320, 180) and not source.turned
+    shown = np.zeros((180, 320), np.uint8)
+    shown[40:120, 80:240] = 1  # a box at x 80..240 of the shown picture = x 60..180 of the stored frames
+    save_palette_png(shown, tmp_path / "shown.png")
+    out = tmp_path / "out"
+    result = segment(video, "--mask", tmp_path / "shown.png", "--method", "copy", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert "non-square pixels" in result.stderr and "resized (nearest) to its stored 240x180" in result.stderr
+    expected = np.zeros((180, 240), np.uint8)
+    expected[40:120, 60:180] = 1
+    assert np.array_equal(np.array(Image.open(out / "wide" / "00000.png")), expected)
+    save_palette_png(np.ones((100, 100), np.uint8), tmp_path / "square.png")
+    result = segment(video, "--mask", tmp_path / "square.png", "--method", "copy", "--out", tmp_path / "o2")
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "non-square pixels: stored 240x180, shown 320x180" in line, line
+
+
+# ---- 5. odd-sized inputs -------------------------------------------------------------------------------
+def test_odd_sized_video_outputs_and_the_note_on_padded_ones(tmp_path: Path) -> None:
+    """A 107x61 video (H.264 4:4:4 takes odd sizes): PNGs and cutout-video are 107x61; overlay is 108x62
+    (H.264 4:2:0 needs even sizes) and a note says so, once, naming the padded outputs."""
+    video = tmp_path / "odd.mp4"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "3", "-vf", "scale=107:61", "-c:v", "libx264", "-pix_fmt", "yuv444p", video)
+    assert open_frames(video).size == (107, 61)
+    mask = np.zeros((61, 107), np.uint8)
+    mask[10:40, 20:70] = 1
+    save_palette_png(mask, tmp_path / "mask.png")
+    out = tmp_path / "out"
+    result = segment(video, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", out,
+                     "-f", "png", "-f", "overlay", "-f", "cutout-video")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if "H.264 needs even sizes" in line]
+    assert len(notes) == 1 and "overlay is 108x62, not 107x61" in notes[0], result.stderr
+    assert np.array(Image.open(out / "odd" / "00000.png")).shape == (61, 107)
+    reader = imageio_ffmpeg.read_frames(str(out / "odd.cutout-video" / "1.webm"))
+    assert next(reader)["size"] == (107, 61)
+    reader.close()
+    quiet = segment(video, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", tmp_path / "o2",
+                    "-f", "png", "-f", "cutout-video")
+    assert quiet.exit_code == 0 and "even sizes" not in quiet.stderr  # nothing padded, no note

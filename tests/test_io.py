@@ -388,11 +388,39 @@ def test_overlay_blends_davis_colours() -> None:
     assert out[0, 5].tolist() == [50, 114, 50]  # inside: half frame, half DAVIS green (0, 128, 0)
 
 
-def test_odd_sized_overlay_is_padded(tmp_path: Path) -> None:
-    frames = [np.full((33, 45, 3), 100, np.uint8)] * 3
-    masks = [np.zeros((33, 45), np.uint8)] * 3
-    writer = _write_video(tmp_path, ["overlay"], frames, masks)
-    assert next(imageio_ffmpeg.read_frames(str(writer.paths["overlay"])))["size"] == (46, 34)
+def _decode_all(path: Path, pix_fmt: str, channels: int, codec: str | None = None) -> tuple[tuple[int, int], list]:
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt=pix_fmt, bpp=channels,
+                                        input_params=["-c:v", codec] if codec else None)
+    width, height = next(reader)["size"]
+    return (width, height), [np.frombuffer(raw, np.uint8).reshape(height, width, channels) for raw in reader]
+
+
+@pytest.mark.parametrize("alpha_codec", ["vp9", "prores"])
+def test_odd_sized_videos_keep_the_size_where_the_codec_allows(tmp_path: Path, alpha_codec: str) -> None:
+    """45x33 frames: cutout-video (VP9 or ProRes, which take odd sizes) is 45x33 like the PNGs; H.264
+    4:2:0 (overlay, matte-video) refuses odd sizes, so those are 46x34 with the edge repeated."""
+    from stma_core.io.outputs import OutputOptions, OutputWriter
+    from stma_core.io.writers import padded_size
+    frame = np.full((33, 45, 3), 100, np.uint8)
+    mask = np.zeros((33, 45), np.uint8)
+    mask[5:20, 10:30] = 1
+    formats = ["png", "overlay", "matte-video", "cutout-video"]
+    options = OutputOptions(object_ids=(1,), alpha_codec=alpha_codec)
+    with OutputWriter(tmp_path, "clip", formats, (45, 33), 24.0, options) as writer:
+        for i in range(3):
+            writer.write(f"{i:05d}", frame, mask)
+    assert padded_size(formats, (45, 33)) == (["overlay", "matte-video"], (46, 34))
+    assert padded_size(formats, (44, 32))[0] == []
+    suffix = "webm" if alpha_codec == "vp9" else "mov"
+    size, cut = _decode_all(tmp_path / "clip.cutout-video" / f"1.{suffix}", "rgba", 4,
+                            "libvpx-vp9" if alpha_codec == "vp9" else None)
+    assert size == (45, 33) and len(cut) == 3
+    assert ((cut[0][..., 3] > 127) == (mask == 1)).mean() > 0.99
+    assert np.array(Image.open(tmp_path / "clip" / "00000.png")).shape == (33, 45)
+    size, over = _decode_all(tmp_path / "clip.overlay.mp4", "rgb24", 3)
+    assert size == (46, 34) and len(over) == 3
+    size, matte = _decode_all(tmp_path / "clip.matte-video" / "1.mp4", "gray", 1)
+    assert size == (46, 34) and ((matte[0][:33, :45, 0] > 127) == (mask == 1)).mean() > 0.99
 
 
 def test_failure_mid_video_leaves_nothing(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from PIL import Image
 from stma_core.errors import StmaOutputError
 from stma_core.eval.scoring import GLOBAL_COLUMNS, EvalResult, ObjectResult, read_id_mask
 from stma_core.io.atomic import commit, partial_path, remove_path
+from stma_core.io.frames import open_upright
 from stma_core.io.palette import DAVIS_PALETTE
 from stma_core.io.writers import overlay
 
@@ -117,8 +118,7 @@ def _read_frame(gt_root: Path, sequence: str, name: str, shape: tuple[int, int])
     for ext in (".jpg", ".jpeg", ".png"):
         path = gt_root / "JPEGImages" / "480p" / sequence / f"{name}{ext}"
         if path.is_file():
-            with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
+            rgb = np.asarray(open_upright(path).convert("RGB"))  # upright, as the run read it
             if rgb.shape[:2] == shape:
                 return rgb
     return np.full((*shape, 3), 128, np.uint8)

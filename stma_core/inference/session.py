@@ -191,8 +191,8 @@ class VideoSession:
         this frame's (n+1, H, W) float32 probabilities (background first, then objects in
         `objects.user_ids` order) on the session's device.
         """
-        if not isinstance(frame, np.ndarray):  # a PIL image in any mode (L, RGBA, P, CMYK, ...), as frame folders are
-            frame = np.asarray(frame.convert("RGB") if hasattr(frame, "convert") else frame)
+        if not isinstance(frame, np.ndarray):  # e.g. a PIL image: upright and RGB, as frame folders read
+            frame = np.asarray(_pil_frame(frame))
         self.config.check()
         if self._frame_shape is not None and frame.shape[:2] != self._frame_shape:
             raise ValueError(f"frame {self.frame_index} is {frame.shape[1]}x{frame.shape[0]} but this video's frames "
@@ -375,6 +375,14 @@ def merge_masks(earlier: np.ndarray | None, later: np.ndarray) -> np.ndarray:
         raise ValueError(f"masks given for the same frame differ in size ({earlier.shape[1]}x{earlier.shape[0]} "
                          f"and {later.shape[1]}x{later.shape[0]}); give masks at the frame's size")
     return np.where(later != 0, later, earlier)
+
+
+def _pil_frame(frame: object) -> object:
+    """A PIL image turned as its EXIF orientation says (a phone JPEG from Image.open is stored sideways
+    and shown upright, and masks are drawn on what is shown) and made RGB whatever its mode (L, RGBA, P,
+    CMYK, as frame folders accept); anything else unchanged."""
+    from PIL import Image, ImageOps
+    return ImageOps.exif_transpose(frame).convert("RGB") if isinstance(frame, Image.Image) else frame
 
 
 def session_factory(checkpoint: str | Path | None = None, device: str = "auto", size: int | None = None,

@@ -26,23 +26,33 @@ from typing import Iterator
 import cv2
 import imageio_ffmpeg
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+"""Frame images (every one also read by PIL, which checks it is complete); the same set everywhere a folder
+is sorted into frames, videos and masks, so a folder of .webp frames is a frame folder as .jpg ones are."""
+IMAGE_NAMES = "jpg/png/webp/tif/bmp"
+MASK_BESIDE = ("{}.png", "{}_mask.png")
+"""Names of the mask beside a video `clip.mp4` (or frame folder `clip/`) when none is given: PNG only.
+Any other image named like it (a `clip.jpg` thumbnail or poster frame) is never taken as its mask: a
+photo read as a mask becomes a one-object mask without complaint, and lossy JPEG blurs a mask's edges."""
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
                     ".3gp", ".flv", ".wmv", ".ogv", ".mxf", ".vob", ".y4m", ".gif")
 """Names taken for videos without asking ffmpeg; any other file is a video if ffmpeg finds a video stream."""
 NOT_VIDEO_EXTENSIONS = (".txt", ".json", ".csv", ".md", ".yaml", ".yml", ".xml", ".zip", ".tar", ".gz", ".pdf",
-                        ".npy", ".npz", ".pt", ".pth", ".safetensors", ".onnx", ".py", ".sh", ".log", ".partial",
-                        ".bmp", ".tif", ".tiff", ".webp")
-"""Files never probed as videos (text, archives, models, other still-image formats)."""
+                        ".npy", ".npz", ".pt", ".pth", ".safetensors", ".onnx", ".py", ".sh", ".log", ".partial")
+"""Files never probed as videos (text, archives, models)."""
 FOLDER_FPS = 24.0
 """Frame rate assumed for image folders (DAVIS and YouTube-VOS clips are 24-30 fps); used for overlays."""
 
 _SUPPORTED = "a video file (anything ffmpeg decodes: mp4, mov, mkv, webm, avi, m4v, mpg, ts, ...) " \
-             "or a folder of jpg/png frames"
+             f"or a folder of {IMAGE_NAMES} frames"
+_REENCODE = "ffmpeg -i IN -fps_mode passthrough -c:v libx264 OUT.mp4"
+"""The re-encode errors suggest: `-fps_mode passthrough` keeps every frame of a variable-frame-rate file
+(ffmpeg's default for mp4 output converts to a constant rate, dropping and duplicating frames)."""
+_FRAME_FILES = "/".join(IMAGE_EXTENSIONS)
 _DECODE_ERROR = re.compile(r"error|invalid|corrupt|partial file|truncat|missing|not found|could not|failed",
                            re.IGNORECASE)
 
@@ -57,7 +67,7 @@ def _visible(path: Path) -> bool:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Frame images of a folder in natural order (hidden files skipped)."""
+    """Frame images (IMAGE_EXTENSIONS) of a folder in natural order (hidden files skipped)."""
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and _visible(p)]
     return sorted(files, key=lambda p: natural_key(p.name))
 
@@ -115,7 +125,10 @@ class FolderContents:
     videos: list[Path] = field(default_factory=list)
     frame_folders: list[Path] = field(default_factory=list)
     masks: dict[str, Path] = field(default_factory=dict)
-    """Images named like a video of the folder (`clip.png` beside `clip.mp4`): that video's mask."""
+    """MASK_BESIDE images named like an input of the folder (`clip.png` beside `clip.mp4`): its mask."""
+    not_masks: dict[str, list[Path]] = field(default_factory=dict)
+    """Other images named like an input (`clip.jpg` beside `clip.mp4`, a thumbnail): neither a mask nor
+    a frame; kept to say why they were not taken as its mask when it has none."""
 
     @property
     def inputs(self) -> list[Path]:
@@ -142,20 +155,54 @@ class FolderContents:
 
 
 def scan_folder(folder: Path) -> FolderContents:
-    """Sorts a folder's entries into frame images, videos, frame sub-folders and masks of its videos."""
+    """Sorts a folder's entries into frame images, videos, frame sub-folders and masks of its inputs.
+
+    The masks are found by the rule single-input runs use (MASK_BESIDE), so a batch never takes a file
+    as a video's mask that `stma segment folder/clip.mp4` would not.
+    """
     contents = FolderContents(folder)
     entries = sorted((p for p in folder.iterdir() if _visible(p)), key=lambda p: natural_key(p.name))
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     contents.videos = [p for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
                        and is_video_file(p)]
     contents.frame_folders = [p for p in entries if is_frame_folder(p)]
-    stems = {p.stem for p in contents.videos}
+    names = {input_name(p) for p in contents.inputs}
     for image in images:
-        if image.stem in stems or (image.stem.endswith("_mask") and image.stem[:-5] in stems):
-            contents.masks[image.stem[:-5] if image.stem not in stems else image.stem] = image
-        else:
+        owner = next((n for n in (image.stem, image.stem[:-5] if image.stem.endswith("_mask") else None)
+                      if n in names), None)
+        if owner is None:
             contents.images.append(image)
+        elif image.name in {pattern.format(owner) for pattern in MASK_BESIDE}:
+            contents.masks.setdefault(owner, image)
+        else:
+            contents.not_masks.setdefault(owner, []).append(image)
     return contents
+
+
+def input_name(path: Path) -> str:
+    """Name of an input (its outputs and masks are named after it): `clip` for clip.mp4 and clip/."""
+    return path.name if path.is_dir() else path.stem
+
+
+def mask_beside(path: Path) -> tuple[Path | None, list[Path]]:
+    """-> (the MASK_BESIDE mask of a video or frame folder, or None; other images named like it, which
+    are not its mask). The one rule for single inputs and batches."""
+    name = input_name(path)
+    found = [path.with_name(pattern.format(name)) for pattern in MASK_BESIDE]
+    mask = next((p for p in found if p.is_file() and p != path), None)
+    others = [p for p in path.parent.iterdir() if p.is_file() and _visible(p) and p.suffix.lower() in IMAGE_EXTENSIONS
+              and p.stem in (name, f"{name}_mask") and p not in found] if path.parent.is_dir() else []
+    return mask, sorted(others, key=lambda p: natural_key(p.name))
+
+
+def not_a_mask_note(others: list[Path]) -> str:
+    """Why images named like a video were not taken as its mask ('' for none), for the no-mask error."""
+    if not others:
+        return ""
+    names = ", ".join(p.name for p in others)
+    png = others[0].with_suffix(".png").name
+    return (f" ({names} is not taken as its mask: only PNG masks are found beside a video, a JPEG or other "
+            f"image named like it is taken for a thumbnail; if it is the mask, save it as {png})")
 
 
 def find_videos(folder: Path) -> list[Path]:
@@ -173,6 +220,11 @@ class FrameSource(ABC):
     fps: float
     frame_count: int
     """Number of frames (for video files: the packets of the video stream, counted without decoding)."""
+    display_size: tuple[int, int] | None = None
+    """(width, height) a player shows the frames at, when not `size`: a video with non-square pixels
+    (anamorphic, SAR other than 1:1) is stored narrower or wider than it is shown. Frames stay stored-size."""
+    turned: bool = False
+    """True when the frames are read turned a quarter by the file's rotation metadata (a phone video)."""
 
     @abstractmethod
     def frame_name(self, index: int) -> str:
@@ -209,6 +261,7 @@ class VideoFileSource(FrameSource):
         self.name = path.stem
         header, first = self._probe()
         self.size = (int(first.shape[1]), int(first.shape[0]))  # after the file's rotation is applied
+        self.turned, self.display_size = _shape_metadata(header, self.size)
         fps = re.search(r"Video: .*?(\d+(?:\.\d+)?) fps", header)
         self.fps = float(fps.group(1)) if fps and float(fps.group(1)) > 0 else FOLDER_FPS
         duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", header)
@@ -239,7 +292,7 @@ class VideoFileSource(FrameSource):
                 raise StmaInputError(f"{self.path}: file has no video stream (audio only?); pass {_SUPPORTED}")
             known = self.path.suffix.lower() in VIDEO_EXTENSIONS
             what = ("the video is damaged or incomplete (a cut-off download?); re-download it or re-encode it "
-                    "(ffmpeg -i IN -c:v libx264 OUT.mp4)" if known or has_stream else
+                    f"({_REENCODE})" if known or has_stream else
                     f"if it is a video it is damaged, else pass {_SUPPORTED}")
             raise StmaInputError(f"{self.path}: ffmpeg cannot decode a frame of it ({_first_problem(header)}); {what}")
         return header, cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
@@ -259,8 +312,16 @@ class VideoFileSource(FrameSource):
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         width, height = self.size
         frame_bytes = width * height * 3
+        # `settb=1,setpts=N` renumbers the decoded frames 0, 1, 2, ... seconds before the rawvideo muxer
+        # sees them. Without it the muxer gets the file's own timestamps in a time base of 1/(guessed
+        # rate): a phone or screen recording whose frames come closer together than that (jittered
+        # timing, two frames a 1/600 s tick apart, even equal timestamps) maps two frames to one
+        # timestamp, and the muxer reports "non monotonically increasing dts" although every frame was
+        # decoded, which would fail the video. Renumbering happens after decoding, so it changes no
+        # frame, drops none and adds none (`-fps_mode passthrough` keeps ffmpeg from doing so either);
+        # only the raw stream's timestamps, which nothing reads, differ.
         cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(self.path), "-map", "0:v:0",
-               "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+               "-vf", "settb=1,setpts=N", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
         # Own session: Ctrl-C reaches Python (which stops ffmpeg below), not ffmpeg mid-frame.
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    start_new_session=True, bufsize=0)
@@ -296,11 +357,26 @@ class VideoFileSource(FrameSource):
         if short or (problem and decoded < promised):
             raise StmaInputError(
                 f"{self.path}: decoded {decoded} of {promised} frames: file truncated? ({_first_problem(stderr)}); "
-                "re-download or re-encode the video (ffmpeg -i IN -c:v libx264 OUT.mp4)")
+                f"re-download or re-encode the video ({_REENCODE})")
         if problem:
             raise StmaInputError(
                 f"{self.path}: decode error after {decoded} frames ({_first_problem(stderr)}); the video is "
-                "damaged: re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4) and check the result")
+                f"damaged: re-encode it ({_REENCODE}) and check the result")
+
+
+def _shape_metadata(header: str, size: tuple[int, int]) -> tuple[bool, tuple[int, int] | None]:
+    """-> (frames turned a quarter by rotation metadata, displayed (width, height) if pixels are not square),
+    from ffmpeg's description of the file; only used to explain masks drawn at another size."""
+    stream = re.search(r"Stream #\S+.*: Video: (.*)", header)
+    stored = re.search(r", (\d{1,5})x(\d{1,5})\b", stream.group(1)) if stream else None
+    turned = bool(stored) and (int(stored.group(1)), int(stored.group(2))) == (size[1], size[0]) != size
+    sar = re.search(r"\[SAR (\d+):(\d+) DAR", stream.group(1)) if stream else None
+    if not sar or int(sar.group(1)) == int(sar.group(2)) or not int(sar.group(1)) * int(sar.group(2)):
+        return turned, None
+    ratio = int(sar.group(1)) / int(sar.group(2))  # a stored pixel's width / height on screen
+    width, height = size
+    shown = (width, round(height * ratio)) if turned else (round(width * ratio), height)
+    return turned, (shown if shown != size else None)
 
 
 def _read_exactly(stream, count: int) -> bytes:
@@ -315,24 +391,25 @@ def _read_exactly(stream, count: int) -> bytes:
 
 
 class FrameFolderSource(FrameSource):
-    """A folder of JPEG/PNG frames in natural order; frame names are the file stems."""
+    """A folder of frame images (IMAGE_EXTENSIONS) in natural order; frame names are the file stems.
+
+    Frames are read upright: a JPEG's EXIF orientation is applied (as every viewer and cv2.imread do), so
+    `size` and masks refer to the picture people see, not to the sensor's stored rows.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = path.name
         self.files = image_files(path)
         if not self.files:
-            raise StmaInputError(f"{path}: folder holds no .jpg/.jpeg/.png frames; pass {_SUPPORTED}")
+            raise StmaInputError(f"{path}: folder holds no {_FRAME_FILES} frames; pass {_SUPPORTED}")
         stems = [p.stem for p in self.files]
         if len(set(stems)) != len(stems):
             dup = next(s for s in stems if stems.count(s) > 1)
             raise StmaInputError(f"{path}: two frames are named {dup!r} (different extensions); keep one per name")
         self._names = stems
-        try:
-            with Image.open(self.files[0]) as first:
-                self.size = (int(first.size[0]), int(first.size[1]))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise StmaInputError(f"{self.files[0]}: not a readable image ({exc}); replace or remove it") from exc
+        first = read_image_frame(self.files[0])  # decoded, so the size is the upright one, whatever the format
+        self.size = (int(first.shape[1]), int(first.shape[0]))
         self.fps = FOLDER_FPS
         self.frame_count = len(self.files)
 
@@ -348,7 +425,7 @@ class FrameFolderSource(FrameSource):
             rgb = read_image_frame(file)
             if (rgb.shape[1], rgb.shape[0]) != self.size:
                 raise StmaInputError(
-                    f"{file}: frame is {rgb.shape[1]}x{rgb.shape[0]} but the first frame is "
+                    f"{file}: frame is {rgb.shape[1]}x{rgb.shape[0]} (upright) but the first frame is "
                     f"{self.size[0]}x{self.size[1]}; resize all frames to one size")
             yield name, rgb
 
@@ -357,29 +434,82 @@ _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
 _PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk and its CRC close every complete PNG
 
 
+_ORIENTATION_TAG = 0x0112
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 (as stored) when it has none or it is unreadable."""
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """A stored HxWxC image turned as its EXIF orientation says; the same turns as PIL's
+    ImageOps.exif_transpose (checked by a test for all eight)."""
+    turned = {1: rgb, 2: rgb[:, ::-1], 3: rgb[::-1, ::-1], 4: rgb[::-1], 5: rgb.swapaxes(0, 1),
+              6: np.rot90(rgb, -1), 7: rgb[::-1, ::-1].swapaxes(0, 1), 8: np.rot90(rgb, 1)}[orientation]
+    return np.ascontiguousarray(turned)
+
+
+def open_upright(path: Path) -> Image.Image:
+    """An image file as PIL shows it upright (EXIF orientation applied); for readers outside this module."""
+    with Image.open(path) as image:
+        turned = ImageOps.exif_transpose(image)
+        return image.copy() if turned is None or turned is image else turned
+
+
 def read_image_frame(file: Path, fix: str = "replace or remove it") -> np.ndarray:
-    """One image file as an HxWx3 uint8 RGB frame (EXIF orientation ignored, as video frames have none).
+    """One image file as an HxWx3 uint8 RGB frame, upright (its EXIF orientation applied).
+
+    A phone JPEG stores the sensor's rows and an Orientation tag; every viewer (and cv2.imread) shows it
+    turned, and masks are drawn on what they show, so reading it raw would misplace every mask.
 
     StmaInputError names the file and the `fix` when it is not an image or is truncated: libjpeg decodes
     a cut-off JPEG into a frame with a grey bottom and only prints a warning. A file that ends the way a
     complete JPEG or PNG ends is decoded once, by cv2 (which also scales 16-bit PNGs to 8 bits); any
-    other is first decoded fully by PIL, which refuses what it cannot finish.
+    other (and every webp/tif/bmp) is first decoded fully by PIL, which refuses what it cannot finish.
     """
     try:
         data = Path(file).read_bytes()
     except OSError as exc:
         raise StmaInputError(f"{file}: cannot be read ({exc.strerror or exc}); {fix}") from None
     tail = data.rstrip(b"\0")
-    if not (tail.endswith(_PNG_END) or (data.startswith(_JPEG_START) and tail.endswith(_JPEG_END))):
-        try:
-            with Image.open(io.BytesIO(data)) as image:
+    complete = tail.endswith(_PNG_END) or (data.startswith(_JPEG_START) and tail.endswith(_JPEG_END))
+    orientation, rgb = 1, None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            orientation = _orientation(image)
+            if not complete:
                 image.load()
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            if image.format not in ("JPEG", "PNG", "MPO"):
+                # webp/tif/bmp: PIL decodes them (cv2 5 fails on some tagged TIFFs). Its TIFF reader turns
+                # the image itself and drops the tag when loading, so the tag is read again after loading.
+                image.load()
+                orientation = _orientation(image)
+                rgb = _pil_rgb(image)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        if not complete:
             raise StmaInputError(f"{file}: not a readable image, or truncated ({exc}); {fix}") from None
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise StmaInputError(f"{file}: not a readable image; {fix}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if rgb is None:
+        # cv2 is told to ignore the orientation; it is applied below, the same way for every format
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if bgr is None:
+            raise StmaInputError(f"{file}: not a readable image; {fix}")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return upright(rgb, orientation)
+
+
+def _pil_rgb(image: Image.Image) -> np.ndarray:
+    """A loaded PIL image as HxWx3 uint8 RGB; 16-bit grey is scaled to 8 bits (as cv2 does), not clipped."""
+    if image.mode.startswith("I"):
+        values = np.asarray(image).astype(np.int64)
+        grey = (np.clip(values, 0, 65535) >> 8 if image.mode.startswith("I;16") or values.max() > 255
+                else values).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB")).copy()
 
 
 def open_frames(path: str | Path) -> FrameSource:
@@ -390,7 +520,7 @@ def open_frames(path: str | Path) -> FrameSource:
     if path.is_dir():
         contents = scan_folder(path)
         if contents.kind != "frames" and not contents.images:
-            raise StmaInputError(f"{path}: folder holds no .jpg/.jpeg/.png frames; pass {_SUPPORTED}")
+            raise StmaInputError(f"{path}: folder holds no {_FRAME_FILES} frames; pass {_SUPPORTED}")
         return FrameFolderSource(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         raise StmaInputError(f"{path}: is a single image, not a video; pass a video file or the folder "

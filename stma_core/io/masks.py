@@ -390,20 +390,41 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
     return mask
 
 
-def fit_mask(mask: LoadedMask, size: tuple[int, int], video: str) -> LoadedMask:
-    """Brings a mask to the video's (width, height): nearest resize if only the scale differs, else an error."""
+def fit_mask(mask: LoadedMask, size: tuple[int, int], video: str, display_size: tuple[int, int] | None = None,
+             turned: bool = False) -> LoadedMask:
+    """Brings a mask to the video's (width, height): nearest resize if only the scale differs, else an error.
+
+    display_size: the size a player shows a video with non-square pixels at (FrameSource.display_size);
+    a mask drawn on that picture (a screenshot) is resized to the stored frames with a warning. turned:
+    the frames are read turned by rotation metadata, so a mask of the stored sideways shape is explained.
+    """
     width, height = size
     mh, mw = mask.ids.shape
     if (mw, mh) == (width, height):
         return mask
-    aspect, mask_aspect = width / height, mw / mh
-    if abs(mask_aspect - aspect) / aspect > ASPECT_TOLERANCE:
+
+    def fits(w: float, h: float) -> bool:
+        return abs(mw / mh - w / h) / (w / h) <= ASPECT_TOLERANCE
+
+    resized = cv2.resize(mask.ids, (width, height), interpolation=cv2.INTER_NEAREST)
+    if fits(width, height):
+        warning = f"{mask.path}: mask is {mw}x{mh}, resized (nearest) to the video's {width}x{height}"
+    elif display_size is not None and fits(*display_size):
+        warning = (f"{mask.path}: mask is {mw}x{mh}, drawn on {video} as shown ({display_size[0]}x{display_size[1]}, "
+                   f"non-square pixels); resized (nearest) to its stored {width}x{height} frames, the outputs' size")
+    elif turned and fits(height, width):
+        raise StmaInputError(
+            f"{mask.path}: mask is {mw}x{mh} but {video} is read upright, {width}x{height} (turned by its rotation "
+            "metadata, as players show it); draw the mask on the upright frame (or turn the mask a quarter)")
+    elif display_size is not None:
+        raise StmaInputError(
+            f"{mask.path}: mask is {mw}x{mh} but {video} has non-square pixels: stored {width}x{height}, shown "
+            f"{display_size[0]}x{display_size[1]}; draw the mask at either size")
+    else:
         raise StmaInputError(
             f"{mask.path}: mask is {mw}x{mh} but {video} is {width}x{height} (another aspect ratio); "
             "draw the mask on a frame of this video")
-    resized = cv2.resize(mask.ids, (width, height), interpolation=cv2.INTER_NEAREST)
-    warnings = [*mask.warnings, f"{mask.path}: mask is {mw}x{mh}, resized (nearest) to the video's {width}x{height}"]
-    return LoadedMask(mask.path, resized, mask.kind, mask.mapping, warnings)
+    return LoadedMask(mask.path, resized, mask.kind, mask.mapping, [*mask.warnings, warning])
 
 
 def load_mask_folder(folder: str | Path) -> dict[str, LoadedMask]:

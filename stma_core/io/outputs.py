@@ -8,7 +8,8 @@ Layout (KEY is an object id, `1`, `2`, ..., one per object given in the masks, o
 objects together with `objects="all"`; frame names are the input's):
 
     matte         OUT/<video>.matte/KEY/<frame>.png      8-bit grayscale, 255 = object, 0 = background
-    matte-video   OUT/<video>.matte-video/KEY.mp4        the same matte as H.264 (yuv420p, CRF 12; gray)
+    matte-video   OUT/<video>.matte-video/KEY.mp4        the same matte as H.264 (yuv420p, CRF 12; gray); odd
+                                                         sizes padded to even, as the overlay (EVEN_SIZE_FORMATS)
     cutout        OUT/<video>.cutout/KEY/<frame>.png     RGBA: the frame where the object is, transparent
                                                          (0, 0, 0, 0) elsewhere
     cutout-video  OUT/<video>.cutout-video/KEY.webm      VP9 with alpha (yuva420p); KEY.mov (ProRes 4444,
@@ -150,8 +151,8 @@ def hard_probabilities(mask: np.ndarray, object_ids: tuple[int, ...]) -> SoftMas
 # ---- video encoding ------------------------------------------------------------------------------
 def _encoder(path: Path, size: tuple[int, int], fps: float, pix_fmt_in: str, codec: str, pix_fmt_out: str,
              params: list[str]) -> FrameEncoder:
-    return FrameEncoder(path, size, fps, codec=codec, pix_fmt_in=pix_fmt_in, pix_fmt_out=pix_fmt_out, quality=None,
-                        output_params=params)
+    return FrameEncoder(path, size, fps, even=pix_fmt_out == "yuv420p" and codec == "libx264", codec=codec,
+                        pix_fmt_in=pix_fmt_in, pix_fmt_out=pix_fmt_out, quality=None, output_params=params)
 
 
 def _matte_encoder(path: Path, size: tuple[int, int], fps: float) -> FrameEncoder:

@@ -151,13 +151,14 @@ class RleSink:
 
 
 class FrameEncoder:
-    """One ffmpeg process (imageio-ffmpeg) fed raw frames; odd sizes are padded to even (4:2:0 needs
-    even sizes): RGB/grey edges are repeated, alpha padding is transparent. `options` go to
-    imageio_ffmpeg.write_frames (codec, pix_fmt_in/out, quality, output_params, ...)."""
+    """One ffmpeg process (imageio-ffmpeg) fed raw frames. With `even` (H.264 4:2:0, whose encoder refuses
+    odd sizes and whose cropping works in 2-pixel steps) odd sizes are padded to even: RGB/grey edges are
+    repeated, alpha padding is transparent. VP9 and ProRes take odd sizes, so their videos keep the
+    frames' size. `options` go to imageio_ffmpeg.write_frames (codec, pix_fmt_in/out, output_params, ...)."""
 
-    def __init__(self, path: Path, size: tuple[int, int], fps: float, **options) -> None:
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, even: bool = True, **options) -> None:
         width, height = size
-        self._pad = (height % 2, width % 2)
+        self._pad = (height % 2, width % 2) if even else (0, 0)
         self._gen: Iterator | None = imageio_ffmpeg.write_frames(
             str(path), (width + self._pad[1], height + self._pad[0]), fps=fps, macro_block_size=1,
             ffmpeg_log_level="error", **options)
@@ -174,6 +175,18 @@ class FrameEncoder:
         if self._gen is not None:
             gen, self._gen = self._gen, None
             close_encoder(gen)
+
+
+EVEN_SIZE_FORMATS = ("overlay", "matte-video")
+"""Outputs encoded as H.264 4:2:0 (played everywhere), which needs even sizes: an odd-sized video's are one
+pixel wider and/or higher (edge repeated); every other output keeps the input's size."""
+
+
+def padded_size(formats: list[str] | tuple[str, ...], size: tuple[int, int]) -> tuple[list[str], tuple[int, int]]:
+    """-> (the requested formats that are padded for `size` (width, height), their padded size)."""
+    width, height = size
+    padded = [f for f in formats if f in EVEN_SIZE_FORMATS] if width % 2 or height % 2 else []
+    return padded, (width + width % 2, height + height % 2)
 
 
 class OverlaySink:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from stma_core.errors import StmaInputError
 from stma_core.io.atomic import atomic_write
+from stma_core.io.frames import open_upright
 from stma_core.model.lite_backbone import LiteTrunk
 
 
@@ -54,9 +55,10 @@ def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
 
 def read_resized_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
     """A training frame as HxWx3 uint8 RGB at `size` (H, W), resized bilinearly: the one resize the
-    cache applies (and benchmarks/gpu_campaign.py packs frames with, so the cache finds them at size)."""
+    cache applies (and benchmarks/gpu_campaign.py packs frames with, so the cache finds them at size).
+    Upright (EXIF orientation applied) as `stma segment` reads frames; DAVIS JPEGs carry no orientation."""
     h, w = size
-    return np.asarray(Image.open(path).convert("RGB").resize((w, h), Image.BILINEAR))
+    return np.asarray(open_upright(path).convert("RGB").resize((w, h), Image.BILINEAR))
 
 
 def resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stma_core.io.frames import open_upright
 from stma_core.training.feature_cache import frame_paths
 
 
@@ -107,7 +108,7 @@ def _load_object(pair: StillPair, size: tuple[int, int], gen: np.random.Generato
     if not present:
         return None
     mask = ids == present[int(gen.integers(len(present)))]
-    image = np.asarray(Image.open(pair.image).convert("RGB").resize((w, h), Image.BILINEAR))
+    image = np.asarray(open_upright(pair.image).convert("RGB").resize((w, h), Image.BILINEAR))  # EXIF-turned, as shown
     return image, mask
 
 
