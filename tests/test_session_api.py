@@ -202,6 +202,35 @@ def test_a_frame_of_another_size_mid_video_is_refused():
         session.add_mask(-1, mask)
 
 
+def test_removed_objects_free_their_memory():
+    """An annotation tool adds an object and the user deletes it on the next frame, again and again: each
+    new object pinned its arrival frame in both memories, and removing it left the pin, so memory grew
+    with every add/remove (README: memory does not grow with video length). Removal frees the pins;
+    with no object left the temporal memory is empty."""
+    config = InferenceConfig(size=64, spatial_capacity=2, spatial_every=1, temporal_capacity=3, temporal_every=1)
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), config)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(4)]
+    kept = np.zeros((64, 96), np.uint8)
+    kept[10:40, 10:50] = 1
+    sizes = []
+    for t in range(30):
+        extra = None
+        if t % 2 == 0 and t:  # a new object on every other frame, removed right after that frame
+            extra = np.zeros((64, 96), np.uint8)
+            extra[40:60, 60:90] = 2 + t
+        session.step(frames[t % 4], kept if t == 0 else extra)
+        if extra is not None:
+            session.remove_objects([2 + t])
+        sizes.append((len(session.spatial), len(session.temporal)))
+    assert session.objects.user_ids == [1]
+    # frame 0 pinned for object 1, plus the FIFO / least-used entries within their capacities
+    assert max(s for s, _ in sizes[5:]) == 1 + 2 and max(t for _, t in sizes[5:]) == 1 + 3, sizes
+    assert session.spatial.pinned_frames == [0] and [e.frame for e in session.temporal.entries if e.pinned] == [0]
+    session.remove_objects([1])
+    assert len(session.temporal) == 0 and len(session.spatial.pinned) == 0 and len(session.spatial) <= 2
+
+
 def test_pil_images_are_frames():
     from PIL import Image
 

@@ -118,6 +118,9 @@ class VideoSession:
         they stay in `objects.user_ids` order."""
         gone = self.objects.remove([int(i) for i in ids])
         self.temporal.remove_objects(gone)
+        if gone:  # the frames pinned for objects no longer tracked are freed: memory stays bounded
+            self.temporal.release(self.objects.groups)
+            self.spatial.unpin({g.frame for g in self.objects.groups})
         if self.probabilities is not None and gone:
             rows = [i + 1 for i in gone]
             keep = [r for r in range(self.probabilities.shape[0]) if r not in rows]
@@ -343,7 +346,7 @@ class VideoSession:
             self.temporal.add(key, values.flatten(3), pin=pin, frame=t, correction=correction and not pin)
             self._last_temporal = t
         if pin or correction or t - self._last_spatial >= cfg.spatial_every:
-            self.spatial.add(frame.tokens, pin=pin, correction=correction and not pin)
+            self.spatial.add(frame.tokens, pin=pin, correction=correction and not pin, frame=t)
             self._last_spatial = t
 
 

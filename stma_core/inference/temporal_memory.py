@@ -53,12 +53,30 @@ class TemporalMemory:
                 if entry.correction:
                     entry.correction = entry.pinned = False
         self.entries.append(_Entry(key, value, pin or correction, frame, correction))
+        self._evict()
+        self.version += 1
+
+    def _evict(self) -> None:
+        """Over capacity, the unpinned entry used least per read goes (least-frequently-used)."""
         unpinned = [e for e in self.entries if not e.pinned]
         while len(unpinned) > self.capacity:
             # the newest entry stays, unless the capacity is 0 (first-appearance frames only)
             victim = min(unpinned[:-1] or unpinned, key=lambda e: e.frequency)
             self.entries.remove(victim)
             unpinned.remove(victim)
+
+    def release(self, groups: list[ObjectGroup]) -> None:
+        """After objects were removed: entries memorized before the earliest remaining group arrived are
+        read by no group (each reads from its own arrival on) and go; pins of frames where no remaining
+        group arrived are released (the entry stays, evicted as any other). No groups: memory empties."""
+        arrivals = {g.frame for g in groups}
+        earliest = min(arrivals, default=None)
+        kept = [e for e in self.entries if earliest is not None and e.frame >= earliest]
+        for entry in kept:
+            if entry.pinned and not entry.correction and entry.frame not in arrivals:
+                entry.pinned = False
+        self.entries = kept
+        self._evict()
         self.version += 1
 
     def read(self, groups: list[ObjectGroup]) -> tuple[torch.Tensor, list[MemoryGroup]]:
