@@ -39,7 +39,9 @@ def train(
                                         "section), or static|main to override the config's `stage`."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this model.safetensors "
                                              "(e.g. the static stage's); overrides the config's init_from."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state.pt exactly where it stopped."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state.pt exactly where it stopped, "
+                                "with the run's config (only steps, log_every, checkpoint_every, threads, "
+                                "data_threads may change) and data."),
     until: Optional[int] = typer.Option(None, "--until", help="Stop after this step (resume later with --resume)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-time budget in minutes for the "
                                                 "steps (data loading not counted): stop at the end of the step "

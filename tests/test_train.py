@@ -662,7 +662,7 @@ def test_every_annotation_is_checked_up_front(tmp_path: Path) -> None:
         (root / "Annotations" / "480p" / "seq" / f"0000{i}.png").unlink()
     result = train("--config", write_config(tmp_path / "c.yaml", **SMALL), "--data", root, "--out", tmp_path / "o")
     assert_bad_input(result, f"{root / 'Annotations' / '480p' / 'seq' / '00002.png'}: missing annotation",
-                     "2 of the split's frames")
+                     "2 frame(s) of the split without a mask")
 
 
 @pytest.mark.parametrize("rgb_frame", [0, 2])

@@ -58,8 +58,8 @@ def check_sequences(root: Path, names: list[str], split_file: Path, every_mask: 
                                  f"listed in {split_file.name}; fix the split or the data root")
         missing += [m for m in (masks if every_mask else masks[:1]) if not m.is_file()]
     if missing:
-        raise StmaInputError(f"{missing[0]}: missing annotation ({len(missing)} of the split's frames have no mask "
-                             "under Annotations/480p); training needs every frame's mask (sparsely annotated "
+        raise StmaInputError(f"{missing[0]}: missing annotation ({len(missing)} frame(s) of the split without a "
+                             "mask under Annotations/480p); training needs every frame's mask (sparsely annotated "
                              "data such as YouTube-VOS train: keep only annotated frames in JPEGImages)")
     for name in names:  # headers only: cheap for a whole data set
         for mask in frame_paths(root, name)[1]:
