@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -729,3 +730,16 @@ def test_missing_split_says_how_to_make_one(tmp_path: Path) -> None:
     missing = write_config(tmp_path / "m.yaml", **SMALL, split=str(tmp_path / "nope.txt"))
     assert_bad_input(train("--config", missing, "--data", root, "--out", tmp_path / "o2"),
                      "nope.txt: split file not found")
+
+
+def test_resume_of_a_run_saved_before_a_setting_existed(tmp_path: Path) -> None:
+    """A train_config.json without a key added later (its default then) is not a changed config."""
+    from stma_core.training.run import check_resumed_config
+
+    cfg = load_train_config(write_config(tmp_path / "c.yaml", **SMALL))
+    saved = json.loads(json.dumps(asdict(cfg)))
+    del saved["static_region_prob"]
+    check_resumed_config(tmp_path, saved, asdict(cfg))
+    saved["static_region_prob"] = 0.5
+    with pytest.raises(Exception, match=r"static_region_prob \(0.5 -> 0.0\)"):
+        check_resumed_config(tmp_path, saved, asdict(cfg))

@@ -19,6 +19,7 @@ from stma_core.io.atomic import atomic_write_text
 from stma_core.io.text import read_split_names
 from stma_core.model.lite_backbone import LiteTrunk
 from stma_core.training import distributed
+from stma_core.training.config import TrainConfig
 from stma_core.training.config_io import load_train_config
 from stma_core.training.feature_cache import (build_cache, changed_sequences, check_sequences, data_record,
                                               load_cache)
@@ -55,8 +56,9 @@ DATA_RECORD = "train_data.json"
 def _comparable(config: dict) -> dict:
     """A train_config.json mapping with the keys --resume may change dropped, the others as JSON gives them
     (tuples as lists) and folder paths resolved (a relative --static-images from another directory is the same)."""
-    out = json.loads(json.dumps(config))
-    for key in (*RESUME_MAY_CHANGE, "init_from"):  # init_from: checked on its own, with its own message
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))  # keys a run saved before they existed
+    out = {**defaults, **json.loads(json.dumps(config))}
+    for key in (*RESUME_MAY_CHANGE, "init_from", "model"):  # init_from, model: checked on their own
         out.pop(key, None)
     for key in ("static_images", "static_masks"):
         if out.get(key):
@@ -70,8 +72,7 @@ def check_resumed_config(out: Path, saved: dict, cfg_dict: dict) -> None:
     before, now = _comparable(saved), _comparable(cfg_dict)
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:
-        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" if k != "model" else "model"
-                          for k in changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
         raise StmaInputError(f"{out}: --resume with another config than the run started with: {shown}; resume "
                              f"with the run's settings ({out / 'train_config.json'}; only "
                              f"{', '.join(RESUME_MAY_CHANGE)} may change) or start a new --out")
