@@ -72,7 +72,7 @@ def check_resumed_config(out: Path, saved: dict, cfg_dict: dict) -> None:
     before, now = _comparable(saved), _comparable(cfg_dict)
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:
-        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
+        shown = short_list([f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed], 6)
         raise StmaInputError(f"{out}: --resume with another config than the run started with: {shown}; resume "
                              f"with the run's settings ({out / 'train_config.json'}; only "
                              f"{', '.join(RESUME_MAY_CHANGE)} may change) or start a new --out")
