@@ -16,6 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from stma_cli._common import check_device, check_output_dir, fail, info, stderr_console
 from stma_core.errors import StmaInputError
 
+UNFINISHED = 3  # exit code of a run stopped by --max-minutes before its last step (state saved; --resume)
+
 
 def _device(name: str) -> str:
     """The one device resolver (stma_core.device): auto, cpu, cuda, cuda:N, mps; under torchrun cuda:LOCAL_RANK."""
@@ -37,19 +39,23 @@ def train(
                                         "section), or static|main to override the config's `stage`."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this model.safetensors "
                                              "(e.g. the static stage's); overrides the config's init_from."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state.pt exactly where it stopped."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state.pt exactly where it stopped, "
+                                "with the run's config (only steps, log_every, checkpoint_every, threads, "
+                                "data_threads may change) and data."),
     until: Optional[int] = typer.Option(None, "--until", help="Stop after this step (resume later with --resume)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-time budget in minutes for the "
                                                 "steps (data loading not counted): stop at the end of the step "
                                                 "that passes it, saving state and model like --until; "
-                                                "--resume continues exactly."),
+                                                "--resume continues exactly. A run stopped by the budget before "
+                                                "its last step exits with code 3 and says so on stderr (also "
+                                                "with --quiet)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where cached trunk features go (default OUT/cache)."),
     static_images: Optional[Path] = typer.Option(None, "--static-images", help="Static stage: a folder of still "
                                                  "images (e.g. DUTS-TR-Image) instead of DAVIS frames."),
     static_masks: Optional[Path] = typer.Option(None, "--static-masks", help="Static stage: their masks, same file "
                                                 "names as .png (palette/id or soft grey, cut at 128)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or notes (an unfinished run's line stays)."),
 ) -> None:
     """Train STMA: stage static (synthetic clips from stills) or main (video clips), in DAVIS layout."""
     from stma_core.training import distributed
@@ -111,8 +117,10 @@ def train(
                 finished = trainer.run(until=total, on_step=on_step, deadline=deadline)
     finally:
         distributed.shutdown()
-    if rank.is_main and not finished and not quiet:
-        info(err, f"time budget of {max_minutes:g} min used up at step {trainer.step}/{total}; state saved, "
-                  "continue with --resume")
+    if rank.is_main and not finished:  # also with --quiet: the run is unfinished (and exit code 3 says so)
+        info(err, f"note: unfinished: time budget of {max_minutes:g} min used up at step {trainer.step}/{total}; "
+                  "state and model saved, continue with --resume")
     if rank.is_main:
         typer.echo(str(out / "model.safetensors"))
+    if not finished:
+        raise typer.Exit(UNFINISHED)

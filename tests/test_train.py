@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -180,9 +181,12 @@ def test_time_budget_stops_and_resumes_exactly(tiny_davis: Path, cache_dir: Path
     straight = train("--config", config, "--out", tmp_path / "straight", *common, "--quiet")
     assert straight.exit_code == 0, straight.output
     out = tmp_path / "budget"
-    stopped = train("--config", config, "--out", out, *common, "--max-minutes", "0.000001")
-    assert stopped.exit_code == 0, stopped.output
-    assert "time budget of 1e-06 min used up at step 1/4" in stopped.stderr
+    stopped = train("--config", config, "--out", out, *common, "--max-minutes", "0.000001", "--quiet")
+    # unfinished: exit 3 and one line, also with --quiet (before: exit 0 and, with --quiet, nothing)
+    assert stopped.exit_code == 3, stopped.output
+    assert stopped.stderr.splitlines() == ["note: unfinished: time budget of 1e-06 min used up at step 1/4; "
+                                           "state and model saved, continue with --resume"]
+    assert stopped.stdout.strip() == str(out / "model.safetensors")
     assert torch.load(out / "state.pt", weights_only=True)["step"] == 1
     assert load_model(out / "model.safetensors")[2]["train_step"] == "1"
     assert [r["step"] for r in log_records(out)] == [1] and "it_per_s" in log_records(out)[0]
@@ -312,7 +316,7 @@ def test_trunk_top_lr_trains_only_the_top_stages(tiny_davis: Path, cache_dir: Pa
     frozen = write_config(tmp_path / "frozen.yaml")
     result = train("--config", frozen, "--data", tiny_davis, "--out", tmp_path / "split", "--cache-dir", cache_dir,
                    "--resume", "--device", "cpu")
-    assert_bad_input(result, "split", "trunk_top_lr 0.001")
+    assert_bad_input(result, "split", "trunk_top_lr (0.001 -> 0.0)", "start a new --out")
 
 
 def test_a_fine_tune_keeps_its_starting_models_recommended_settings(tiny_davis: Path, cache_dir: Path,
@@ -464,3 +468,278 @@ def test_upscaled_cache_masks_keep_ids_and_follow_the_true_outline() -> None:
     assert iou(smooth) > iou(stairs) > 0.9
     assert np.array_equal(resize_ids(small, (288, 512)), small)
     assert np.array_equal(resize_ids(truth, (288, 512)), small)
+
+
+# ---- what training reads: objects, void, annotations, frame order, cache and resume records ------
+
+SMALL = {**TINY, "frame_size": [64, 160], "crop": [64, 160], "steps": 3, "checkpoint_every": 1}
+
+
+def write_sequence(root: Path, name: str, masks: list[np.ndarray], names: list[str] | None = None,
+                   mode: str = "P") -> None:
+    """A DAVIS-layout sequence: noise JPEG frames and the given id masks (palette PNGs by default;
+    mode "L" grayscale, "RGB" the DAVIS colours as an RGB image); frames named 00000.. unless `names`."""
+    from stma_core.io.palette import DAVIS_PALETTE, DAVIS_PALETTE_FLAT
+
+    rng = np.random.default_rng(len(name))
+    images, annotations = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
+    images.mkdir(parents=True, exist_ok=True)
+    annotations.mkdir(parents=True, exist_ok=True)
+    for i, ids in enumerate(masks):
+        stem = names[i] if names else f"{i:05d}"
+        Image.fromarray(rng.integers(0, 255, (*ids.shape, 3), dtype=np.uint8)).save(images / f"{stem}.jpg")
+        if mode == "P":
+            image = Image.fromarray(ids.astype(np.uint8), "P")
+            image.putpalette(DAVIS_PALETTE_FLAT)
+        elif mode == "RGB":
+            image = Image.fromarray(DAVIS_PALETTE[ids].astype(np.uint8))
+        else:
+            image = Image.fromarray(ids.astype(np.uint8), "L")
+        image.save(annotations / f"{stem}.png")
+
+
+def write_split(root: Path, *names: str) -> None:
+    (root / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "2017" / "train.txt").write_text("\n".join(names) + "\n")
+
+
+def two_objects_with_void(frames: int = 6) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """64x160 id masks: objects 1 and 2 on every frame (1 ringed by void 255, as DAVIS 2017 outlines
+    objects), object 3 only from frame 3 on. Returns the masks and each region."""
+    regions = {name: np.zeros((64, 160), bool) for name in ("one", "void", "two", "three")}
+    regions["void"][8:40, 8:56] = True
+    regions["one"][10:38, 10:54] = True
+    regions["void"] &= ~regions["one"]
+    regions["two"][20:56, 80:120] = True
+    regions["three"][44:60, 130:156] = True
+    masks = []
+    for t in range(frames):
+        ids = np.zeros((64, 160), np.uint8)
+        ids[regions["void"]], ids[regions["one"]], ids[regions["two"]] = 255, 1, 2
+        if t >= 3:
+            ids[regions["three"]] = 3
+        masks.append(ids)
+    return masks, regions
+
+
+def test_davis16_clips_are_the_ones_sampled_before_objects_were_told_apart(davis16: Path, tmp_path: Path) -> None:
+    """DAVIS 2016 (one object, id 1, every frame annotated) draws the same random numbers and gets the same
+    clips as before clips followed one object id: documented runs reproduce. The hashes and the next random
+    number were computed with the code before that change (main at 5687741) from these inputs."""
+    import hashlib
+    import random
+
+    from stma_core.training.cached_data import sample_clip
+    from stma_core.training.feature_cache import build_cache, load_cache
+
+    root = make_tiny_davis(davis16, tmp_path / "davis")
+    build_cache(root, list(SEQUENCES), tmp_path / "cache", size=(96, 176))
+    seqs = load_cache(tmp_path / "cache", list(SEQUENCES))
+    rng = random.Random(0)
+    hashes = []
+    for i in range(8):
+        clip = sample_clip(seqs, 3, (64, 128), 3, 1 + i % 2, rng)
+        hashes.append(hashlib.sha1(clip.masks.to(torch.uint8).numpy().tobytes()).hexdigest()[:12])
+    assert hashes == ['5e7833c4c427', '53896ea545e4', '622e42fe34a2', '518b0c4d7aac', '008b9670d8fe',
+                      '467f0ebc18aa', '29935c3b0788', 'f9347e8822e3']
+    assert rng.random() == 0.3243248433827095
+
+
+def test_a_clip_follows_one_object_given_on_its_first_frame(tmp_path: Path) -> None:
+    """Before, targets were `masks > 0`: void became object, objects 1 and 2 merged into one target, and
+    object 3 was a target before it appeared. Now each clip's target is exactly one of the objects present
+    on its first frame (both get picked), void is background, and multi-object clips keep working."""
+    import random
+
+    from stma_core.training.cached_data import sample_clip
+    from stma_core.training.feature_cache import build_cache, load_cache
+
+    masks, regions = two_objects_with_void()
+    root = tmp_path / "davis17"
+    write_sequence(root, "pair", masks)
+    build_cache(root, ["pair"], tmp_path / "cache", size=(64, 160))
+    seq = load_cache(tmp_path / "cache", ["pair"])[0]
+    assert sorted(torch.unique(seq.masks).tolist()) == [0, 1, 2, 3]  # void read as background
+    allowed = {k: torch.from_numpy(regions[k]).float() for k in ("one", "two", "three")}
+    allowed |= {f"{k} flipped": v.flip(-1) for k, v in list(allowed.items())}
+    rng = random.Random(1)
+    followed = []
+    for n_obj in (1,) * 12 + (2,) * 6:
+        clip = sample_clip([seq], 3, (64, 160), 3, n_obj, rng)
+        for i in range(n_obj):
+            part = clip.masks[:, i, :, i * 160:(i + 1) * 160]
+            assert clip.masks[:, i].sum() == part.sum()  # each object in its own half
+            # the first frame's target is one whole object; later frames that object or nothing (3 may leave
+            # in a reversed clip), never another object
+            match = [k for k, v in allowed.items() if torch.equal(part[0], v)
+                     and all(torch.equal(part[t], v) or not part[t].any() for t in range(3))]
+            assert len(match) == 1, (n_obj, i, part.sum())
+            followed.append(match[0].split()[0])
+    assert {"one", "two"} <= set(followed), followed
+
+
+def test_original_davis16_masks_0_255_are_object_1(tmp_path: Path) -> None:
+    """Grayscale 0/255 masks (the original DAVIS 2016 release) have no ids but 255: there, as in the
+    evaluator, 255 is the object, not void (which would leave nothing to train on)."""
+    from stma_core.training.feature_cache import build_cache, load_cache
+
+    masks, regions = two_objects_with_void(3)
+    binary = [np.where(regions["two"], 255, 0).astype(np.uint8) for _ in masks]
+    write_sequence(tmp_path / "d16", "gray", binary, mode="L")
+    build_cache(tmp_path / "d16", ["gray"], tmp_path / "cache", size=(64, 160))
+    seq = load_cache(tmp_path / "cache", ["gray"])[0]
+    assert torch.equal(seq.masks, torch.from_numpy(np.stack([regions["two"]] * 3)).to(torch.uint8))
+
+
+def test_cache_of_another_dataset_or_changed_annotations_is_rebuilt(tmp_path: Path) -> None:
+    """The cache folder is named after the data folder: run B (another `davis` folder) used to train on
+    run A's cached masks. The cache now records its data root and file fingerprints and rebuilds, with a
+    note, what does not match; an unchanged cache is reused silently."""
+    masks, regions = two_objects_with_void(3)
+    only_two = [np.where(m == 2, 2, 0).astype(np.uint8) for m in masks]
+    a, b = tmp_path / "A" / "davis", tmp_path / "B" / "davis"
+    write_sequence(a, "seq", masks)
+    write_sequence(b, "seq", only_two)
+    for root in (a, b):
+        write_split(root, "seq")
+    config, cache = write_config(tmp_path / "c.yaml", **SMALL), tmp_path / "cache"
+    notes: list[str] = []
+    first = prepare_trainer(config, a, tmp_path / "runA", cache_dir=cache, log=notes.append)
+    assert sorted(torch.unique(first.data[0].masks).tolist()) == [0, 1, 2]
+    assert not any("rebuilding" in n for n in notes)
+    second = prepare_trainer(config, b, tmp_path / "runB", cache_dir=cache, log=notes.append)
+    assert sorted(torch.unique(second.data[0].masks).tolist()) == [0, 2]  # B's masks, not A's
+    assert f"note: the feature cache {cache / 'davis_train_64x160'} was made from {a.resolve()}; rebuilding 1 " \
+           f"sequence(s) (seq) from {b.resolve()}" in notes
+    notes.clear()
+    prepare_trainer(config, b, tmp_path / "runB2", cache_dir=cache, log=notes.append)
+    assert not any("rebuilding" in n for n in notes)
+    edited = only_two[0].copy()
+    edited[:4, :4] = 1
+    write_sequence(b, "seq", [edited, *only_two[1:]])
+    again = prepare_trainer(config, b, tmp_path / "runB3", cache_dir=cache, log=notes.append)
+    assert any("made from other files; rebuilding 1 sequence(s) (seq)" in n for n in notes)
+    assert int(again.data[0].masks[0, :4, :4].sum()) == 16
+
+
+def test_resume_refuses_changed_config_or_data(tmp_path: Path) -> None:
+    """--resume used to accept another lr, frame_size, split... silently and overwrite train_config.json,
+    and to continue on edited annotations. Now both are one line; steps and the operational settings may
+    change."""
+    masks, _ = two_objects_with_void(3)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", **SMALL)
+    common = ("--data", root, "--out", out, "--device", "cpu", "--quiet")
+    assert train("--config", config, *common, "--until", 1).exit_code == 0
+    saved = (out / "train_config.json").read_text()
+    changed = write_config(tmp_path / "changed.yaml", **{**SMALL, "lr": 1e-3, "batch_size": 2})
+    assert_bad_input(train("--config", changed, *common, "--resume"),
+                     f"{out}: --resume with another config", "batch_size (1 -> 2)", "lr (0.0002 -> 0.001)",
+                     "start a new --out")
+    assert (out / "train_config.json").read_text() == saved
+    extended = write_config(tmp_path / "ext.yaml", **{**SMALL, "steps": 4, "log_every": 2, "threads": 0})
+    result = train("--config", extended, *common, "--resume", "--until", 2)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_config.json").read_text())["steps"] == 4
+
+    edited = masks[1].copy()
+    edited[:4, :4] = 2
+    write_sequence(root, "seq", [masks[0], edited, masks[2]])
+    assert_bad_input(train("--config", extended, *common, "--resume"),
+                     "annotations of 1 sequence(s) (seq) changed since the run", "start a new --out")
+
+
+def test_every_annotation_is_checked_up_front(tmp_path: Path) -> None:
+    """A mask missing on a later frame (sparse annotations) was a FileNotFoundError traceback mid-caching:
+    now one line naming the first missing file and how many are missing."""
+    masks, _ = two_objects_with_void(5)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    for i in (2, 4):
+        (root / "Annotations" / "480p" / "seq" / f"0000{i}.png").unlink()
+    result = train("--config", write_config(tmp_path / "c.yaml", **SMALL), "--data", root, "--out", tmp_path / "o")
+    assert_bad_input(result, f"{root / 'Annotations' / '480p' / 'seq' / '00002.png'}: missing annotation",
+                     "2 frame(s) of the split without a mask")
+
+
+@pytest.mark.parametrize("rgb_frame", [0, 2])
+def test_rgb_annotations_are_one_line(tmp_path: Path, rgb_frame: int) -> None:
+    """RGB annotation PNGs were a 'too many values to unpack' traceback; they are read by the evaluator's
+    rule (read_id_mask): palette or grayscale id PNGs, anything else one line, on the first frame before
+    any work, on later ones while caching."""
+    masks, _ = two_objects_with_void(3)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_sequence(tmp_path / "rgb", "seq", masks, mode="RGB")
+    name = f"0000{rgb_frame}.png"
+    (tmp_path / "rgb" / "Annotations" / "480p" / "seq" / name).replace(root / "Annotations" / "480p" / "seq" / name)
+    write_split(root, "seq")
+    result = train("--config", write_config(tmp_path / "c.yaml", **SMALL), "--data", root, "--out", tmp_path / "o",
+                   "--device", "cpu")
+    assert_bad_input(result, f"training annotation {root / 'Annotations' / '480p' / 'seq' / name} is a RGB image",
+                     "palette (P) or grayscale (L) PNG")
+
+
+def test_frames_are_read_in_natural_order(tmp_path: Path) -> None:
+    """Frames 0.jpg..11.jpg were read 0, 1, 10, 11, 2, ... (plain sorted) while `stma segment` reads them
+    in natural order; training now does too, frames and masks alike."""
+    from stma_core.training.feature_cache import build_cache, frame_paths, load_cache
+
+    masks = [np.zeros((64, 160), np.uint8) for _ in range(12)]
+    for i, ids in enumerate(masks):
+        ids[:, : 8 * (i + 1)] = 1  # the object grows with the frame number
+    names = [str(i) for i in range(12)]
+    write_sequence(tmp_path / "d", "seq", masks, names=names)
+    frames, mask_files = frame_paths(tmp_path / "d", "seq")
+    assert [p.stem for p in frames] == names and [p.stem for p in mask_files] == names
+    build_cache(tmp_path / "d", ["seq"], tmp_path / "cache", size=(64, 160))
+    areas = load_cache(tmp_path / "cache", ["seq"])[0].masks.sum((1, 2)).tolist()
+    assert areas == [64 * 8 * (i + 1) for i in range(12)]
+
+
+def test_float_settings_accept_exponents_yaml_reads_as_strings(tmp_path: Path) -> None:
+    """`lr: 1e-4` is a string to YAML 1.1 and was refused as 'not float'; numbers are accepted, words not."""
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-4\nweight_decay: 5e-2\nsteps: 10\n")
+    cfg = load_train_config(path)
+    assert cfg.lr == 1e-4 and cfg.weight_decay == 0.05
+    path.write_text("lr: fast\n")
+    with pytest.raises(Exception, match="`lr: 'fast'` is not float"):
+        load_train_config(path)
+
+
+def test_missing_split_says_how_to_make_one(tmp_path: Path) -> None:
+    """Without ImageSets the error said only 'pass --data with a DAVIS-layout root'; now it says which file
+    to create and how many sequence folders there are, and `split:` may name such a file."""
+    masks, _ = two_objects_with_void(3)
+    root = tmp_path / "mine"
+    for name in ("a", "b"):
+        write_sequence(root, name, masks)
+    config = write_config(tmp_path / "c.yaml", **SMALL)
+    assert_bad_input(train("--config", config, "--data", root, "--out", tmp_path / "o"),
+                     "2 sequence folder(s) found under", "create ImageSets/2017/train.txt listing the sequence "
+                     "folders", "`split:` in the config to such a .txt file")
+    listing = tmp_path / "mine.txt"
+    listing.write_text("b\n")
+    trainer = prepare_trainer(write_config(tmp_path / "s.yaml", **SMALL, split=str(listing)), root, tmp_path / "o")
+    assert [s.name for s in trainer.data] == ["b"]
+    missing = write_config(tmp_path / "m.yaml", **SMALL, split=str(tmp_path / "nope.txt"))
+    assert_bad_input(train("--config", missing, "--data", root, "--out", tmp_path / "o2"),
+                     "nope.txt: split file not found")
+
+
+def test_resume_of_a_run_saved_before_a_setting_existed(tmp_path: Path) -> None:
+    """A train_config.json without a key added later (its default then) is not a changed config."""
+    from stma_core.training.run import check_resumed_config
+
+    cfg = load_train_config(write_config(tmp_path / "c.yaml", **SMALL))
+    saved = json.loads(json.dumps(asdict(cfg)))
+    del saved["static_region_prob"]
+    check_resumed_config(tmp_path, saved, asdict(cfg))
+    saved["static_region_prob"] = 0.5
+    with pytest.raises(Exception, match=r"static_region_prob \(0.5 -> 0.0\)"):
+        check_resumed_config(tmp_path, saved, asdict(cfg))

@@ -81,16 +81,20 @@ class EvalResult:
         return dict(zip(GLOBAL_COLUMNS, ((jm + fm) / 2, jm, jr, jd, fm, fr, fd)))
 
 
-def read_id_mask(path: Path, what: str) -> np.ndarray:
-    """HxW uint8 ids from a palette or grayscale PNG; anything else is a one-line input error."""
+def read_id_mask(path: Path, what: str, header_only: bool = False) -> np.ndarray | None:
+    """HxW uint8 ids from a palette or grayscale PNG; anything else is a one-line input error.
+    `header_only`: only check that the file is such a PNG (no pixels decoded; returns None), so a whole
+    data set can be checked up front cheaply (stma train)."""
     try:
         with Image.open(path) as image:
-            if image.mode == "1":  # a bilevel PNG (some DAVIS 2016 copies, numpy bool arrays saved by PIL)
-                return np.asarray(image, dtype=np.uint8)  # on = object 1
-            if image.mode not in ("P", "L"):
+            if image.mode not in ("P", "L", "1"):
                 raise StmaInputError(
                     f"{what} {path} is a {image.mode} image; save it as a palette (P) or grayscale (L) PNG "
                     "whose pixel values are object ids")
+            if header_only:
+                return None
+            if image.mode == "1":  # a bilevel PNG (some DAVIS 2016 copies, numpy bool arrays saved by PIL)
+                return np.asarray(image, dtype=np.uint8)  # on = object 1
             return np.asarray(image)
     except (UnidentifiedImageError, OSError) as exc:
         raise StmaInputError(f"{what} {path} cannot be read as a PNG ({exc}); rewrite it") from None

@@ -1,8 +1,10 @@
 """Training clips sampled from cached trunk features (see feature_cache.py).
 
 A clip is T frames of one sequence in time order (or reversed), with gaps up to the curriculum's
-current maximum, a random crop aligned to stride 16, and a random horizontal flip. Multi-object
-clips place two sequences side by side, each keeping its own id, as DAVIS 2016 has one object each.
+current maximum, a random crop aligned to stride 16, and a random horizontal flip. A clip follows ONE
+object id present on its first frame (picked at random when there are several, as in DAVIS 2017 or
+YouTube-VOS; other ids, and objects that appear later, are background; void was made background by
+load_cache). Multi-object clips place two sequences side by side, one object each.
 """
 
 from __future__ import annotations
@@ -40,11 +42,23 @@ def _frame_ids(length: int, count: int, max_gap: int, rng: random.Random) -> lis
     return ids
 
 
-def _crop_slice(seq: CachedSequence, ids: list[int], size: tuple[int, int], flip: bool, rng: random.Random):
-    """Crop (H, W) pixels around the first frame's object, aligned to 16; returns maps and binary masks."""
+def _pick_object(first: torch.Tensor, rng: random.Random) -> int:
+    """One object id of a clip's first frame (H, W) ids. With a single id present no random number is drawn,
+    so single-object data (DAVIS 2016) gets exactly the clips it got before objects were told apart. No id at
+    all (20 draws found none): -1, an empty target, never an object before it was given."""
+    present = [i for i in torch.unique(first).tolist() if i != 0]
+    if len(present) <= 1:
+        return present[0] if present else -1
+    return rng.choice(present)
+
+
+def _crop_slice(seq: CachedSequence, ids: list[int], size: tuple[int, int], flip: bool, rng: random.Random,
+                obj: int):
+    """Crop (H, W) pixels around the first frame's object `obj`, aligned to 16; returns maps and its
+    binary masks."""
     full_h, full_w = seq.masks.shape[-2:]
     crop_h, crop_w = size
-    first = seq.masks[ids[0]] > 0
+    first = seq.masks[ids[0]] == obj
     ys, xs = torch.nonzero(first, as_tuple=True)
     if len(xs):
         cy, cx = int(ys.float().mean()), int(xs.float().mean())
@@ -57,7 +71,7 @@ def _crop_slice(seq: CachedSequence, ids: list[int], size: tuple[int, int], flip
     for key, stride in STRIDES.items():
         m = getattr(seq, key)[idx][..., y0 // stride:(y0 + crop_h) // stride, x0 // stride:(x0 + crop_w) // stride]
         maps[key] = m.float()
-    masks = (seq.masks[idx][:, y0:y0 + crop_h, x0:x0 + crop_w] > 0).float()
+    masks = (seq.masks[idx][:, y0:y0 + crop_h, x0:x0 + crop_w] == obj).float()
     if flip:
         maps = {k: v.flip(-1) for k, v in maps.items()}
         masks = masks.flip(-1)
@@ -79,7 +93,9 @@ def sample_clip(seqs: list[CachedSequence], length: int, size: tuple[int, int], 
             ids = ids[::-1]
             if not (seq.masks[ids[0]] > 0).any():
                 ids = ids[::-1]
-        parts.append(_crop_slice(seq, ids, (size[0], part_w), rng.random() < 0.5, rng))
+        flip = rng.random() < 0.5
+        obj = _pick_object(seq.masks[ids[0]], rng)
+        parts.append(_crop_slice(seq, ids, (size[0], part_w), flip, rng, obj))
     maps = {k: torch.cat([p[0][k] for p in parts], -1) for k in STRIDES}
     masks = torch.zeros(length, num_objects, size[0], part_w * num_objects)
     for i, (_, m) in enumerate(parts):

@@ -8,6 +8,7 @@ Values are type-checked here so a typo fails at once with the key's name, not mi
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,13 @@ def _check_scalar(kind: str, value: Any) -> Any:
         return value
     if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if kind == "float" and isinstance(value, str):  # YAML 1.1 reads `lr: 1e-4` (no dot) as a string
+        try:
+            number = float(value)
+        except ValueError:
+            raise TypeError(kind) from None
+        if math.isfinite(number):
+            return number
     if kind == "str" and isinstance(value, str):
         return value
     raise TypeError(kind)

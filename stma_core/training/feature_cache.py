@@ -3,6 +3,10 @@
 With the lite backbone frozen, the trunk's stride-4/8/16 maps of a frame never change during
 training; computing them once turns each step into STML + memory + decoder work only.
 Flip augmentation is applied to the cached maps directly (a close approximation for a conv trunk).
+
+A cache folder records what it was built from (source.json: the resolved data root and, per sequence,
+a fingerprint of its frame and mask files: names, sizes, mtimes), so a folder reused for another
+dataset of the same name, or after annotations changed, is rebuilt instead of silently trained on.
 """
 
 from __future__ import annotations
@@ -10,14 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import hashlib
+import json
+
 import cv2
 import numpy as np
 import torch
 from PIL import Image
 
 from stma_core.errors import StmaInputError
-from stma_core.io.atomic import atomic_write
-from stma_core.io.frames import open_upright
+from stma_core.eval.datasets import short_list
+from stma_core.eval.scoring import read_id_mask
+from stma_core.ids import VOID_ID
+from stma_core.io.atomic import atomic_write, atomic_write_text
+from stma_core.io.frames import natural_key, open_upright
 from stma_core.model.lite_backbone import LiteTrunk
 
 
@@ -33,24 +43,61 @@ class CachedSequence:
         return self.masks.shape[0]
 
 
-def check_sequences(root: Path, names: list[str], split_file: Path) -> None:
-    """Fails early, naming the first sequence of the split that has no frames or no masks."""
+def check_sequences(root: Path, names: list[str], split_file: Path, every_mask: bool = True) -> None:
+    """Fails early (one line): a sequence of the split without frames, a missing annotation (every frame's
+    with `every_mask`, the stage main: it trains on every frame; else the first, as the static stage takes the
+    annotated frames), or one that is not a palette/grayscale id PNG (read_id_mask, the evaluator's rule),
+    before any caching."""
     if not names:
         raise StmaInputError(f"{split_file}: the split lists no sequences; add sequence names, one a line")
+    missing: list[Path] = []
     for name in names:
         frames, masks = frame_paths(root, name)
         if not frames:
             raise StmaInputError(f"{root / 'JPEGImages' / '480p' / name}: no .jpg frames for sequence {name!r} "
                                  f"listed in {split_file.name}; fix the split or the data root")
-        if not masks[0].is_file():
-            raise StmaInputError(f"{masks[0]}: missing annotation of sequence {name!r}; training needs every "
-                                 "frame's mask under Annotations/480p")
+        missing += [m for m in (masks if every_mask else masks[:1]) if not m.is_file()]
+    if missing:
+        raise StmaInputError(f"{missing[0]}: missing annotation ({len(missing)} frame(s) of the split without a "
+                             "mask under Annotations/480p); training needs every frame's mask (sparsely annotated "
+                             "data such as YouTube-VOS train: keep only annotated frames in JPEGImages)")
+    for name in names:  # headers only: cheap for a whole data set
+        for mask in frame_paths(root, name)[1]:
+            if every_mask or mask.is_file():
+                read_id_mask(mask, "training annotation", header_only=True)
 
 
 def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
-    frames = sorted((root / "JPEGImages" / "480p" / name).glob("*.jpg"))
+    """A sequence's .jpg frames in natural order (2.jpg before 10.jpg, as `stma segment` reads them;
+    DAVIS's zero-padded names sort the same either way) and the .png annotation path of each."""
+    frames = sorted((root / "JPEGImages" / "480p" / name).glob("*.jpg"), key=lambda p: natural_key(p.name))
     masks = [root / "Annotations" / "480p" / name / (p.stem + ".png") for p in frames]
     return frames, masks
+
+
+def sequence_fingerprint(root: Path, name: str) -> str:
+    """A cheap fingerprint of a sequence's frame and mask files (names, sizes, mtimes): changes when any
+    is added, removed, replaced or edited, without reading the pixels."""
+    digest = hashlib.sha1()
+    for path in (p for pair in zip(*frame_paths(root, name)) for p in pair):
+        try:
+            stat = path.stat()
+            digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path.name}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+def data_record(root: Path, names: list[str]) -> dict:
+    """What a cache or a run was built from: the resolved data root and each sequence's fingerprint."""
+    return {"data": str(root.resolve()), "sequences": {n: sequence_fingerprint(root, n) for n in names}}
+
+
+def changed_sequences(record: dict, current: dict) -> list[str]:
+    """Sequences of `current` whose data root or files differ from `record`'s."""
+    same_root = record.get("data") == current["data"]
+    old = record.get("sequences", {})
+    return [n for n, fp in current["sequences"].items() if not same_root or old.get(n) != fp]
 
 
 def read_resized_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -76,22 +123,42 @@ def resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return values[soft.argmax(0)].astype(ids.dtype)
 
 
+SOURCE_FILE = "source.json"
+
+
 @torch.inference_mode()
 def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] = (288, 512),
                 batch: int = 8, progress=None, variant: str = "lite0",
-                device: str | torch.device = "cpu") -> None:
+                device: str | torch.device = "cpu", note=None) -> None:
     """Encodes every frame of `names` at `size` (H, W) on `device` and writes one .pt file (CPU tensors)
-    per sequence in `out`."""
-    trunk = LiteTrunk(variant).eval().to(device)
+    per sequence in `out`. A sequence already cached from the same data root and files is kept; one cached
+    from other files (another dataset, edited annotations, or a cache without a record) is rebuilt, and
+    `note` is told so. Masks are read as the evaluator reads them (read_id_mask)."""
     out.mkdir(parents=True, exist_ok=True)
+    source = out / SOURCE_FILE
+    current = data_record(root, names)
+    record = json.loads(source.read_text()) if source.is_file() else {}
+    changed = [n for n in changed_sequences(record, current) if (out / f"{n}.pt").exists()]
+    if changed and note:
+        made = (f"from {record['data']}" if record.get("data") != current["data"] else "from other files") \
+            if record else "without a record of its data (an older stma)"
+        note(f"note: the feature cache {out} was made {made}; rebuilding {len(changed)} sequence(s) "
+             f"({short_list(changed, 4)}) from {current['data']}")
+    kept = {"data": current["data"],
+            "sequences": {n: fp for n, fp in record.get("sequences", {}).items()
+                          if record.get("data") == current["data"] and n not in changed}}
+    trunk = None
     h, w = size
     for name in names:
         target = out / f"{name}.pt"
-        if target.exists():
+        if target.exists() and name not in changed:
+            kept["sequences"][name] = current["sequences"][name]
             continue
+        if trunk is None:
+            trunk = LiteTrunk(variant).eval().to(device)
         image_files, mask_paths = frame_paths(root, name)
         images = [read_resized_frame(p, size) for p in image_files]
-        masks = [resize_ids(np.asarray(Image.open(p)), (h, w)) for p in mask_paths]
+        masks = [resize_ids(read_id_mask(p, "training annotation"), (h, w)) for p in mask_paths]
         maps: dict[str, list[torch.Tensor]] = {"f4": [], "f8": [], "f16": []}
         for i in range(0, len(images), batch):
             x = torch.from_numpy(np.stack(images[i:i + batch])).permute(0, 3, 1, 2).to(device).float() / 255
@@ -100,13 +167,28 @@ def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] =
         data = {k: torch.cat(v) for k, v in maps.items()}
         data["masks"] = torch.from_numpy(np.stack(masks).astype(np.uint8))
         atomic_write(target, lambda tmp: torch.save(data, tmp))
+        kept["sequences"][name] = current["sequences"][name]
+        atomic_write_text(source, json.dumps(kept, indent=1) + "\n")  # after each: an interrupted build resumes
         if progress:
             progress(name, len(images))
+    atomic_write_text(source, json.dumps(kept, indent=1) + "\n")
+
+
+def training_ids(masks: torch.Tensor) -> torch.Tensor:
+    """A sequence's cached id masks (T, H, W) as training targets, by the evaluator's rules: void (255) is
+    background, except in a sequence whose only non-zero value is 255 (original DAVIS 2016 0/255 masks),
+    where 255 is object 1."""
+    void = masks == VOID_ID
+    if not void.any():
+        return masks
+    if not ((masks > 0) & ~void).any():
+        return void.to(torch.uint8)
+    return masks.masked_fill(void, 0)
 
 
 def load_cache(out: Path, names: list[str]) -> list[CachedSequence]:
     seqs = []
     for name in names:
         d = torch.load(out / f"{name}.pt", weights_only=True)
-        seqs.append(CachedSequence(name, d["f4"], d["f8"], d["f16"], d["masks"]))
+        seqs.append(CachedSequence(name, d["f4"], d["f8"], d["f16"], training_ids(d["masks"])))
     return seqs

@@ -6,6 +6,7 @@ All input checks happen here, before any heavy work, so bad input is one clear e
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -13,22 +14,86 @@ import torch
 
 from stma_core.config import ModelConfig, from_dict
 from stma_core.errors import StmaInputError
+from stma_core.eval.datasets import short_list
+from stma_core.io.atomic import atomic_write_text
 from stma_core.io.text import read_split_names
 from stma_core.model.lite_backbone import LiteTrunk
 from stma_core.training import distributed
+from stma_core.training.config import TrainConfig
 from stma_core.training.config_io import load_train_config
-from stma_core.training.feature_cache import build_cache, check_sequences, load_cache
+from stma_core.training.feature_cache import (build_cache, changed_sequences, check_sequences, data_record,
+                                              load_cache)
 from stma_core.training.static_data import list_still_folder, list_still_pairs
 from stma_core.training.trainer import Trainer, cache_trunk_error, trunk_changes
 
 
 def find_split_file(root: Path, split: str) -> Path:
+    """The split file: `split` itself when it names a .txt file (a list of sequence folders, one a line),
+    else ImageSets/2017/<split>.txt or ImageSets/2016/<split>.txt under the data root."""
+    if split.endswith(".txt"):
+        given = Path(split).expanduser()
+        if given.is_file():
+            return given
+        raise StmaInputError(f"{given}: split file not found (the config's `split:`); list the sequence "
+                             "folders of JPEGImages/480p in it, one a line, or set `split:` to a split name")
     for year in ("2017", "2016"):
         candidate = root / "ImageSets" / year / f"{split}.txt"
         if candidate.is_file():
             return candidate
-    raise StmaInputError(f"{root}: no ImageSets/2017/{split}.txt or ImageSets/2016/{split}.txt; "
-                         "pass --data with a DAVIS-layout root")
+    frames = root / "JPEGImages" / "480p"
+    found = sum(1 for p in frames.iterdir() if p.is_dir()) if frames.is_dir() else 0
+    where = f"{found} sequence folder(s) found under {frames}" if found else f"no sequence folders under {frames}"
+    raise StmaInputError(f"{root}: no ImageSets/2017/{split}.txt or ImageSets/2016/{split}.txt ({where}); "
+                         f"create ImageSets/2017/{split}.txt listing the sequence folders to train on, one a line "
+                         "(or set `split:` in the config to such a .txt file)")
+
+
+# settings a resumed run may change: `steps` extends (or shortens) it; the others do not touch what is trained
+RESUME_MAY_CHANGE = ("steps", "log_every", "checkpoint_every", "threads", "data_threads")
+DATA_RECORD = "train_data.json"
+
+
+def _comparable(config: dict) -> dict:
+    """A train_config.json mapping with the keys --resume may change dropped, the others as JSON gives them
+    (tuples as lists) and folder paths resolved (a relative --static-images from another directory is the same)."""
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))  # keys a run saved before they existed
+    out = {**defaults, **json.loads(json.dumps(config))}
+    for key in (*RESUME_MAY_CHANGE, "init_from", "model"):  # init_from, model: checked on their own
+        out.pop(key, None)
+    for key in ("static_images", "static_masks"):
+        if out.get(key):
+            out[key] = str(Path(out[key]).expanduser().resolve())
+    return out
+
+
+def check_resumed_config(out: Path, saved: dict, cfg_dict: dict) -> None:
+    """A resumed run must train what it started to: any changed setting other than RESUME_MAY_CHANGE is one
+    line naming the keys (before, lr or frame_size changes went through and overwrote train_config.json)."""
+    before, now = _comparable(saved), _comparable(cfg_dict)
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        shown = short_list([f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed], 6)
+        raise StmaInputError(f"{out}: --resume with another config than the run started with: {shown}; resume "
+                             f"with the run's settings ({out / 'train_config.json'}; only "
+                             f"{', '.join(RESUME_MAY_CHANGE)} may change) or start a new --out")
+
+
+def check_resumed_data(out: Path, current: dict) -> None:
+    """A resumed run must see the data it started on (train_data.json): another root or edited frames or
+    annotations are one line. Runs from before the record start one."""
+    path = out / DATA_RECORD
+    if not path.is_file():
+        return
+    record = json.loads(path.read_text())
+    if record.get("data") != current["data"]:
+        raise StmaInputError(f"--data {current['data']}: the run in {out} was started on {record.get('data')}; "
+                             "resume with its data, or start a new --out to train on this one")
+    changed = sorted(changed_sequences(record, current) + sorted(set(record.get("sequences", {})) -
+                                                                  set(current["sequences"])))
+    if changed:
+        raise StmaInputError(f"{current['data']}: frames or annotations of {len(changed)} sequence(s) "
+                             f"({short_list(changed, 4)}) changed since the run in {out} started; resume needs "
+                             "the data it started on: restore it, or start a new --out on the changed data")
 
 
 def check_init_trunk(path: Path, variant: str) -> None:
@@ -81,9 +146,8 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
         saved = json.loads((out / "train_config.json").read_text())
         if from_dict(ModelConfig, saved.get("model", {})) != cfg.model:  # from_dict restores tuples
             raise StmaInputError(f"{out}: the run was started with another model config; resume with the same --config")
-        if (saved.get("trunk_top_lr", 0) > 0) != (cfg.trunk_top_lr > 0):
-            raise StmaInputError(f"{out}: the run was started with trunk_top_lr {saved.get('trunk_top_lr', 0)} "
-                                 "(trainable trunk stages or not); resume with the same --config")
+        if state.exists():
+            check_resumed_config(out, saved, asdict(cfg))
     fresh = not (resume and state.exists())
     if not fresh and "init_from" in saved:  # a resumed run continues from its state: keep the record of its start
         recorded = saved["init_from"]
@@ -114,7 +178,14 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
     else:
         split_file = find_split_file(data, cfg.split)
         names = read_split_names(split_file)
-        check_sequences(data, names, split_file)
+        check_sequences(data, names, split_file, every_mask=cfg.stage == "main")
+        record = data_record(data, names)
+        if not fresh:
+            check_resumed_data(out, record)
+        if rank.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / DATA_RECORD, json.dumps({"split": str(split_file.resolve()), **record},
+                                                            indent=1) + "\n")
         if cfg.stage == "static":
             train_data = list_still_pairs(data, names, cfg.static_frame_every)
             if log and rank.is_main:
@@ -122,12 +193,12 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
         else:
             cache = cache_dir or out / "cache"
             variant = "" if cfg.model.lite_variant == "lite0" else f"_{cfg.model.lite_variant}"  # lite0: old name
-            cache = cache / f"{data.name}_{cfg.split}_{cfg.frame_size[0]}x{cfg.frame_size[1]}{variant}"
+            cache = cache / f"{data.name}_{split_file.stem}_{cfg.frame_size[0]}x{cfg.frame_size[1]}{variant}"
             if rank.is_main:
                 if log:
                     log(f"caching trunk features of {len(names)} sequences in {cache}")
                 build_cache(data, names, cache, size=tuple(cfg.frame_size), variant=cfg.model.lite_variant,
-                            device=device)
+                            device=device, note=log)
             distributed.barrier()
             train_data = load_cache(cache, names)
     trainer = Trainer(cfg, train_data, out, device=device, stills=folder_stills if mix else None)
