@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -417,3 +418,33 @@ def test_missing_frame_images_are_reported_before_segmenting(tmp_path: Path) -> 
     result = run("--dataset", "davis17-val", "--root", str(root), "--method", "copy", "--pred-out",
                  str(tmp_path / "p"))
     assert_input_error(result, "no frame images", "jpg/png/webp/tif/bmp", "toy")
+
+
+def test_report_with_unicode_sequence_name_prints_no_python_warning(tmp_path: Path) -> None:
+    """A sequence named chién-犬: matplotlib's raw 'UserWarning: Glyph 29356 ... missing from font' (with
+    its source line) reached stderr; the report is still written, stderr holds only our own lines."""
+    root = _tiny_root(tmp_path / "uni", [f"{i:05d}" for i in range(4)], seq="chién-犬")
+    pred = tmp_path / "pred"
+    report = tmp_path / "report"
+    with warnings.catch_warnings(record=True) as caught:  # pytest would otherwise capture them itself
+        warnings.simplefilter("always")
+        result = run("--dataset", "davis17-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred),
+                     "--report", str(report))
+    assert result.exit_code == 0, result.stderr
+    assert not [w for w in caught if "Glyph" in str(w.message)]
+    assert "Warning" not in result.stderr and "warning" not in result.stderr, result.stderr
+    assert (report / "index.html").is_file() and (report / "assets" / "chién-犬_curves.png").is_file()
+
+
+def test_training_curves_of_a_unicode_run_folder_print_no_python_warning(tmp_path: Path, capfd) -> None:
+    from stma_core.training.curves import write_curves
+
+    run_dir = tmp_path / "犬-run"
+    run_dir.mkdir()
+    (run_dir / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-3}) + "\n"
+                                               for s in range(1, 5)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert write_curves(run_dir / "log.jsonl", run_dir / "curves.png")
+    assert not [w for w in caught if "Glyph" in str(w.message)]
+    assert "Warning" not in capfd.readouterr().err and (run_dir / "curves.png").stat().st_size > 0

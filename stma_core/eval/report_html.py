@@ -31,6 +31,7 @@ from stma_core.eval.scoring import GLOBAL_COLUMNS, EvalResult, ObjectResult, rea
 from stma_core.io.atomic import commit, partial_path, remove_path
 from stma_core.io.frames import natural_key, open_upright
 from stma_core.io.palette import DAVIS_PALETTE
+from stma_core.io.plotting import glyph_warnings_ignored
 from stma_core.io.writers import overlay
 
 WORST_FRAMES = 3
@@ -151,8 +152,9 @@ def _sequence_bars(runs: list[Run], sequences: list[str], path: Path) -> None:
     ax.set_xlabel("J&F mean (%)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    with glyph_warnings_ignored():
+        fig.tight_layout()
+        fig.savefig(path)
     plt.close(fig)
 
 
@@ -174,8 +176,9 @@ def _frame_curves(runs: list[Run], sequence: str, path: Path) -> None:
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
+    with glyph_warnings_ignored():
+        fig.tight_layout()
+        fig.savefig(path)
     plt.close(fig)
 
 
