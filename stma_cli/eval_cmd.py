@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from stma_cli import _settings
 from stma_cli._common import (DEVICES, check_device, check_output_dir, fail, frame_progress, info, stderr_console,
-                              warn)
+                              note_run_folder, warn)
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
                                      resolve_root, resolve_split, short_list)
@@ -86,6 +86,8 @@ def _make_factory(method: str, checkpoint: Optional[Path], device: str, settings
 def _segment(spec: DatasetSpec, root: Path, sequences: list[str] | None, method: str, checkpoint: Optional[Path],
              device: str, settings: dict[str, Any], pred_out: Path, quiet: bool, console: Console,
              davis2016: bool = False) -> Path:
+    if method == "stma":
+        note_run_folder(checkpoint, quiet, console)
     make = _make_factory(method, checkpoint, device, settings)
     with frame_progress(console, disable=quiet) as progress:
         sink = _RichFrames(progress, f"{spec.name}/{method}", console, quiet)

@@ -25,7 +25,8 @@ from rich.table import Table
 
 from stma_cli import _settings
 from stma_cli._common import (DEVICES, EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
-                              info, one_line, print_error, stderr_console, stdout_closed, warn)
+                              info, note_run_folder, one_line, print_error, stderr_console, stdout_closed,
+                              warn)
 from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
@@ -517,6 +518,7 @@ def segment(
     device = check_device(device)  # a wrong --device is a mistake whatever the method
     if method == "stma" and engine == "torch":
         device = _resolve_device(device)
+        note_run_folder(checkpoint, quiet)
     extras = dataclasses.replace(_check_extras(start, end, stride, fps, objects, overlay_alpha, overlay_style,
                                                labels, alpha_codec), size=size if method == "stma" else None)
     if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
