@@ -1,7 +1,7 @@
 """`stma export`: the model as stateless ONNX or TorchScript graphs plus manifest.json.
 
     stma export --format onnx --out export/ [--checkpoint FILE] [--size 480 854] [--objects 5]
-    stma segment --engine onnx --onnx-dir export/ ...
+    stma segment --engine onnx --export-dir export/ ...     (--engine torchscript for --format torchscript)
 
 Graphs: frame (image -> tokens, f16, f8, f4), value_<n> (features + n masks -> ID values) and
 step_<n> (STML + memory readout + decoder at fixed memory sizes -> probabilities, key, usage) for
