@@ -62,7 +62,7 @@ def test_onnx_engine_needs_an_export_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["segment", str(EXAMPLES / "car-shadow.mp4"), "--mask",
                                       str(EXAMPLES / "car-shadow_mask.png"), "--engine", "onnx",
                                       "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "--onnx-dir" in result.output
+    assert result.exit_code == 2 and "pass --export-dir" in result.output
 
 
 @pytest.fixture(scope="module")
