@@ -182,3 +182,12 @@ def frame_progress(console: Console, disable: bool) -> Progress:
         console=console, disable=disable or not console.is_terminal,
         redirect_stdout=sys.stdout.isatty(),  # results piped from stdout must not be diverted to stderr
     )
+
+
+def note_run_folder(checkpoint: Path | None, quiet: bool, console: Console | None = None) -> None:
+    """Says which file a `--checkpoint RUN` folder stands for (the loaders take RUN/model.safetensors)."""
+    from stma_core.checkpoint import RUN_MODEL
+
+    if checkpoint is not None and not quiet and checkpoint.is_dir() and (checkpoint / RUN_MODEL).is_file():
+        info(console or stderr_console(), f"note: --checkpoint {checkpoint} is a run folder: using "
+                                          f"{checkpoint / RUN_MODEL}")

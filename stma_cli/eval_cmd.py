@@ -19,7 +19,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stma_cli import _settings
-from stma_cli._common import DEVICES, check_device, check_output_dir, fail, frame_progress, info, stderr_console
+from stma_cli._common import (DEVICES, check_device, check_output_dir, fail, frame_progress, info, stderr_console,
+                              note_run_folder, warn)
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
                                      resolve_root, resolve_split, short_list)
@@ -85,6 +86,8 @@ def _make_factory(method: str, checkpoint: Optional[Path], device: str, settings
 def _segment(spec: DatasetSpec, root: Path, sequences: list[str] | None, method: str, checkpoint: Optional[Path],
              device: str, settings: dict[str, Any], pred_out: Path, quiet: bool, console: Console,
              davis2016: bool = False) -> Path:
+    if method == "stma":
+        note_run_folder(checkpoint, quiet, console)
     make = _make_factory(method, checkpoint, device, settings)
     with frame_progress(console, disable=quiet) as progress:
         sink = _RichFrames(progress, f"{spec.name}/{method}", console, quiet)
@@ -127,7 +130,7 @@ def evaluate(
     pred_out: Optional[Path] = typer.Option(None, "--pred-out", help="Where --dataset writes predictions (kept; default out/eval/<dataset>-<method>)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the CSVs (default: the prediction folder); existing CSVs are replaced."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr (warnings and errors stay)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Scoring threads (default: one per CPU)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report folder (index.html + PNGs; opens without a server)."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="Second prediction folder, scored on the same split and shown beside the first (table and --report)."),
@@ -213,6 +216,8 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
     result = _score(pred, gt_root, split_arg, quiet, console, workers)
     global_csv, per_seq_csv = write_csvs(result, out or pred)
     second = _score(compare, gt_root, split_arg, quiet, console, workers) if compare is not None else None
+    for line in result.warnings:  # the GT's, so the same for --compare: said once; kept with --quiet
+        warn(console, line)
     index = None
     if report is not None:
         from stma_core.eval.report_html import Run, write_report
@@ -223,6 +228,8 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
             runs.append(Run(label, second))
         index = write_report(report, runs, overwrite=overwrite)
     if as_json:
+        if result.warnings:
+            extra["warnings"] = list(result.warnings)
         extra["csv"] = {"global": str(global_csv), "per_sequence": str(per_seq_csv)}
         if second is not None:
             extra["compare"] = result_json(second)

@@ -1,7 +1,7 @@
 """`stma export`: the model as stateless ONNX or TorchScript graphs plus manifest.json.
 
     stma export --format onnx --out export/ [--checkpoint FILE] [--size 480 854] [--objects 5]
-    stma segment --engine onnx --onnx-dir export/ ...
+    stma segment --engine onnx --export-dir export/ ...     (--engine torchscript for --format torchscript)
 
 Graphs: frame (image -> tokens, f16, f8, f4), value_<n> (features + n masks -> ID values) and
 step_<n> (STML + memory readout + decoder at fixed memory sizes -> probabilities, key, usage) for
@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperCommand
 
 from stma_cli import _settings
-from stma_cli._common import check_output_dir, fail, info, stderr_console
+from stma_cli._common import check_output_dir, fail, info, note_run_folder, stderr_console
 from stma_core.errors import StmaInputError, StmaOutputError
 
 
@@ -118,6 +118,7 @@ def export(
     if out.exists() and not out.is_dir():
         fail(f"{out}: --out is a file, not a folder; pass --out with a folder path")
     check_output_dir(out.parent if not out.exists() else out)
+    note_run_folder(checkpoint, quiet, console)
     if size is None:
         size = default_export_size(checkpoint)
     try:

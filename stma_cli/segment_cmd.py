@@ -25,7 +25,8 @@ from rich.table import Table
 
 from stma_cli import _settings
 from stma_cli._common import (DEVICES, EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
-                              info, one_line, print_error, stderr_console, stdout_closed, warn)
+                              info, note_run_folder, one_line, print_error, stderr_console, stdout_closed,
+                              warn)
 from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
@@ -463,9 +464,11 @@ def segment(
                                        "segmented too, propagating backwards (baselines run forward only)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes: stdout gets only result paths; warnings and errors stay on stderr."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a batch skips finished videos otherwise)."),
-    engine: str = typer.Option("torch", "--engine", help="torch (PyTorch) or onnx (onnxruntime, needs --onnx-dir)."),
-    onnx_dir: Optional[Path] = typer.Option(None, "--onnx-dir", show_default=False,
-                                            help="Folder written by `stma export --format onnx` (with --engine onnx)."),
+    engine: str = typer.Option("torch", "--engine", help="torch (PyTorch), onnx (onnxruntime) or torchscript: the "
+                                                          "last two run an `stma export` folder (--export-dir)."),
+    onnx_dir: Optional[Path] = typer.Option(None, "--export-dir", "--onnx-dir", show_default=False,
+                                            help="Folder written by `stma export` (with --engine onnx or torchscript, "
+                                                 "as it was exported); --onnx-dir is the older name."),
     start: int = typer.Option(0, "--start", help="First frame to segment (0-based index; a --mask file annotates it)."),
     end: Optional[int] = typer.Option(None, "--end", show_default=False,
                                       help="Frame index to stop before, itself not segmented (--end 10: "
@@ -492,15 +495,18 @@ def segment(
     fmt_list = _parse_formats(formats)
     if method not in METHODS:
         fail(f"--method: unknown method {method!r}; use {', '.join(METHODS)}")
-    if engine not in ("torch", "onnx"):
-        fail(f"--engine: unknown engine {engine!r}; use torch or onnx")
-    if engine == "onnx" and (onnx_dir is None or method != "stma"):
-        fail("--engine onnx: pass --onnx-dir with a `stma export --format onnx` folder (and --method stma)")
-    if engine == "onnx" and checkpoint is not None:
-        fail("--checkpoint: not used with --engine onnx (the export folder holds its model); leave it out, "
+    if engine not in ("torch", "onnx", "torchscript"):
+        fail(f"--engine: unknown engine {engine!r}; use torch, onnx or torchscript")
+    exported = engine != "torch"
+    if exported and (onnx_dir is None or method != "stma"):
+        fail(f"--engine {engine}: pass --export-dir with a `stma export --format {engine}` folder (and --method stma)")
+    if not exported and onnx_dir is not None:  # it would be ignored: the PyTorch model would run instead
+        fail(f"--export-dir {onnx_dir}: pass --engine onnx or --engine torchscript (as it was exported) to run it")
+    if exported and checkpoint is not None:
+        fail(f"--checkpoint: not used with --engine {engine} (the export folder holds its model); leave it out, "
              "or re-export with `stma export --checkpoint FILE`")
-    if engine == "onnx" and device not in ("auto", "cpu"):
-        fail(f"--device: --engine onnx runs on CPU, not {device!r}; use --device cpu (or --engine torch)")
+    if exported and device not in ("auto", "cpu"):
+        fail(f"--device: --engine {engine} runs on CPU, not {device!r}; use --device cpu (or --engine torch)")
     settings = _settings.settings_from_flags(size, top_k, spatial_capacity, spatial_every, temporal_capacity,
                                              temporal_every, kernel_sigma)
     try:
@@ -517,6 +523,7 @@ def segment(
     device = check_device(device)  # a wrong --device is a mistake whatever the method
     if method == "stma" and engine == "torch":
         device = _resolve_device(device)
+        note_run_folder(checkpoint, quiet)
     extras = dataclasses.replace(_check_extras(start, end, stride, fps, objects, overlay_alpha, overlay_style,
                                                labels, alpha_codec), size=size if method == "stma" else None)
     if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
@@ -534,7 +541,8 @@ def segment(
         _refuse(jobs, exc, as_json)
     try:
         _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, settings,
-                  onnx_dir if engine == "onnx" else None, extras=extras, as_json=as_json, direction=way)
+                  onnx_dir if exported else None, extras=extras, as_json=as_json, direction=way,
+                  export_engine=engine)
     finally:
         if created_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that wrote nothing leaves nothing behind
@@ -543,7 +551,7 @@ def segment(
 def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, overwrite: bool, quiet: bool,
               method: str, checkpoint: Path | None, device: str, settings: dict[str, int | None],
               onnx_dir: Path | None = None, extras: Extras | None = None, as_json: bool = False,
-              direction: Direction = Direction.FORWARD) -> None:
+              direction: Direction = Direction.FORWARD, export_engine: str = "onnx") -> None:
     """Runs every job in order, printing result paths as they finish and the batch summary at the end."""
     console = stderr_console()
     first_of: dict[str, Path] = {}
@@ -558,9 +566,9 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
         if not factory:  # the model loads once, and only if a video needs it
             try:
                 if onnx_dir is not None:
-                    from stma_core.inference.onnx_session import make_onnx_propagator_factory
+                    from stma_core.inference.onnx_session import make_export_propagator_factory
 
-                    factory.append(make_onnx_propagator_factory(onnx_dir, **settings))
+                    factory.append(make_export_propagator_factory(onnx_dir, export_engine, **settings))
                 else:
                     factory.append(make_propagator_factory(method, str(checkpoint) if checkpoint else None,
                                                            device, settings=settings))
@@ -666,6 +674,12 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
                           f"{even_size[0]}x{even_size[1]}, not {source.size[0]}x{source.size[1]}: H.264 needs even "
                           "sizes, so the last column/row is repeated (the other outputs keep the input's size)")
         prop = propagator()
+        check = getattr(prop, "check_annotations", None)  # an export's fixed memory: refuse before any frame
+        if check is not None:
+            try:
+                check(list(masks.values()), direction)
+            except StmaInputError as exc:
+                raise StmaInputError(f"{job.path}: {exc}") from exc
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))
         options = dataclasses.replace(extras.options, object_ids=object_ids)  # also the Outcome's object count

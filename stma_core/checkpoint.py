@@ -23,6 +23,7 @@ DEFAULT_CHECKPOINT = WEIGHTS / "stma_lite2_duts_davis16.safetensors"  # the ship
 # the first shipped model (DAVIS only), kept for comparison and the regression fixtures; the default
 # before the current one is stma_lite0_duts_davis16.safetensors in the same folder (docs/MODEL.md)
 PREVIOUS_CHECKPOINT = WEIGHTS / "stma_lite0_davis16.safetensors"
+RUN_MODEL = "model.safetensors"  # what `stma train` saves in its run folder (beside state.pt, the training state)
 
 
 def save_model(network: torch.nn.Module, config: ModelConfig, path: str | Path,
@@ -49,17 +50,46 @@ def recommended_inference(metadata: dict[str, str]) -> dict[str, Any]:
     return {}
 
 
-def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file a user means: a `stma train` run folder stands for its RUN/model.safetensors
+    (the folder is what `stma train --out` was given, so people pass it); anything else is returned as is.
+
+    Every loader goes through here (read_config, load_model), so segment, eval, export and the Python
+    API accept the same paths."""
     path = Path(path)
+    if path.is_dir():
+        model = path / RUN_MODEL
+        if model.is_file():
+            return model
+        raise StmaInputError(f"{path}: a folder, and it holds no {RUN_MODEL}; pass a .safetensors checkpoint "
+                             f"file, or a `stma train` run folder once it has saved {RUN_MODEL} (at its first "
+                             "checkpoint)")
+    return path
+
+
+def _not_safetensors(path: Path, exc: Exception) -> str:
+    """The error for a file that is not safetensors; a run's state.pt names the model file beside it."""
+    beside = path.parent / RUN_MODEL
+    if path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin"):
+        fix = (f"pass {beside}, the model `stma train` saved beside it" if beside.is_file() else
+               f"pass the {RUN_MODEL} `stma train` writes beside state.pt")
+        return (f"{path}: a PyTorch file, not a safetensors model checkpoint (a `stma train` run's state.pt is "
+                f"its training state, for --resume); {fix}")
+    return (f"{path}: not a safetensors checkpoint ({' '.join(str(exc).split())}); pass a {RUN_MODEL} saved by "
+            "`stma train` (or save_model), or its run folder")
+
+
+def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
+    """(ModelConfig, metadata) of a checkpoint file or run folder; one-line input errors otherwise."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
-        raise StmaInputError(f"{path}: checkpoint not found; pass an existing .safetensors file as the "
-                             "checkpoint (checkpoint=..., or --checkpoint)")
+        raise StmaInputError(f"{path}: checkpoint not found; pass an existing .safetensors file or a `stma train` "
+                             "run folder as the checkpoint (checkpoint=..., or --checkpoint)")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise StmaInputError(f"{path}: not a safetensors checkpoint ({exc}); "
-                             "pass a file saved by `stma train` (or save_model)") from exc
+        raise StmaInputError(_not_safetensors(path, exc)) from exc
     if "model_config" not in metadata:
         raise StmaInputError(f"{path}: checkpoint has no model_config metadata; "
                              "pass a file saved by `stma train` (or save_model)")
@@ -67,7 +97,8 @@ def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu"):
-    """-> (network in eval mode, its ModelConfig, metadata dict). path None = the shipped default model.
+    """-> (network in eval mode, its ModelConfig, metadata dict). path None = the shipped default model;
+    a `stma train` run folder = its model.safetensors.
 
     device: a torch.device or a name ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'). Unknown keys in a saved
     ModelConfig (such as `top_k` of older checkpoints, now an InferenceConfig setting) are ignored.
@@ -77,7 +108,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
 
     device = resolve_device(device)
 
-    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    path = resolve_checkpoint(path) if path is not None else DEFAULT_CHECKPOINT
     config, metadata = read_config(path)
     network = STMANetwork(config, pretrained_trunk=False)
     state = load_file(str(path))

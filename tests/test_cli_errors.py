@@ -436,3 +436,58 @@ def test_piping_a_batch_into_head_stops_with_a_message(tmp_path: Path, clips: Pa
     lines = stderr.splitlines()
     assert len(lines) == 1 and "stdout was closed" in lines[0], stderr
     assert not list(out.glob("*.partial")) and (out / "a").is_dir()
+
+
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out as `stma train --out RUN` leaves it: model.safetensors (here the shipped model's
+    weights) beside state.pt, the training state."""
+    from stma_core.checkpoint import DEFAULT_CHECKPOINT
+
+    run_dir = tmp_path_factory.mktemp("run1")
+    shutil.copy(DEFAULT_CHECKPOINT, run_dir / "model.safetensors")
+    torch.save({"step": 3, "model": {}}, run_dir / "state.pt")
+    return run_dir
+
+
+def test_checkpoint_state_pt_names_the_model_beside_it(tmp_path: Path, train_run: Path, davis16_root: Path) -> None:
+    """`--checkpoint RUN/state.pt` said 'not a safetensors checkpoint ... pass a file saved by stma train',
+    although stma train saved it: every command (and the API) now names RUN/model.safetensors."""
+    from stma_core.checkpoint import read_config
+    from stma_core.errors import StmaInputError
+
+    state, model = train_run / "state.pt", train_run / "model.safetensors"
+    for args in (["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o"],
+                 ["eval", "--dataset", "davis16-val", "--root", davis16_root, "--pred-out", tmp_path / "p"],
+                 ["export", "--out", tmp_path / "exp"]):
+        result = run(*args, "--checkpoint", state)
+        lines = result.stderr.splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, (args, result.stderr)
+        assert f"{state}: a PyTorch file" in lines[0] and f"pass {model}" in lines[0] and "--resume" in lines[0]
+    with pytest.raises(StmaInputError, match="pass .*model.safetensors, the model"):
+        read_config(state)
+    empty = tmp_path / "run-empty"
+    empty.mkdir()
+    (empty / "state.pt").write_bytes(b"x")
+    result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o",
+                 "--checkpoint", empty)
+    assert result.exit_code == 2 and "holds no model.safetensors" in result.stderr, result.stderr
+
+
+def test_checkpoint_run_folder_is_its_model(tmp_path: Path, train_run: Path) -> None:
+    """`--checkpoint RUN` (the folder stma train wrote) said 'checkpoint not found'; it now means
+    RUN/model.safetensors, with a note, and gives the same masks as the file itself."""
+    from stma_core import VideoSession
+    from stma_core.checkpoint import load_model, resolve_checkpoint
+
+    common = [EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--size", "128", "--device", "cpu",
+              "--format", "png"]
+    by_folder = run("segment", *common, "--checkpoint", train_run, "--out", tmp_path / "a")
+    by_file = run("segment", *common, "--checkpoint", train_run / "model.safetensors", "--out", tmp_path / "b", "-q")
+    assert by_folder.exit_code == 0 and by_file.exit_code == 0, (by_folder.stderr, by_file.stderr)
+    assert f"note: --checkpoint {train_run} is a run folder: using {train_run / 'model.safetensors'}" in by_folder.stderr
+    a, b = sorted((tmp_path / "a").rglob("*.png")), sorted((tmp_path / "b").rglob("*.png"))
+    assert len(a) == 2 and [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert resolve_checkpoint(train_run) == train_run / "model.safetensors"
+    assert load_model(train_run)[1] == load_model(train_run / "model.safetensors")[1]
+    assert VideoSession.from_pretrained(train_run, device="cpu") is not None

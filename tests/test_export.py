@@ -231,8 +231,17 @@ def test_propagator_reports_what_to_re_export(tiny_checkpoint: Path, tmp_path: P
     propagator.step(frame, first)
     second = first.copy()
     second[40:60, 50:90] = 2  # first given on frame 1: pins a second reference frame
-    propagator.step(frame, second)
-    with pytest.raises(StmaInputError, match="--refs 2"):
+    with pytest.raises(StmaInputError, match="frame 1: objects first given.*re-export with `stma export --refs 2 "
+                                             "--memory-frames 4`"):
+        propagator.step(frame, second)  # refused on the frame that needs the room, before any state changes
+    assert propagator.objects.user_ids == [1]
+    with pytest.raises(StmaInputError, match=r"2 annotated frame\(s\) \(2 giving new objects, 0 correction"):
+        factory().check_annotations([first, second])
+    propagator = factory()  # the engine's own check, should the session's ever miss a case
+    propagator.step(frame, first)
+    propagator.objects.add([2], 1)
+    propagator.spatial.add(propagator.spatial.pinned[0], pin=True)
+    with pytest.raises(StmaInputError, match="needs 2 reference frames .*latest correction.*--refs 2"):
         propagator.step(frame)
     with pytest.raises(StmaInputError, match="capacities"):
         exported_session_factory(tmp_path / "e", config=InferenceConfig(size=64, temporal_capacity=8))

@@ -62,4 +62,84 @@ def test_onnx_engine_needs_an_export_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["segment", str(EXAMPLES / "car-shadow.mp4"), "--mask",
                                       str(EXAMPLES / "car-shadow_mask.png"), "--engine", "onnx",
                                       "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "--onnx-dir" in result.output
+    assert result.exit_code == 2 and "pass --export-dir" in result.output
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny random model exported at 64x112 (car-shadow at --size 64): ONNX with the default memory
+    sizes and with room for a correction, and TorchScript."""
+    import torch
+
+    from stma_core.checkpoint import save_model
+    from stma_core.config import InferenceConfig, ModelConfig
+    from stma_core.export import export_model
+    from stma_core.model.network import STMANetwork
+
+    tiny = ModelConfig(embed_dim=32, stml_depth=1, num_heads=2, key_dim=16, value_dim=32, decoder_dims=(16, 16, 8))
+    root = tmp_path_factory.mktemp("tiny_exports")
+    torch.manual_seed(0)
+    checkpoint = root / "tiny.safetensors"
+    save_model(STMANetwork(tiny, pretrained_trunk=False), tiny, checkpoint, inference=InferenceConfig(size=64, top_k=5))
+    out = {"onnx": root / "onnx", "onnx_room": root / "onnx_room", "torchscript": root / "ts"}
+    export_model(checkpoint, out["onnx"], "onnx", size=(64, 114), objects=1)
+    export_model(checkpoint, out["onnx_room"], "onnx", size=(64, 114), objects=1, refs=4, memory_frames=10)
+    export_model(checkpoint, out["torchscript"], "torchscript", size=(64, 114), objects=1)
+    return out
+
+
+def _corrected_masks(tmp_path: Path) -> Path:
+    """car-shadow's first-frame mask, and a correction of object 1 on frame 5."""
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    mask = (np.asarray(Image.open(EXAMPLES / "car-shadow_mask.png").convert("L")) > 0).astype(np.uint8)
+    Image.fromarray(mask).save(folder / "00000.png")
+    Image.fromarray(np.roll(mask, 4, axis=1)).save(folder / "00005.png")
+    return folder
+
+
+def test_onnx_export_too_small_for_a_correction_is_refused_up_front(tmp_path: Path, tiny_exports) -> None:
+    """A correction on frame 5 stopped an ONNX run after ~9 frames (exit 2) with a message blaming
+    'objects first annotated on later frames'; the annotations are now counted before any frame, the
+    line names corrections and the options to re-export with, and an export with that room runs."""
+    masks = _corrected_masks(tmp_path)
+    clip = EXAMPLES / "car-shadow.mp4"
+    runner = CliRunner()
+    result = runner.invoke(app, ["segment", str(clip), "--mask-dir", str(masks), "--engine", "onnx", "--export-dir",
+                                 str(tiny_exports["onnx"]), "--end", "12", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {clip}: 2 annotated frame(s) (1 giving new objects, "
+                                                   "1 correction(s))"), result.stderr
+    assert "latest correction" in lines[0] and "this export holds 3" in lines[0]
+    assert "re-export with `stma export --refs 4 --memory-frames 10`" in lines[0]
+    assert not (tmp_path / "o").exists()  # refused before any frame was written
+    result = runner.invoke(app, ["segment", str(clip), "--mask-dir", str(masks), "--engine", "onnx", "--onnx-dir",
+                                 str(tiny_exports["onnx_room"]), "--end", "12", "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "o" / "car-shadow").glob("*.png"))) == 12
+
+
+def test_torchscript_export_runs_from_the_cli(tmp_path: Path, tiny_exports) -> None:
+    """--engine torchscript runs a TorchScript export (it used to be refused as 'not onnx', with no CLI way
+    to run it), with the masks of the same model's ONNX export; a mix-up names the right engine."""
+    clip, mask = EXAMPLES / "car-shadow.mp4", EXAMPLES / "car-shadow_mask.png"
+    runner = CliRunner()
+    outs = {}
+    for engine, folder in (("torchscript", tiny_exports["torchscript"]), ("onnx", tiny_exports["onnx"])):
+        result = runner.invoke(app, ["segment", str(clip), "--mask", str(mask), "--engine", engine, "--export-dir",
+                                     str(folder), "--end", "4", "--out", str(tmp_path / engine), "-q", "-f", "prob"])
+        assert result.exit_code == 0, result.output
+        outs[engine] = sorted((tmp_path / engine / "car-shadow.prob" / "1").glob("*.png"))
+    assert len(outs["onnx"]) == 4 and len(outs["torchscript"]) == 4
+    for a, b in zip(outs["torchscript"], outs["onnx"]):  # soft masks of a random model: not all 0 or 255
+        x, y = np.asarray(Image.open(a), np.int16), np.asarray(Image.open(b), np.int16)
+        assert np.abs(x - y).max() <= 2, a.name
+    assert 0 < np.asarray(Image.open(outs["onnx"][-1])).mean() < 255
+    wrong = runner.invoke(app, ["segment", str(clip), "--mask", str(mask), "--engine", "onnx", "--onnx-dir",
+                                str(tiny_exports["torchscript"]), "--out", str(tmp_path / "w")])
+    assert wrong.exit_code == 2 and "this export is torchscript, not onnx; run it with --engine torchscript" in \
+        wrong.stderr, wrong.output
+    ignored = runner.invoke(app, ["segment", str(clip), "--mask", str(mask), "--export-dir",
+                                  str(tiny_exports["onnx"]), "--out", str(tmp_path / "w")])
+    assert ignored.exit_code == 2 and "pass --engine onnx or --engine torchscript" in ignored.stderr, ignored.output

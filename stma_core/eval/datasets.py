@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stma_core.errors import StmaInputError
+from stma_core.io.frames import IMAGE_EXTENSIONS, IMAGE_NAMES, image_files, natural_key
 from stma_core.io.text import read_split_names
 
 DAVIS17_URL = "https://davischallenge.org/davis2017/code.html"
@@ -49,6 +50,8 @@ _DAVIS16_OBTAIN = (f"get DAVIS 2016 from {DAVIS16_URL} in the DAVIS 2017 layout 
                    "Annotations/480p palette PNGs with ids 0/1, ImageSets/2016/{train,val}.txt)")
 _DAVIS17_OBTAIN = f"download DAVIS-2017-trainval-480p.zip from {DAVIS17_URL} and unzip it (the folder holding JPEGImages/)"
 _DAVIS_LAYOUT = "JPEGImages/480p/<seq>/*.jpg, Annotations/480p/<seq>/*.png, ImageSets/<year>/<split>.txt"
+FRAME_NAMES = IMAGE_NAMES
+"""Frame image types a dataset may hold: those `stma segment` reads from a frame folder (DAVIS ships JPEG)."""
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -164,3 +167,33 @@ def is_davis2016_split(root: Path, split: str) -> bool:
 def short_list(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def frame_images(folder: Path) -> list[Path]:
+    """A sequence's frame images in natural order (0.jpg, 2.jpg, 10.jpg), any type `stma segment` reads;
+    [] if the folder is missing. Two files for one frame name are an error (which one would be used?)."""
+    if not folder.is_dir():
+        return []
+    files = image_files(folder)
+    stems = [p.stem for p in files]
+    if len(set(stems)) != len(stems):
+        dup = next(p for p in files if stems.count(p.stem) > 1)
+        raise StmaInputError(f"{folder}: two frame images are named {dup.stem!r} (different extensions); "
+                             "keep one per frame")
+    return files
+
+
+def frame_image(folder: Path, name: str) -> Path | None:
+    """The frame image called NAME (any accepted extension) in FOLDER, or None."""
+    for ext in IMAGE_EXTENSIONS:
+        for suffix in (ext, ext.upper()):
+            path = folder / f"{name}{suffix}"
+            if path.is_file():
+                return path
+    return None
+
+
+def annotation_files(folder: Path) -> list[Path]:
+    """A sequence's annotation PNGs in natural order, as `stma segment` orders frames (zero-padded DAVIS
+    names sort the same either way, so official numbers are unchanged)."""
+    return sorted((p for p in folder.glob("*.png") if not p.name.startswith(".")), key=lambda p: natural_key(p.name))

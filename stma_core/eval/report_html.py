@@ -26,10 +26,12 @@ import numpy as np
 from PIL import Image
 
 from stma_core.errors import StmaOutputError
+from stma_core.eval.datasets import frame_image
 from stma_core.eval.scoring import GLOBAL_COLUMNS, EvalResult, ObjectResult, read_id_mask
 from stma_core.io.atomic import commit, partial_path, remove_path
-from stma_core.io.frames import open_upright
+from stma_core.io.frames import natural_key, open_upright
 from stma_core.io.palette import DAVIS_PALETTE
+from stma_core.io.plotting import glyph_warnings_ignored
 from stma_core.io.writers import overlay
 
 WORST_FRAMES = 3
@@ -81,7 +83,7 @@ def worst_frames(objects: list[ObjectResult], count: int = WORST_FRAMES) -> list
     for obj in objects:
         for name, j, f in zip(obj.frames, obj.j, obj.f):
             per_frame.setdefault(name, []).append((float(j) + float(f)) / 2)
-    order = {name: i for i, name in enumerate(sorted(per_frame))}
+    order = {name: i for i, name in enumerate(sorted(per_frame, key=natural_key))}
     gap = len(order) // (2 * count) if count else 0
     ranked = sorted(((float(np.mean(v)), name) for name, v in per_frame.items()), key=lambda t: (t[0], t[1]))
     picked: list[tuple[str, float]] = []
@@ -115,12 +117,11 @@ def _thumb(image: np.ndarray, path: Path) -> None:
 
 def _read_frame(gt_root: Path, sequence: str, name: str, shape: tuple[int, int]) -> np.ndarray:
     """The RGB frame for a thumbnail, or mid gray when the GT root has no JPEGImages for it."""
-    for ext in (".jpg", ".jpeg", ".png"):
-        path = gt_root / "JPEGImages" / "480p" / sequence / f"{name}{ext}"
-        if path.is_file():
-            rgb = np.asarray(open_upright(path).convert("RGB"))  # upright, as the run read it
-            if rgb.shape[:2] == shape:
-                return rgb
+    path = frame_image(gt_root / "JPEGImages" / "480p" / sequence, name)
+    if path is not None:
+        rgb = np.asarray(open_upright(path).convert("RGB"))  # upright, as the run read it
+        if rgb.shape[:2] == shape:
+            return rgb
     return np.full((*shape, 3), 128, np.uint8)
 
 
@@ -151,8 +152,9 @@ def _sequence_bars(runs: list[Run], sequences: list[str], path: Path) -> None:
     ax.set_xlabel("J&F mean (%)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    with glyph_warnings_ignored():
+        fig.tight_layout()
+        fig.savefig(path)
     plt.close(fig)
 
 
@@ -174,8 +176,9 @@ def _frame_curves(runs: list[Run], sequence: str, path: Path) -> None:
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
+    with glyph_warnings_ignored():
+        fig.tight_layout()
+        fig.savefig(path)
     plt.close(fig)
 
 

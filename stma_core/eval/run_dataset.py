@@ -20,16 +20,15 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 
 from stma_core.errors import StmaInputError, StmaOutputError
-from stma_core.eval.datasets import DAVIS_RESOLUTION, check_davis_root, short_list
+from stma_core.eval.datasets import (DAVIS_RESOLUTION, FRAME_NAMES, annotation_files, check_davis_root, frame_images,
+                                     short_list)
 from stma_core.eval.scoring import VOID_ID, read_id_mask
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import commit, partial_path, remove_path
-from stma_core.io.frames import read_image_frame
+from stma_core.io.frames import natural_key, read_image_frame
 from stma_core.io.masks import keep_new_objects
 from stma_core.io.text import read_user_text
 from stma_core.io.writers import save_palette_png
-
-JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 class FrameProgress(Protocol):
@@ -49,9 +48,6 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
     except OSError as exc:
         raise StmaOutputError(f"cannot write {path} ({exc.strerror}); pass --pred-out with a writable folder") from None
 
-
-def _jpeg_frames(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in JPEG_SUFFIXES) if folder.is_dir() else []
 
 
 def _run_video(frames: list[Path], given: dict[str, np.ndarray], make: Callable[[], Propagator],
@@ -89,7 +85,7 @@ def davis_given_masks(annotation_folder: Path, davis2016: bool = False) -> dict[
 
     davis2016: a sequence whose masks are all 0/255 (the original DAVIS 2016 release) has 255 = object 1.
     """
-    pngs = sorted(annotation_folder.glob("*.png"))
+    pngs = annotation_files(annotation_folder)  # natural order, as frames are fed
     binary255 = davis2016 and bool(pngs) and all(
         set(np.unique(read_id_mask(png, "GT mask")).tolist()) <= {0, VOID_ID} for png in pngs[:1])
 
@@ -109,16 +105,8 @@ def segment_davis(root: Path, sequences: Iterable[str], make: Callable[[], Propa
     annotations = check_davis_root(root)
     images = root / "JPEGImages" / DAVIS_RESOLUTION
     sequences = list(sequences)
-    jobs = []
-    missing = []
-    for seq in sequences:
-        frames = _jpeg_frames(images / seq)
-        if not frames:
-            missing.append(seq)
-        jobs.append((seq, frames))
-    if missing:
-        raise StmaInputError(f"no JPEG frames in {images} for {short_list(missing)}; the dataset needs "
-                             f"JPEGImages/{DAVIS_RESOLUTION}/<sequence>/*.jpg to be segmented")
+    jobs = [(seq, frame_images(images / seq)) for seq in sequences]
+    check_frames_present(images, annotations, jobs)
     if progress is not None:
         progress.begin(sum(len(f) for _, f in jobs))
     for seq, frames in jobs:
@@ -130,6 +118,29 @@ def segment_davis(root: Path, sequences: Iterable[str], make: Callable[[], Propa
             raise StmaInputError(f"GT folder {annotations / seq} has no annotated object to start from; {hint}")
         _run_video(frames, given, make, out_dir / seq, None, seq, progress)
     return out_dir
+
+
+def check_frames_present(images: Path, annotations: Path, jobs: list[tuple[str, list[Path]]]) -> None:
+    """Before anything is segmented: every sequence has frame images and every annotated frame its image.
+
+    Without this, a missing first frame meant segmenting without the first annotation (all predictions
+    empty, a silent score of 0), and a missing later frame surfaced only after the whole dataset was
+    segmented, as an error about missing predictions."""
+    empty = [seq for seq, frames in jobs if not frames]
+    if empty:
+        raise StmaInputError(f"no frame images ({FRAME_NAMES}) in {images} for {short_list(empty)}; the dataset "
+                             f"needs JPEGImages/{DAVIS_RESOLUTION}/<sequence>/<frame>.jpg to be segmented")
+    missing: list[Path] = []
+    for seq, frames in jobs:
+        have = {p.stem for p in frames}
+        ext = frames[0].suffix
+        missing += [images / seq / f"{p.stem}{ext}" for p in annotation_files(annotations / seq) if p.stem not in have]
+    if missing:
+        sequences = len({p.parent.name for p in missing})
+        raise StmaInputError(f"frame image {missing[0]} is missing: {len(missing)} annotated frame(s) in "
+                             f"{sequences} sequence(s) have no frame image in {images}; every "
+                             f"Annotations/{DAVIS_RESOLUTION}/<sequence>/<frame>.png needs its "
+                             f"JPEGImages/{DAVIS_RESOLUTION}/<sequence>/<frame> image: re-extract the dataset")
 
 
 def ytvos_valid_dir(root: Path) -> Path:
@@ -156,16 +167,16 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
     all_frames = valid.parent / "valid_all_frames" / "JPEGImages"
     jobs = []
     for video, info in videos.items():
-        objects = {int(k): sorted(v["frames"]) for k, v in info["objects"].items() if v.get("frames")}
+        objects = {int(k): sorted(v["frames"], key=natural_key) for k, v in info["objects"].items() if v.get("frames")}
         keep = {f for frames in objects.values() for f in frames}
         source = all_frames / video if (all_frames / video).is_dir() else valid / "JPEGImages" / video
-        frames = _jpeg_frames(source)
-        absent = sorted(keep - {p.stem for p in frames})
+        frames = frame_images(source)
+        absent = sorted(keep - {p.stem for p in frames}, key=natural_key)
         if absent:
             raise StmaInputError(f"{source} lacks frames listed in meta.json: {short_list(absent, 4)}; "
                                  "re-extract the dataset")
-        first = min(keep) if keep else None
-        frames = [p for p in frames if first is not None and p.stem >= first]
+        first = natural_key(min(keep, key=natural_key)) if keep else None
+        frames = [p for p in frames if first is not None and natural_key(p.stem) >= first]
         jobs.append((video, frames, objects, keep))
     if progress is not None:
         progress.begin(sum(len(j[1]) for j in jobs))

@@ -5,9 +5,11 @@ the first and last annotated frames are not scored; per object Mean/Recall/Decay
 global numbers average over objects, not sequences. GT void (255) counts as background, objects missing
 from a prediction count as empty masks.
 
-Objects are ids 1..max id in the sequence's GT. The official tool takes the max of the first frame only;
-the two agree whenever the first frame holds the highest id, as in every DAVIS 2016/2017 sequence, and
-ours also scores an object that first appears later instead of dropping it.
+Objects are the ids present in the sequence's GT (any frame). The official tool scores ids 1..max id of
+the first frame; the two agree on DAVIS 2016/2017, whose ids are consecutive and all on the first frame.
+Ours also scores an object that first appears later instead of dropping it, and does not invent objects
+for absent ids (ids 3 and 7 are two objects, not seven): the official tool would score each absent id
+as perfectly segmented (both masks empty), inflating the mean; `id_gap_warnings` says so per sequence.
 
 Unlike the official tool, bad predictions stop with a one-line error instead of a traceback or a silent
 wrong score: missing sequence folders or frames, ids absent from the GT, 255, or a size mismatch.
@@ -30,7 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError
-from stma_core.eval.datasets import check_davis_root, short_list
+from stma_core.eval.datasets import annotation_files, check_davis_root, short_list
 from stma_core.eval.metrics import BOUND_TH, bound_radius, object_scores, statistics
 from stma_core.ids import VOID_ID
 
@@ -71,6 +73,8 @@ class EvalResult:
     objects: list[ObjectResult]
     seconds: float = 0.0
     sequences: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """One line each: where these scores knowingly differ from the official tool's (see id_gap_warnings)."""
 
     def global_scores(self) -> dict[str, float]:
         """The official global row: means over objects; J&F = (J-Mean + F-Mean) / 2."""
@@ -101,8 +105,9 @@ def read_id_mask(path: Path, what: str, header_only: bool = False) -> np.ndarray
 
 
 def gt_frames(annotations: Path, sequence: str) -> list[str]:
-    """Annotated frame names of a sequence, sorted as the official tool sorts them."""
-    return sorted(p.stem for p in (annotations / sequence).glob("*.png"))
+    """Annotated frame names of a sequence in natural order (2 before 10; the official tool's plain sort
+    gives the same order on DAVIS's zero-padded names)."""
+    return [p.stem for p in annotation_files(annotations / sequence)]
 
 
 def check_prediction_files(pred_dir: Path, annotations: Path, sequences: list[str]) -> None:
@@ -156,11 +161,11 @@ def score_sequence(annotations: Path, pred_dir: Path, sequence: str,
                 "(--split with ImageSets/2016/<split>.txt, or --dataset davis16-val), or convert the masks to "
                 "palette PNGs with ids 0/1" if has_void else "annotate at least one object")
         raise StmaInputError(f"GT sequence {annotations / sequence} has no object ids (255 is void); {hint}")
-    n_objects = int(gt_ids.max()) if gt_ids.size else 0
+    ids = [int(k) for k in gt_ids]  # only ids that exist: an absent id is no object (see module doc)
     scored = frames[1:-1]
     radius = bound_radius(*gts[0].shape, bound_th=bound_th)
-    j = np.empty((n_objects, len(scored)))
-    f = np.empty((n_objects, len(scored)))
+    j = np.empty((len(ids), len(scored)))
+    f = np.empty((len(ids), len(scored)))
     for t, name in enumerate(scored):
         gt = gts[t + 1]
         path = pred_dir / sequence / f"{name}.png"
@@ -171,9 +176,26 @@ def score_sequence(annotations: Path, pred_dir: Path, sequence: str,
             raise StmaInputError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} but its GT is "
                                  f"{gt.shape[1]}x{gt.shape[0]}; write predictions at the GT resolution")
         _check_ids(path, pred, gt_ids)
-        for k in range(1, n_objects + 1):
-            j[k - 1, t], f[k - 1, t] = object_scores(gt == k, pred == k, radius)
-    return [ObjectResult(sequence, k, scored, j[k - 1], f[k - 1]) for k in range(1, n_objects + 1)]
+        for row, k in enumerate(ids):
+            j[row, t], f[row, t] = object_scores(gt == k, pred == k, radius)
+    return [ObjectResult(sequence, k, scored, j[row], f[row]) for row, k in enumerate(ids)]
+
+
+def id_gap_warnings(objects: list[ObjectResult]) -> list[str]:
+    """One line per sequence whose GT ids are not 1..n: those results differ from the official tool's,
+    which would add every absent id below the highest as a perfectly segmented object."""
+    by_sequence: dict[str, list[int]] = {}
+    for obj in objects:
+        by_sequence.setdefault(obj.sequence, []).append(obj.object_id)
+    lines = []
+    for seq, ids in by_sequence.items():
+        absent = sorted(set(range(1, max(ids) + 1)) - set(ids))
+        if absent:
+            lines.append(f"{seq}: GT object ids {ids} are not 1..{len(ids)}; scored only these {len(ids)} "
+                         f"objects (the official DAVIS toolkit would also count absent id(s) "
+                         f"{short_list([str(a) for a in absent], 6)} as perfectly segmented objects, "
+                         "raising its mean)")
+    return lines
 
 
 def id_histogram(mask: np.ndarray) -> np.ndarray:
@@ -231,5 +253,6 @@ def score_predictions(pred_dir: str | Path, gt_root: str | Path, sequences: list
             per_sequence = list(pool.map(run, sequences))
     objects = [o for seq_objects in per_sequence for o in seq_objects]
     return EvalResult(split=split, gt_root=gt_root, pred_dir=pred_dir, objects=objects,
-                      seconds=time.perf_counter() - start, sequences=list(sequences))
+                      seconds=time.perf_counter() - start, sequences=list(sequences),
+                      warnings=id_gap_warnings(objects))
 

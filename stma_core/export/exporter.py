@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stma_core.checkpoint import DEFAULT_CHECKPOINT, load_model, recommended_inference
+from stma_core.checkpoint import DEFAULT_CHECKPOINT, load_model, recommended_inference, resolve_checkpoint
 from stma_core.config import MIN_SIZE, SIZE_TOO_SMALL, InferenceConfig, resolve_inference_config
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.export.graphs import FrameGraph, StepGraph, ValueGraph
@@ -75,7 +75,7 @@ def export_model(checkpoint: str | Path | None, out_dir: str | Path, fmt: str = 
     padded = (-(-height // 16) * 16, -(-width // 16) * 16)
     manifest = Manifest(fmt, model_config, inference, (height, width), padded, (padded[0] // 16, padded[1] // 16),
                         objects, memory_frames, refs,
-                        checkpoint=str(Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT))
+                        checkpoint=str(resolve_checkpoint(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))

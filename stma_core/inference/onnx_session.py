@@ -1,4 +1,5 @@
-"""Runs an `stma export` folder (ONNX through onnxruntime, or TorchScript) as an engine of a VideoSession.
+"""Runs an `stma export` folder (ONNX through onnxruntime, or TorchScript) as an engine of a VideoSession;
+on the command line: `stma segment --engine onnx|torchscript --export-dir DIR`.
 
     factory = make_onnx_propagator_factory("export/")      # loads the graphs once
     session = factory()                                     # a VideoSession(ExportedEngine), one per video
@@ -95,6 +96,12 @@ class ExportedEngine:
     def frame_size(self) -> tuple[int, int] | None:
         return tuple(self.manifest.frame_size)
 
+    @property
+    def memory_limits(self) -> tuple[int, int]:
+        """(reference frames, temporal-memory frames) the step graph holds; VideoSession checks
+        annotations against them before running out of room mid-video."""
+        return self.manifest.references, self.manifest.memory_frames
+
     def check_config(self, config: InferenceConfig) -> None:
         """Raises StmaInputError when `config` needs more than the export holds."""
         m = self.manifest
@@ -124,8 +131,9 @@ class ExportedEngine:
         references = memory.references
         m, n_tok = references.shape[1], references.shape[2]
         if m > limits.references:
-            raise StmaInputError(f"the spatial memory needs {m} frames but this export holds {limits.references} "
-                                 f"(objects first annotated on later frames pin one each); re-export with --refs {m}")
+            raise StmaInputError(f"the spatial memory needs {m} reference frames but this export holds "
+                                 f"{limits.references} (frames giving new objects and the latest correction keep "
+                                 f"one each beside the recent frames); re-export with --refs {m}")
         keys = memory.keys
         if keys is None:  # nothing to read yet (a first key): the read is computed and ignored
             keys = frame.tokens.new_zeros(1, max(g.length for g in memory.groups), limits.model.key_dim)
@@ -133,8 +141,8 @@ class ExportedEngine:
         frames = length // n_tok
         if frames > limits.memory_frames:
             raise StmaInputError(f"the temporal memory needs {frames} frames but this export holds "
-                                 f"{limits.memory_frames} (objects first annotated on later frames pin one each); "
-                                 f"re-export with --memory-frames {frames}")
+                                 f"{limits.memory_frames} (frames giving new objects and the latest correction keep "
+                                 f"one each beside the recent frames); re-export with --memory-frames {frames}")
         n = self._objects(sum(g.objects for g in memory.groups))
         values, valid = [], []
         for group in memory.groups:
@@ -186,11 +194,19 @@ def exported_session_factory(export_dir: str | Path, threads: int | None = None,
 def make_onnx_propagator_factory(export_dir: str | Path, threads: int | None = None,
                                  config: InferenceConfig | None = None, size: int | None = None,
                                  **settings: int | None) -> Callable[[], VideoSession]:
-    """For `stma segment --engine onnx --onnx-dir DIR`: an ONNX export run by onnxruntime on CPU."""
+    """For `stma segment --engine onnx --export-dir DIR`: an ONNX export run by onnxruntime on CPU."""
+    return make_export_propagator_factory(export_dir, "onnx", threads, config, size, **settings)
+
+
+def make_export_propagator_factory(export_dir: str | Path, engine: str, threads: int | None = None,
+                                   config: InferenceConfig | None = None, size: int | None = None,
+                                   **settings: int | None) -> Callable[[], VideoSession]:
+    """For `stma segment --engine onnx|torchscript --export-dir DIR`: the export must be of that format
+    (the engine the user named is the one that runs, so a mix-up is an error naming the right one)."""
     manifest = load_manifest(export_dir)
-    if manifest.format != "onnx":
-        raise StmaInputError(f"{export_dir}: this export is {manifest.format}, not onnx; "
-                             "re-run `stma export --format onnx`")
+    if manifest.format != engine:
+        raise StmaInputError(f"{export_dir}: this export is {manifest.format}, not {engine}; run it with "
+                             f"--engine {manifest.format} (or re-export with `stma export --format {engine}`)")
     return exported_session_factory(export_dir, threads, config, size, **settings)
 
 

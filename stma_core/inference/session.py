@@ -152,6 +152,8 @@ class VideoSession:
             raise TypeError(f"masks must be a dict {{frame index: id mask}}; got {type(masks).__name__}")
         for index, mask in (masks or {}).items():
             self.add_mask(index, mask)
+        if self.frame_index == 0:  # an export's fixed memory must hold what these masks pin: say so now
+            self.check_annotations([self.pending_masks[i] for i in sorted(self.pending_masks)], direction)
         if direction is Direction.FORWARD:
             for frame in frames:
                 index = self.frame_index
@@ -186,6 +188,49 @@ class VideoSession:
         self.reset()
         for index in order:
             yield index, self.step(frames[index], given.get(index))
+
+    def check_annotations(self, masks: Sequence[np.ndarray], direction: Direction | str = Direction.FORWARD) -> None:
+        """Raises StmaInputError before any frame is processed when the engine's fixed memory (an `stma
+        export`) cannot hold what these annotations (id masks in frame order) will keep: one frame for good
+        per frame giving new objects, one slot for the latest correction, beside the recent frames. Without
+        it the run stops mid-video. Engines without fixed sizes (PyTorch) accept anything."""
+        if getattr(self.engine, "memory_limits", None) is None or not masks:
+            return
+        direction = Direction(direction)
+        orders = {Direction.FORWARD: [masks], Direction.BACKWARD: [masks[::-1]],
+                  Direction.BOTH: [masks, masks[::-1]]}[direction]
+        for ordered in orders:
+            seen: set[int] = set()
+            pins = corrections = 0
+            for mask in ordered:
+                ids = {int(i) for i in np.unique(mask) if i != 0}
+                if ids - seen:
+                    pins += 1
+                elif ids:
+                    corrections += 1
+                seen |= ids
+            self._check_room(pins, corrections > 0,
+                             f"{len(masks)} annotated frame(s) ({pins} giving new objects, {corrections} "
+                             f"correction(s))")
+
+    def _check_room(self, pins: int, correction: bool, cause: str) -> None:
+        """StmaInputError naming the real cause and the `stma export` options when the engine's fixed
+        memory holds fewer frames than `pins` pinned frames + the correction slot + the capacities."""
+        limits = getattr(self.engine, "memory_limits", None)
+        if limits is None:
+            return
+        kept = pins + int(correction)
+        needs = [("--refs", "reference frames", kept + self.config.spatial_capacity, limits[0]),
+                 ("--memory-frames", "temporal-memory frames", kept + self.config.temporal_capacity, limits[1])]
+        short = [(flag, what, need, have) for flag, what, need, have in needs if need > have]
+        if not short:
+            return
+        held = "; ".join(f"up to {need} {what} but this export holds {have}" for _, what, need, have in short)
+        fix = " ".join(f"{flag} {need}" for flag, _, need, _ in short)
+        raise StmaInputError(
+            f"{cause}: each frame where objects are first given (or re-added) keeps a memory slot for good, and "
+            f"so does the latest correction, beside the recent frames: {held}; re-export with `stma export "
+            f"{fix}` (one more per further frame that gives new objects)")
 
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Segments the next frame (HxWx3 uint8 RGB array, or a PIL image of any mode) -> its HxW uint8 user-id mask.
@@ -294,6 +339,11 @@ class VideoSession:
                 raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the frame is {width}x{height}; "
                                  "give masks at the frame's size")
             given_ids = [int(i) for i in np.unique(mask) if i != 0]
+            adds = any(i not in self.objects.user_ids for i in given_ids)
+            if given_ids and (adds or not self.spatial.correction):  # this frame takes a new slot
+                what = "objects first given" if adds else f"a correction of object(s) {given_ids}"
+                self._check_room(len(self.spatial.pinned) + int(adds),
+                                 bool(self.spatial.correction) or not adds, f"frame {self.frame_index}: {what}")
             new_ids = self.objects.add(given_ids, self.frame_index)
         n = self.objects.count
         key = None

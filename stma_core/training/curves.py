@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from stma_core.io.atomic import atomic_write
+from stma_core.io.plotting import glyph_warnings_ignored
 
 
 def read_log(path: Path) -> list[dict]:
@@ -62,6 +63,7 @@ def write_curves(log_path: Path, png_path: Path) -> bool:
     ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)
     fig.suptitle(f"{log_path.parent.name}: step {steps[-1]}")
-    fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+    with glyph_warnings_ignored():  # a run folder named in a script the font lacks
+        fig.tight_layout()
+        atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
     return True
