@@ -241,6 +241,10 @@ def test_static_stage_trains_and_feeds_main_stage(tiny_davis: Path, cache_dir: P
     saved = json.loads((tmp_path / "main" / "train_config.json").read_text())
     assert saved["init_from"] == str(out / "model.safetensors")  # a resume keeps the record of the start
     assert log_records(tmp_path / "main")[-1]["step"] == 2
+    # --init-from RUN (the static stage's run folder) means RUN/model.safetensors, as --checkpoint does
+    result = train("--config", main, "--data", tiny_davis, "--out", tmp_path / "main2", "--cache-dir", cache_dir,
+                   "--init-from", out, "--device", "cpu", "--quiet", "--until", 1)
+    assert result.exit_code == 0, result.output
 
 
 def test_threaded_clip_synthesis_gives_the_same_steps(tiny_davis: Path, tmp_path: Path) -> None:

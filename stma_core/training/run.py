@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from stma_core.checkpoint import resolve_checkpoint
 from stma_core.config import ModelConfig, from_dict
 from stma_core.errors import StmaInputError
 from stma_core.eval.datasets import short_list
@@ -122,7 +123,10 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
     """
     cfg = load_train_config(config_path, stage)
     if init_from is not None:
+        init_from = resolve_checkpoint(init_from)  # a run folder means its model.safetensors
         cfg.init_from = str(init_from)
+    elif cfg.init_from and Path(cfg.init_from).is_dir():
+        cfg.init_from = str(resolve_checkpoint(cfg.init_from))
     if (static_images is None) != (static_masks is None):
         raise StmaInputError(f"{static_images or static_masks}: --static-images and --static-masks go together; "
                              "pass both folders")

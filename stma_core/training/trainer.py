@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stma_core.checkpoint import read_config, recommended_inference, save_model
+from stma_core.checkpoint import read_config, recommended_inference, resolve_checkpoint, save_model
 from stma_core.config import InferenceConfig, to_dict
 from stma_core.errors import StmaInputError
 from stma_core.io.atomic import atomic_write, atomic_write_text
@@ -236,6 +236,7 @@ class Trainer:
         its inference settings."""
         from safetensors.torch import load_file
 
+        path = resolve_checkpoint(path)  # a run folder means its model.safetensors, as everywhere else
         config, metadata = read_config(path)
         if to_dict(config) != to_dict(self.cfg.model):
             raise StmaInputError(f"{path}: init_from checkpoint has another model config than the training "
