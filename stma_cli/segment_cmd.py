@@ -213,7 +213,7 @@ def _mask_beside(input_path: Path) -> Path:
     if found is not None:
         return found
     stem = input_path.name if input_path.is_dir() else input_path.stem
-    fail(f"--mask: no mask given and no {stem}.png beside {input_path}{not_a_mask_note(others)}; pass --mask "
+    fail(f"--mask: no mask given and no {stem}.png or {stem}_mask.png beside {input_path}{not_a_mask_note(others)}; pass --mask "
          "FIRST_FRAME.png or --mask-dir ANNOTATION_FOLDER")
 
 
@@ -241,7 +241,7 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
     processed (--start/--end/--stride), annotations of other frames are ignored.
     """
     if job.mask_file is None and job.mask_dir is None:  # a batch video with no <name>.png beside it
-        raise StmaInputError(f"--mask: no mask given and {job.path} has no {job.name}.png beside it"
+        raise StmaInputError(f"--mask: no mask given and {job.path} has no {job.name}.png or {job.name}_mask.png beside it"
                              f"{not_a_mask_note(job.not_masks)}; pass --mask FOLDER holding <video>.png, or "
                              "--mask-dir with <video>/ annotation folders")
     warnings: list[str] = []

@@ -73,8 +73,8 @@ def _not_safetensors(path: Path, exc: Exception) -> str:
     if path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin"):
         fix = (f"pass {beside}, the model `stma train` saved beside it" if beside.is_file() else
                f"pass the {RUN_MODEL} `stma train` writes beside state.pt")
-        return (f"{path}: a PyTorch file, not a safetensors model checkpoint (a `stma train` run's state.pt is "
-                f"its training state, for --resume); {fix}")
+        return (f"{path}: not a safetensors model checkpoint (a {path.suffix} file is PyTorch's format; a `stma "
+                f"train` run's state.pt is its training state, for --resume); {fix}")
     return (f"{path}: not a safetensors checkpoint ({' '.join(str(exc).split())}); pass a {RUN_MODEL} saved by "
             "`stma train` (or save_model), or its run folder")
 

@@ -463,7 +463,7 @@ def test_checkpoint_state_pt_names_the_model_beside_it(tmp_path: Path, train_run
         result = run(*args, "--checkpoint", state)
         lines = result.stderr.splitlines()
         assert result.exit_code == 2 and len(lines) == 1, (args, result.stderr)
-        assert f"{state}: a PyTorch file" in lines[0] and f"pass {model}" in lines[0] and "--resume" in lines[0]
+        assert f"{state}: not a safetensors model checkpoint (a .pt file is PyTorch" in lines[0] and f"pass {model}" in lines[0] and "--resume" in lines[0]
     with pytest.raises(StmaInputError, match="pass .*model.safetensors, the model"):
         read_config(state)
     empty = tmp_path / "run-empty"

@@ -444,6 +444,14 @@ def test_a_jpeg_thumbnail_beside_a_video_is_not_its_mask(tmp_path: Path, short_v
         result = segment(target, "--method", "copy", "--out", out, "-q")
         assert result.exit_code == 0, result.output
         assert np.array_equal(np.array(Image.open(out / "clip" / "00000.png")), mask)
+    # clip.PNG (a camera's or Windows tool's upper-case extension) is a PNG mask too, in both modes
+    (folder / "clip_mask.png").rename(folder / "clip.PNG")
+    assert scan_folder(folder).masks == {"clip": folder / "clip.PNG"}
+    for target in (folder, folder / "clip.mp4"):
+        out = tmp_path / f"upper_{target.name}"
+        result = segment(target, "--method", "copy", "--out", out, "-q")
+        assert result.exit_code == 0, result.output
+        assert np.array_equal(np.array(Image.open(out / "clip" / "00000.png")), mask)
 
 
 # ---- 4. masks of another size than the frames: what the error or warning says ---------------------------

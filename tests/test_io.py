@@ -217,10 +217,44 @@ def test_gray_255_beside_small_ids_is_void(tmp_path: Path) -> None:
     mask = load_mask(_save(labels, tmp_path / "voc.png"))
     assert mask.object_ids == [1, 2, 7] and mask.mapping == {}
     assert np.array_equal(mask.ids, np.where(labels == 255, 0, labels))
-    assert len(mask.warnings) == 1 and "180 pixel(s) of gray 255 beside ids 1-7 treated as void" in mask.warnings[0]
+    assert len(mask.warnings) == 1 and "180 pixel(s) of gray 255 treated as void (background), as DAVIS and VOC" in mask.warnings[0]
     only = np.where(labels == 255, 255, np.where(labels > 0, 1, 0)).astype(np.uint8)
     mask = load_mask(_save(only, tmp_path / "one_and_void.png"))
     assert mask.object_ids == [1] and "treated as void" in mask.warnings[0]
+
+
+def test_an_annotation_folder_reads_every_gray_mask_by_the_same_rules(tmp_path: Path) -> None:
+    """Each file of a --mask-dir was read on its own: a 16-bit frame-0 mask with id 300 became object 1, and
+    a later 16-bit mask with ids 1 and 2 (all <= 255) was read verbatim, so its new object 1 silently
+    'corrected' the first object; a void band (gray 255 beside small ids) on frame 0 became object 1 on a
+    later frame holding only the band (read as a 0/255 binary mask). The folder now decides once."""
+    car = np.zeros((60, 90), np.uint16)
+    car[20:40, 20:60] = 300
+    later = np.zeros((60, 90), np.uint16)
+    later[2:10, 2:10], later[50:58, 2:10] = 1, 2
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    cv2.imwrite(str(wide / "00000.png"), car)
+    cv2.imwrite(str(wide / "00003.png"), later)
+    masks = load_mask_folder(wide)
+    assert masks["00000"].object_ids == [1] and (masks["00000"].ids[20:40, 20:60] == 1).all()
+    assert masks["00003"].object_ids == [2, 3]  # new objects, not a correction of object 1
+    assert (masks["00003"].ids[2:10, 2:10] == 2).all() and (masks["00003"].ids[50:58, 2:10] == 3).all()
+    assert masks["00003"].mapping == {2: "gray 1", 3: "gray 2"}
+
+    first = np.zeros((60, 90), np.uint8)
+    first[20:40, 20:60], first[:5] = 1, 255  # object 1 and a void band
+    band_only = np.zeros((60, 90), np.uint8)
+    band_only[:5] = 255
+    void = tmp_path / "void"
+    void.mkdir()
+    _save(first, void / "00000.png")
+    _save(band_only, void / "00004.png")
+    masks = load_mask_folder(void)
+    assert masks["00000"].object_ids == [1] and masks["00004"].object_ids == []  # the band stays void
+    assert "as in the other masks of this folder" in masks["00004"].warnings[0]
+    # alone, a 0/255 mask is still one object
+    assert load_mask(void / "00004.png").object_ids == [1]
 
 
 def test_antialiased_grayscale_mask_stays_one_object(tmp_path: Path) -> None:

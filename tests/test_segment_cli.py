@@ -345,7 +345,7 @@ def test_bad_frame_midway_leaves_no_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args, fragment", [
-    ([], "--mask: no mask given and no car-shadow.png beside"),
+    ([], "--mask: no mask given and no car-shadow.png or car-shadow_mask.png beside"),
     (["--format", "gif"], "--format: unknown format 'gif'"),
     (["--method", "magic"], "--method: unknown method 'magic'"),
     (["--device", "tpu"], "--device: unknown device 'tpu'"),
@@ -404,5 +404,5 @@ def test_a_batch_video_without_a_mask_beside_it_fails_alone(tmp_path: Path,
     assert result.exit_code == 1, result.output
     assert result.stdout.splitlines() == [str(out / "camel"), str(out / "car-shadow")]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "dog.mp4 has no dog.png beside it" in errors[0], result.stderr
+    assert len(errors) == 1 and "dog.mp4 has no dog.png or dog_mask.png beside it" in errors[0], result.stderr
     assert "2 done, 0 skipped, 1 failed" in result.stderr

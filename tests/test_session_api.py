@@ -186,6 +186,11 @@ def test_bad_masks_and_arguments_are_refused_where_they_are_given():
     with pytest.warns(UserWarning, match=r"frame\(s\) \[9\] were not used: the video ended at frame 2"):
         out = list(session.propagate([frame] * 3, {0: np.ones((64, 96), bool), 9: np.ones((64, 96), np.uint8)}))
     assert len(out) == 3 and session.objects.user_ids == [1]  # a bool mask is object 1
+    session.reset()
+    label_map = np.zeros((64, 96), np.float32)  # a float label map (0.0 / 3.0), as the CLI reads float masks
+    label_map[10:30, 10:40] = 3.0
+    assert np.array_equal(session.step(frame, label_map), label_map.astype(np.uint8))
+    assert session.objects.user_ids == [3]
 
 
 def test_a_frame_of_another_size_mid_video_is_refused():

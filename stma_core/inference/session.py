@@ -401,14 +401,17 @@ class VideoSession:
 
 
 def check_mask(mask: np.ndarray) -> np.ndarray:
-    """A user mask as an HxW uint8 id array (bool masks become ids 0/1); ValueError naming the problem
-    for anything else (colour images, soft masks, ids outside 0..254)."""
+    """A user mask as an HxW uint8 id array (bool masks become ids 0/1, float masks with integer values their
+    ids); ValueError naming the problem for anything else (colour images, soft masks, ids outside 0..254:
+    files from other tools go through stma_core.io.masks.load_mask, which renumbers wide ids)."""
     arr = np.asarray(mask)
     if arr.ndim != 2:
         hint = "; for a colour mask use stma_core.io.masks.load_mask (or take one channel)" if arr.ndim == 3 else ""
         raise ValueError(f"a mask must be a 2-D HxW array of object ids (0 = background); got shape {arr.shape}{hint}")
     if arr.dtype == bool:
         return arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+        arr = arr.astype(np.int64)  # 0.0/1.0 (a float label map) is ids, as the CLI reads float masks
     if not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"a mask must hold integer object ids (0 = background, 1..{MAX_OBJECTS} objects); got dtype "
                          f"{arr.dtype}: threshold a soft mask first, e.g. (mask > 0.5).astype(np.uint8)")

@@ -172,7 +172,7 @@ def scan_folder(folder: Path) -> FolderContents:
                       if n in names), None)
         if owner is None:
             contents.images.append(image)
-        elif image.name in {pattern.format(owner) for pattern in MASK_BESIDE}:
+        elif image.name.lower() in {pattern.format(owner).lower() for pattern in MASK_BESIDE}:
             contents.masks.setdefault(owner, image)
         else:
             contents.not_masks.setdefault(owner, []).append(image)
@@ -188,11 +188,13 @@ def mask_beside(path: Path) -> tuple[Path | None, list[Path]]:
     """-> (the MASK_BESIDE mask of a video or frame folder, or None; other images named like it, which
     are not its mask). The one rule for single inputs and batches."""
     name = input_name(path)
-    found = [path.with_name(pattern.format(name)) for pattern in MASK_BESIDE]
-    mask = next((p for p in found if p.is_file() and p != path), None)
-    others = [p for p in path.parent.iterdir() if p.is_file() and _visible(p) and p.suffix.lower() in IMAGE_EXTENSIONS
-              and p.stem in (name, f"{name}_mask") and p not in found] if path.parent.is_dir() else []
-    return mask, sorted(others, key=lambda p: natural_key(p.name))
+    wanted = [pattern.format(name).lower() for pattern in MASK_BESIDE]  # clip.PNG is a PNG too
+    named = [p for p in path.parent.iterdir() if p.is_file() and _visible(p) and p != path
+             and p.suffix.lower() in IMAGE_EXTENSIONS and p.stem in (name, f"{name}_mask")] \
+        if path.parent.is_dir() else []
+    masks = sorted((p for p in named if p.name.lower() in wanted), key=lambda p: wanted.index(p.name.lower()))
+    others = [p for p in named if p.name.lower() not in wanted]
+    return (masks[0] if masks else None), sorted(others, key=lambda p: natural_key(p.name))
 
 
 def not_a_mask_note(others: list[Path]) -> str:

@@ -244,8 +244,10 @@ def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorId
             mapping[int(lut[i])] = _describe(kind, values_nd[i])
     else:
         levels = sorted(int(values[i]) for i in objects)
-        binary = len(levels) == 1 and levels[0] in (1, 255)
-        identity = bool(levels) and not binary and all(1 <= v <= MAX_OBJECTS for v in levels) and (
+        # exact (wide) ids are never the binary shorthand nor kept verbatim: each level gets its id through
+        # color_ids, so a series of masks maps one level to one id in every file (300 -> 1, then 1 -> 2)
+        binary = not exact and len(levels) == 1 and levels[0] in (1, 255)
+        identity = not exact and bool(levels) and not binary and all(1 <= v <= MAX_OBJECTS for v in levels) and (
             lossless_ids or levels[-1] <= GRAY_ID_MAX)  # no levels: a flat mask, all background
         for i in sorted(objects, key=lambda i: int(values[i])):
             level = int(values[i])
@@ -296,15 +298,45 @@ def _gray_levels(path: Path, image: Image.Image) -> tuple[np.ndarray, bool]:
     return values, True
 
 
-def _gray_void(path: Path, gray: np.ndarray) -> str | None:
-    """The DAVIS/VOC 'ignore' level: a grayscale id map of small ids (<= GRAY_ID_MAX) plus 255 marks void
-    pixels (as palette index 255 does), not one more object. Returns the warning when that is the case."""
+def _is_void_label_map(gray: np.ndarray) -> bool:
+    """Small ids (<= GRAY_ID_MAX) plus 255: the DAVIS/VOC label map whose 255 is 'ignore', not an object.
+    (0/255 alone is a binary mask; 0/128/255 are shades of a drawn mask.)"""
     levels = np.unique(gray)
-    if len(levels) < 3 or levels[-1] != VOID_ID or levels[-2] > GRAY_ID_MAX:
-        return None  # 0/255 is a binary mask; 0/128/255 are shades of a drawn mask
+    return len(levels) >= 3 and levels[-1] == VOID_ID and levels[-2] <= GRAY_ID_MAX
+
+
+def _gray_void(path: Path, gray: np.ndarray, series_void: bool = False) -> str | None:
+    """The warning when gray 255 is void in this mask (then it is background): the mask is a void label
+    map itself, or belongs to a series (an annotation folder) in which one is."""
+    if not (VOID_ID in gray and (series_void or _is_void_label_map(gray))):
+        return None
     count = int((gray == VOID_ID).sum())
-    return (f"{path}: {count} pixel(s) of gray 255 beside ids 1-{int(levels[-2])} treated as void (background), "
-            "as DAVIS and VOC label maps mean it; give that object another id if it is one")
+    why = "as DAVIS and VOC label maps mean it" if _is_void_label_map(gray) else \
+        "as in the other masks of this folder, where 255 marks void beside small ids"
+    return (f"{path}: {count} pixel(s) of gray 255 treated as void (background), {why}; "
+            "give that object another id if it is one")
+
+
+@dataclass
+class SeriesRules:
+    """How the grayscale masks of one annotation folder are read, decided for the folder as a whole, so a
+    level means the same thing in every file: `exact` when any holds ids above 255 (every level an id,
+    mapped through the folder's ColorIds), `void255` when any is a small-id map with 255 as void."""
+
+    exact: bool = False
+    void255: bool = False
+
+    @classmethod
+    def of(cls, files: Iterable[Path]) -> "SeriesRules":
+        rules = cls()
+        for path in files:
+            image = _read_image(path)
+            if image.mode not in GRAY_MODES or image.mode == "1":
+                continue
+            gray, exact = _gray_levels(path, image)
+            rules.exact |= exact
+            rules.void255 |= not exact and _is_void_label_map(gray)
+        return rules
 
 
 def _describe(kind: str, value: np.ndarray) -> str:
@@ -339,7 +371,11 @@ def _alpha_mask(path: Path, alpha: np.ndarray) -> LoadedMask:
     return LoadedMask(path, ids, "alpha", {1: "opaque pixels (alpha >= 128)"})
 
 
-def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_object: bool = True) -> LoadedMask:
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_object: bool = True,
+              series: SeriesRules | None = None) -> LoadedMask:
     """Reads one mask PNG into ids.
 
     Palette PNGs: pixel value = id, 255 (DAVIS void) becomes background with a warning.
@@ -362,15 +398,16 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
         if void.any():
             mask.ids = np.where(void, 0, ids).astype(np.uint8)
             mask.warnings.append(f"{path}: {int(void.sum())} void pixel(s) (value 255) treated as background")
-    elif mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+    elif mode in GRAY_MODES:
         gray, exact = _gray_levels(path, image)
+        exact = exact or (series is not None and series.exact and mode != "1")
         alpha = np.array(image.getchannel("A")) if mode == "LA" else None
         if alpha is not None and _is_cutout(alpha, gray[..., None]):
             mask = _alpha_mask(path, alpha)
         else:
             if alpha is not None:
                 gray = np.where(alpha < 128, 0, gray).astype(gray.dtype)
-            void_warning = None if exact else _gray_void(path, gray)
+            void_warning = None if exact else _gray_void(path, gray, series is not None and series.void255)
             if void_warning is not None:
                 gray = np.where(gray == VOID_ID, 0, gray).astype(gray.dtype)
             mask = _values_to_ids(path, gray, "gray", color_ids, exact)
@@ -431,7 +468,7 @@ def load_mask_folder(folder: str | Path) -> dict[str, LoadedMask]:
     """Reads an annotation folder (DAVIS / YouTube-VOS style: `<frame name>.png`) -> frame name -> mask.
 
     Frames whose PNG has no object are kept (DAVIS ships such frames); the folder as a whole must
-    hold at least one object.
+    hold at least one object. Colours and gray levels mean the same id in every file (SeriesRules).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -441,7 +478,8 @@ def load_mask_folder(folder: str | Path) -> dict[str, LoadedMask]:
     if not files:
         raise StmaInputError(f"{folder}: no .png masks in the annotation folder; add <frame name>.png files")
     color_ids = ColorIds()
-    masks = {p.stem: load_mask(p, color_ids, require_object=False) for p in files}
+    series = SeriesRules.of(files)
+    masks = {p.stem: load_mask(p, color_ids, require_object=False, series=series) for p in files}
     if not any(m.object_ids for m in masks.values()):
         raise StmaInputError(f"{folder}: no mask in the folder has an object; "
                              "draw each object with a nonzero id or colour")

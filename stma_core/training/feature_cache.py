@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 
 from stma_core.errors import StmaInputError
-from stma_core.eval.datasets import short_list
+from stma_core.eval.datasets import frame_images, short_list
 from stma_core.eval.scoring import read_id_mask
 from stma_core.ids import VOID_ID
 from stma_core.io.atomic import atomic_write, atomic_write_text
-from stma_core.io.frames import natural_key, open_upright
+from stma_core.io.frames import open_upright
 from stma_core.model.lite_backbone import LiteTrunk
 
 
@@ -54,7 +54,7 @@ def check_sequences(root: Path, names: list[str], split_file: Path, every_mask: 
     for name in names:
         frames, masks = frame_paths(root, name)
         if not frames:
-            raise StmaInputError(f"{root / 'JPEGImages' / '480p' / name}: no .jpg frames for sequence {name!r} "
+            raise StmaInputError(f"{root / 'JPEGImages' / '480p' / name}: no frames (jpg, png, webp, tif, bmp) for sequence {name!r} "
                                  f"listed in {split_file.name}; fix the split or the data root")
         missing += [m for m in (masks if every_mask else masks[:1]) if not m.is_file()]
     if missing:
@@ -68,9 +68,10 @@ def check_sequences(root: Path, names: list[str], split_file: Path, every_mask: 
 
 
 def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
-    """A sequence's .jpg frames in natural order (2.jpg before 10.jpg, as `stma segment` reads them;
-    DAVIS's zero-padded names sort the same either way) and the .png annotation path of each."""
-    frames = sorted((root / "JPEGImages" / "480p" / name).glob("*.jpg"), key=lambda p: natural_key(p.name))
+    """A sequence's frames in natural order (2.jpg before 10.jpg) and of any type, as `stma segment` and
+    `stma eval` read them (eval.datasets.frame_images; DAVIS's zero-padded .jpg names sort the same either
+    way), and the .png annotation path of each."""
+    frames = frame_images(root / "JPEGImages" / "480p" / name)
     masks = [root / "Annotations" / "480p" / name / (p.stem + ".png") for p in frames]
     return frames, masks
 

@@ -200,7 +200,7 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
             cache = cache / f"{data.name}_{split_file.stem}_{cfg.frame_size[0]}x{cfg.frame_size[1]}{variant}"
             if rank.is_main:
                 if log:
-                    log(f"caching trunk features of {len(names)} sequences in {cache}")
+                    log(f"trunk feature cache of {len(names)} sequences: {cache} (built where missing or stale)")
                 build_cache(data, names, cache, size=tuple(cfg.frame_size), variant=cfg.model.lite_variant,
                             device=device, note=log)
             distributed.barrier()
