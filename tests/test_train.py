@@ -400,7 +400,21 @@ def test_split_naming_a_missing_sequence(tmp_path: Path) -> None:
     (tmp_path / "davis" / "ImageSets" / "2016").mkdir(parents=True)
     (tmp_path / "davis" / "ImageSets" / "2016" / "train.txt").write_text("ghost\n")
     result = train("--config", write_config(tmp_path / "c.yaml"), "--data", tmp_path / "davis", "--out", tmp_path / "o")
-    assert_bad_input(result, "ghost", "no .jpg frames")
+    assert_bad_input(result, "ghost", "no frames (jpg, png, webp, tif, bmp)")
+
+
+def test_training_reads_the_frame_types_segment_reads(tmp_path: Path) -> None:
+    """Training listed only *.jpg frames, while segment and eval read png/webp/tif/bmp too: a dataset of PNG
+    frames was 'no .jpg frames'. Frames of any of those types, in natural order, each with its annotation."""
+    from stma_core.training.feature_cache import frame_paths
+
+    folder = tmp_path / "JPEGImages" / "480p" / "seq"
+    folder.mkdir(parents=True)
+    for i in (0, 1, 2, 10):
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / f"{i}.png")
+    frames, masks = frame_paths(tmp_path, "seq")
+    assert [f.name for f in frames] == ["0.png", "1.png", "2.png", "10.png"]
+    assert masks == [tmp_path / "Annotations" / "480p" / "seq" / f"{i}.png" for i in (0, 1, 2, 10)]
 
 
 @pytest.mark.parametrize("overrides, fragment", [
