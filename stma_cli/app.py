@@ -96,11 +96,20 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _finishing() -> None:
+    """The command has ended (its outputs are complete or cleaned up, its exit code decided): Ctrl-C or
+    SIGTERM from now on, during interpreter shutdown (thread joins, library teardown, about a second),
+    must not turn that code into death by signal (-2/-15) with nothing said."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except SystemExit as exc:
+        _finishing()
         if exc.code != 130:  # typer's exit for a KeyboardInterrupt (Ctrl-C, or SIGTERM through _terminate)
             raise
         from stma_cli._common import EXIT_SOME_FAILED, print_error

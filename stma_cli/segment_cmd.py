@@ -300,7 +300,7 @@ def _report_masks(console: Console, masks: list[LoadedMask], quiet: bool, warnin
 # ---- one video -------------------------------------------------------------------------------------
 def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator: Propagator,
                    writer: OutputWriter, progress: Progress, select: range | None = None, soft: bool = False,
-                   direction: Direction = Direction.FORWARD) -> int:
+                   direction: Direction = Direction.FORWARD, note: Callable[[str], None] | None = None) -> int:
     """Runs the propagator over every frame (only frame indices in `select` if given); returns the number
     of frames. Outputs are written in order. soft: also hands the writer the propagator's per-object
     probabilities (if it has them).
@@ -322,6 +322,9 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
         if backward and callable(getattr(propagator, "propagate", None)):  # the model; baselines run forward
             count = _segment_out_of_order(frames, masks, propagator, writer, progress, task, direction, soft_of)
         else:
+            if backward and note is not None:
+                note(f"{source.path}: the first mask is on frame {first}; this baseline runs forward only, so the "
+                     f"frames before it stay empty (--method stma segments them with --direction both)")
             count = 0
             for name, frame in frames:
                 result = propagator.step(frame, masks.get(name))
@@ -560,6 +563,13 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
             _refuse(jobs, f"{job.path}: {first_of[job.name]} is also named {job.name!r}, and outputs are named after "
                     "their input; rename one of them", as_json)
         first_of[job.name] = job.path
+    owner: dict[Path, Path] = {}
+    for job in jobs:  # a.cutout.mp4's png folder is a.mp4's cutout folder: one would overwrite the other
+        for path in all_output_paths(out, job.name, fmt_list).values():
+            if path in owner:
+                _refuse(jobs, f"{job.path}: its output {path} is also an output of {owner[path]}; rename one of "
+                        "them, or segment them into separate --out folders", as_json)
+            owner[path] = job.path
     factory: list[Callable[[], Propagator]] = []
 
     def propagator() -> Propagator:
@@ -660,6 +670,11 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
             existing = next(p for f, p in paths.items() if f not in todo)
             raise StmaOutputError(f"{existing}: output already exists; "
                                   "pass --overwrite to replace it or choose another --out")
+        if len(todo) < len(formats):  # a batch adds the missing formats only; say the others are an earlier run's
+            kept = ", ".join(str(p) for f, p in paths.items() if f not in todo)
+            warn(console, f"{job.path}: kept {kept} from an earlier run and wrote only {', '.join(todo)} now; the "
+                          "earlier run's settings are not compared with this one's: pass --overwrite to redo all of "
+                          "this video's outputs")
         source = open_frames(job.path)
         select = _frame_range(source, extras)
         selected = None if select is None else lambda name: _frame_index(source, name) in select
@@ -685,7 +700,8 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         options = dataclasses.replace(extras.options, object_ids=object_ids)  # also the Outcome's object count
         fps = extras.fps or source.fps / extras.stride
         with OutputWriter(out, job.name, todo, source.size, fps, options, overwrite=overwrite) as writer:
-            frames = _segment_video(source, masks, prop, writer, progress, select, soft, direction)
+            frames = _segment_video(source, masks, prop, writer, progress, select, soft, direction,
+                                    None if quiet else (lambda message: info(console, message)))
         seconds = time.perf_counter() - start
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")

@@ -417,6 +417,18 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_partial(tmp_path: Path) -> None
     assert not list(out.glob("*.partial")) and not (out / "long").exists() and not (out / "long.overlay.mp4").exists()
 
 
+def test_a_signal_after_the_command_ended_keeps_its_exit_code(tmp_path: Path) -> None:
+    """Ctrl-C/SIGTERM in the second after a run printed its results (interpreter shutdown) killed the
+    process by the signal (exit -2/-15, nothing said) instead of keeping its exit code. Here the signal is
+    sent by an atexit hook, that is during shutdown, after `stma --version` ended."""
+    code = ("import atexit, os, signal, sys; from stma_cli.app import main; "
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), os.kill(os.getpid(), signal.SIGTERM))); "
+            "sys.argv = ['stma', '--version']; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert proc.stdout.startswith("stma") and "Traceback" not in proc.stderr
+
+
 def test_piping_a_batch_into_head_stops_with_a_message(tmp_path: Path, clips: Path) -> None:
     masks = tmp_path / "masks"
     masks.mkdir()

@@ -233,6 +233,59 @@ def test_mask_dir_with_two_files_for_one_frame_is_refused(tmp_path: Path, clip: 
     assert not out.exists()
 
 
+def _batch(root: Path, clips: dict[str, tuple[Path, Path]], names: dict[str, str]) -> Path:
+    """A batch folder: for each name -> clip key, <name>.mp4 with its mask <name>.png beside it."""
+    root.mkdir()
+    for name, key in names.items():
+        video, mask = clips[key]
+        shutil.copy(video, root / f"{name}.mp4")
+        shutil.copy(mask, root / f"{name}.png")
+    return root
+
+
+def test_adding_a_format_to_a_finished_batch_says_what_was_kept(tmp_path: Path,
+                                                               small_clips: dict[str, tuple[Path, Path]]) -> None:
+    """A batch re-run with one more format keeps the earlier run's PNGs and writes only the new RLE, maybe
+    with other settings: that mix was silent. A warning (kept with --quiet) names what was kept and how to
+    redo all; --overwrite does."""
+    batch = _batch(tmp_path / "batch", small_clips, {"a": "car-shadow"})
+    out = tmp_path / "out"
+    assert segment(batch, "--method", "copy", "--out", out, "-f", "png", "-q").exit_code == 0
+    again = segment(batch, "--method", "flow", "--out", out, "-f", "png", "-f", "rle", "-q")
+    assert again.exit_code == 0, again.output
+    assert f"warning: {batch / 'a.mp4'}: kept {out / 'a'} from an earlier run and wrote only rle now" in again.stderr
+    assert "--overwrite" in again.stderr and (out / "a.rle.json").exists()
+    redo = segment(batch, "--method", "flow", "--out", out, "-f", "png", "-f", "rle", "--overwrite", "-q")
+    assert redo.exit_code == 0 and redo.stderr == ""
+
+
+def test_batch_outputs_that_would_land_on_each_other_are_refused(tmp_path: Path,
+                                                                 small_clips: dict[str, tuple[Path, Path]]) -> None:
+    """a.cutout.mp4's png folder is a.mp4's cutout folder: one video's outputs silently replaced the
+    other's. Refused before any work, naming both inputs."""
+    batch = _batch(tmp_path / "batch", small_clips, {"a": "car-shadow", "a.cutout": "dog"})
+    out = tmp_path / "out"
+    result = segment(batch, "--method", "copy", "--out", out, "-f", "png", "-f", "cutout")
+    assert_bad_input(result, f"its output {out / 'a.cutout'} is also an output of", "separate --out")
+    assert not out.exists()
+
+
+def test_a_baseline_says_frames_before_a_later_first_mask_stay_empty(tmp_path: Path,
+                                                                     clip: tuple[Path, Path]) -> None:
+    """--direction both is the default, but baselines run forward only: with the first mask on frame 3,
+    frames 0-2 came out empty without a word. A note says so (not with --quiet)."""
+    video, mask = clip
+    annotations = tmp_path / "ann"
+    annotations.mkdir()
+    shutil.copy(mask, annotations / "00003.png")
+    result = segment(video, "--mask-dir", annotations, "--method", "copy", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert "the first mask is on frame 3; this baseline runs forward only" in result.stderr
+    assert not png_ids(tmp_path / "o" / "car-shadow" / "00002.png").any()
+    quiet = segment(video, "--mask-dir", annotations, "--method", "copy", "--out", tmp_path / "q", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
 def test_rgb_antialiased_mask_is_reported_not_split(tmp_path: Path, clip: tuple[Path, Path]) -> None:
     video, _ = clip
     car = png_ids(EXAMPLE_MASK)
