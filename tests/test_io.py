@@ -257,6 +257,19 @@ def test_an_annotation_folder_reads_every_gray_mask_by_the_same_rules(tmp_path: 
     assert load_mask(void / "00004.png").object_ids == [1]
 
 
+def test_a_mask_with_an_exif_orientation_is_read_upright(tmp_path: Path) -> None:
+    """Frames are read upright by their EXIF orientation; a mask saved with its photo's tag (an editor keeps
+    it) was read raw, so it lay turned over the upright frame. Masks are turned the same way now."""
+    stored = np.zeros((24, 40), np.uint8)
+    stored[:8, :16] = 1
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 8  # shown turned a quarter counter-clockwise
+    image.save(tmp_path / "m.png", exif=exif)
+    mask = load_mask(tmp_path / "m.png")
+    assert np.array_equal(mask.ids, np.rot90(stored, 1)) and mask.kind == "binary"
+
+
 def test_antialiased_grayscale_mask_stays_one_object(tmp_path: Path) -> None:
     car = example_mask()
     smooth = cv2.resize(car.astype(np.uint8) * 255, (640, 360), interpolation=cv2.INTER_AREA)

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError
 from stma_core.ids import MAX_OBJECTS, VOID_ID
-from stma_core.io.frames import natural_key
+from stma_core.io.frames import natural_key, open_upright
 from stma_core.io.palette import DAVIS_PALETTE, davis_id_of
 
 ASPECT_TOLERANCE = 0.01
@@ -75,8 +75,7 @@ def _read_image(path: Path) -> Image.Image:
     if path.is_dir():
         raise StmaInputError(f"{path}: is a folder, not a mask PNG; pass the PNG file (or use --mask-dir)")
     try:
-        image = Image.open(path)
-        image.load()
+        image = open_upright(path)  # as frames are read: a mask saved with its photo's EXIF orientation is drawn upright
     except (OSError, UnidentifiedImageError) as exc:
         raise StmaInputError(f"{path}: not a readable image ({exc}); pass a PNG mask") from exc
     return image
