@@ -22,3 +22,17 @@ def test_every_session_member_the_readme_names_exists():
         assert hasattr(session, name), f"README names session.{name}, which VideoSession does not have"
         if call:
             assert callable(getattr(session, name)), f"README calls session.{name}(), which is not a method"
+
+
+def test_the_memory_settings_readme_gives_for_the_shipped_model_are_its_own():
+    """README lists the shipped model's recommended memory settings; they must be what it carries."""
+    import json
+
+    from stma_core import load_model
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    listed = re.search(r"\(the shipped model: (`--top-k[^`]*`)", text)
+    assert listed, "README no longer lists the shipped model's memory settings; update this test"
+    given = {k.replace("-", "_"): int(v) for k, v in re.findall(r"--([a-z-]+) (\d+)", listed.group(1))}
+    recommended = json.loads(load_model()[2]["inference_config"])
+    assert given == {k: recommended[k] for k in given} and len(given) == 6, (given, recommended)
