@@ -32,7 +32,8 @@ from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import ensure_writable_dir
-from stma_core.io.frames import FrameFolderSource, FrameSource, mask_beside, not_a_mask_note, open_frames, scan_folder
+from stma_core.io.frames import (FrameFolderSource, FrameSource, input_name, mask_beside, not_a_mask_note,
+                                 open_frames, scan_folder)
 from stma_core.io.masks import LoadedMask, fit_mask, load_mask, load_mask_folder
 from stma_core.io.writers import padded_size
 from stma_core.io.outputs import (ALL_FORMATS, ALPHA_CODECS, OVERLAY_STYLES, VIDEO_FORMATS, OutputOptions, OutputWriter,
@@ -212,7 +213,7 @@ def _mask_beside(input_path: Path) -> Path:
     found, others = mask_beside(input_path)
     if found is not None:
         return found
-    stem = input_path.name if input_path.is_dir() else input_path.stem
+    stem = input_name(input_path)
     fail(f"--mask: no mask given and no {stem}.png or {stem}_mask.png beside {input_path}{not_a_mask_note(others)}; pass --mask "
          "FIRST_FRAME.png or --mask-dir ANNOTATION_FOLDER")
 
@@ -469,7 +470,7 @@ def segment(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a batch skips finished videos otherwise)."),
     engine: str = typer.Option("torch", "--engine", help="torch (PyTorch), onnx (onnxruntime) or torchscript: the "
                                                           "last two run an `stma export` folder (--export-dir)."),
-    onnx_dir: Optional[Path] = typer.Option(None, "--export-dir", "--onnx-dir", show_default=False,
+    export_dir: Optional[Path] = typer.Option(None, "--export-dir", "--onnx-dir", show_default=False,
                                             help="Folder written by `stma export` (with --engine onnx or torchscript, "
                                                  "as it was exported); --onnx-dir is the older name."),
     start: int = typer.Option(0, "--start", help="First frame to segment (0-based index; a --mask file annotates it)."),
@@ -501,10 +502,10 @@ def segment(
     if engine not in ("torch", "onnx", "torchscript"):
         fail(f"--engine: unknown engine {engine!r}; use torch, onnx or torchscript")
     exported = engine != "torch"
-    if exported and (onnx_dir is None or method != "stma"):
+    if exported and (export_dir is None or method != "stma"):
         fail(f"--engine {engine}: pass --export-dir with a `stma export --format {engine}` folder (and --method stma)")
-    if not exported and onnx_dir is not None:  # it would be ignored: the PyTorch model would run instead
-        fail(f"--export-dir {onnx_dir}: pass --engine onnx or --engine torchscript (as it was exported) to run it")
+    if not exported and export_dir is not None:  # it would be ignored: the PyTorch model would run instead
+        fail(f"--export-dir {export_dir}: pass --engine onnx or --engine torchscript (as it was exported) to run it")
     if exported and checkpoint is not None:
         fail(f"--checkpoint: not used with --engine {engine} (the export folder holds its model); leave it out, "
              "or re-export with `stma export --checkpoint FILE`")
@@ -544,7 +545,7 @@ def segment(
         _refuse(jobs, exc, as_json)
     try:
         _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, settings,
-                  onnx_dir if exported else None, extras=extras, as_json=as_json, direction=way,
+                  export_dir if exported else None, extras=extras, as_json=as_json, direction=way,
                   export_engine=engine)
     finally:
         if created_out and out.is_dir() and not any(out.iterdir()):
@@ -553,7 +554,7 @@ def segment(
 
 def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, overwrite: bool, quiet: bool,
               method: str, checkpoint: Path | None, device: str, settings: dict[str, int | None],
-              onnx_dir: Path | None = None, extras: Extras | None = None, as_json: bool = False,
+              export_dir: Path | None = None, extras: Extras | None = None, as_json: bool = False,
               direction: Direction = Direction.FORWARD, export_engine: str = "onnx") -> None:
     """Runs every job in order, printing result paths as they finish and the batch summary at the end."""
     console = stderr_console()
@@ -575,10 +576,10 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
     def propagator() -> Propagator:
         if not factory:  # the model loads once, and only if a video needs it
             try:
-                if onnx_dir is not None:
+                if export_dir is not None:
                     from stma_core.inference.onnx_session import make_export_propagator_factory
 
-                    factory.append(make_export_propagator_factory(onnx_dir, export_engine, **settings))
+                    factory.append(make_export_propagator_factory(export_dir, export_engine, **settings))
                 else:
                     factory.append(make_propagator_factory(method, str(checkpoint) if checkpoint else None,
                                                            device, settings=settings))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stma_core.errors import StmaInputError
-from stma_core.io.frames import IMAGE_EXTENSIONS, IMAGE_NAMES, image_files, natural_key
+from stma_core.io.frames import IMAGE_EXTENSIONS, image_files, natural_key
 from stma_core.io.text import read_split_names
 
 DAVIS17_URL = "https://davischallenge.org/davis2017/code.html"
@@ -50,8 +50,6 @@ _DAVIS16_OBTAIN = (f"get DAVIS 2016 from {DAVIS16_URL} in the DAVIS 2017 layout 
                    "Annotations/480p palette PNGs with ids 0/1, ImageSets/2016/{train,val}.txt)")
 _DAVIS17_OBTAIN = f"download DAVIS-2017-trainval-480p.zip from {DAVIS17_URL} and unzip it (the folder holding JPEGImages/)"
 _DAVIS_LAYOUT = "JPEGImages/480p/<seq>/*.jpg, Annotations/480p/<seq>/*.png, ImageSets/<year>/<split>.txt"
-FRAME_NAMES = IMAGE_NAMES
-"""Frame image types a dataset may hold: those `stma segment` reads from a frame folder (DAVIS ships JPEG)."""
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec

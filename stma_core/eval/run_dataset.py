@@ -20,12 +20,12 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 
 from stma_core.errors import StmaInputError, StmaOutputError
-from stma_core.eval.datasets import (DAVIS_RESOLUTION, FRAME_NAMES, annotation_files, check_davis_root, frame_images,
+from stma_core.eval.datasets import (DAVIS_RESOLUTION, annotation_files, check_davis_root, frame_images,
                                      short_list)
 from stma_core.eval.scoring import VOID_ID, read_id_mask
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import commit, partial_path, remove_path
-from stma_core.io.frames import natural_key, read_image_frame
+from stma_core.io.frames import IMAGE_NAMES, natural_key, read_image_frame
 from stma_core.io.masks import keep_new_objects
 from stma_core.io.text import read_user_text
 from stma_core.io.writers import save_palette_png
@@ -128,7 +128,7 @@ def check_frames_present(images: Path, annotations: Path, jobs: list[tuple[str, 
     segmented, as an error about missing predictions."""
     empty = [seq for seq, frames in jobs if not frames]
     if empty:
-        raise StmaInputError(f"no frame images ({FRAME_NAMES}) in {images} for {short_list(empty)}; the dataset "
+        raise StmaInputError(f"no frame images ({IMAGE_NAMES}) in {images} for {short_list(empty)}; the dataset "
                              f"needs JPEGImages/{DAVIS_RESOLUTION}/<sequence>/<frame>.jpg to be segmented")
     missing: list[Path] = []
     for seq, frames in jobs:

@@ -329,9 +329,14 @@ class SeriesRules:
     def of(cls, files: Iterable[Path]) -> "SeriesRules":
         rules = cls()
         for path in files:
-            image = _read_image(path)
-            if image.mode not in GRAY_MODES or image.mode == "1":
+            try:
+                with Image.open(path) as probe:  # the header only: palette and colour masks are not decoded twice
+                    gray_file = probe.mode in GRAY_MODES and probe.mode != "1"
+            except (OSError, UnidentifiedImageError):
+                continue  # load_mask reports it
+            if not gray_file:
                 continue
+            image = _read_image(path)
             gray, exact = _gray_levels(path, image)
             rules.exact |= exact
             rules.void255 |= not exact and _is_void_label_map(gray)

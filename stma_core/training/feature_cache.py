@@ -51,20 +51,20 @@ def check_sequences(root: Path, names: list[str], split_file: Path, every_mask: 
     if not names:
         raise StmaInputError(f"{split_file}: the split lists no sequences; add sequence names, one a line")
     missing: list[Path] = []
+    annotations: list[Path] = []
     for name in names:
         frames, masks = frame_paths(root, name)
         if not frames:
-            raise StmaInputError(f"{root / 'JPEGImages' / '480p' / name}: no frames (jpg, png, webp, tif, bmp) for sequence {name!r} "
-                                 f"listed in {split_file.name}; fix the split or the data root")
+            raise StmaInputError(f"{root / 'JPEGImages' / '480p' / name}: no frames (jpg, png, webp, tif, bmp) for sequence "
+                                 f"{name!r} listed in {split_file.name}; fix the split or the data root")
         missing += [m for m in (masks if every_mask else masks[:1]) if not m.is_file()]
+        annotations += [m for m in masks if every_mask or m.is_file()]
     if missing:
         raise StmaInputError(f"{missing[0]}: missing annotation ({len(missing)} frame(s) of the split without a "
                              "mask under Annotations/480p); training needs every frame's mask (sparsely annotated "
                              "data such as YouTube-VOS train: keep only annotated frames in JPEGImages)")
-    for name in names:  # headers only: cheap for a whole data set
-        for mask in frame_paths(root, name)[1]:
-            if every_mask or mask.is_file():
-                read_id_mask(mask, "training annotation", header_only=True)
+    for mask in annotations:  # headers only: cheap for a whole data set
+        read_id_mask(mask, "training annotation", header_only=True)
 
 
 def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
@@ -130,14 +130,15 @@ SOURCE_FILE = "source.json"
 @torch.inference_mode()
 def build_cache(root: Path, names: list[str], out: Path, size: tuple[int, int] = (288, 512),
                 batch: int = 8, progress=None, variant: str = "lite0",
-                device: str | torch.device = "cpu", note=None) -> None:
+                device: str | torch.device = "cpu", note=None, current: dict | None = None) -> None:
     """Encodes every frame of `names` at `size` (H, W) on `device` and writes one .pt file (CPU tensors)
     per sequence in `out`. A sequence already cached from the same data root and files is kept; one cached
     from other files (another dataset, edited annotations, or a cache without a record) is rebuilt, and
-    `note` is told so. Masks are read as the evaluator reads them (read_id_mask)."""
+    `note` is told so. Masks are read as the evaluator reads them (read_id_mask). `current`: data_record(root,
+    names) when the caller already made it (it stats every file)."""
     out.mkdir(parents=True, exist_ok=True)
     source = out / SOURCE_FILE
-    current = data_record(root, names)
+    current = current if current is not None else data_record(root, names)
     record = json.loads(source.read_text()) if source.is_file() else {}
     changed = [n for n in changed_sequences(record, current) if (out / f"{n}.pt").exists()]
     if changed and note:

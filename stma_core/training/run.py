@@ -202,7 +202,7 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
                 if log:
                     log(f"trunk feature cache of {len(names)} sequences: {cache} (built where missing or stale)")
                 build_cache(data, names, cache, size=tuple(cfg.frame_size), variant=cfg.model.lite_variant,
-                            device=device, note=log)
+                            device=device, note=log, current=record)
             distributed.barrier()
             train_data = load_cache(cache, names)
     trainer = Trainer(cfg, train_data, out, device=device, stills=folder_stills if mix else None)
