@@ -198,6 +198,33 @@ def test_trimmed_mp4_with_an_edit_list_is_complete(tmp_path: Path) -> None:
     assert len(frames) == sum(1 for _ in reference)
 
 
+@pytest.mark.parametrize("name, audio_first", [("clip.mp4", True), ("clip.mkv", False), ("clip.webm", False)])
+def test_video_whose_audio_outlasts_it_is_complete(tmp_path: Path, name: str, audio_first: bool) -> None:
+    """The container's duration is its longest stream: 12 frames (0.5 s) with a 1 s sound track is not a cut-off
+    12-of-24-frame file. It once failed as "decoded 12 of 24 frames: file truncated?", whatever the order of
+    the streams."""
+    for i, frame in enumerate(colour_frames(12)):
+        Image.fromarray(frame).save(tmp_path / f"{i}.png")
+    video = ["-framerate", "24", "-i", tmp_path / "%d.png"]
+    audio = ["-f", "lavfi", "-i", "sine=duration=1"]
+    codecs = ["-c:v", "libvpx-vp9", "-c:a", "libopus"] if name.endswith(".webm") else ["-c:v", "libx264", "-c:a", "aac"]
+    inputs = audio + video if audio_first else video + audio
+    ffmpeg(*inputs, "-map", f"{int(audio_first)}:v", "-map", f"{int(not audio_first)}:a", *codecs,
+           "-pix_fmt", "yuv420p", tmp_path / name)
+    source = open_frames(tmp_path / name)
+    frames = list(source)
+    assert [which_frame(f, colour_frames(12)) for _, f in frames] == list(range(12))
+    assert source.frame_count == 12
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, tmp_path / "mask.png")
+    result = segment(tmp_path / name, "--mask", tmp_path / "mask.png", "--method", "copy", "-f", "png",
+                     "-f", "overlay", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out" / "clip").iterdir())) == 12
+    assert sum(1 for _ in imageio_ffmpeg.read_frames(str(tmp_path / "out" / "clip.overlay.mp4"))) - 1 == 12
+
+
 def test_damaged_video_whose_index_is_lost_says_so(tmp_path: Path) -> None:
     plain = tmp_path / "plain.mp4"
     ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "10", "-s", "214x120", "-c:v", "libx264", plain)  # index at the end

@@ -269,11 +269,15 @@ class VideoFileSource(FrameSource):
         duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", header)
         seconds = (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
                    if duration else 0.0)
-        self.expected_frames = round(seconds * self.fps) if seconds > 0 else 0
-        """Frames the container promises: its duration times its average frame rate (0 when unknown). This
-        honours edit lists (a trimmed mp4 keeps packets it does not show), unlike a packet count."""
-        self.packets = self._count_packets()
+        scan = self._scan_packets()
+        self.packets = scan.packets
         """Video packets in the file (counted without decoding); can exceed the shown frames (edit lists)."""
+        cut_off = seconds > 0 and scan.end is not None and scan.end < 0.95 * seconds - 1 / self.fps
+        self.expected_frames = round(seconds * self.fps) if cut_off else scan.shown
+        """Frames the file promises (0 when unknown): its video packets less those an edit list hides (a
+        trimmed mp4 keeps packets it does not show). The container's duration is a file's longest stream
+        (an audio track often outlasts the video), so it only counts when the packets of every stream stop
+        clearly before it: a cut-off file, which then promises duration x average rate."""
         self.frame_count = self.expected_frames or self.packets or 1
 
     def _probe(self) -> tuple[str, np.ndarray]:
@@ -299,14 +303,15 @@ class VideoFileSource(FrameSource):
             raise StmaInputError(f"{self.path}: ffmpeg cannot decode a frame of it ({_first_problem(header)}); {what}")
         return header, cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
 
-    def _count_packets(self) -> int:
-        """Frames the container holds, counted by copying the video stream (no decoding); 0 if unknown."""
+    def _scan_packets(self) -> "_PacketScan":
+        """The video stream's packets and where the packets of the video and audio streams end, read by
+        copying them (no decoding) to ffmpeg's framecrc listing; all zero/None if unknown."""
         try:
-            result = _run(["-i", str(self.path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"], timeout=600)
+            result = _run(["-i", str(self.path), "-map", "0:v:0", "-map", "0:a?", "-c", "copy", "-f", "framecrc",
+                           "-"], timeout=600)
         except (OSError, subprocess.TimeoutExpired):
-            return 0
-        counts = re.findall(r"frame=\s*(\d+)", result.stderr.decode("utf-8", "replace"))
-        return int(counts[-1]) if counts else 0
+            return _PacketScan()
+        return _PacketScan.parse(result.stdout.decode("utf-8", "replace"))
 
     def frame_name(self, index: int) -> str:
         return f"{index:05d}"
@@ -364,6 +369,46 @@ class VideoFileSource(FrameSource):
             raise StmaInputError(
                 f"{self.path}: decode error after {decoded} frames ({_first_problem(stderr)}); the video is "
                 f"damaged: re-encode it ({_REENCODE}) and check the result")
+
+
+_NO_TIMESTAMP = -(1 << 63)
+_DISCARD = 0x4
+"""AV_PKT_FLAG_DISCARD: a packet decoded only as a reference, never shown (before an edit list's start)."""
+
+
+@dataclass
+class _PacketScan:
+    """What `ffmpeg -c copy -f framecrc` lists of a file: stream 0 is the video, any others its audio."""
+
+    packets: int = 0
+    """Video packets."""
+    shown: int = 0
+    """Video packets without the discard flag: the frames a decode delivers."""
+    end: float | None = None
+    """Seconds at which the last packet of any listed stream ends (None when no timestamps are known)."""
+
+    @classmethod
+    def parse(cls, listing: str) -> "_PacketScan":
+        scan = cls()
+        bases: dict[int, float] = {}
+        for line in listing.splitlines():
+            base = re.match(r"#tb (\d+): (\d+)/(\d+)", line)
+            if base:
+                bases[int(base.group(1))] = int(base.group(2)) / max(1, int(base.group(3)))
+                continue
+            fields = [f.strip() for f in line.split(",")]
+            if line.startswith("#") or len(fields) < 6 or not all(f.lstrip("-").isdigit() for f in fields[:5]):
+                continue
+            stream, dts, pts, length = (int(f) for f in fields[:4])
+            flags = int(fields[6][2:], 16) if len(fields) > 6 and fields[6].startswith("F=") else 0
+            if stream == 0:
+                scan.packets += 1
+                scan.shown += not flags & _DISCARD
+            when = pts if pts != _NO_TIMESTAMP else dts
+            if when != _NO_TIMESTAMP and stream in bases:
+                end = (when + max(length, 0)) * bases[stream]
+                scan.end = end if scan.end is None else max(scan.end, end)
+        return scan
 
 
 def _shape_metadata(header: str, size: tuple[int, int]) -> tuple[bool, tuple[int, int] | None]:
