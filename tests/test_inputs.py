@@ -329,6 +329,34 @@ def test_lossy_mask_keeps_two_objects_apart(tmp_path: Path) -> None:
         assert ((mask.ids == k) & (ids == k)).sum() / ((mask.ids == k) | (ids == k)).sum() > 0.97
 
 
+def test_colour_mask_stored_with_a_quantised_palette_is_read_by_its_colours(tmp_path: Path, short_video: Path) -> None:
+    """Quantisers and PNG optimisers store a few-colour mask as a palette PNG in any index order (PIL's
+    quantize puts black at index 2 here): its indices are not ids. Read as ids, the background became
+    object 2 and the green object background, silently."""
+    ids = np.zeros((120, 214), np.uint8)
+    ids[20:70, 30:120], ids[80:110, 140:200] = 1, 2
+    rgb = np.zeros((120, 214, 3), np.uint8)
+    rgb[ids == 1], rgb[ids == 2] = (255, 0, 0), (0, 255, 0)
+    quantised = Image.fromarray(rgb).quantize(3)
+    assert np.array(quantised)[0, 0] != 0  # black is not index 0: the case at hand
+    quantised.save(tmp_path / "clip.png")
+    mask = load_mask(tmp_path / "clip.png")
+    assert np.array_equal(mask.ids, ids) and mask.mapping == {1: "rgb(255, 0, 0)", 2: "rgb(0, 255, 0)"}
+    assert "black is index" in mask.warnings[0]
+    video = tmp_path / "clip.mp4"
+    shutil.copy(short_video, video)
+    result = segment(video, "--method", "copy", "--end", "2", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.array(Image.open(tmp_path / "out" / "clip" / "00000.png")), ids)
+    # id maps keep their indices: DAVIS's palette, and a palette that does not tell the ids apart
+    for palette in (DAVIS_PALETTE.ravel().tolist(), [0] * 768):
+        image = Image.fromarray(ids, "P")
+        image.putpalette(palette)
+        image.save(tmp_path / "ids.png")
+        assert load_mask(tmp_path / "ids.png").kind == "palette"
+        assert np.array_equal(load_mask(tmp_path / "ids.png").ids, ids)
+
+
 def test_rgba_cutout_alpha_is_the_object(tmp_path: Path) -> None:
     frame = example_frames(1)[0]
     truth = np.array(Image.open(EXAMPLE_MASK)) == 1

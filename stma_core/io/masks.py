@@ -378,11 +378,30 @@ def _alpha_mask(path: Path, alpha: np.ndarray) -> LoadedMask:
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
+def _black_index(image: Image.Image, indices: np.ndarray) -> int | None:
+    """The palette index of black when a palette PNG is a colour picture rather than an id map: black, the
+    background of every id-map convention (DAVIS, VOC, YouTube-VOS: index 0 is black), sits at another index
+    in use, and the indices in use have distinct colours. Optimisers and quantisers (pngquant, PIL's
+    quantize, 'save as indexed') store a colour mask so, in any order: its indices are not ids. None for id maps."""
+    palette = np.array(image.getpalette() or [], np.int64)
+    palette = palette[:len(palette) // 3 * 3].reshape(-1, 3)
+    used = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
+    if not len(used) or used[-1] >= len(palette):
+        return None
+    colours = palette[used]
+    if len(np.unique(colours, axis=0)) < len(used):
+        return None  # colours do not tell the indices apart: they are ids
+    black = [int(i) for i, colour in zip(used, colours) if i != 0 and not colour.any()]
+    return black[0] if black else None
+
+
 def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_object: bool = True,
               series: SeriesRules | None = None) -> LoadedMask:
     """Reads one mask PNG into ids.
 
     Palette PNGs: pixel value = id, 255 (DAVIS void) becomes background with a warning.
+    A palette PNG whose black (background) is another index than 0 is a colour mask stored with a palette
+    (_black_index): read by its colours, as RGB masks are.
     Grayscale: 0/255 or 0/1 -> id 1; values 1..254 are ids; other gray levels get ids in sorted order;
     255 beside small ids (<= GRAY_ID_MAX) is void. 16/32-bit and float masks with levels above 255 are
     instance ids read exactly (renumbered in sorted order, the mapping returned); an 8-bit mask stored in
@@ -395,12 +414,13 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
     image = _read_image(path)
     color_ids = color_ids if color_ids is not None else ColorIds()
     mode = image.mode
-    if mode in ("P", "PA"):
-        ids = np.array(image.getchannel(0) if mode == "PA" else image, dtype=np.uint8)
-        mask = LoadedMask(path, ids, "palette")
-        void = ids == VOID_ID
+    indices = np.array(image.getchannel(0) if mode == "PA" else image, dtype=np.uint8) if mode in ("P", "PA") else None
+    black = _black_index(image, indices) if indices is not None else None
+    if indices is not None and black is None:
+        mask = LoadedMask(path, indices, "palette")
+        void = indices == VOID_ID
         if void.any():
-            mask.ids = np.where(void, 0, ids).astype(np.uint8)
+            mask.ids = np.where(void, 0, indices).astype(np.uint8)
             mask.warnings.append(f"{path}: {int(void.sum())} void pixel(s) (value 255) treated as background")
     elif mode in GRAY_MODES:
         gray, exact = _gray_levels(path, image)
@@ -425,6 +445,11 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
         else:
             rgb = np.where(alpha[..., None] < 128, 0, rgba[..., :3]).astype(np.uint8)
             mask = _values_to_ids(path, rgb, "rgb", color_ids)
+        if black is not None:
+            mask.warnings.insert(0, (
+                f"{path}: palette PNG whose black is index {black}, not 0 (a colour mask stored with a palette by "
+                "an optimiser or quantiser): read by its colours, black as background; save it with the "
+                "background as index 0 to silence this"))
     if require_object and not mask.object_ids:
         raise StmaInputError(f"{path}: mask has no object (every pixel is background, void or one flat "
                              "colour); draw each object with a nonzero id or colour on a black background")
