@@ -93,6 +93,25 @@ def _interior(codes: np.ndarray) -> np.ndarray:
     return inside
 
 
+STEADY_RADIUS, STEADY_NOISE = 2, 8
+"""In a lossy mask, a pixel whose (2 * STEADY_RADIUS + 1)^2 neighbourhood stays within STEADY_NOISE (8-bit
+units, per channel) of it lies inside an area of one colour, changed only by compression noise."""
+
+
+def _steady(pixels: np.ndarray) -> np.ndarray:
+    """HxW: True where every pixel within STEADY_RADIUS is within STEADY_NOISE of the pixel (HxWxC values)."""
+    pixels = pixels.astype(np.int16).reshape(pixels.shape[0], pixels.shape[1], -1)
+    r = STEADY_RADIUS
+    padded = np.pad(pixels, ((r, r), (r, r), (0, 0)), mode="edge")
+    h, w = pixels.shape[:2]
+    inside = np.ones((h, w), bool)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            if dy != r or dx != r:
+                inside &= (np.abs(padded[dy:dy + h, dx:dx + w] - pixels) <= STEADY_NOISE).all(2)
+    return inside
+
+
 def _is_blend(vals: np.ndarray, real: np.ndarray, tol: float) -> np.ndarray:
     """For each colour in `vals` (N, C): True if it is a mix of two or three real colours (an edge or
     junction blend, as anti-aliasing and area resizing make), within `tol`."""
@@ -130,7 +149,9 @@ def _group_colours(path: Path, codes: np.ndarray, values: np.ndarray, kind: str
     changed by compression noise and is merged into it (reported). Colours without a flat
     pixel are edge blends or noise when they lie near a real colour or between two real ones, and are
     folded (reported); otherwise they are a tiny object of their own, unless the mask is noisy: there every
-    colour without a flat pixel is noise and goes to the nearest real colour (a lossy mask invents nothing). Exact DAVIS palette colours are
+    colour without a flat pixel is noise and goes to the nearest real colour (a lossy mask invents nothing),
+    except a steady colour (_steady: an area within noise of it, which a small object keeps where noise leaves
+    it no flat pixel) that is no blend of two other real colours: it is real. Exact DAVIS palette colours are
     never merged with each other. Returns (codes, indices of real values, warnings).
     """
     counts = np.bincount(codes.ravel(), minlength=len(values))
@@ -146,7 +167,11 @@ def _group_colours(path: Path, codes: np.ndarray, values: np.ndarray, kind: str
     merged: list[tuple[int, int]] = []
     # Compression leaves many colours without a flat pixel; a mask without them has no noise to merge.
     noisy = int((present & ~flat).sum()) >= int(flat.sum())
-    for i in sorted(np.flatnonzero(flat), key=lambda i: -counts[i]):
+    steady = np.zeros(len(values), bool)
+    if noisy:  # noise leaves a small object no exactly flat pixel: an area of steady colour marks it instead
+        steady[np.unique(codes[_steady(values[codes])])] = True
+        steady &= present & ~flat
+    for i in sorted(np.flatnonzero(flat | steady), key=lambda i: -counts[i]):
         if real and noisy:
             dist = np.abs(vals[real] - vals[i]).max(1)
             j = int(np.argmin(dist))
@@ -155,7 +180,12 @@ def _group_colours(path: Path, codes: np.ndarray, values: np.ndarray, kind: str
                 merged.append((int(i), real[j]))
                 continue
         real.append(int(i))
-    others = np.flatnonzero(present & ~flat)
+    for i in sorted((i for i in real if steady[i]), key=lambda i: counts[i]):
+        rest = [k for k in real if k != i]
+        if _is_blend(vals[[i]], vals[rest], NEAR_SHADE / 2)[0]:
+            real.remove(i)  # the steady middle of a soft edge between two colours: folded below
+            steady[i] = False
+    others = np.flatnonzero(present & ~flat & ~steady)
     if not real:  # e.g. a 1-px-wide drawing: nothing is flat; keep the colours as they are
         real = [int(i) for i in others]
         others = np.zeros(0, np.int64)
