@@ -247,6 +247,26 @@ def test_any_file_ffmpeg_decodes_is_a_video(tmp_path: Path, extension: str) -> N
     assert len(frames) == 4 and frames[3][1].shape == (120, 214, 3)
 
 
+def test_cover_art_is_not_the_video(tmp_path: Path, short_video: Path) -> None:
+    """ffmpeg lists a file's cover picture as a one-frame video stream. A song with a cover was segmented
+    as a one-frame video of its cover, and a batch folder took it for a video; now it is a file without
+    a video stream. A video with a cover reads its own frames, wherever the cover is listed."""
+    cover = tmp_path / "cover.png"
+    Image.fromarray(colour_frames(1, (80, 80))[0]).save(cover)
+    song = tmp_path / "song.mp3"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-i", cover, "-map", "0", "-map", "1", "-c:a", "libmp3lame",
+           "-c:v", "png", "-disposition:v", "attached_pic", song)
+    with pytest.raises(StmaInputError, match=r"song.mp3: file has no video stream \(audio with a cover picture\)"):
+        open_frames(song)
+    result = segment(song, "--mask", cover, "--method", "copy", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()
+    assert scan_folder(tmp_path).videos == [] and (tmp_path / "song.mp3").exists()
+    movie = tmp_path / "movie.mkv"
+    ffmpeg("-i", short_video, "-c", "copy", "-attach", cover, "-metadata:s:t", "mimetype=image/png", movie)
+    frames = list(open_frames(movie))
+    assert len(frames) == 25 and frames[0][1].shape == (120, 214, 3)
+
+
 def test_rotated_phone_video_is_read_upright(tmp_path: Path, short_video: Path) -> None:
     rotated = tmp_path / "portrait.mp4"
     ffmpeg("-display_rotation", "90", "-i", short_video, "-c", "copy", rotated)

@@ -97,7 +97,17 @@ def has_video_stream(path: Path) -> bool:
         result = _run(["-i", str(path)], timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return re.search(r"Stream #\S+.*: Video: ", result.stderr.decode("utf-8", "replace")) is not None
+    return _video_stream(result.stderr.decode("utf-8", "replace")) is not None
+
+
+_VIDEO = "0:V:0"
+"""The video read: the first video stream that is not an attached picture (the cover art of an mp3, m4a or
+mkv, which ffmpeg lists as a one-frame video stream)."""
+
+
+def _video_stream(header: str) -> re.Match | None:
+    """The line of ffmpeg's description of a file that describes _VIDEO (group 1: after 'Video: ')."""
+    return re.search(r"^\s*Stream #\S+.*?: Video: (?!.*\(attached pic\))(.*)$", header, re.MULTILINE)
 
 
 def is_video_file(path: Path) -> bool:
@@ -264,7 +274,8 @@ class VideoFileSource(FrameSource):
         header, first = self._probe()
         self.size = (int(first.shape[1]), int(first.shape[0]))  # after the file's rotation is applied
         self.turned, self.display_size = _shape_metadata(header, self.size)
-        fps = re.search(r"Video: .*?(\d+(?:\.\d+)?) fps", header)
+        stream = _video_stream(header)
+        fps = re.search(r"(\d+(?:\.\d+)?) fps", stream.group(1)) if stream else None
         self.fps = float(fps.group(1)) if fps and float(fps.group(1)) > 0 else FOLDER_FPS
         duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", header)
         seconds = (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
@@ -283,7 +294,7 @@ class VideoFileSource(FrameSource):
     def _probe(self) -> tuple[str, np.ndarray]:
         """ffmpeg's description of the file, and its first frame decoded (to learn the displayed size)."""
         try:
-            result = _run(["-i", str(self.path), "-map", "0:v:0", "-frames:v", "1", "-f", "image2pipe",
+            result = _run(["-i", str(self.path), "-map", _VIDEO, "-frames:v", "1", "-f", "image2pipe",
                            "-c:v", "png", "-"])
         except subprocess.TimeoutExpired as exc:
             raise StmaInputError(f"{self.path}: ffmpeg did not answer within 2 minutes; "
@@ -291,11 +302,12 @@ class VideoFileSource(FrameSource):
         except OSError as exc:
             raise StmaInputError(f"{self.path}: cannot run ffmpeg ({exc}); reinstall imageio-ffmpeg") from exc
         header = result.stderr.decode("utf-8", "replace")
-        has_stream = re.search(r"Stream #\S+.*: Video: ", header) is not None
+        has_stream = _video_stream(header) is not None
         first = cv2.imdecode(np.frombuffer(result.stdout, np.uint8), cv2.IMREAD_COLOR) if result.stdout else None
         if first is None:
             if "Stream #" in header and not has_stream:
-                raise StmaInputError(f"{self.path}: file has no video stream (audio only?); pass {_SUPPORTED}")
+                what = "audio with a cover picture" if "(attached pic)" in header else "audio only?"
+                raise StmaInputError(f"{self.path}: file has no video stream ({what}); pass {_SUPPORTED}")
             known = self.path.suffix.lower() in VIDEO_EXTENSIONS
             what = ("the video is damaged or incomplete (a cut-off download?); re-download it or re-encode it "
                     f"({_REENCODE})" if known or has_stream else
@@ -307,7 +319,7 @@ class VideoFileSource(FrameSource):
         """The video stream's packets and where the packets of the video and audio streams end, read by
         copying them (no decoding) to ffmpeg's framecrc listing; all zero/None if unknown."""
         try:
-            result = _run(["-i", str(self.path), "-map", "0:v:0", "-map", "0:a?", "-c", "copy", "-f", "framecrc",
+            result = _run(["-i", str(self.path), "-map", _VIDEO, "-map", "0:a?", "-c", "copy", "-f", "framecrc",
                            "-"], timeout=600)
         except (OSError, subprocess.TimeoutExpired):
             return _PacketScan()
@@ -327,7 +339,7 @@ class VideoFileSource(FrameSource):
         # decoded, which would fail the video. Renumbering happens after decoding, so it changes no
         # frame, drops none and adds none (`-fps_mode passthrough` keeps ffmpeg from doing so either);
         # only the raw stream's timestamps, which nothing reads, differ.
-        cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(self.path), "-map", "0:v:0",
+        cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(self.path), "-map", _VIDEO,
                "-vf", "settb=1,setpts=N", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
         # Own session: Ctrl-C reaches Python (which stops ffmpeg below), not ffmpeg mid-frame.
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -414,7 +426,7 @@ class _PacketScan:
 def _shape_metadata(header: str, size: tuple[int, int]) -> tuple[bool, tuple[int, int] | None]:
     """-> (frames turned a quarter by rotation metadata, displayed (width, height) if pixels are not square),
     from ffmpeg's description of the file; only used to explain masks drawn at another size."""
-    stream = re.search(r"Stream #\S+.*: Video: (.*)", header)
+    stream = _video_stream(header)
     stored = re.search(r", (\d{1,5})x(\d{1,5})\b", stream.group(1)) if stream else None
     turned = bool(stored) and (int(stored.group(1)), int(stored.group(2))) == (size[1], size[0]) != size
     sar = re.search(r"\[SAR (\d+):(\d+) DAR", stream.group(1)) if stream else None
