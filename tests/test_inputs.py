@@ -267,6 +267,29 @@ def test_cover_art_is_not_the_video(tmp_path: Path, short_video: Path) -> None:
     assert len(frames) == 25 and frames[0][1].shape == (120, 214, 3)
 
 
+@pytest.mark.parametrize("rate", ["24000/1001", "30000/1001", "25"])
+def test_video_outputs_keep_an_ntsc_rate_exactly(tmp_path: Path, rate: str) -> None:
+    """ffmpeg prints 24000/1001 as "23.98 fps"; overlays were written at 23.98, which drifts a frame from the
+    source every 4 minutes, so they no longer lined up with it in an editor. Outputs keep the exact rate."""
+    for i, frame in enumerate(colour_frames(6)):
+        Image.fromarray(frame).save(tmp_path / f"{i}.png")
+    ffmpeg("-framerate", rate, "-i", tmp_path / "%d.png", "-c:v", "libx264", "-pix_fmt", "yuv420p", tmp_path / "clip.mp4")
+    num, _, den = rate.partition("/")
+    want = int(num) / int(den or 1)
+    assert open_frames(tmp_path / "clip.mp4").fps == pytest.approx(want, rel=1e-9)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, tmp_path / "mask.png")
+    result = segment(tmp_path / "clip.mp4", "--mask", tmp_path / "mask.png", "--method", "copy", "-f", "overlay",
+                     "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    listing = subprocess.run([FFMPEG, "-v", "error", "-i", tmp_path / "out" / "clip.overlay.mp4", "-c", "copy",
+                              "-f", "framecrc", "-"], capture_output=True, text=True, check=True).stdout
+    tb_num, tb_den = map(int, listing.split("#tb 0: ")[1].split()[0].split("/"))
+    durations = {int(line.split(",")[3]) for line in listing.splitlines() if line.startswith("0,")}
+    assert len(durations) == 1 and durations.pop() * tb_num / tb_den == pytest.approx(1 / want, rel=1e-9)
+
+
 def test_rotated_phone_video_is_read_upright(tmp_path: Path, short_video: Path) -> None:
     rotated = tmp_path / "portrait.mp4"
     ffmpeg("-display_rotation", "90", "-i", short_video, "-c", "copy", rotated)

@@ -275,8 +275,9 @@ class VideoFileSource(FrameSource):
         self.size = (int(first.shape[1]), int(first.shape[0]))  # after the file's rotation is applied
         self.turned, self.display_size = _shape_metadata(header, self.size)
         stream = _video_stream(header)
-        fps = re.search(r"(\d+(?:\.\d+)?) fps", stream.group(1)) if stream else None
-        self.fps = float(fps.group(1)) if fps and float(fps.group(1)) > 0 else FOLDER_FPS
+        fps = re.search(r"(\d+(?:\.\d+)?)(k?) fps", stream.group(1)) if stream else None
+        printed = float(fps.group(1)) * (1000 if fps.group(2) else 1) if fps else 0.0
+        self.fps = _exact_rate(printed) if printed > 0 else FOLDER_FPS
         duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", header)
         seconds = (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
                    if duration else 0.0)
@@ -421,6 +422,14 @@ class _PacketScan:
                 end = (when + max(length, 0)) * bases[stream]
                 scan.end = end if scan.end is None else max(scan.end, end)
         return scan
+
+
+def _exact_rate(printed: float) -> float:
+    """The frame rate ffmpeg prints to two decimals, made exact where it is an NTSC rate N*1000/1001 (23.98 is
+    24000/1001 = 23.976..., 29.97, 59.94, 119.88): video outputs at the rounded rate drift from the source, a
+    frame every 4 minutes at 23.98, so they no longer line up with it in an editor."""
+    ntsc = round(printed) * 1000 / 1001
+    return ntsc if printed != round(printed) and abs(printed - ntsc) < 0.006 else printed
 
 
 def _shape_metadata(header: str, size: tuple[int, int]) -> tuple[bool, tuple[int, int] | None]:
