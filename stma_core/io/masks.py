@@ -477,7 +477,7 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
             mask = _values_to_ids(path, rgb, "rgb", color_ids)
         if black is not None:
             mask.warnings.insert(0, (
-                f"{path}: palette PNG whose black is index {black}, not 0 (a colour mask stored with a palette by "
+                f"{path}: palette image whose black is index {black}, not 0 (a colour mask stored with a palette by "
                 "an optimiser or quantiser): read by its colours, black as background; save it with the "
                 "background as index 0 to silence this"))
     if require_object and not mask.object_ids:
