@@ -290,6 +290,28 @@ def test_video_outputs_keep_an_ntsc_rate_exactly(tmp_path: Path, rate: str) -> N
     assert len(durations) == 1 and durations.pop() * tb_num / tb_den == pytest.approx(1 / want, rel=1e-9)
 
 
+@pytest.mark.parametrize("name", ["clip.png", "clip.webp"])
+def test_animated_png_and_webp_are_videos(tmp_path: Path, name: str) -> None:
+    """An animated PNG (browsers and GIF converters save APNG as .png) or WebP was refused as "a single
+    image, not a video"; ffmpeg decodes it as the video it is. A still image is still refused."""
+    sources = colour_frames(6)
+    images = [Image.fromarray(f) for f in sources]
+    options = {"lossless": True} if name.endswith(".webp") else {}
+    images[0].save(tmp_path / name, save_all=True, append_images=images[1:], duration=100, loop=0, **options)
+    frames = list(open_frames(tmp_path / name))
+    assert [which_frame(f, sources) for _, f in frames] == list(range(6))
+    assert all(np.array_equal(f, s) for (_, f), s in zip(frames, sources))
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, tmp_path / "clip_mask.png")  # found beside it, as beside any video
+    result = segment(tmp_path / name, "--method", "copy", "-f", "png", "-f", "overlay", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out" / "clip").iterdir())) == 6
+    images[0].save(tmp_path / "still.png")
+    with pytest.raises(StmaInputError, match="still.png: is a single image, not a video"):
+        open_frames(tmp_path / "still.png")
+
+
 def test_rotated_phone_video_is_read_upright(tmp_path: Path, short_video: Path) -> None:
     rotated = tmp_path / "portrait.mp4"
     ffmpeg("-display_rotation", "90", "-i", short_video, "-c", "copy", rotated)

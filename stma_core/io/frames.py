@@ -580,6 +580,20 @@ def _pil_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB")).copy()
 
 
+ANIMATION_FORMATS = ("PNG", "WEBP")
+"""Image formats that also hold animations ffmpeg decodes as videos: APNG (saved as .png by browsers and
+GIF converters) and animated WebP (web clips, stickers)."""
+
+
+def is_animation(path: Path) -> bool:
+    """True for an animated PNG or WebP (more than one frame): a video with an image's name."""
+    try:
+        with Image.open(path) as image:
+            return image.format in ANIMATION_FORMATS and bool(getattr(image, "is_animated", False))
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return False
+
+
 def open_frames(path: str | Path) -> FrameSource:
     """Opens a video file or frame folder, checking it can be read (not its every frame)."""
     path = Path(path)
@@ -590,7 +604,7 @@ def open_frames(path: str | Path) -> FrameSource:
         if contents.kind != "frames" and not contents.images:
             raise StmaInputError(f"{path}: folder holds no {_FRAME_FILES} frames; pass {_SUPPORTED}")
         return FrameFolderSource(path)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
+    if path.suffix.lower() in IMAGE_EXTENSIONS and not is_animation(path):
         raise StmaInputError(f"{path}: is a single image, not a video; pass a video file or the folder "
                              "holding all frames")
     if not os.access(path, os.R_OK):
