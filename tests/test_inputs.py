@@ -312,6 +312,24 @@ def test_animated_png_and_webp_are_videos(tmp_path: Path, name: str) -> None:
         open_frames(tmp_path / "still.png")
 
 
+def test_a_file_with_two_videos_says_which_is_read(tmp_path: Path) -> None:
+    """A file with two video streams (a second camera, a preview track) had its first read without a word."""
+    sources = colour_frames(4)
+    for i, frame in enumerate(sources):
+        Image.fromarray(frame).save(tmp_path / f"{i}.png")
+    ffmpeg("-framerate", "24", "-i", tmp_path / "%d.png", "-framerate", "24", "-i", tmp_path / "%d.png",
+           "-filter_complex", "[1:v]negate[n]", "-map", "0:v", "-map", "[n]", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", tmp_path / "two.mkv")
+    assert [which_frame(f, sources) for _, f in open_frames(tmp_path / "two.mkv")] == [0, 1, 2, 3]
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, tmp_path / "two.png")
+    result = segment(tmp_path / "two.mkv", "--method", "copy", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "two.mkv: holds 2 video streams; the first is read (96x64); for another, extract it first " \
+           "(ffmpeg -i IN -map 0:v:1 -c copy OUT.mkv)" in result.stderr
+
+
 def test_rotated_phone_video_is_read_upright(tmp_path: Path, short_video: Path) -> None:
     rotated = tmp_path / "portrait.mp4"
     ffmpeg("-display_rotation", "90", "-i", short_video, "-c", "copy", rotated)

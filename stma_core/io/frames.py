@@ -237,6 +237,8 @@ class FrameSource(ABC):
     (anamorphic, SAR other than 1:1) is stored narrower or wider than it is shown. Frames stay stored-size."""
     turned: bool = False
     """True when the frames are read turned a quarter by the file's rotation metadata (a phone video)."""
+    other_videos: int = 0
+    """Video streams of the file besides the one read (cover pictures not counted): a note says which is read."""
 
     @abstractmethod
     def frame_name(self, index: int) -> str:
@@ -274,6 +276,9 @@ class VideoFileSource(FrameSource):
         header, first = self._probe()
         self.size = (int(first.shape[1]), int(first.shape[0]))  # after the file's rotation is applied
         self.turned, self.display_size = _shape_metadata(header, self.size)
+        inputs = header.split("Stream mapping:")[0]  # not the streams of ffmpeg's own output
+        self.other_videos = len(re.findall(r"^\s*Stream #\S+.*?: Video: (?!.*\(attached pic\))", inputs,
+                                           re.MULTILINE)) - 1
         stream = _video_stream(header)
         fps = re.search(r"(\d+(?:\.\d+)?)(k?) fps", stream.group(1)) if stream else None
         printed = float(fps.group(1)) * (1000 if fps.group(2) else 1) if fps else 0.0
