@@ -433,6 +433,26 @@ def test_lossy_colour_mask_keeps_a_small_object(tmp_path: Path, quality: int, bl
         assert (have & want).sum() / (have | want).sum() > 0.9
 
 
+def test_id_mask_saved_as_jpeg_invents_no_object_and_says_so(tmp_path: Path) -> None:
+    """An id map (0/1/2) written with cv2.imwrite("mask.jpg", ids) (quality 95) came back with level 3 on a few
+    edge pixels, read verbatim as a third object to track, without a word; at usual qualities its edges
+    move by pixels too. Noise levels go to the nearest id, and a warning says to save id masks as PNG."""
+    ids = np.array(Image.open(EXAMPLE_MASK)).astype(np.uint8)
+    ids[403:421, 33:79] = 2  # off JPEG's 8x8 grid
+    cv2.imwrite(str(tmp_path / "ids.jpg"), ids)
+    levels = set(np.unique(np.array(Image.open(tmp_path / "ids.jpg"))).tolist())
+    assert levels - {0, 1, 2}  # the case at hand: JPEG made levels that are not ids
+    mask = load_mask(tmp_path / "ids.jpg")
+    assert mask.object_ids == [1, 2]
+    for k in (1, 2):
+        assert ((mask.ids == k) & (ids == k)).sum() / ((mask.ids == k) | (ids == k)).sum() > 0.9
+    assert len(mask.warnings) == 1 and "id mask (gray levels 0..2) saved as JPEG" in mask.warnings[0]
+    assert "save id masks as PNG" in mask.warnings[0]
+    cv2.imwrite(str(tmp_path / "ids.png"), ids)  # the same mask as PNG: exact, no warning
+    png = load_mask(tmp_path / "ids.png")
+    assert np.array_equal(png.ids, ids) and not png.warnings
+
+
 def test_colour_mask_stored_with_a_quantised_palette_is_read_by_its_colours(tmp_path: Path, short_video: Path) -> None:
     """Quantisers and PNG optimisers store a few-colour mask as a palette PNG in any index order (PIL's
     quantize puts black at index 2 here): its indices are not ids. Read as ids, the background became

@@ -217,10 +217,35 @@ def _group_colours(path: Path, codes: np.ndarray, values: np.ndarray, kind: str
     return lut[codes], real, warnings
 
 
-def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorIds, exact: bool = False) -> LoadedMask:
+def _fold_noisy_ids(path: Path, codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[int], list[str]]:
+    """A small-id map (0/1/2...) saved as JPEG: the levels with a flat pixel are its ids; each other level is
+    compression noise on an edge and goes to the nearest of them. Always warns: JPEG moves the edges of
+    such a mask (ids one gray level apart) by several pixels at usual qualities, which no reader can undo.
+    -> (codes, indices of real values, warnings)."""
+    flat = np.zeros(len(values), bool)
+    flat[np.unique(codes[_interior(codes)])] = True
+    real = [int(i) for i in np.flatnonzero(flat)] or list(range(len(values)))
+    lut = np.arange(len(values))
+    noise = [i for i in range(len(values)) if i not in real]
+    for i in noise:
+        lut[i] = real[int(np.argmin(np.abs(values[real] - values[i])))]
+    folded = ""
+    if noise:
+        levels = ", ".join(str(int(values[i])) for i in noise[:6]) + (", ..." if len(noise) > 6 else "")
+        folded = (f"; level(s) {levels} on {int(np.isin(codes, noise).sum())} edge pixel(s) were compression "
+                  "noise, given to the nearest id")
+    return lut[codes], real, [
+        f"{path}: an id mask (gray levels 0..{int(values[real].max())}) saved as JPEG, whose compression moves "
+        f"the edges of such masks{folded}; save id masks as PNG"]
+
+
+def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorIds, exact: bool = False,
+                   lossy: bool = False) -> LoadedMask:
     """Shared path of RGB and grayscale masks: group colours, pick background and void, assign ids.
 
-    exact: the levels are ids (wide integer masks, see _gray_levels): every level is its own object."""
+    exact: the levels are ids (wide integer masks, see _gray_levels): every level is its own object.
+    lossy: the file is a JPEG, whose noise turns ids into their neighbours (1 into 2 or 3 on an edge), so
+    an id map's levels without a flat pixel are folded into the nearest level that has one (_fold_noisy_ids)."""
     h, w = pixels.shape[:2]
     if kind == "rgb":
         flat = (pixels[..., 0].astype(np.int64) << 16) | (pixels[..., 1].astype(np.int64) << 8) | pixels[..., 2]
@@ -235,7 +260,9 @@ def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorId
     warnings: list[str] = []
     lossless_ids = exact or (kind == "gray" and int(values.max()) <= GRAY_ID_MAX) or \
         (kind == "rgb" and all(davis_id_of(tuple(int(x) for x in v)) is not None for v in values_nd))
-    if lossless_ids:  # an id map (gray 0/1/2..., or DAVIS colours): read verbatim, whatever an object's size
+    if lossless_ids and lossy and kind == "gray" and not exact:
+        codes, real, warnings = _fold_noisy_ids(path, codes, values)
+    elif lossless_ids:  # an id map (gray 0/1/2..., or DAVIS colours): read verbatim, whatever an object's size
         real = list(range(len(values)))
     else:
         codes, real, warnings = _group_colours(path, codes, values_nd, kind)
@@ -405,6 +432,14 @@ def _alpha_mask(path: Path, alpha: np.ndarray) -> LoadedMask:
     return LoadedMask(path, ids, "alpha", {1: "opaque pixels (alpha >= 128)"})
 
 
+def _is_jpeg(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(2) == b"\xff\xd8"
+    except OSError:
+        return False
+
+
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
@@ -464,7 +499,7 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
             void_warning = None if exact else _gray_void(path, gray, series is not None and series.void255)
             if void_warning is not None:
                 gray = np.where(gray == VOID_ID, 0, gray).astype(gray.dtype)
-            mask = _values_to_ids(path, gray, "gray", color_ids, exact)
+            mask = _values_to_ids(path, gray, "gray", color_ids, exact, lossy=_is_jpeg(path))
             if void_warning is not None:
                 mask.warnings.insert(0, void_warning)
     else:
