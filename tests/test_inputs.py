@@ -671,6 +671,30 @@ def test_anamorphic_video_takes_a_mask_drawn_at_its_shown_size(tmp_path: Path) -
     assert "\n" not in line and "non-square pixels: stored 240x180, shown 320x180" in line, line
 
 
+def test_video_outputs_of_an_anamorphic_video_are_shown_as_wide_as_it(tmp_path: Path) -> None:
+    """Stored 240x180 with SAR 4:3 (shown 320x180): the overlay, matte and cut-out videos were written with
+    square pixels, so players showed them squeezed to 4:3 beside the 16:9 source. They carry its SAR now."""
+    video = tmp_path / "wide.mp4"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "3", "-vf", "scale=240:180,setsar=4/3", "-c:v", "libx264", video)
+    assert open_frames(video).sar == (4, 3)
+    mask = np.zeros((180, 240), np.uint8)
+    mask[40:120, 60:180] = 1
+    save_palette_png(mask, tmp_path / "wide.png")
+    for codec in ("vp9", "prores"):
+        out = tmp_path / codec
+        result = segment(video, "--method", "copy", "-f", "overlay", "-f", "matte-video", "-f", "cutout-video",
+                         "--alpha-codec", codec, "--out", out, "-q")
+        assert result.exit_code == 0, result.output
+        outputs = [out / "wide.overlay.mp4", out / "wide.matte-video" / "1.mp4",
+                   out / "wide.cutout-video" / f"1{'.webm' if codec == 'vp9' else '.mov'}"]
+        for path in outputs:
+            header = subprocess.run([FFMPEG, "-hide_banner", "-i", path], capture_output=True, text=True).stderr
+            assert "240x180" in header and "SAR 4:3 DAR 16:9" in header, (path, header)
+    square = tmp_path / "square.mp4"  # square pixels: no SAR written, as before
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "2", "-s", "240x180", "-c:v", "libx264", square)
+    assert open_frames(square).sar is None
+
+
 # ---- 5. odd-sized inputs -------------------------------------------------------------------------------
 def test_odd_sized_video_outputs_and_the_note_on_padded_ones(tmp_path: Path) -> None:
     """A 107x61 video (H.264 4:4:4 takes odd sizes): PNGs and cutout-video are 107x61; overlay is 108x62

@@ -237,6 +237,8 @@ class FrameSource(ABC):
     (anamorphic, SAR other than 1:1) is stored narrower or wider than it is shown. Frames stay stored-size."""
     turned: bool = False
     """True when the frames are read turned a quarter by the file's rotation metadata (a phone video)."""
+    sar: tuple[int, int] | None = None
+    """(width, height) of a pixel on screen when not square (anamorphic video), for the frames as read (upright)."""
     other_videos: int = 0
     """Video streams of the file besides the one read (cover pictures not counted): a note says which is read."""
 
@@ -275,7 +277,7 @@ class VideoFileSource(FrameSource):
         self.name = path.stem
         header, first = self._probe()
         self.size = (int(first.shape[1]), int(first.shape[0]))  # after the file's rotation is applied
-        self.turned, self.display_size = _shape_metadata(header, self.size)
+        self.turned, self.display_size, self.sar = _shape_metadata(header, self.size)
         inputs = header.split("Stream mapping:")[0]  # not the streams of ffmpeg's own output
         self.other_videos = len(re.findall(r"^\s*Stream #\S+.*?: Video: (?!.*\(attached pic\))", inputs,
                                            re.MULTILINE)) - 1
@@ -437,19 +439,22 @@ def _exact_rate(printed: float) -> float:
     return ntsc if printed != round(printed) and abs(printed - ntsc) < 0.006 else printed
 
 
-def _shape_metadata(header: str, size: tuple[int, int]) -> tuple[bool, tuple[int, int] | None]:
-    """-> (frames turned a quarter by rotation metadata, displayed (width, height) if pixels are not square),
-    from ffmpeg's description of the file; only used to explain masks drawn at another size."""
+def _shape_metadata(header: str, size: tuple[int, int]
+                    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int] | None]:
+    """-> (frames turned a quarter by rotation metadata, displayed (width, height) if pixels are not square,
+    the pixel aspect of the frames as read if not square), from ffmpeg's description of the file; the shown
+    size explains masks drawn at another size, the pixel aspect goes to the video outputs."""
     stream = _video_stream(header)
     stored = re.search(r", (\d{1,5})x(\d{1,5})\b", stream.group(1)) if stream else None
     turned = bool(stored) and (int(stored.group(1)), int(stored.group(2))) == (size[1], size[0]) != size
     sar = re.search(r"\[SAR (\d+):(\d+) DAR", stream.group(1)) if stream else None
     if not sar or int(sar.group(1)) == int(sar.group(2)) or not int(sar.group(1)) * int(sar.group(2)):
-        return turned, None
+        return turned, None, None
+    pixel = (int(sar.group(2)), int(sar.group(1))) if turned else (int(sar.group(1)), int(sar.group(2)))
     ratio = int(sar.group(1)) / int(sar.group(2))  # a stored pixel's width / height on screen
     width, height = size
     shown = (width, round(height * ratio)) if turned else (round(width * ratio), height)
-    return turned, (shown if shown != size else None)
+    return turned, (shown if shown != size else None), pixel
 
 
 def _read_exactly(stream, count: int) -> bytes:

@@ -154,11 +154,15 @@ class FrameEncoder:
     """One ffmpeg process (imageio-ffmpeg) fed raw frames. With `even` (H.264 4:2:0, whose encoder refuses
     odd sizes and whose cropping works in 2-pixel steps) odd sizes are padded to even: RGB/grey edges are
     repeated, alpha padding is transparent. VP9 and ProRes take odd sizes, so their videos keep the
-    frames' size. `options` go to imageio_ffmpeg.write_frames (codec, pix_fmt_in/out, output_params, ...)."""
+    frames' size. `options` go to imageio_ffmpeg.write_frames (codec, pix_fmt_in/out, output_params, ...).
+    sar: the input's pixel aspect (FrameSource.sar), so players show the video as wide as the input."""
 
-    def __init__(self, path: Path, size: tuple[int, int], fps: float, even: bool = True, **options) -> None:
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, even: bool = True,
+                 sar: tuple[int, int] | None = None, **options) -> None:
         width, height = size
         self._pad = (height % 2, width % 2) if even else (0, 0)
+        if sar is not None:
+            options["output_params"] = [*options.get("output_params", []), "-vf", f"setsar={sar[0]}/{sar[1]}"]
         self._gen: Iterator | None = imageio_ffmpeg.write_frames(
             str(path), (width + self._pad[1], height + self._pad[0]), fps=fps, macro_block_size=1,
             ffmpeg_log_level="error", **options)
@@ -192,9 +196,9 @@ def padded_size(formats: list[str] | tuple[str, ...], size: tuple[int, int]) -> 
 class OverlaySink:
     """H.264 mp4 of the frames with the masks blended in."""
 
-    def __init__(self, final: Path, size: tuple[int, int], fps: float) -> None:
+    def __init__(self, final: Path, size: tuple[int, int], fps: float, sar: tuple[int, int] | None = None) -> None:
         self.final, self.partial = final, partial_path(final)
-        self._encoder = FrameEncoder(self.partial, size, fps, output_params=["-f", "mp4"])
+        self._encoder = FrameEncoder(self.partial, size, fps, sar=sar, output_params=["-f", "mp4"])
 
     def write(self, name: str, frame: np.ndarray, mask: np.ndarray) -> None:
         self._encoder.send(overlay(frame, mask))
