@@ -6,6 +6,7 @@ bundled example clip; no dataset is needed.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import subprocess
@@ -693,6 +694,37 @@ def test_video_outputs_of_an_anamorphic_video_are_shown_as_wide_as_it(tmp_path: 
     square = tmp_path / "square.mp4"  # square pixels: no SAR written, as before
     ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "2", "-s", "240x180", "-c:v", "libx264", square)
     assert open_frames(square).sar is None
+
+
+def test_video_outputs_say_their_colour_matrix_so_players_show_true_colours(tmp_path: Path) -> None:
+    """The RGB frames are encoded with the BT.601 matrix, and the videos did not say so: players take an
+    untagged HD (720p and up) video for BT.709, so the overlay's red 255,0,0 showed as 255,23,0. Each video
+    output is tagged with its matrix; decoded as a player does (the tag, else BT.709 for HD), colours hold."""
+    bars = np.zeros((720, 1280, 3), np.uint8)
+    bars[:, :320], bars[:, 320:640], bars[:, 640:960], bars[:, 960:] = (255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 150, 100)
+    Image.fromarray(bars).save(tmp_path / "bars.png")
+    ffmpeg("-loop", "1", "-i", tmp_path / "bars.png", "-frames:v", "2", "-vf",
+           "scale=out_color_matrix=bt709,format=yuv420p", "-colorspace", "bt709", "-c:v", "libx264", "-crf", "1",
+           tmp_path / "hd.mp4")
+    mask = np.zeros((720, 1280), np.uint8)
+    mask[650:700, 1200:1260] = 1  # away from the points checked below
+    save_palette_png(mask, tmp_path / "hd.png")
+    result = segment(tmp_path / "hd.mp4", "--method", "copy", "-f", "overlay", "-f", "cutout-video",
+                     "--overlay-alpha", "0", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    for path, alpha in ((tmp_path / "out" / "hd.overlay.mp4", False), (tmp_path / "out" / "hd.cutout-video" / "1.webm", True)):
+        header = subprocess.run([FFMPEG, "-hide_banner", "-i", path], capture_output=True, text=True).stderr
+        tag = re.search(r"yuv\w*\(tv, (\w+)/", header)
+        matrix = tag.group(1) if tag else "bt709"  # what players assume for an untagged HD video
+        assert matrix == "smpte170m", header
+        if alpha:
+            continue  # its colour is transparent here; the matrix is the overlay's
+        decoded = subprocess.run([FFMPEG, "-v", "error", "-i", path, "-frames:v", "1", "-vf",
+                                  f"scale=in_color_matrix={'bt601' if matrix == 'smpte170m' else matrix},format=rgb24",
+                                  "-f", "rawvideo", "-"], capture_output=True, check=True).stdout
+        frame = np.frombuffer(decoded, np.uint8).reshape(720, 1280, 3).astype(int)
+        for x in (160, 480, 800, 1100):
+            assert np.abs(frame[360, x] - bars[360, x]).max() <= 6, (x, frame[360, x])
 
 
 # ---- 5. odd-sized inputs -------------------------------------------------------------------------------

@@ -161,8 +161,12 @@ class FrameEncoder:
                  sar: tuple[int, int] | None = None, **options) -> None:
         width, height = size
         self._pad = (height % 2, width % 2) if even else (0, 0)
+        # swscale turns the RGB frames into YUV with the BT.601 matrix; saying so keeps players, which take an
+        # untagged HD video for BT.709, from shifting its colours (red 255,0,0 shown as 255,23,0)
+        params = [*options.get("output_params", []), "-colorspace", "smpte170m", "-color_range", "tv"]
         if sar is not None:
-            options["output_params"] = [*options.get("output_params", []), "-vf", f"setsar={sar[0]}/{sar[1]}"]
+            params += ["-vf", f"setsar={sar[0]}/{sar[1]}"]
+        options["output_params"] = params
         self._gen: Iterator | None = imageio_ffmpeg.write_frames(
             str(path), (width + self._pad[1], height + self._pad[0]), fps=fps, macro_block_size=1,
             ffmpeg_log_level="error", **options)
