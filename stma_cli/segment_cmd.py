@@ -703,7 +703,7 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))
         options = dataclasses.replace(extras.options, object_ids=object_ids,  # also the Outcome's object count
-                                      sar=source.sar)
+                                      sar=source.sar, matrix=source.matrix)
         fps = extras.fps or source.fps / extras.stride
         with OutputWriter(out, job.name, todo, source.size, fps, options, overwrite=overwrite) as writer:
             frames = _segment_video(source, masks, prop, writer, progress, select, soft, direction,

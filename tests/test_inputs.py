@@ -696,35 +696,47 @@ def test_video_outputs_of_an_anamorphic_video_are_shown_as_wide_as_it(tmp_path: 
     assert open_frames(square).sar is None
 
 
-def test_video_outputs_say_their_colour_matrix_so_players_show_true_colours(tmp_path: Path) -> None:
-    """The RGB frames are encoded with the BT.601 matrix, and the videos did not say so: players take an
-    untagged HD (720p and up) video for BT.709, so the overlay's red 255,0,0 showed as 255,23,0. Each video
-    output is tagged with its matrix; decoded as a player does (the tag, else BT.709 for HD), colours hold."""
+def _as_a_player_shows(path: Path, size: tuple[int, int]) -> tuple[str | None, np.ndarray]:
+    """(matrix tag, first frame as RGB decoded as players do: with the tag, else BT.709 for HD, BT.601 below)."""
+    header = subprocess.run([FFMPEG, "-hide_banner", "-i", path], capture_output=True, text=True).stderr
+    tag = re.search(r"Video: .*?yuv\w*\((?:tv|pc), (bt709|smpte170m|bt470bg)\b", header)
+    matrix = tag.group(1) if tag else ("bt709" if size[1] >= 720 else "bt601")
+    matrix = "bt601" if matrix in ("smpte170m", "bt470bg") else matrix
+    decoded = subprocess.run([FFMPEG, "-v", "error", "-i", path, "-frames:v", "1", "-vf",
+                              f"scale=in_color_matrix={matrix},format=rgb24", "-f", "rawvideo", "-"],
+                             capture_output=True, check=True).stdout
+    return (tag.group(1) if tag else None), np.frombuffer(decoded, np.uint8).reshape(size[1], size[0], 3).astype(int)
+
+
+@pytest.mark.parametrize("tagged", [True, False])
+def test_video_outputs_show_the_inputs_colours_in_players(tmp_path: Path, tagged: bool) -> None:
+    """The overlay was encoded with BT.601 and not tagged, and players take an untagged HD video for BT.709:
+    beside a BT.709 source (as phones and cameras tag theirs) its red 255,0,0 showed as 255,23,0. Video
+    outputs mirror the input's matrix now; an untagged input keeps untagged outputs, which players then show
+    as they show the input (both read as BT.709 at HD)."""
     bars = np.zeros((720, 1280, 3), np.uint8)
-    bars[:, :320], bars[:, 320:640], bars[:, 640:960], bars[:, 960:] = (255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 150, 100)
-    Image.fromarray(bars).save(tmp_path / "bars.png")
+    bars[:, :320], bars[:, 320:640], bars[:, 640:960], bars[:, 960:] = (220, 40, 30), (40, 200, 60), (50, 60, 210), (200, 150, 100)
+    Image.fromarray(bars).save(tmp_path / "bars.png")  # colours that no matrix takes out of gamut
+    tag = "" if tagged else ",setparams=colorspace=unknown"  # an untagged BT.709 video, as some recorders write
     ffmpeg("-loop", "1", "-i", tmp_path / "bars.png", "-frames:v", "2", "-vf",
-           "scale=out_color_matrix=bt709,format=yuv420p", "-colorspace", "bt709", "-c:v", "libx264", "-crf", "1",
-           tmp_path / "hd.mp4")
+           f"scale=out_color_matrix=bt709,format=yuv420p{tag}", "-c:v", "libx264", "-crf", "1", tmp_path / "hd.mp4")
+    source_tag, source_shown = _as_a_player_shows(tmp_path / "hd.mp4", (1280, 720))
+    assert source_tag == ("bt709" if tagged else None)
     mask = np.zeros((720, 1280), np.uint8)
-    mask[650:700, 1200:1260] = 1  # away from the points checked below
+    mask[650:700, 1200:1260] = 1  # away from the points compared below
     save_palette_png(mask, tmp_path / "hd.png")
-    result = segment(tmp_path / "hd.mp4", "--method", "copy", "-f", "overlay", "-f", "cutout-video",
+    result = segment(tmp_path / "hd.mp4", "--method", "copy", "-f", "overlay", "-f", "cutout-video", "-f", "matte-video",
                      "--overlay-alpha", "0", "--out", tmp_path / "out", "-q")
     assert result.exit_code == 0, result.output
-    for path, alpha in ((tmp_path / "out" / "hd.overlay.mp4", False), (tmp_path / "out" / "hd.cutout-video" / "1.webm", True)):
-        header = subprocess.run([FFMPEG, "-hide_banner", "-i", path], capture_output=True, text=True).stderr
-        tag = re.search(r"yuv\w*\(tv, (\w+)/", header)
-        matrix = tag.group(1) if tag else "bt709"  # what players assume for an untagged HD video
-        assert matrix == "smpte170m", header
-        if alpha:
-            continue  # its colour is transparent here; the matrix is the overlay's
-        decoded = subprocess.run([FFMPEG, "-v", "error", "-i", path, "-frames:v", "1", "-vf",
-                                  f"scale=in_color_matrix={'bt601' if matrix == 'smpte170m' else matrix},format=rgb24",
-                                  "-f", "rawvideo", "-"], capture_output=True, check=True).stdout
-        frame = np.frombuffer(decoded, np.uint8).reshape(720, 1280, 3).astype(int)
-        for x in (160, 480, 800, 1100):
-            assert np.abs(frame[360, x] - bars[360, x]).max() <= 6, (x, frame[360, x])
+    for path in (tmp_path / "out" / "hd.overlay.mp4", tmp_path / "out" / "hd.cutout-video" / "1.webm",
+                 tmp_path / "out" / "hd.matte-video" / "1.mp4"):
+        tag, shown = _as_a_player_shows(path, (1280, 720))
+        assert tag == source_tag, path
+        if path.suffix == ".mp4" and "overlay" in path.name:
+            for x in (160, 480, 800, 1100):
+                assert np.abs(shown[360, x] - source_shown[360, x]).max() <= 6, (x, shown[360, x], source_shown[360, x])
+                if tagged:
+                    assert np.abs(shown[360, x] - bars[360, x]).max() <= 6, (x, shown[360, x])
 
 
 # ---- 5. odd-sized inputs -------------------------------------------------------------------------------

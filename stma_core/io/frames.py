@@ -239,6 +239,10 @@ class FrameSource(ABC):
     """True when the frames are read turned a quarter by the file's rotation metadata (a phone video)."""
     sar: tuple[int, int] | None = None
     """(width, height) of a pixel on screen when not square (anamorphic video), for the frames as read (upright)."""
+    matrix: str | None = "smpte170m"
+    """YUV matrix for video outputs (FrameEncoder): a video's own tag (bt709, ...); None for an untagged YUV
+    video (decoded with BT.601 as ffmpeg does, and players show its outputs as they show it); smpte170m
+    (BT.601) for RGB sources (frame images, RGB codecs)."""
     other_videos: int = 0
     """Video streams of the file besides the one read (cover pictures not counted): a note says which is read."""
 
@@ -278,6 +282,7 @@ class VideoFileSource(FrameSource):
         header, first = self._probe()
         self.size = (int(first.shape[1]), int(first.shape[0]))  # after the file's rotation is applied
         self.turned, self.display_size, self.sar = _shape_metadata(header, self.size)
+        self.matrix = _matrix(_video_stream(header))
         inputs = header.split("Stream mapping:")[0]  # not the streams of ffmpeg's own output
         self.other_videos = len(re.findall(r"^\s*Stream #\S+.*?: Video: (?!.*\(attached pic\))", inputs,
                                            re.MULTILINE)) - 1
@@ -437,6 +442,23 @@ def _exact_rate(printed: float) -> float:
     frame every 4 minutes at 23.98, so they no longer line up with it in an editor."""
     ntsc = round(printed) * 1000 / 1001
     return ntsc if printed != round(printed) and abs(printed - ntsc) < 0.006 else printed
+
+
+YUV_MATRICES = ("bt709", "smpte170m", "bt470bg", "smpte240m", "fcc", "bt2020nc")
+"""Matrix tags ffmpeg both decodes with and encodes with (a video output mirrors its input's)."""
+
+
+def _matrix(stream: re.Match | None) -> str | None:
+    """The YUV matrix of a video stream from ffmpeg's description ('yuv420p(tv, bt709/unknown/unknown, ...)',
+    'yuv420p(tv, bt709, progressive)' when all three tags agree), smpte170m for an RGB codec, else None."""
+    if stream is None:
+        return None
+    described = re.match(r"[^,]+, (\w+)(?:\(([^)]*)\))?", stream.group(1))
+    pix_fmt, details = (described.group(1), described.group(2) or "") if described else ("", "")
+    if pix_fmt.startswith(("rgb", "bgr", "argb", "abgr", "gbr", "pal8", "gray")):
+        return "smpte170m"
+    tags = [part.strip().split("/")[0] for part in details.split(",")]
+    return next((tag for tag in tags if tag in YUV_MATRICES), None)
 
 
 def _shape_metadata(header: str, size: tuple[int, int]
