@@ -226,6 +226,18 @@ def test_video_whose_audio_outlasts_it_is_complete(tmp_path: Path, name: str, au
     assert sum(1 for _ in imageio_ffmpeg.read_frames(str(tmp_path / "out" / "clip.overlay.mp4"))) - 1 == 12
 
 
+def test_video_whose_subtitles_outlast_it_is_complete(tmp_path: Path) -> None:
+    """A Matroska file's duration spans its subtitles too: 12 frames with a caption shown until 2 s failed as
+    "decoded 12 of 48 frames: file truncated?"."""
+    for i, frame in enumerate(colour_frames(12)):
+        Image.fromarray(frame).save(tmp_path / f"{i}.png")
+    (tmp_path / "captions.srt").write_text("1\n00:00:00,000 --> 00:00:02,000\nhello\n")
+    ffmpeg("-framerate", "24", "-i", tmp_path / "%d.png", "-i", tmp_path / "captions.srt", "-map", "0", "-map", "1",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:s", "srt", tmp_path / "clip.mkv")
+    source = open_frames(tmp_path / "clip.mkv")
+    assert [which_frame(f, colour_frames(12)) for _, f in source] == list(range(12)) and source.frame_count == 12
+
+
 def test_damaged_video_whose_index_is_lost_says_so(tmp_path: Path) -> None:
     plain = tmp_path / "plain.mp4"
     ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "10", "-s", "214x120", "-c:v", "libx264", plain)  # index at the end

@@ -300,8 +300,8 @@ class VideoFileSource(FrameSource):
         self.expected_frames = round(seconds * self.fps) if cut_off else scan.shown
         """Frames the file promises (0 when unknown): its video packets less those an edit list hides (a
         trimmed mp4 keeps packets it does not show). The container's duration is a file's longest stream
-        (an audio track often outlasts the video), so it only counts when the packets of every stream stop
-        clearly before it: a cut-off file, which then promises duration x average rate."""
+        (an audio or subtitle track often outlasts the video), so it only counts when the packets of every
+        stream stop clearly before it: a cut-off file, which then promises duration x average rate."""
         self.frame_count = self.expected_frames or self.packets or 1
 
     def _probe(self) -> tuple[str, np.ndarray]:
@@ -329,11 +329,12 @@ class VideoFileSource(FrameSource):
         return header, cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
 
     def _scan_packets(self) -> "_PacketScan":
-        """The video stream's packets and where the packets of the video and audio streams end, read by
-        copying them (no decoding) to ffmpeg's framecrc listing; all zero/None if unknown."""
+        """The video stream's packets and where the packets of the video, audio, subtitle and data streams end
+        (what the container's duration spans), read by copying them (no decoding) to ffmpeg's framecrc
+        listing; all zero/None if unknown."""
         try:
-            result = _run(["-i", str(self.path), "-map", _VIDEO, "-map", "0:a?", "-c", "copy", "-f", "framecrc",
-                           "-"], timeout=600)
+            result = _run(["-i", str(self.path), "-map", _VIDEO, "-map", "0:a?", "-map", "0:s?", "-map", "0:d?",
+                           "-c", "copy", "-f", "framecrc", "-"], timeout=600)
         except (OSError, subprocess.TimeoutExpired):
             return _PacketScan()
         return _PacketScan.parse(result.stdout.decode("utf-8", "replace"))
@@ -403,7 +404,8 @@ _DISCARD = 0x4
 
 @dataclass
 class _PacketScan:
-    """What `ffmpeg -c copy -f framecrc` lists of a file: stream 0 is the video, any others its audio."""
+    """What `ffmpeg -c copy -f framecrc` lists of a file: stream 0 is the video, any others its audio,
+    subtitles and data."""
 
     packets: int = 0
     """Video packets."""
