@@ -329,12 +329,13 @@ class VideoFileSource(FrameSource):
         return header, cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
 
     def _scan_packets(self) -> "_PacketScan":
-        """The video stream's packets and where the packets of the video, audio, subtitle and data streams end
-        (what the container's duration spans), read by copying them (no decoding) to ffmpeg's framecrc
+        """The video stream's packets and where the packets of every video, audio, subtitle and data stream
+        end (what the container's duration spans), read by copying them (no decoding) to ffmpeg's framecrc
         listing; all zero/None if unknown."""
         try:
-            result = _run(["-i", str(self.path), "-map", _VIDEO, "-map", "0:a?", "-map", "0:s?", "-map", "0:d?",
-                           "-c", "copy", "-f", "framecrc", "-"], timeout=600)
+            others = ["-map", "0:V?", "-map", "0:a?", "-map", "0:s?", "-map", "0:d?"]  # what the duration spans
+            result = _run(["-i", str(self.path), "-map", _VIDEO, *others, "-c", "copy", "-f", "framecrc", "-"],
+                          timeout=600)
         except (OSError, subprocess.TimeoutExpired):
             return _PacketScan()
         return _PacketScan.parse(result.stdout.decode("utf-8", "replace"))
