@@ -226,6 +226,20 @@ def test_video_whose_audio_outlasts_it_is_complete(tmp_path: Path, name: str, au
     assert sum(1 for _ in imageio_ffmpeg.read_frames(str(tmp_path / "out" / "clip.overlay.mp4"))) - 1 == 12
 
 
+def test_cut_off_video_with_a_sound_track_is_still_a_failure(tmp_path: Path) -> None:
+    """The promise of a file whose every stream stops early is still its duration: a cut-off download with
+    sound is not read as a shorter video."""
+    whole = tmp_path / "whole.mp4"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-f", "lavfi", "-i", "sine=duration=1.2", "-frames:v", "25", "-s", "214x120",
+           "-c:v", "libx264", "-g", "5", "-c:a", "aac", "-shortest", "-movflags", "+faststart", whole)
+    assert len(list(open_frames(whole))) == 25
+    data = whole.read_bytes()
+    cut = tmp_path / "download.mp4"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(StmaInputError, match=r"download.mp4: decoded \d+ of 2\d frames: file truncated\?"):
+        list(open_frames(cut))
+
+
 def test_video_whose_subtitles_outlast_it_is_complete(tmp_path: Path) -> None:
     """A Matroska file's duration spans its subtitles too: 12 frames with a caption shown until 2 s failed as
     "decoded 12 of 48 frames: file truncated?"."""
