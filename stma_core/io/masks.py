@@ -447,8 +447,7 @@ def _black_index(image: Image.Image, indices: np.ndarray) -> int | None:
     """The palette index of black when a palette PNG is a colour picture rather than an id map: black, the
     background of every id-map convention (DAVIS, VOC, YouTube-VOS: index 0 is black), sits at another index
     in use, and the indices in use have distinct colours. Optimisers and quantisers (pngquant, PIL's
-    quantize, 'save as indexed') store a colour mask so, in any order: its indices are not ids. Index 0 in use
-    and covering more than black is an id map's background (and black one of its objects). None for id maps."""
+    quantize, 'save as indexed') store a colour mask so, in any order: its indices are not ids. None for id maps."""
     palette = np.array(image.getpalette() or [], np.int64)
     palette = palette[:len(palette) // 3 * 3].reshape(-1, 3)
     used = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
@@ -458,12 +457,7 @@ def _black_index(image: Image.Image, indices: np.ndarray) -> int | None:
     if len(np.unique(colours, axis=0)) < len(used):
         return None  # colours do not tell the indices apart: they are ids
     black = [int(i) for i, colour in zip(used, colours) if i != 0 and not colour.any()]
-    if not black:
-        return None
-    counts = np.bincount(indices.ravel(), minlength=256)
-    # index 0 (the id convention's background) and black (the colour convention's) both claim the background:
-    # the larger area is it, as for RGB masks without black (a white-background id map with a black object)
-    return black[0] if counts[black[0]] > counts[0] else None
+    return black[0] if black else None
 
 
 def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_object: bool = True,
