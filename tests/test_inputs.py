@@ -500,6 +500,11 @@ def test_colour_mask_stored_with_a_quantised_palette_is_read_by_its_colours(tmp_
     result = segment(video, "--method", "copy", "--end", "2", "--out", tmp_path / "out", "-q")
     assert result.exit_code == 0, result.output
     assert np.array_equal(np.array(Image.open(tmp_path / "out" / "clip" / "00000.png")), ids)
+    close = ids.copy()  # a close-up: the object covers more than the background, whatever the palette order
+    close[5:115, 5:200] = np.where(close[5:115, 5:200] == 2, 2, 1)
+    Image.fromarray(np.stack([np.where(close == 1, 255, 0), np.where(close == 2, 255, 0), np.zeros_like(close)],
+                             2).astype(np.uint8)).quantize(3).save(tmp_path / "close.png")
+    assert np.array_equal(load_mask(tmp_path / "close.png").ids, close)
     # id maps keep their indices: DAVIS's palette, and a palette that does not tell the ids apart
     for palette in (DAVIS_PALETTE.ravel().tolist(), [0] * 768):
         image = Image.fromarray(ids, "P")
