@@ -514,6 +514,23 @@ def test_colour_mask_stored_with_a_quantised_palette_is_read_by_its_colours(tmp_
         assert np.array_equal(load_mask(tmp_path / "ids.png").ids, ids)
 
 
+def test_mask_stack_says_only_its_first_picture_is_read(tmp_path: Path) -> None:
+    """ImageJ/Fiji save the masks of a clip as one TIFF stack; given as --mask, its first page was read as
+    the first frame's mask and the others dropped without a word."""
+    pages = []
+    for i in range(4):
+        page = np.zeros((64, 96), np.uint8)
+        page[10:40, 10 + 5 * i:50 + 5 * i] = 1
+        pages.append(Image.fromarray(page))
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    mask = load_mask(tmp_path / "stack.tif")
+    assert np.array_equal(mask.ids, np.array(pages[0]))
+    assert mask.warnings == [f"{tmp_path / 'stack.tif'}: holds 4 pictures (a stack or animation); only the first is "
+                             "read, as one frame's mask; for masks of several frames pass --mask-dir with one PNG a frame"]
+    pages[0].save(tmp_path / "one.tif")
+    assert not load_mask(tmp_path / "one.tif").warnings
+
+
 def test_rgba_cutout_alpha_is_the_object(tmp_path: Path) -> None:
     frame = example_frames(1)[0]
     truth = np.array(Image.open(EXAMPLE_MASK)) == 1

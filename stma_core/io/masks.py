@@ -432,6 +432,15 @@ def _alpha_mask(path: Path, alpha: np.ndarray) -> LoadedMask:
     return LoadedMask(path, ids, "alpha", {1: "opaque pixels (alpha >= 128)"})
 
 
+def _page_count(path: Path) -> int:
+    """Pictures in an image file: more than one for a TIFF stack (ImageJ, Fiji), an animated GIF/PNG/WebP."""
+    try:
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1) or 1)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return 1
+
+
 def _is_jpeg(path: Path) -> bool:
     try:
         with open(path, "rb") as file:
@@ -477,6 +486,7 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
     """
     path = Path(path)
     image = _read_image(path)
+    pages = _page_count(path)
     color_ids = color_ids if color_ids is not None else ColorIds()
     mode = image.mode
     indices = np.array(image.getchannel(0) if mode == "PA" else image, dtype=np.uint8) if mode in ("P", "PA") else None
@@ -515,6 +525,9 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
                 f"{path}: palette image whose black is index {black}, not 0 (a colour mask stored with a palette by "
                 "an optimiser or quantiser): read by its colours, black as background; save it with the "
                 "background as index 0 to silence this"))
+    if pages > 1:
+        mask.warnings.insert(0, f"{path}: holds {pages} pictures (a stack or animation); only the first is read, "
+                                "as one frame's mask; for masks of several frames pass --mask-dir with one PNG a frame")
     if require_object and not mask.object_ids:
         raise StmaInputError(f"{path}: mask has no object (every pixel is background, void or one flat "
                              "colour); draw each object with a nonzero id or colour on a black background")
