@@ -339,6 +339,31 @@ def test_animated_png_and_webp_are_videos(tmp_path: Path, name: str) -> None:
         open_frames(tmp_path / "still.png")
 
 
+def test_animated_images_in_a_batch_folder_are_videos(tmp_path: Path, short_video: Path) -> None:
+    """A folder of a video and an animated WebP was refused as 'mixed' (the WebP taken for a stray image), and
+    a folder of animated WebPs of one size was read as a frame folder of their first pictures."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(short_video, folder / "car.mp4")
+    images = [Image.fromarray(f) for f in colour_frames(5)]
+    images[0].save(folder / "sticker.webp", save_all=True, append_images=images[1:], duration=100, lossless=True)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, folder / "sticker.png")  # the still PNG beside it is its mask
+    save_palette_png(cv2.resize(np.array(Image.open(EXAMPLE_MASK)), (214, 120), interpolation=cv2.INTER_NEAREST),
+                     folder / "car.png")
+    contents = scan_folder(folder)
+    assert contents.kind == "batch" and [p.name for p in contents.videos] == ["car.mp4", "sticker.webp"]
+    result = segment(folder, "--method", "copy", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out" / "sticker").iterdir())) == 5 and len(list((tmp_path / "out" / "car").iterdir())) == 25
+    only = tmp_path / "stickers"
+    only.mkdir()
+    for name in ("a.webp", "b.webp"):
+        shutil.copy(folder / "sticker.webp", only / name)
+    assert scan_folder(only).kind == "batch"
+
+
 def test_a_file_with_two_videos_says_which_is_read(tmp_path: Path) -> None:
     """A file with two video streams (a second camera, a preview track) had its first read without a word;
     a second stream longer than the first made the file's duration, so the first failed as truncated."""

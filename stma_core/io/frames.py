@@ -111,13 +111,16 @@ def _video_stream(header: str) -> re.Match | None:
 
 
 def is_video_file(path: Path) -> bool:
-    """A file that is a video: a video name, or (any other name) a file ffmpeg finds a moving video in."""
+    """A file that is a video: a video name, an animated PNG or WebP, or (any other name) a file ffmpeg finds
+    a moving video in."""
     if not path.is_file() or not _visible(path):
         return False
     suffix = path.suffix.lower()
     if suffix in VIDEO_EXTENSIONS:
         return True
-    if suffix in IMAGE_EXTENSIONS or suffix in NOT_VIDEO_EXTENSIONS:
+    if suffix in IMAGE_EXTENSIONS:
+        return is_animation(path)
+    if suffix in NOT_VIDEO_EXTENSIONS:
         return False
     return has_video_stream(path)
 
@@ -172,9 +175,9 @@ def scan_folder(folder: Path) -> FolderContents:
     """
     contents = FolderContents(folder)
     entries = sorted((p for p in folder.iterdir() if _visible(p)), key=lambda p: natural_key(p.name))
-    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    contents.videos = [p for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
-                       and is_video_file(p)]
+    contents.videos = [p for p in entries if is_video_file(p)]  # animated PNG/WebP too
+    videos = set(contents.videos)
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p not in videos]
     contents.frame_folders = [p for p in entries if is_frame_folder(p)]
     names = {input_name(p) for p in contents.inputs}
     for image in images:
