@@ -151,8 +151,9 @@ def stdout_closed() -> NoReturn:
 
 
 def stderr_console() -> Console:
-    """Console for humans; it looks up sys.stderr at write time, so test runners capture it."""
-    return Console(stderr=True, soft_wrap=True)
+    """Console for humans; it looks up sys.stderr at write time, so test runners capture it. No emoji codes:
+    messages quote paths and commands verbatim (`-map 0:v:1` is not ✌)."""
+    return Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def warn(console: Console, message: str) -> None:

@@ -681,6 +681,10 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         selected = None if select is None else lambda name: _frame_index(source, name) in select
         masks, loaded, warnings = _load_masks(job, source, select.start if select else 0, selected)
         _report_masks(console, loaded, quiet, warnings)
+        if source.other_videos and not quiet:
+            info(console, f"{job.path}: holds {source.other_videos + 1} video streams; the first is read "
+                          f"({source.size[0]}x{source.size[1]}); for another, extract it first "
+                          "(ffmpeg -i IN -map 0:v:1 -c copy OUT.mkv)")
         if extras.size is not None and extras.size > min(source.size) and not quiet:
             info(console, f"{job.path}: --size {extras.size} is above the video's short side ({min(source.size)} "
                           f"pixels); frames are never upscaled, so it runs at {min(source.size)}")
@@ -698,7 +702,8 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
                 raise StmaInputError(f"{job.path}: {exc}") from exc
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))
-        options = dataclasses.replace(extras.options, object_ids=object_ids)  # also the Outcome's object count
+        options = dataclasses.replace(extras.options, object_ids=object_ids,  # also the Outcome's object count
+                                      sar=source.sar, matrix=source.matrix)
         fps = extras.fps or source.fps / extras.stride
         with OutputWriter(out, job.name, todo, source.size, fps, options, overwrite=overwrite) as writer:
             frames = _segment_video(source, masks, prop, writer, progress, select, soft, direction,

@@ -6,6 +6,7 @@ bundled example clip; no dataset is needed.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import subprocess
@@ -198,6 +199,59 @@ def test_trimmed_mp4_with_an_edit_list_is_complete(tmp_path: Path) -> None:
     assert len(frames) == sum(1 for _ in reference)
 
 
+@pytest.mark.parametrize("name, audio_first", [("clip.mp4", True), ("clip.mkv", False), ("clip.webm", False)])
+def test_video_whose_audio_outlasts_it_is_complete(tmp_path: Path, name: str, audio_first: bool) -> None:
+    """The container's duration is its longest stream: 12 frames (0.5 s) with a 1 s sound track is not a cut-off
+    12-of-24-frame file. It once failed as "decoded 12 of 24 frames: file truncated?", whatever the order of
+    the streams."""
+    for i, frame in enumerate(colour_frames(12)):
+        Image.fromarray(frame).save(tmp_path / f"{i}.png")
+    video = ["-framerate", "24", "-i", tmp_path / "%d.png"]
+    audio = ["-f", "lavfi", "-i", "sine=duration=1"]
+    codecs = ["-c:v", "libvpx-vp9", "-c:a", "libopus"] if name.endswith(".webm") else ["-c:v", "libx264", "-c:a", "aac"]
+    inputs = audio + video if audio_first else video + audio
+    ffmpeg(*inputs, "-map", f"{int(audio_first)}:v", "-map", f"{int(not audio_first)}:a", *codecs,
+           "-pix_fmt", "yuv420p", tmp_path / name)
+    source = open_frames(tmp_path / name)
+    frames = list(source)
+    assert [which_frame(f, colour_frames(12)) for _, f in frames] == list(range(12))
+    assert source.frame_count == 12
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, tmp_path / "mask.png")
+    result = segment(tmp_path / name, "--mask", tmp_path / "mask.png", "--method", "copy", "-f", "png",
+                     "-f", "overlay", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out" / "clip").iterdir())) == 12
+    assert sum(1 for _ in imageio_ffmpeg.read_frames(str(tmp_path / "out" / "clip.overlay.mp4"))) - 1 == 12
+
+
+def test_cut_off_video_with_a_sound_track_is_still_a_failure(tmp_path: Path) -> None:
+    """The promise of a file whose every stream stops early is still its duration: a cut-off download with
+    sound is not read as a shorter video."""
+    whole = tmp_path / "whole.mp4"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-f", "lavfi", "-i", "sine=duration=1.2", "-frames:v", "25", "-s", "214x120",
+           "-c:v", "libx264", "-g", "5", "-c:a", "aac", "-shortest", "-movflags", "+faststart", whole)
+    assert len(list(open_frames(whole))) == 25
+    data = whole.read_bytes()
+    cut = tmp_path / "download.mp4"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(StmaInputError, match=r"download.mp4: decoded \d+ of 2\d frames: file truncated\?"):
+        list(open_frames(cut))
+
+
+def test_video_whose_subtitles_outlast_it_is_complete(tmp_path: Path) -> None:
+    """A Matroska file's duration spans its subtitles too: 12 frames with a caption shown until 2 s failed as
+    "decoded 12 of 48 frames: file truncated?"."""
+    for i, frame in enumerate(colour_frames(12)):
+        Image.fromarray(frame).save(tmp_path / f"{i}.png")
+    (tmp_path / "captions.srt").write_text("1\n00:00:00,000 --> 00:00:02,000\nhello\n")
+    ffmpeg("-framerate", "24", "-i", tmp_path / "%d.png", "-i", tmp_path / "captions.srt", "-map", "0", "-map", "1",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:s", "srt", tmp_path / "clip.mkv")
+    source = open_frames(tmp_path / "clip.mkv")
+    assert [which_frame(f, colour_frames(12)) for _, f in source] == list(range(12)) and source.frame_count == 12
+
+
 def test_damaged_video_whose_index_is_lost_says_so(tmp_path: Path) -> None:
     plain = tmp_path / "plain.mp4"
     ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "10", "-s", "214x120", "-c:v", "libx264", plain)  # index at the end
@@ -218,6 +272,115 @@ def test_any_file_ffmpeg_decodes_is_a_video(tmp_path: Path, extension: str) -> N
     ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "4", "-s", "214x120", *fmt, target)
     frames = list(open_frames(target))
     assert len(frames) == 4 and frames[3][1].shape == (120, 214, 3)
+
+
+def test_cover_art_is_not_the_video(tmp_path: Path, short_video: Path) -> None:
+    """ffmpeg lists a file's cover picture as a one-frame video stream. A song with a cover was segmented
+    as a one-frame video of its cover, and a batch folder took it for a video; now it is a file without
+    a video stream. A video with a cover reads its own frames, wherever the cover is listed."""
+    cover = tmp_path / "cover.png"
+    Image.fromarray(colour_frames(1, (80, 80))[0]).save(cover)
+    song = tmp_path / "song.mp3"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-i", cover, "-map", "0", "-map", "1", "-c:a", "libmp3lame",
+           "-c:v", "png", "-disposition:v", "attached_pic", song)
+    with pytest.raises(StmaInputError, match=r"song.mp3: file has no video stream \(audio with a cover picture\)"):
+        open_frames(song)
+    result = segment(song, "--mask", cover, "--method", "copy", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()
+    assert scan_folder(tmp_path).videos == [] and (tmp_path / "song.mp3").exists()
+    movie = tmp_path / "movie.mkv"
+    ffmpeg("-i", short_video, "-c", "copy", "-attach", cover, "-metadata:s:t", "mimetype=image/png", movie)
+    frames = list(open_frames(movie))
+    assert len(frames) == 25 and frames[0][1].shape == (120, 214, 3)
+
+
+@pytest.mark.parametrize("rate", ["24000/1001", "30000/1001", "25"])
+def test_video_outputs_keep_an_ntsc_rate_exactly(tmp_path: Path, rate: str) -> None:
+    """ffmpeg prints 24000/1001 as "23.98 fps"; overlays were written at 23.98, which drifts a frame from the
+    source every 4 minutes, so they no longer lined up with it in an editor. Outputs keep the exact rate."""
+    for i, frame in enumerate(colour_frames(6)):
+        Image.fromarray(frame).save(tmp_path / f"{i}.png")
+    ffmpeg("-framerate", rate, "-i", tmp_path / "%d.png", "-c:v", "libx264", "-pix_fmt", "yuv420p", tmp_path / "clip.mp4")
+    num, _, den = rate.partition("/")
+    want = int(num) / int(den or 1)
+    assert open_frames(tmp_path / "clip.mp4").fps == pytest.approx(want, rel=1e-9)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, tmp_path / "mask.png")
+    result = segment(tmp_path / "clip.mp4", "--mask", tmp_path / "mask.png", "--method", "copy", "-f", "overlay",
+                     "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    listing = subprocess.run([FFMPEG, "-v", "error", "-i", tmp_path / "out" / "clip.overlay.mp4", "-c", "copy",
+                              "-f", "framecrc", "-"], capture_output=True, text=True, check=True).stdout
+    tb_num, tb_den = map(int, listing.split("#tb 0: ")[1].split()[0].split("/"))
+    durations = {int(line.split(",")[3]) for line in listing.splitlines() if line.startswith("0,")}
+    assert len(durations) == 1 and durations.pop() * tb_num / tb_den == pytest.approx(1 / want, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["clip.png", "clip.webp"])
+def test_animated_png_and_webp_are_videos(tmp_path: Path, name: str) -> None:
+    """An animated PNG (browsers and GIF converters save APNG as .png) or WebP was refused as "a single
+    image, not a video"; ffmpeg decodes it as the video it is. A still image is still refused."""
+    sources = colour_frames(6)
+    images = [Image.fromarray(f) for f in sources]
+    options = {"lossless": True} if name.endswith(".webp") else {}
+    images[0].save(tmp_path / name, save_all=True, append_images=images[1:], duration=100, loop=0, **options)
+    frames = list(open_frames(tmp_path / name))
+    assert [which_frame(f, sources) for _, f in frames] == list(range(6))
+    assert all(np.array_equal(f, s) for (_, f), s in zip(frames, sources))
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, tmp_path / "clip_mask.png")  # found beside it, as beside any video
+    result = segment(tmp_path / name, "--method", "copy", "-f", "png", "-f", "overlay", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out" / "clip").iterdir())) == 6
+    images[0].save(tmp_path / "still.png")
+    with pytest.raises(StmaInputError, match="still.png: is a single image, not a video"):
+        open_frames(tmp_path / "still.png")
+
+
+def test_animated_images_in_a_batch_folder_are_videos(tmp_path: Path, short_video: Path) -> None:
+    """A folder of a video and an animated WebP was refused as 'mixed' (the WebP taken for a stray image), and
+    a folder of animated WebPs of one size was read as a frame folder of their first pictures."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(short_video, folder / "car.mp4")
+    images = [Image.fromarray(f) for f in colour_frames(5)]
+    images[0].save(folder / "sticker.webp", save_all=True, append_images=images[1:], duration=100, lossless=True)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, folder / "sticker.png")  # the still PNG beside it is its mask
+    save_palette_png(cv2.resize(np.array(Image.open(EXAMPLE_MASK)), (214, 120), interpolation=cv2.INTER_NEAREST),
+                     folder / "car.png")
+    contents = scan_folder(folder)
+    assert contents.kind == "batch" and [p.name for p in contents.videos] == ["car.mp4", "sticker.webp"]
+    result = segment(folder, "--method", "copy", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out" / "sticker").iterdir())) == 5 and len(list((tmp_path / "out" / "car").iterdir())) == 25
+    only = tmp_path / "stickers"
+    only.mkdir()
+    for name in ("a.webp", "b.webp"):
+        shutil.copy(folder / "sticker.webp", only / name)
+    assert scan_folder(only).kind == "batch"
+
+
+def test_a_file_with_two_videos_says_which_is_read(tmp_path: Path) -> None:
+    """A file with two video streams (a second camera, a preview track) had its first read without a word;
+    a second stream longer than the first made the file's duration, so the first failed as truncated."""
+    sources = colour_frames(4)
+    for i, frame in enumerate(sources):
+        Image.fromarray(frame).save(tmp_path / f"{i}.png")
+    ffmpeg("-framerate", "24", "-i", tmp_path / "%d.png", "-framerate", "8", "-i", tmp_path / "%d.png",
+           "-filter_complex", "[1:v]negate[n]", "-map", "0:v", "-map", "[n]", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", tmp_path / "two.mkv")
+    assert [which_frame(f, sources) for _, f in open_frames(tmp_path / "two.mkv")] == [0, 1, 2, 3]
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    save_palette_png(mask, tmp_path / "two.png")
+    result = segment(tmp_path / "two.mkv", "--method", "copy", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "two.mkv: holds 2 video streams; the first is read (96x64); for another, extract it first " \
+           "(ffmpeg -i IN -map 0:v:1 -c copy OUT.mkv)" in result.stderr
 
 
 def test_rotated_phone_video_is_read_upright(tmp_path: Path, short_video: Path) -> None:
@@ -300,6 +463,97 @@ def test_lossy_mask_keeps_two_objects_apart(tmp_path: Path) -> None:
     assert mask.object_ids == [1, 2]  # DAVIS colours a few units off after JPEG keep their DAVIS ids
     for k in (1, 2):
         assert ((mask.ids == k) & (ids == k)).sum() / ((mask.ids == k) | (ids == k)).sum() > 0.97
+
+
+@pytest.mark.parametrize("quality, blur", [(70, 0), (95, 0), (80, 2), (60, 4)])
+def test_lossy_colour_mask_keeps_a_small_object(tmp_path: Path, quality: int, blur: int) -> None:
+    """JPEG noise leaves a small object (here 50x20 pixels beside the car) no pixel whose 8 neighbours share
+    its exact colour, so it was taken for noise and given to the background, silently: the object was lost.
+    A steady area of one colour marks it now; soft (blurred) edges between colours still invent nothing."""
+    truth = np.array(Image.open(EXAMPLE_MASK)).astype(np.uint8)
+    truth[400:420, 30:80] = 2
+    rgb = np.zeros((*truth.shape, 3), np.uint8)
+    rgb[truth == 1], rgb[truth == 2] = (255, 0, 0), (0, 200, 0)
+    if blur:
+        rgb = cv2.GaussianBlur(rgb, (0, 0), blur)
+    path = tmp_path / "mask.jpg"
+    Image.fromarray(rgb).save(path, quality=quality)
+    mask = load_mask(path)
+    assert len(mask.object_ids) == 2
+    for k in (1, 2):  # each object is one id of the mask (whichever), with its pixels
+        want = truth == k
+        have = mask.ids == np.bincount(mask.ids[want]).argmax()
+        assert (have & want).sum() / (have | want).sum() > 0.9
+
+
+def test_id_mask_saved_as_jpeg_invents_no_object_and_says_so(tmp_path: Path) -> None:
+    """An id map (0/1/2) written with cv2.imwrite("mask.jpg", ids) (quality 95) came back with level 3 on a few
+    edge pixels, read verbatim as a third object to track, without a word; at usual qualities its edges
+    move by pixels too. Noise levels go to the nearest id, and a warning says to save id masks as PNG."""
+    ids = np.array(Image.open(EXAMPLE_MASK)).astype(np.uint8)
+    ids[403:421, 33:79] = 2  # off JPEG's 8x8 grid
+    cv2.imwrite(str(tmp_path / "ids.jpg"), ids)
+    levels = set(np.unique(np.array(Image.open(tmp_path / "ids.jpg"))).tolist())
+    assert levels - {0, 1, 2}  # the case at hand: JPEG made levels that are not ids
+    mask = load_mask(tmp_path / "ids.jpg")
+    assert mask.object_ids == [1, 2]
+    for k in (1, 2):
+        assert ((mask.ids == k) & (ids == k)).sum() / ((mask.ids == k) | (ids == k)).sum() > 0.9
+    assert len(mask.warnings) == 1 and "id mask (gray levels 0..2) saved as JPEG" in mask.warnings[0]
+    assert "save id masks as PNG" in mask.warnings[0]
+    cv2.imwrite(str(tmp_path / "ids.png"), ids)  # the same mask as PNG: exact, no warning
+    png = load_mask(tmp_path / "ids.png")
+    assert np.array_equal(png.ids, ids) and not png.warnings
+
+
+def test_colour_mask_stored_with_a_quantised_palette_is_read_by_its_colours(tmp_path: Path, short_video: Path) -> None:
+    """Quantisers and PNG optimisers store a few-colour mask as a palette PNG in any index order (PIL's
+    quantize puts black at index 2 here): its indices are not ids. Read as ids, the background became
+    object 2 and the green object background, silently."""
+    ids = np.zeros((120, 214), np.uint8)
+    ids[20:70, 30:120], ids[80:110, 140:200] = 1, 2
+    rgb = np.zeros((120, 214, 3), np.uint8)
+    rgb[ids == 1], rgb[ids == 2] = (255, 0, 0), (0, 255, 0)
+    quantised = Image.fromarray(rgb).quantize(3)
+    assert np.array(quantised)[0, 0] != 0  # black is not index 0: the case at hand
+    quantised.save(tmp_path / "clip.png")
+    mask = load_mask(tmp_path / "clip.png")
+    assert np.array_equal(mask.ids, ids) and mask.mapping == {1: "rgb(255, 0, 0)", 2: "rgb(0, 255, 0)"}
+    assert "black is index" in mask.warnings[0]
+    video = tmp_path / "clip.mp4"
+    shutil.copy(short_video, video)
+    result = segment(video, "--method", "copy", "--end", "2", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.array(Image.open(tmp_path / "out" / "clip" / "00000.png")), ids)
+    close = ids.copy()  # a close-up: the object covers more than the background, whatever the palette order
+    close[5:115, 5:200] = np.where(close[5:115, 5:200] == 2, 2, 1)
+    Image.fromarray(np.stack([np.where(close == 1, 255, 0), np.where(close == 2, 255, 0), np.zeros_like(close)],
+                             2).astype(np.uint8)).quantize(3).save(tmp_path / "close.png")
+    assert np.array_equal(load_mask(tmp_path / "close.png").ids, close)
+    # id maps keep their indices: DAVIS's palette, and a palette that does not tell the ids apart
+    for palette in (DAVIS_PALETTE.ravel().tolist(), [0] * 768):
+        image = Image.fromarray(ids, "P")
+        image.putpalette(palette)
+        image.save(tmp_path / "ids.png")
+        assert load_mask(tmp_path / "ids.png").kind == "palette"
+        assert np.array_equal(load_mask(tmp_path / "ids.png").ids, ids)
+
+
+def test_mask_stack_says_only_its_first_picture_is_read(tmp_path: Path) -> None:
+    """ImageJ/Fiji save the masks of a clip as one TIFF stack; given as --mask, its first page was read as
+    the first frame's mask and the others dropped without a word."""
+    pages = []
+    for i in range(4):
+        page = np.zeros((64, 96), np.uint8)
+        page[10:40, 10 + 5 * i:50 + 5 * i] = 1
+        pages.append(Image.fromarray(page))
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    mask = load_mask(tmp_path / "stack.tif")
+    assert np.array_equal(mask.ids, np.array(pages[0]))
+    assert mask.warnings == [f"{tmp_path / 'stack.tif'}: holds 4 pictures (a stack or animation); only the first is "
+                             "read, as one frame's mask; for masks of several frames pass --mask-dir with one PNG a frame"]
+    pages[0].save(tmp_path / "one.tif")
+    assert not load_mask(tmp_path / "one.tif").warnings
 
 
 def test_rgba_cutout_alpha_is_the_object(tmp_path: Path) -> None:
@@ -490,6 +744,73 @@ def test_anamorphic_video_takes_a_mask_drawn_at_its_shown_size(tmp_path: Path) -
     assert result.exit_code == 2
     line = result.stderr.strip()
     assert "\n" not in line and "non-square pixels: stored 240x180, shown 320x180" in line, line
+
+
+def test_video_outputs_of_an_anamorphic_video_are_shown_as_wide_as_it(tmp_path: Path) -> None:
+    """Stored 240x180 with SAR 4:3 (shown 320x180): the overlay, matte and cut-out videos were written with
+    square pixels, so players showed them squeezed to 4:3 beside the 16:9 source. They carry its SAR now."""
+    video = tmp_path / "wide.mp4"
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "3", "-vf", "scale=240:180,setsar=4/3", "-c:v", "libx264", video)
+    assert open_frames(video).sar == (4, 3)
+    mask = np.zeros((180, 240), np.uint8)
+    mask[40:120, 60:180] = 1
+    save_palette_png(mask, tmp_path / "wide.png")
+    for codec in ("vp9", "prores"):
+        out = tmp_path / codec
+        result = segment(video, "--method", "copy", "-f", "overlay", "-f", "matte-video", "-f", "cutout-video",
+                         "--alpha-codec", codec, "--out", out, "-q")
+        assert result.exit_code == 0, result.output
+        outputs = [out / "wide.overlay.mp4", out / "wide.matte-video" / "1.mp4",
+                   out / "wide.cutout-video" / f"1{'.webm' if codec == 'vp9' else '.mov'}"]
+        for path in outputs:
+            header = subprocess.run([FFMPEG, "-hide_banner", "-i", path], capture_output=True, text=True).stderr
+            assert "240x180" in header and "SAR 4:3 DAR 16:9" in header, (path, header)
+    square = tmp_path / "square.mp4"  # square pixels: no SAR written, as before
+    ffmpeg("-i", EXAMPLE_VIDEO, "-frames:v", "2", "-s", "240x180", "-c:v", "libx264", square)
+    assert open_frames(square).sar is None
+
+
+def _as_a_player_shows(path: Path, size: tuple[int, int]) -> tuple[str | None, np.ndarray]:
+    """(matrix tag, first frame as RGB decoded as players do: with the tag, else BT.709 for HD, BT.601 below)."""
+    header = subprocess.run([FFMPEG, "-hide_banner", "-i", path], capture_output=True, text=True).stderr
+    tag = re.search(r"Video: .*?yuv\w*\((?:tv|pc), (bt709|smpte170m|bt470bg)\b", header)
+    matrix = tag.group(1) if tag else ("bt709" if size[1] >= 720 else "bt601")
+    matrix = "bt601" if matrix in ("smpte170m", "bt470bg") else matrix
+    decoded = subprocess.run([FFMPEG, "-v", "error", "-i", path, "-frames:v", "1", "-vf",
+                              f"scale=in_color_matrix={matrix},format=rgb24", "-f", "rawvideo", "-"],
+                             capture_output=True, check=True).stdout
+    return (tag.group(1) if tag else None), np.frombuffer(decoded, np.uint8).reshape(size[1], size[0], 3).astype(int)
+
+
+@pytest.mark.parametrize("tagged", [True, False])
+def test_video_outputs_show_the_inputs_colours_in_players(tmp_path: Path, tagged: bool) -> None:
+    """The overlay was encoded with BT.601 and not tagged, and players take an untagged HD video for BT.709:
+    beside a BT.709 source (as phones and cameras tag theirs) its red 255,0,0 showed as 255,23,0. Video
+    outputs mirror the input's matrix now; an untagged input keeps untagged outputs, which players then show
+    as they show the input (both read as BT.709 at HD)."""
+    bars = np.zeros((720, 1280, 3), np.uint8)
+    bars[:, :320], bars[:, 320:640], bars[:, 640:960], bars[:, 960:] = (220, 40, 30), (40, 200, 60), (50, 60, 210), (200, 150, 100)
+    Image.fromarray(bars).save(tmp_path / "bars.png")  # colours that no matrix takes out of gamut
+    tag = "" if tagged else ",setparams=colorspace=unknown"  # an untagged BT.709 video, as some recorders write
+    ffmpeg("-loop", "1", "-i", tmp_path / "bars.png", "-frames:v", "2", "-vf",
+           f"scale=out_color_matrix=bt709,format=yuv420p{tag}", "-c:v", "libx264", "-crf", "1", tmp_path / "hd.mp4")
+    source_tag, source_shown = _as_a_player_shows(tmp_path / "hd.mp4", (1280, 720))
+    assert source_tag == ("bt709" if tagged else None)
+    mask = np.zeros((720, 1280), np.uint8)
+    mask[650:700, 1200:1260] = 1  # away from the points compared below
+    save_palette_png(mask, tmp_path / "hd.png")
+    result = segment(tmp_path / "hd.mp4", "--method", "copy", "-f", "overlay", "-f", "cutout-video", "-f", "matte-video",
+                     "--overlay-alpha", "0", "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    for path in (tmp_path / "out" / "hd.overlay.mp4", tmp_path / "out" / "hd.cutout-video" / "1.webm",
+                 tmp_path / "out" / "hd.matte-video" / "1.mp4"):
+        tag, shown = _as_a_player_shows(path, (1280, 720))
+        assert tag == source_tag, path
+        if path.suffix == ".mp4" and "overlay" in path.name:
+            for x in (160, 480, 800, 1100):
+                assert np.abs(shown[360, x] - source_shown[360, x]).max() <= 6, (x, shown[360, x], source_shown[360, x])
+                if tagged:
+                    assert np.abs(shown[360, x] - bars[360, x]).max() <= 6, (x, shown[360, x])
 
 
 # ---- 5. odd-sized inputs -------------------------------------------------------------------------------

@@ -97,17 +97,30 @@ def has_video_stream(path: Path) -> bool:
         result = _run(["-i", str(path)], timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return re.search(r"Stream #\S+.*: Video: ", result.stderr.decode("utf-8", "replace")) is not None
+    return _video_stream(result.stderr.decode("utf-8", "replace")) is not None
+
+
+_VIDEO = "0:V:0"
+"""The video read: the first video stream that is not an attached picture (the cover art of an mp3, m4a or
+mkv, which ffmpeg lists as a one-frame video stream)."""
+
+
+def _video_stream(header: str) -> re.Match | None:
+    """The line of ffmpeg's description of a file that describes _VIDEO (group 1: after 'Video: ')."""
+    return re.search(r"^\s*Stream #\S+.*?: Video: (?!.*\(attached pic\))(.*)$", header, re.MULTILINE)
 
 
 def is_video_file(path: Path) -> bool:
-    """A file that is a video: a video name, or (any other name) a file ffmpeg finds a moving video in."""
+    """A file that is a video: a video name, an animated PNG or WebP, or (any other name) a file ffmpeg finds
+    a moving video in."""
     if not path.is_file() or not _visible(path):
         return False
     suffix = path.suffix.lower()
     if suffix in VIDEO_EXTENSIONS:
         return True
-    if suffix in IMAGE_EXTENSIONS or suffix in NOT_VIDEO_EXTENSIONS:
+    if suffix in IMAGE_EXTENSIONS:
+        return is_animation(path)
+    if suffix in NOT_VIDEO_EXTENSIONS:
         return False
     return has_video_stream(path)
 
@@ -162,9 +175,9 @@ def scan_folder(folder: Path) -> FolderContents:
     """
     contents = FolderContents(folder)
     entries = sorted((p for p in folder.iterdir() if _visible(p)), key=lambda p: natural_key(p.name))
-    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    contents.videos = [p for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
-                       and is_video_file(p)]
+    contents.videos = [p for p in entries if is_video_file(p)]  # animated PNG/WebP too
+    videos = set(contents.videos)
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p not in videos]
     contents.frame_folders = [p for p in entries if is_frame_folder(p)]
     names = {input_name(p) for p in contents.inputs}
     for image in images:
@@ -227,6 +240,14 @@ class FrameSource(ABC):
     (anamorphic, SAR other than 1:1) is stored narrower or wider than it is shown. Frames stay stored-size."""
     turned: bool = False
     """True when the frames are read turned a quarter by the file's rotation metadata (a phone video)."""
+    sar: tuple[int, int] | None = None
+    """(width, height) of a pixel on screen when not square (anamorphic video), for the frames as read (upright)."""
+    matrix: str | None = "smpte170m"
+    """YUV matrix for video outputs (FrameEncoder): a video's own tag (bt709, ...); None for an untagged YUV
+    video (decoded with BT.601 as ffmpeg does, and players show its outputs as they show it); smpte170m
+    (BT.601) for RGB sources (frame images, RGB codecs)."""
+    other_videos: int = 0
+    """Video streams of the file besides the one read (cover pictures not counted): a note says which is read."""
 
     @abstractmethod
     def frame_name(self, index: int) -> str:
@@ -263,23 +284,33 @@ class VideoFileSource(FrameSource):
         self.name = path.stem
         header, first = self._probe()
         self.size = (int(first.shape[1]), int(first.shape[0]))  # after the file's rotation is applied
-        self.turned, self.display_size = _shape_metadata(header, self.size)
-        fps = re.search(r"Video: .*?(\d+(?:\.\d+)?) fps", header)
-        self.fps = float(fps.group(1)) if fps and float(fps.group(1)) > 0 else FOLDER_FPS
+        self.turned, self.display_size, self.sar = _shape_metadata(header, self.size)
+        self.matrix = _matrix(_video_stream(header))
+        inputs = header.split("Stream mapping:")[0]  # not the streams of ffmpeg's own output
+        self.other_videos = len(re.findall(r"^\s*Stream #\S+.*?: Video: (?!.*\(attached pic\))", inputs,
+                                           re.MULTILINE)) - 1
+        stream = _video_stream(header)
+        fps = re.search(r"(\d+(?:\.\d+)?)(k?) fps", stream.group(1)) if stream else None
+        printed = float(fps.group(1)) * (1000 if fps.group(2) else 1) if fps else 0.0
+        self.fps = _exact_rate(printed) if printed > 0 else FOLDER_FPS
         duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", header)
         seconds = (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
                    if duration else 0.0)
-        self.expected_frames = round(seconds * self.fps) if seconds > 0 else 0
-        """Frames the container promises: its duration times its average frame rate (0 when unknown). This
-        honours edit lists (a trimmed mp4 keeps packets it does not show), unlike a packet count."""
-        self.packets = self._count_packets()
+        scan = self._scan_packets()
+        self.packets = scan.packets
         """Video packets in the file (counted without decoding); can exceed the shown frames (edit lists)."""
+        cut_off = seconds > 0 and scan.end is not None and scan.end < 0.95 * seconds - 1 / self.fps
+        self.expected_frames = round(seconds * self.fps) if cut_off else scan.shown
+        """Frames the file promises (0 when unknown): its video packets less those an edit list hides (a
+        trimmed mp4 keeps packets it does not show). The container's duration is a file's longest stream
+        (an audio or subtitle track often outlasts the video), so it only counts when the packets of every
+        stream stop clearly before it: a cut-off file, which then promises duration x average rate."""
         self.frame_count = self.expected_frames or self.packets or 1
 
     def _probe(self) -> tuple[str, np.ndarray]:
         """ffmpeg's description of the file, and its first frame decoded (to learn the displayed size)."""
         try:
-            result = _run(["-i", str(self.path), "-map", "0:v:0", "-frames:v", "1", "-f", "image2pipe",
+            result = _run(["-i", str(self.path), "-map", _VIDEO, "-frames:v", "1", "-f", "image2pipe",
                            "-c:v", "png", "-"])
         except subprocess.TimeoutExpired as exc:
             raise StmaInputError(f"{self.path}: ffmpeg did not answer within 2 minutes; "
@@ -287,11 +318,12 @@ class VideoFileSource(FrameSource):
         except OSError as exc:
             raise StmaInputError(f"{self.path}: cannot run ffmpeg ({exc}); reinstall imageio-ffmpeg") from exc
         header = result.stderr.decode("utf-8", "replace")
-        has_stream = re.search(r"Stream #\S+.*: Video: ", header) is not None
+        has_stream = _video_stream(header) is not None
         first = cv2.imdecode(np.frombuffer(result.stdout, np.uint8), cv2.IMREAD_COLOR) if result.stdout else None
         if first is None:
             if "Stream #" in header and not has_stream:
-                raise StmaInputError(f"{self.path}: file has no video stream (audio only?); pass {_SUPPORTED}")
+                what = "audio with a cover picture" if "(attached pic)" in header else "audio only?"
+                raise StmaInputError(f"{self.path}: file has no video stream ({what}); pass {_SUPPORTED}")
             known = self.path.suffix.lower() in VIDEO_EXTENSIONS
             what = ("the video is damaged or incomplete (a cut-off download?); re-download it or re-encode it "
                     f"({_REENCODE})" if known or has_stream else
@@ -299,14 +331,17 @@ class VideoFileSource(FrameSource):
             raise StmaInputError(f"{self.path}: ffmpeg cannot decode a frame of it ({_first_problem(header)}); {what}")
         return header, cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
 
-    def _count_packets(self) -> int:
-        """Frames the container holds, counted by copying the video stream (no decoding); 0 if unknown."""
+    def _scan_packets(self) -> "_PacketScan":
+        """The video stream's packets and where the packets of every video, audio, subtitle and data stream
+        end (what the container's duration spans), read by copying them (no decoding) to ffmpeg's framecrc
+        listing; all zero/None if unknown."""
         try:
-            result = _run(["-i", str(self.path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"], timeout=600)
+            others = ["-map", "0:V?", "-map", "0:a?", "-map", "0:s?", "-map", "0:d?"]  # what the duration spans
+            result = _run(["-i", str(self.path), "-map", _VIDEO, *others, "-c", "copy", "-f", "framecrc", "-"],
+                          timeout=600)
         except (OSError, subprocess.TimeoutExpired):
-            return 0
-        counts = re.findall(r"frame=\s*(\d+)", result.stderr.decode("utf-8", "replace"))
-        return int(counts[-1]) if counts else 0
+            return _PacketScan()
+        return _PacketScan.parse(result.stdout.decode("utf-8", "replace"))
 
     def frame_name(self, index: int) -> str:
         return f"{index:05d}"
@@ -322,7 +357,7 @@ class VideoFileSource(FrameSource):
         # decoded, which would fail the video. Renumbering happens after decoding, so it changes no
         # frame, drops none and adds none (`-fps_mode passthrough` keeps ffmpeg from doing so either);
         # only the raw stream's timestamps, which nothing reads, differ.
-        cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(self.path), "-map", "0:v:0",
+        cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(self.path), "-map", _VIDEO,
                "-vf", "settb=1,setpts=N", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
         # Own session: Ctrl-C reaches Python (which stops ffmpeg below), not ffmpeg mid-frame.
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -366,19 +401,88 @@ class VideoFileSource(FrameSource):
                 f"damaged: re-encode it ({_REENCODE}) and check the result")
 
 
-def _shape_metadata(header: str, size: tuple[int, int]) -> tuple[bool, tuple[int, int] | None]:
-    """-> (frames turned a quarter by rotation metadata, displayed (width, height) if pixels are not square),
-    from ffmpeg's description of the file; only used to explain masks drawn at another size."""
-    stream = re.search(r"Stream #\S+.*: Video: (.*)", header)
+_NO_TIMESTAMP = -(1 << 63)
+_DISCARD = 0x4
+"""AV_PKT_FLAG_DISCARD: a packet decoded only as a reference, never shown (before an edit list's start)."""
+
+
+@dataclass
+class _PacketScan:
+    """What `ffmpeg -c copy -f framecrc` lists of a file: stream 0 is the video, any others its audio,
+    subtitles and data."""
+
+    packets: int = 0
+    """Video packets."""
+    shown: int = 0
+    """Video packets without the discard flag: the frames a decode delivers."""
+    end: float | None = None
+    """Seconds at which the last packet of any listed stream ends (None when no timestamps are known)."""
+
+    @classmethod
+    def parse(cls, listing: str) -> "_PacketScan":
+        scan = cls()
+        bases: dict[int, float] = {}
+        for line in listing.splitlines():
+            base = re.match(r"#tb (\d+): (\d+)/(\d+)", line)
+            if base:
+                bases[int(base.group(1))] = int(base.group(2)) / max(1, int(base.group(3)))
+                continue
+            fields = [f.strip() for f in line.split(",")]
+            if line.startswith("#") or len(fields) < 6 or not all(f.lstrip("-").isdigit() for f in fields[:5]):
+                continue
+            stream, dts, pts, length = (int(f) for f in fields[:4])
+            flags = int(fields[6][2:], 16) if len(fields) > 6 and fields[6].startswith("F=") else 0
+            if stream == 0:
+                scan.packets += 1
+                scan.shown += not flags & _DISCARD
+            when = pts if pts != _NO_TIMESTAMP else dts
+            if when != _NO_TIMESTAMP and stream in bases:
+                end = (when + max(length, 0)) * bases[stream]
+                scan.end = end if scan.end is None else max(scan.end, end)
+        return scan
+
+
+def _exact_rate(printed: float) -> float:
+    """The frame rate ffmpeg prints to two decimals, made exact where it is an NTSC rate N*1000/1001 (23.98 is
+    24000/1001 = 23.976..., 29.97, 59.94, 119.88): video outputs at the rounded rate drift from the source, a
+    frame every 4 minutes at 23.98, so they no longer line up with it in an editor."""
+    ntsc = round(printed) * 1000 / 1001
+    return ntsc if printed != round(printed) and abs(printed - ntsc) < 0.006 else printed
+
+
+YUV_MATRICES = ("bt709", "smpte170m", "bt470bg", "smpte240m", "fcc", "bt2020nc")
+"""Matrix tags ffmpeg both decodes with and encodes with (a video output mirrors its input's)."""
+
+
+def _matrix(stream: re.Match | None) -> str | None:
+    """The YUV matrix of a video stream from ffmpeg's description ('yuv420p(tv, bt709/unknown/unknown, ...)',
+    'yuv420p(tv, bt709, progressive)' when all three tags agree), smpte170m for an RGB codec, else None."""
+    if stream is None:
+        return None
+    described = re.match(r"[^,]+, (\w+)(?:\(([^)]*)\))?", stream.group(1))
+    pix_fmt, details = (described.group(1), described.group(2) or "") if described else ("", "")
+    if pix_fmt.startswith(("rgb", "bgr", "argb", "abgr", "gbr", "pal8", "gray")):
+        return "smpte170m"
+    tags = [part.strip().split("/")[0] for part in details.split(",")]
+    return next((tag for tag in tags if tag in YUV_MATRICES), None)
+
+
+def _shape_metadata(header: str, size: tuple[int, int]
+                    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int] | None]:
+    """-> (frames turned a quarter by rotation metadata, displayed (width, height) if pixels are not square,
+    the pixel aspect of the frames as read if not square), from ffmpeg's description of the file; the shown
+    size explains masks drawn at another size, the pixel aspect goes to the video outputs."""
+    stream = _video_stream(header)
     stored = re.search(r", (\d{1,5})x(\d{1,5})\b", stream.group(1)) if stream else None
     turned = bool(stored) and (int(stored.group(1)), int(stored.group(2))) == (size[1], size[0]) != size
     sar = re.search(r"\[SAR (\d+):(\d+) DAR", stream.group(1)) if stream else None
     if not sar or int(sar.group(1)) == int(sar.group(2)) or not int(sar.group(1)) * int(sar.group(2)):
-        return turned, None
+        return turned, None, None
+    pixel = (int(sar.group(2)), int(sar.group(1))) if turned else (int(sar.group(1)), int(sar.group(2)))
     ratio = int(sar.group(1)) / int(sar.group(2))  # a stored pixel's width / height on screen
     width, height = size
     shown = (width, round(height * ratio)) if turned else (round(width * ratio), height)
-    return turned, (shown if shown != size else None)
+    return turned, (shown if shown != size else None), pixel
 
 
 def _read_exactly(stream, count: int) -> bytes:
@@ -514,6 +618,20 @@ def _pil_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB")).copy()
 
 
+ANIMATION_FORMATS = ("PNG", "WEBP")
+"""Image formats that also hold animations ffmpeg decodes as videos: APNG (saved as .png by browsers and
+GIF converters) and animated WebP (web clips, stickers)."""
+
+
+def is_animation(path: Path) -> bool:
+    """True for an animated PNG or WebP (more than one frame): a video with an image's name."""
+    try:
+        with Image.open(path) as image:
+            return image.format in ANIMATION_FORMATS and bool(getattr(image, "is_animated", False))
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return False
+
+
 def open_frames(path: str | Path) -> FrameSource:
     """Opens a video file or frame folder, checking it can be read (not its every frame)."""
     path = Path(path)
@@ -524,7 +642,7 @@ def open_frames(path: str | Path) -> FrameSource:
         if contents.kind != "frames" and not contents.images:
             raise StmaInputError(f"{path}: folder holds no {_FRAME_FILES} frames; pass {_SUPPORTED}")
         return FrameFolderSource(path)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
+    if path.suffix.lower() in IMAGE_EXTENSIONS and not is_animation(path):
         raise StmaInputError(f"{path}: is a single image, not a video; pass a video file or the folder "
                              "holding all frames")
     if not os.access(path, os.R_OK):

@@ -93,6 +93,25 @@ def _interior(codes: np.ndarray) -> np.ndarray:
     return inside
 
 
+STEADY_RADIUS, STEADY_NOISE = 2, 8
+"""In a lossy mask, a pixel whose (2 * STEADY_RADIUS + 1)^2 neighbourhood stays within STEADY_NOISE (8-bit
+units, per channel) of it lies inside an area of one colour, changed only by compression noise."""
+
+
+def _steady(pixels: np.ndarray) -> np.ndarray:
+    """HxW: True where every pixel within STEADY_RADIUS is within STEADY_NOISE of the pixel (HxWxC values)."""
+    pixels = pixels.astype(np.int16).reshape(pixels.shape[0], pixels.shape[1], -1)
+    r = STEADY_RADIUS
+    padded = np.pad(pixels, ((r, r), (r, r), (0, 0)), mode="edge")
+    h, w = pixels.shape[:2]
+    inside = np.ones((h, w), bool)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            if dy != r or dx != r:
+                inside &= (np.abs(padded[dy:dy + h, dx:dx + w] - pixels) <= STEADY_NOISE).all(2)
+    return inside
+
+
 def _is_blend(vals: np.ndarray, real: np.ndarray, tol: float) -> np.ndarray:
     """For each colour in `vals` (N, C): True if it is a mix of two or three real colours (an edge or
     junction blend, as anti-aliasing and area resizing make), within `tol`."""
@@ -130,7 +149,9 @@ def _group_colours(path: Path, codes: np.ndarray, values: np.ndarray, kind: str
     changed by compression noise and is merged into it (reported). Colours without a flat
     pixel are edge blends or noise when they lie near a real colour or between two real ones, and are
     folded (reported); otherwise they are a tiny object of their own, unless the mask is noisy: there every
-    colour without a flat pixel is noise and goes to the nearest real colour (a lossy mask invents nothing). Exact DAVIS palette colours are
+    colour without a flat pixel is noise and goes to the nearest real colour (a lossy mask invents nothing),
+    except a steady colour (_steady: an area within noise of it, which a small object keeps where noise leaves
+    it no flat pixel) that is no blend of two other real colours: it is real. Exact DAVIS palette colours are
     never merged with each other. Returns (codes, indices of real values, warnings).
     """
     counts = np.bincount(codes.ravel(), minlength=len(values))
@@ -146,7 +167,11 @@ def _group_colours(path: Path, codes: np.ndarray, values: np.ndarray, kind: str
     merged: list[tuple[int, int]] = []
     # Compression leaves many colours without a flat pixel; a mask without them has no noise to merge.
     noisy = int((present & ~flat).sum()) >= int(flat.sum())
-    for i in sorted(np.flatnonzero(flat), key=lambda i: -counts[i]):
+    steady = np.zeros(len(values), bool)
+    if noisy:  # noise leaves a small object no exactly flat pixel: an area of steady colour marks it instead
+        steady[np.unique(codes[_steady(values[codes])])] = True
+        steady &= present & ~flat
+    for i in sorted(np.flatnonzero(flat | steady), key=lambda i: -counts[i]):
         if real and noisy:
             dist = np.abs(vals[real] - vals[i]).max(1)
             j = int(np.argmin(dist))
@@ -155,7 +180,12 @@ def _group_colours(path: Path, codes: np.ndarray, values: np.ndarray, kind: str
                 merged.append((int(i), real[j]))
                 continue
         real.append(int(i))
-    others = np.flatnonzero(present & ~flat)
+    for i in sorted((i for i in real if steady[i]), key=lambda i: counts[i]):
+        rest = [k for k in real if k != i]
+        if _is_blend(vals[[i]], vals[rest], NEAR_SHADE / 2)[0]:
+            real.remove(i)  # the steady middle of a soft edge between two colours: folded below
+            steady[i] = False
+    others = np.flatnonzero(present & ~flat & ~steady)
     if not real:  # e.g. a 1-px-wide drawing: nothing is flat; keep the colours as they are
         real = [int(i) for i in others]
         others = np.zeros(0, np.int64)
@@ -187,10 +217,35 @@ def _group_colours(path: Path, codes: np.ndarray, values: np.ndarray, kind: str
     return lut[codes], real, warnings
 
 
-def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorIds, exact: bool = False) -> LoadedMask:
+def _fold_noisy_ids(path: Path, codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[int], list[str]]:
+    """A small-id map (0/1/2...) saved as JPEG: the levels with a flat pixel are its ids; each other level is
+    compression noise on an edge and goes to the nearest of them. Always warns: JPEG moves the edges of
+    such a mask (ids one gray level apart) by several pixels at usual qualities, which no reader can undo.
+    -> (codes, indices of real values, warnings)."""
+    flat = np.zeros(len(values), bool)
+    flat[np.unique(codes[_interior(codes)])] = True
+    real = [int(i) for i in np.flatnonzero(flat)] or list(range(len(values)))
+    lut = np.arange(len(values))
+    noise = [i for i in range(len(values)) if i not in real]
+    for i in noise:
+        lut[i] = real[int(np.argmin(np.abs(values[real] - values[i])))]
+    folded = ""
+    if noise:
+        levels = ", ".join(str(int(values[i])) for i in noise[:6]) + (", ..." if len(noise) > 6 else "")
+        folded = (f"; level(s) {levels} on {int(np.isin(codes, noise).sum())} edge pixel(s) were compression "
+                  "noise, given to the nearest id")
+    return lut[codes], real, [
+        f"{path}: an id mask (gray levels 0..{int(values[real].max())}) saved as JPEG, whose compression moves "
+        f"the edges of such masks{folded}; save id masks as PNG"]
+
+
+def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorIds, exact: bool = False,
+                   lossy: bool = False) -> LoadedMask:
     """Shared path of RGB and grayscale masks: group colours, pick background and void, assign ids.
 
-    exact: the levels are ids (wide integer masks, see _gray_levels): every level is its own object."""
+    exact: the levels are ids (wide integer masks, see _gray_levels): every level is its own object.
+    lossy: the file is a JPEG, whose noise turns ids into their neighbours (1 into 2 or 3 on an edge), so
+    an id map's levels without a flat pixel are folded into the nearest level that has one (_fold_noisy_ids)."""
     h, w = pixels.shape[:2]
     if kind == "rgb":
         flat = (pixels[..., 0].astype(np.int64) << 16) | (pixels[..., 1].astype(np.int64) << 8) | pixels[..., 2]
@@ -205,7 +260,9 @@ def _values_to_ids(path: Path, pixels: np.ndarray, kind: str, color_ids: ColorId
     warnings: list[str] = []
     lossless_ids = exact or (kind == "gray" and int(values.max()) <= GRAY_ID_MAX) or \
         (kind == "rgb" and all(davis_id_of(tuple(int(x) for x in v)) is not None for v in values_nd))
-    if lossless_ids:  # an id map (gray 0/1/2..., or DAVIS colours): read verbatim, whatever an object's size
+    if lossless_ids and lossy and kind == "gray" and not exact:
+        codes, real, warnings = _fold_noisy_ids(path, codes, values)
+    elif lossless_ids:  # an id map (gray 0/1/2..., or DAVIS colours): read verbatim, whatever an object's size
         real = list(range(len(values)))
     else:
         codes, real, warnings = _group_colours(path, codes, values_nd, kind)
@@ -375,7 +432,41 @@ def _alpha_mask(path: Path, alpha: np.ndarray) -> LoadedMask:
     return LoadedMask(path, ids, "alpha", {1: "opaque pixels (alpha >= 128)"})
 
 
+def _page_count(path: Path) -> int:
+    """Pictures in an image file: more than one for a TIFF stack (ImageJ, Fiji), an animated GIF/PNG/WebP."""
+    try:
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1) or 1)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return 1
+
+
+def _is_jpeg(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(2) == b"\xff\xd8"
+    except OSError:
+        return False
+
+
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def _black_index(image: Image.Image, indices: np.ndarray) -> int | None:
+    """The palette index of black when a palette PNG is a colour picture rather than an id map: black, the
+    background of every id-map convention (DAVIS, VOC, YouTube-VOS: index 0 is black), sits at another index
+    in use, and the indices in use have distinct colours. Optimisers and quantisers (pngquant, PIL's
+    quantize, 'save as indexed') store a colour mask so, in any order: its indices are not ids. None for id maps."""
+    palette = np.array(image.getpalette() or [], np.int64)
+    palette = palette[:len(palette) // 3 * 3].reshape(-1, 3)
+    used = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
+    if not len(used) or used[-1] >= len(palette):
+        return None
+    colours = palette[used]
+    if len(np.unique(colours, axis=0)) < len(used):
+        return None  # colours do not tell the indices apart: they are ids
+    black = [int(i) for i, colour in zip(used, colours) if i != 0 and not colour.any()]
+    return black[0] if black else None
 
 
 def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_object: bool = True,
@@ -383,6 +474,8 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
     """Reads one mask PNG into ids.
 
     Palette PNGs: pixel value = id, 255 (DAVIS void) becomes background with a warning.
+    A palette PNG whose black (background) is another index than 0 is a colour mask stored with a palette
+    (_black_index): read by its colours, as RGB masks are.
     Grayscale: 0/255 or 0/1 -> id 1; values 1..254 are ids; other gray levels get ids in sorted order;
     255 beside small ids (<= GRAY_ID_MAX) is void. 16/32-bit and float masks with levels above 255 are
     instance ids read exactly (renumbered in sorted order, the mapping returned); an 8-bit mask stored in
@@ -393,14 +486,16 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
     """
     path = Path(path)
     image = _read_image(path)
+    pages = _page_count(path)
     color_ids = color_ids if color_ids is not None else ColorIds()
     mode = image.mode
-    if mode in ("P", "PA"):
-        ids = np.array(image.getchannel(0) if mode == "PA" else image, dtype=np.uint8)
-        mask = LoadedMask(path, ids, "palette")
-        void = ids == VOID_ID
+    indices = np.array(image.getchannel(0) if mode == "PA" else image, dtype=np.uint8) if mode in ("P", "PA") else None
+    black = _black_index(image, indices) if indices is not None else None
+    if indices is not None and black is None:
+        mask = LoadedMask(path, indices, "palette")
+        void = indices == VOID_ID
         if void.any():
-            mask.ids = np.where(void, 0, ids).astype(np.uint8)
+            mask.ids = np.where(void, 0, indices).astype(np.uint8)
             mask.warnings.append(f"{path}: {int(void.sum())} void pixel(s) (value 255) treated as background")
     elif mode in GRAY_MODES:
         gray, exact = _gray_levels(path, image)
@@ -414,7 +509,7 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
             void_warning = None if exact else _gray_void(path, gray, series is not None and series.void255)
             if void_warning is not None:
                 gray = np.where(gray == VOID_ID, 0, gray).astype(gray.dtype)
-            mask = _values_to_ids(path, gray, "gray", color_ids, exact)
+            mask = _values_to_ids(path, gray, "gray", color_ids, exact, lossy=_is_jpeg(path))
             if void_warning is not None:
                 mask.warnings.insert(0, void_warning)
     else:
@@ -425,6 +520,14 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
         else:
             rgb = np.where(alpha[..., None] < 128, 0, rgba[..., :3]).astype(np.uint8)
             mask = _values_to_ids(path, rgb, "rgb", color_ids)
+        if black is not None:
+            mask.warnings.insert(0, (
+                f"{path}: palette image whose black is index {black}, not 0 (a colour mask stored with a palette by "
+                "an optimiser or quantiser): read by its colours, black as background; save it with the "
+                "background as index 0 to silence this"))
+    if pages > 1:
+        mask.warnings.insert(0, f"{path}: holds {pages} pictures (a stack or animation); only the first is read, "
+                                "as one frame's mask; for masks of several frames pass --mask-dir with one PNG a frame")
     if require_object and not mask.object_ids:
         raise StmaInputError(f"{path}: mask has no object (every pixel is background, void or one flat "
                              "colour); draw each object with a nonzero id or colour on a black background")

@@ -65,6 +65,11 @@ class OutputOptions:
     overlay_style: str = "fill"
     labels: bool = False
     alpha_codec: str = "vp9"
+    sar: tuple[int, int] | None = None
+    """The input's pixel aspect when not square (FrameSource.sar): video outputs carry it, so players show
+    them as wide as the input (an anamorphic 240x180 shown 320x180)."""
+    matrix: str | None = "smpte170m"
+    """YUV matrix video outputs are encoded with and tagged with (FrameSource.matrix); None: untagged (BT.601)."""
 
     def keys(self) -> list[str]:
         return ["all"] if self.objects == "all" else [str(i) for i in self.object_ids]
@@ -150,21 +155,23 @@ def hard_probabilities(mask: np.ndarray, object_ids: tuple[int, ...]) -> SoftMas
 
 # ---- video encoding ------------------------------------------------------------------------------
 def _encoder(path: Path, size: tuple[int, int], fps: float, pix_fmt_in: str, codec: str, pix_fmt_out: str,
-             params: list[str]) -> FrameEncoder:
-    return FrameEncoder(path, size, fps, even=pix_fmt_out == "yuv420p" and codec == "libx264", codec=codec,
-                        pix_fmt_in=pix_fmt_in, pix_fmt_out=pix_fmt_out, quality=None, output_params=params)
+             params: list[str], options: OutputOptions) -> FrameEncoder:
+    return FrameEncoder(path, size, fps, even=pix_fmt_out == "yuv420p" and codec == "libx264", sar=options.sar,
+                        matrix=options.matrix, codec=codec, pix_fmt_in=pix_fmt_in, pix_fmt_out=pix_fmt_out,
+                        quality=None, output_params=params)
 
 
-def _matte_encoder(path: Path, size: tuple[int, int], fps: float) -> FrameEncoder:
-    return _encoder(path, size, fps, "gray", "libx264", "yuv420p", ["-crf", "12", "-f", "mp4"])
+def _matte_encoder(path: Path, size: tuple[int, int], fps: float, options: OutputOptions) -> FrameEncoder:
+    return _encoder(path, size, fps, "gray", "libx264", "yuv420p", ["-crf", "12", "-f", "mp4"], options)
 
 
-def _alpha_encoder(path: Path, size: tuple[int, int], fps: float, codec: str) -> FrameEncoder:
-    if codec == "prores":
-        return _encoder(path, size, fps, "rgba", "prores_ks", "yuva444p10le", ["-profile:v", "4444", "-f", "mov"])
+def _alpha_encoder(path: Path, size: tuple[int, int], fps: float, options: OutputOptions) -> FrameEncoder:
+    if options.alpha_codec == "prores":
+        return _encoder(path, size, fps, "rgba", "prores_ks", "yuva444p10le", ["-profile:v", "4444", "-f", "mov"],
+                        options)
     return _encoder(path, size, fps, "rgba", "libvpx-vp9", "yuva420p",
                     ["-crf", "24", "-b:v", "0", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1",
-                     "-auto-alt-ref", "0", "-f", "webm"])
+                     "-auto-alt-ref", "0", "-f", "webm"], options)
 
 
 # ---- sinks ---------------------------------------------------------------------------------------
@@ -217,7 +224,7 @@ class _VideosSink(_FolderSink):
             raise
 
     def _open(self, path: Path, size: tuple[int, int], fps: float) -> FrameEncoder:
-        return _matte_encoder(path, size, fps)
+        return _matte_encoder(path, size, fps, self.options)
 
     def _image(self, frame: np.ndarray, binary: np.ndarray) -> np.ndarray:
         return binary.astype(np.uint8) * 255
@@ -245,7 +252,7 @@ class CutoutVideoSink(_VideosSink):
         super().__init__(final, options, size, fps)
 
     def _open(self, path: Path, size: tuple[int, int], fps: float) -> FrameEncoder:
-        return _alpha_encoder(path, size, fps, self.options.alpha_codec)
+        return _alpha_encoder(path, size, fps, self.options)
 
     def _image(self, frame: np.ndarray, binary: np.ndarray) -> np.ndarray:
         return cutout(frame, binary)
@@ -292,7 +299,7 @@ class ProbNpzSink(ProbPngSink):
 
 class StyledOverlaySink(OverlaySink):
     def __init__(self, final: Path, size: tuple[int, int], fps: float, options: OutputOptions) -> None:
-        super().__init__(final, size, fps)
+        super().__init__(final, size, fps, options.sar, options.matrix)
         self.options = options
 
     def write(self, name: str, frame: np.ndarray, mask: np.ndarray) -> None:
