@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import EXAMPLES
 from regression_cases import case_inputs
 from stma_core import InferenceConfig, VideoSession
 from stma_core.config import ModelConfig
@@ -282,3 +285,85 @@ def test_a_config_changed_after_the_session_was_made_is_checked_where_frames_and
     session.reset()  # a new video may use another size
     masks = [m for _, m in session.propagate(frames[:3], {0: mask})]
     assert len(masks) == 3 and (masks[2] == 1).sum() > 0.5 * mask.sum()
+
+
+def test_a_step_that_fails_keeps_its_mask_for_the_retry():
+    """add_mask(0, m), then a step on a bad frame (grayscale) raised, and the retry with the right frame ran
+    without the mask: the pending mask was dropped by the failed call, so the video came out empty."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 7
+    session.add_mask(0, mask)
+    with pytest.raises(ValueError, match=r"HxWx3 uint8 RGB array; got uint8 \(64, 96\) \(frame 0\)"):
+        session.step(frame[..., 0])
+    assert session.frame_index == 0 and session.objects.user_ids == [] and 0 in session.pending_masks
+    assert np.array_equal(session.step(frame), mask) and session.objects.user_ids == [7]
+
+
+def test_propagate_reads_a_video_file_or_a_frame_folder(tmp_path):
+    """A path (as SAM 2's init_state takes one) used to be iterated character by character ('not enough values
+    to unpack'), and open_frames' (name, frame) pairs failed deep in numpy; both are read now, as stma segment reads."""
+    from PIL import Image
+
+    from stma_core.io.frames import open_frames
+
+    config = InferenceConfig(size=64)
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), config)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(4)]
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"{i:05d}.png")
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 1
+    for direction in ("forward", "backward"):
+        session.reset()
+        expected = list(session.propagate(frames, {2: mask}, direction))
+        for given in (str(tmp_path), tmp_path, open_frames(tmp_path)):
+            session.reset()
+            got = list(session.propagate(given, {2: mask}, direction))
+            assert [i for i, _ in got] == [i for i, _ in expected]
+            assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, expected)), (direction, given)
+    video = str(EXAMPLES / "car-shadow.mp4")
+    car = np.zeros((480, 854), np.uint8)
+    car[200:300, 300:500] = 1
+    session.reset()
+    first = [m for _, m in session.propagate([f for _, f in open_frames(video)][:2], {0: car})]
+    session.reset()
+    assert all(np.array_equal(a, b) for a, (_, b) in zip(first, itertools.islice(session.propagate(video, {0: car}), 2)))
+    session.reset()
+    with pytest.raises(TypeError, match="a video file is read in order only: pass its frames as a list"):
+        list(session.propagate(video, {0: car}, "backward"))
+    session.reset()
+    session.add_mask(0, mask)
+    with pytest.raises(TypeError, match=r"frame 0 is a path \('a.jpg'\), not an image"):
+        list(session.propagate(["a.jpg"]))
+    with pytest.raises(TypeError, match=r"frame 0 is a \(name, frame\) pair"):
+        list(session.propagate([("00000", frames[0])]))
+    assert 0 in session.pending_masks
+
+
+def test_nothing_to_track_is_an_error_not_empty_masks():
+    """propagate without a mask (or with only empty ones) yielded an empty mask for every frame, although its
+    docstring promised a ValueError; a mask of the wrong size for a later frame failed only when that frame
+    came, after all the frames before it; remove_objects(5) failed with "'int' object is not iterable"."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frames = [np.zeros((64, 96, 3), np.uint8)] * 3
+    with pytest.raises(ValueError, match="no object to track: add_mask"):
+        list(session.propagate(frames))
+    with pytest.raises(ValueError, match=r"no object to track \(the masks given are all background, 0\)"):
+        list(session.propagate(frames, {0: np.zeros((64, 96), np.uint8)}, direction="backward"))
+    session.reset()
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 5
+    session.add_mask(0, mask)
+    session.add_mask(2, mask[:32, :48])
+    with pytest.raises(ValueError, match="the mask for frame 2 is 48x32 but the frames are 96x64"):
+        list(session.propagate(frames))
+    assert session.frame_index == 0
+    session.reset()
+    session.step(frames[0], mask)
+    with pytest.raises(ValueError, match="the mask for frame 4 is 48x32 but the frames are 96x64"):
+        session.add_mask(4, mask[:32, :48])
+    session.remove_objects(5)
+    assert session.objects.user_ids == []

@@ -98,7 +98,8 @@ class VideoSession:
         then enters the memories, so the frames after it follow the correction.
         Masks given for the same frame are merged (a later mask's nonzero pixels win), so objects can be
         added one call at a time. Raises ValueError if the frame was already processed or the mask is not
-        an HxW array of ids 0..254 (TypeError for a frame index that is not an integer).
+        an HxW array of ids 0..254, or not at the frames' size (checked here once a frame was processed, else
+        on the first frame); TypeError for a frame index that is not an integer.
         """
         if isinstance(frame_index, bool) or not isinstance(frame_index, (int, np.integer)):
             raise TypeError(f"frame index must be an integer; got {frame_index!r}")
@@ -109,13 +110,18 @@ class VideoSession:
         if frame_index < self.frame_index:
             raise ValueError(f"frame {frame_index} was already processed (next is {self.frame_index}); "
                              "add masks before stepping past their frame, or reset() and start again")
-        self.pending_masks[frame_index] = merge_masks(self.pending_masks.get(frame_index), check_mask(mask))
+        mask = check_mask(mask)
+        if self._frame_shape is not None:
+            _check_mask_size(mask, self._frame_shape, frame_index)
+        self.pending_masks[frame_index] = merge_masks(self.pending_masks.get(frame_index), mask)
 
-    def remove_objects(self, ids: Iterable[int]) -> None:
-        """Stops tracking these user ids (their memory goes too); raises ValueError for unknown ids.
+    def remove_objects(self, ids: Iterable[int] | int) -> None:
+        """Stops tracking these user ids, or this one id (their memory goes too); raises ValueError for unknown ids.
 
         The last frame's `probabilities` lose their rows (their probability goes to the background), so
         they stay in `objects.user_ids` order."""
+        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
+            ids = [ids]
         gone = self.objects.remove([int(i) for i in ids])
         self.temporal.remove_objects(gone)
         if gone:  # the frames pinned for objects no longer tracked are freed: memory stays bounded
@@ -129,18 +135,22 @@ class VideoSession:
             self.probabilities = prob
         self._memory_version += 1
 
-    def propagate(self, frames: Iterable[np.ndarray] | Sequence[np.ndarray],
+    def propagate(self, frames: Iterable[np.ndarray] | Sequence[np.ndarray] | str | Path,
                   masks: dict[int, np.ndarray] | None = None,
                   direction: Direction | str = Direction.FORWARD) -> Iterator[tuple[int, np.ndarray]]:
         """Yields (frame index, HxW uint8 user-id mask) once for every frame.
 
-        frames: HxWx3 uint8 RGB. masks: optional {frame index: id mask}, as add_mask.
+        frames: HxWx3 uint8 RGB arrays or PIL images; or the path of a video file or frame folder (or a
+        FrameSource from stma_core.io.frames.open_frames), read as `stma segment` reads it (StmaInputError
+        for an unreadable one). masks: optional {frame index: id mask}, as add_mask.
         direction: FORWARD streams any iterable, in order. BACKWARD and BOTH need `frames` with len()
         and indexing (a list, or anything that reads frame i on demand, so memory stays bounded) and a
         fresh session; they yield in processing order: BACKWARD from the last frame down to 0, BOTH
         first the frames from the first mask on (forward), then the frames before it, nearest first
         (propagated backward from the last mask). After BACKWARD or BOTH, reset() before reusing the session.
-        Raises ValueError for an unknown direction or without any mask, TypeError for frames without indexing.
+        A frame folder has indexing; a video file is read in order only, so BACKWARD and BOTH want its frames
+        as a list. Raises ValueError for an unknown direction or when there is nothing to track (no mask, or
+        only empty ones, and no object from earlier steps), TypeError for frames without indexing.
         """
         try:
             direction = Direction(direction)
@@ -152,6 +162,11 @@ class VideoSession:
             raise TypeError(f"masks must be a dict {{frame index: id mask}}; got {type(masks).__name__}")
         for index, mask in (masks or {}).items():
             self.add_mask(index, mask)
+        if not self.objects.count and not any(m.any() for m in self.pending_masks.values()):
+            given = " (the masks given are all background, 0)" if self.pending_masks else ""
+            raise ValueError(f"no object to track{given}: add_mask(frame, mask) with the object's pixels set to its "
+                             "id before propagating")
+        frames = _source_frames(frames)
         if self.frame_index == 0:  # an export's fixed memory must hold what these masks pin: say so now
             self.check_annotations([self.pending_masks[i] for i in sorted(self.pending_masks)], direction)
         if direction is Direction.FORWARD:
@@ -164,8 +179,10 @@ class VideoSession:
                               f"{self.frame_index - 1}", stacklevel=2)
             return
         if not (hasattr(frames, "__len__") and hasattr(frames, "__getitem__")):
-            raise TypeError("backward propagation reads frames out of order: pass a list or another sequence "
-                            "with len() and indexing (or use direction='forward' to stream)")
+            video = " (a video file is read in order only: pass its frames as a list, or a frame folder)" \
+                if isinstance(frames, _SourceFrames) else ""
+            raise TypeError(f"backward propagation reads frames out of order: pass a list or another sequence "
+                            f"with len() and indexing{video} (or use direction='forward' to stream)")
         if self.frame_index != 0:
             raise ValueError("backward propagation needs a fresh session; call reset() first")
         given = dict(self.pending_masks)
@@ -239,8 +256,7 @@ class VideoSession:
         this frame's (n+1, H, W) float32 probabilities (background first, then objects in
         `objects.user_ids` order) on the session's device.
         """
-        if not isinstance(frame, np.ndarray):  # e.g. a PIL image: upright and RGB, as frame folders read
-            frame = np.asarray(_pil_frame(frame))
+        frame = _as_frame(frame, self.frame_index)
         self.config.check()
         if self._frame_shape is not None and frame.shape[:2] != self._frame_shape:
             raise ValueError(f"frame {self.frame_index} is {frame.shape[1]}x{frame.shape[0]} but this video's frames "
@@ -253,10 +269,23 @@ class VideoSession:
                                  f"{self.frame_index} would be processed at {now[1]}x{now[0]}, the frames before it "
                                  f"were at {before[1]}x{before[0]}); set it back to {self._size}, or reset() to "
                                  "start the video again")
-        pending = self.pending_masks.pop(self.frame_index, None)
+        if self._frame_shape is None:  # the first frame gives the size: a mask for a later frame is checked now,
+            for index in sorted(self.pending_masks):  # not after the frames before it were segmented
+                _check_mask_size(self.pending_masks[index], frame.shape[:2], index)
+        pending = self.pending_masks.get(self.frame_index)
         mask = pending if mask is None else merge_masks(pending, check_mask(mask))
-        with torch.inference_mode(), self._autocast():
-            labels = self._step(frame, mask)
+        if mask is not None:
+            _check_mask_size(mask, frame.shape[:2], self.frame_index)
+        # a step that fails (a bad frame, an export without room for this frame's objects) leaves the session as
+        # it was, its pending mask included, so the same call with a fixed frame or session does what it says
+        user_ids, groups = list(self.objects.user_ids), list(self.objects.groups)
+        try:
+            with torch.inference_mode(), self._autocast():
+                labels = self._step(frame, mask)
+        except BaseException:
+            self.objects.user_ids, self.objects.groups = user_ids, groups
+            raise
+        self.pending_masks.pop(self.frame_index, None)
         self._frame_shape = frame.shape[:2]
         if self._size is None:
             self._size = self.config.size
@@ -335,9 +364,6 @@ class VideoSession:
         new_ids: list[int] = []
         given_ids: list[int] = []
         if mask is not None:
-            if mask.shape != (height, width):
-                raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the frame is {width}x{height}; "
-                                 "give masks at the frame's size")
             given_ids = [int(i) for i in np.unique(mask) if i != 0]
             adds = any(i not in self.objects.user_ids for i in given_ids)
             if given_ids and (adds or not self.spatial.correction):  # this frame takes a new slot
@@ -423,6 +449,30 @@ def check_mask(mask: np.ndarray) -> np.ndarray:
     return arr.astype(np.uint8, copy=False)
 
 
+def _check_mask_size(mask: np.ndarray, frame_shape: tuple[int, ...], index: int) -> None:
+    """ValueError when the mask for frame `index` is not at the frames' (H, W)."""
+    if mask.shape != tuple(frame_shape):
+        raise ValueError(f"the mask for frame {index} is {mask.shape[1]}x{mask.shape[0]} but the frames are "
+                         f"{frame_shape[1]}x{frame_shape[0]}; give masks at the frame's size")
+
+
+def _as_frame(frame: object, index: int) -> np.ndarray:
+    """A frame as the HxWx3 uint8 RGB array the network reads: numpy arrays as they are, PIL images upright and
+    RGB (as frame folders read), other array-likes (a torch tensor) through np.asarray. TypeError for a path or
+    a (name, frame) pair; ValueError for an array of another shape or dtype."""
+    if isinstance(frame, (str, bytes, Path)):
+        raise TypeError(f"frame {index} is a path ({frame!r}), not an image: pass the path itself as `frames` to "
+                        "propagate (a video file or frame folder), or read the image first")
+    if isinstance(frame, tuple) and len(frame) == 2 and isinstance(frame[0], str):
+        raise TypeError(f"frame {index} is a (name, frame) pair, as stma_core.io.frames.open_frames yields: pass "
+                        "the source itself as `frames` to propagate, or its frames ([f for _, f in source])")
+    if not isinstance(frame, np.ndarray):  # e.g. a PIL image: upright and RGB, as frame folders read
+        frame = np.asarray(_pil_frame(frame))
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"a frame must be an HxWx3 uint8 RGB array; got {frame.dtype} {frame.shape} (frame {index})")
+    return frame
+
+
 def merge_masks(earlier: np.ndarray | None, later: np.ndarray) -> np.ndarray:
     """Two masks of one frame as one: the later mask's nonzero pixels win. ValueError on size mismatch."""
     if earlier is None:
@@ -431,6 +481,44 @@ def merge_masks(earlier: np.ndarray | None, later: np.ndarray) -> np.ndarray:
         raise ValueError(f"masks given for the same frame differ in size ({earlier.shape[1]}x{earlier.shape[0]} "
                          f"and {later.shape[1]}x{later.shape[0]}); give masks at the frame's size")
     return np.where(later != 0, later, earlier)
+
+
+class _SourceFrames:
+    """The frames of a FrameSource (a video file), in order."""
+
+    def __init__(self, source: object) -> None:
+        self.source = source
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (frame for _, frame in self.source)  # type: ignore[attr-defined]
+
+
+class _FolderFrames(_SourceFrames):
+    """The frames of a frame folder, also by index (for backward propagation), read as the folder reads them."""
+
+    def __len__(self) -> int:
+        return len(self.source.files)  # type: ignore[attr-defined]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        from stma_core.io.frames import read_image_frame
+
+        file = self.source.files[index]  # type: ignore[attr-defined]
+        rgb = read_image_frame(file)
+        if (rgb.shape[1], rgb.shape[0]) != tuple(self.source.size):  # type: ignore[attr-defined]
+            raise StmaInputError(f"{file}: frame is {rgb.shape[1]}x{rgb.shape[0]} (upright) but the first frame is "
+                                 f"{self.source.size[0]}x{self.source.size[1]}; resize all frames to one size")
+        return rgb
+
+
+def _source_frames(frames: object) -> object:
+    """`frames` as given, or the frames of a video file / frame folder path or FrameSource."""
+    from stma_core.io.frames import FrameFolderSource, FrameSource, open_frames
+
+    if isinstance(frames, (str, Path)):
+        frames = open_frames(frames)
+    if isinstance(frames, FrameFolderSource):
+        return _FolderFrames(frames)
+    return _SourceFrames(frames) if isinstance(frames, FrameSource) else frames
 
 
 def _pil_frame(frame: object) -> object:
