@@ -330,7 +330,8 @@ def test_propagate_reads_a_video_file_or_a_frame_folder(tmp_path):
     session.reset()
     first = [m for _, m in session.propagate([f for _, f in open_frames(video)][:2], {0: car})]
     session.reset()
-    assert all(np.array_equal(a, b) for a, (_, b) in zip(first, itertools.islice(session.propagate(video, {0: car}), 2)))
+    from_path = itertools.islice(session.propagate(video, {0: car}), 2)
+    assert all(np.array_equal(a, b) for a, (_, b) in zip(first, from_path))
     session.reset()
     with pytest.raises(TypeError, match="a video file is read in order only: pass its frames as a list"):
         list(session.propagate(video, {0: car}, "backward"))
