@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -368,3 +369,20 @@ def test_nothing_to_track_is_an_error_not_empty_masks():
         session.add_mask(4, mask[:32, :48])
     session.remove_objects(5)
     assert session.objects.user_ids == []
+
+
+def test_direction_both_warns_when_an_object_given_later_misses_frames():
+    """Object 1 on frame 2, object 2 first on frame 4: 'both' runs forward from frame 2 (object 2 only from 4 on)
+    and backward from 4 over frames 0-1 (object 2 there too), so frames 2-3 miss it; a warning names them. With
+    the first mask on frame 0 there is no backward pass, nothing to say."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frames = [np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8) for i in range(6)]
+    one, two = np.zeros((64, 96), np.uint8), np.zeros((64, 96), np.uint8)
+    one[5:30, 5:40], two[35:60, 50:90] = 1, 2
+    with pytest.warns(UserWarning, match=r"object\(s\) \[2\] first given on frame 4 are missing from frames 2 to 3"):
+        out = dict(session.propagate(frames, {2: one, 4: two}, "both"))
+    assert not any((out[i] == 2).any() for i in (2, 3)) and (out[4] == 2).any()
+    session.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(session.propagate(frames, {0: one, 4: two}, "both"))

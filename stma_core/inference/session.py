@@ -37,7 +37,8 @@ from stma_core.inference.spatial_memory import SpatialMemory
 from stma_core.inference.temporal_memory import TemporalMemory
 from stma_core.model.network import FrameFeatures, MemoryGroup, STMANetwork
 
-__all__ = ["Direction", "VideoSession", "processing_size", "resolve_device", "session_factory"]
+__all__ = ["Direction", "VideoSession", "late_object_gaps", "processing_size", "resolve_device",
+           "session_factory"]
 
 
 def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -147,7 +148,9 @@ class VideoSession:
         and indexing (a list, or anything that reads frame i on demand, so memory stays bounded) and a
         fresh session; they yield in processing order: BACKWARD from the last frame down to 0, BOTH
         first the frames from the first mask on (forward), then the frames before it, nearest first
-        (propagated backward from the last mask). After BACKWARD or BOTH, reset() before reusing the session.
+        (propagated backward from the last mask); objects first given after the first mask are missing from
+        the frames between it and their own mask (a UserWarning from late_object_gaps names them).
+        After BACKWARD or BOTH, reset() before reusing the session.
         A frame folder has indexing; a video file is read in order only, so BACKWARD and BOTH want its frames
         as a list. Raises ValueError for an unknown direction or when there is nothing to track (no mask, or
         only empty ones, and no object from earlier steps), TypeError for frames without indexing.
@@ -193,6 +196,9 @@ class VideoSession:
         if last >= count:
             raise ValueError(f"a mask is given for frame {last} but the video has {count} frames (0..{count - 1})")
         if direction is Direction.BOTH:
+            gaps = late_object_gaps(given)
+            if gaps:
+                warnings.warn(gaps, stacklevel=2)
             yield from self._run(frames, range(first, count), given)
             if first > 0:  # the backward pass only yields frames before the first mask
                 yield from ((i, m) for i, m in self._run(frames, range(last, -1, -1), given) if i < first)
@@ -447,6 +453,31 @@ def check_mask(mask: np.ndarray) -> np.ndarray:
         raise ValueError(f"object ids must be 1..{MAX_OBJECTS}; got {bad[:5].tolist()} (0 is background, "
                          "255 is void): relabel the mask")
     return arr.astype(np.uint8, copy=False)
+
+
+def late_object_gaps(given: Mapping[int, np.ndarray], name: Callable[[int], str] = str) -> str | None:
+    """What direction BOTH leaves out, in words, or None: objects first given after the first mask are not
+    segmented on the frames between the first mask and theirs (the forward pass starts at the first mask,
+    before they are given), yet the backward pass segments them on the frames before the first mask.
+    given: {frame index: id mask}; name: how to call frame i in the message."""
+    first = min(given)
+    if first == 0:  # no backward pass: objects given later simply start there
+        return None
+    since: dict[int, int] = {}
+    for index in sorted(given):
+        for object_id in np.unique(given[index]):
+            since.setdefault(int(object_id), index)
+    late: dict[int, list[int]] = {}
+    for object_id, index in since.items():
+        if object_id and index > first:
+            late.setdefault(index, []).append(object_id)
+    if not late:
+        return None
+    parts = "; ".join(f"object(s) {ids} first given on frame {name(index)} are missing from frames {name(first)} to "
+                      f"{name(index - 1)}" for index, ids in sorted(late.items()))
+    return (f"direction both: {parts}, although the backward pass segments them on the frames before frame "
+            f"{name(first)}: the forward pass starts at the first mask (frame {name(first)}), before they are given; "
+            f"if they are in view there, give them on frame {name(first)} too")
 
 
 def _check_mask_size(mask: np.ndarray, frame_shape: tuple[int, ...], index: int) -> None:
