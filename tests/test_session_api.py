@@ -386,3 +386,28 @@ def test_direction_both_warns_when_an_object_given_later_misses_frames():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         list(session.propagate(frames, {0: one, 4: two}, "both"))
+
+
+def test_after_a_backward_pass_the_session_wants_a_reset():
+    """After direction='backward' (or 'both') the memories end at frame 0; step() or a forward propagate went on
+    from there as if the video continued (indices past its end, masks from frame 0's memory), silently."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frames = [np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8) for i in range(4)]
+    mask = np.zeros((64, 96), np.uint8)
+    mask[5:30, 5:40] = 1
+    for direction in ("backward", "both"):
+        session.reset()
+        backward = dict(session.propagate(frames, {3: mask}, direction))
+        assert sorted(backward) == [0, 1, 2, 3]
+        for call in (lambda: session.step(frames[0]), lambda: session.add_mask(0, mask),
+                     lambda: list(session.propagate(frames, {0: mask}))):
+            with pytest.raises(ValueError, match="ran a backward pass .* call reset\\(\\)"):
+                call()
+    session.reset()
+    assert np.array_equal(session.step(frames[0], mask), mask)
+    session.reset()
+    out = session.propagate(frames, {3: mask}, "backward")
+    next(out)
+    with pytest.raises(ValueError, match="ran a backward pass"):  # also between the frames of the pass
+        session.add_mask(1, mask)
+    assert [i for i, _ in out] == [2, 1, 0]

@@ -88,6 +88,7 @@ class VideoSession:
         self._last_spatial = -1
         self._last_temporal = -1
         # memory versions restart with the memories; the epoch keeps engine caches from matching old ones
+        self._backward = False  # set by a backward pass: its memories end at frame 0, nothing may follow on
         self._epoch = getattr(self, "_epoch", -1) + 1
         self._memory_version = 0
 
@@ -105,6 +106,7 @@ class VideoSession:
         if isinstance(frame_index, bool) or not isinstance(frame_index, (int, np.integer)):
             raise TypeError(f"frame index must be an integer; got {frame_index!r}")
         frame_index = int(frame_index)
+        self._check_forward()
         self.config.check()
         if frame_index < 0:
             raise ValueError(f"frame index {frame_index} is negative; frames count from 0")
@@ -150,7 +152,8 @@ class VideoSession:
         first the frames from the first mask on (forward), then the frames before it, nearest first
         (propagated backward from the last mask); objects first given after the first mask are missing from
         the frames between it and their own mask (a UserWarning from late_object_gaps names them).
-        After BACKWARD or BOTH, reset() before reusing the session.
+        After BACKWARD or BOTH, reset() before reusing the session (add_mask, step and propagate raise
+        ValueError until then, also between the frames of the backward pass).
         A frame folder has indexing; a video file is read in order only, so BACKWARD and BOTH want its frames
         as a list. Raises ValueError for an unknown direction or when there is nothing to track (no mask, or
         only empty ones, and no object from earlier steps), TypeError for frames without indexing.
@@ -161,6 +164,7 @@ class VideoSession:
             raise ValueError(f"unknown direction {direction!r}; use one of "
                              f"{', '.join(d.value for d in Direction)}") from None
         self.config.check()
+        self._check_forward()
         if masks is not None and not isinstance(masks, Mapping):
             raise TypeError(f"masks must be a dict {{frame index: id mask}}; got {type(masks).__name__}")
         for index, mask in (masks or {}).items():
@@ -209,8 +213,21 @@ class VideoSession:
              ) -> Iterator[tuple[int, np.ndarray]]:
         """One pass from empty memories over the frames in `order` (video indices), masks from `given`."""
         self.reset()
+        backward = isinstance(order, range) and order.step < 0
         for index in order:
-            yield index, self.step(frames[index], given.get(index))
+            self._backward = False  # the pass's own steps
+            try:
+                mask = self.step(frames[index], given.get(index))
+            finally:
+                self._backward = backward
+            yield index, mask
+
+    def _check_forward(self) -> None:
+        """ValueError after a backward pass: stepping on would continue from frame 0's memories as if the video
+        went on (frame indices past its end), and a mask would be taken for a frame already segmented."""
+        if self._backward:
+            raise ValueError("this session ran a backward pass (direction 'backward' or 'both'); call reset() "
+                             "before adding masks, stepping or propagating again")
 
     def check_annotations(self, masks: Sequence[np.ndarray], direction: Direction | str = Direction.FORWARD) -> None:
         """Raises StmaInputError before any frame is processed when the engine's fixed memory (an `stma
@@ -262,6 +279,7 @@ class VideoSession:
         this frame's (n+1, H, W) float32 probabilities (background first, then objects in
         `objects.user_ids` order) on the session's device.
         """
+        self._check_forward()
         frame = _as_frame(frame, self.frame_index)
         self.config.check()
         if self._frame_shape is not None and frame.shape[:2] != self._frame_shape:
