@@ -364,6 +364,9 @@ def test_nothing_to_track_is_an_error_not_empty_masks():
         list(session.propagate(frames))
     assert session.frame_index == 0
     session.reset()
+    with pytest.raises(ValueError, match="the mask for frame 2 is 48x32 but the frames are 96x64"):
+        list(session.propagate(frames, {0: mask, 2: mask[:32, :48]}, direction="backward"))  # said as frame 2
+    session.reset()
     session.step(frames[0], mask)
     with pytest.raises(ValueError, match="the mask for frame 4 is 48x32 but the frames are 96x64"):
         session.add_mask(4, mask[:32, :48])

@@ -214,10 +214,15 @@ class VideoSession:
         """One pass from empty memories over the frames in `order` (video indices), masks from `given`."""
         self.reset()
         backward = isinstance(order, range) and order.step < 0
-        for index in order:
+        for n, index in enumerate(order):
+            frame = frames[index]
+            if n == 0:  # every mask at the frames' size, said with its video frame index, before any frame is done
+                shape = _as_frame(frame, index).shape[:2]
+                for k in sorted(given):
+                    _check_mask_size(given[k], shape, k)
             self._backward = False  # the pass's own steps
             try:
-                mask = self.step(frames[index], given.get(index))
+                mask = self.step(frame, given.get(index))
             finally:
                 self._backward = backward
             yield index, mask
