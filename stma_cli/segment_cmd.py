@@ -693,18 +693,18 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
                           f"{even_size[0]}x{even_size[1]}, not {source.size[0]}x{source.size[1]}: H.264 needs even "
                           "sizes, so the last column/row is repeated (the other outputs keep the input's size)")
         prop = propagator()
-        if direction is Direction.BOTH and masks and callable(getattr(prop, "propagate", None)):
-            from stma_core.inference.session import late_object_gaps
-
-            gaps = late_object_gaps({_frame_index(source, n): m for n, m in masks.items()}, source.frame_name)
-            if gaps:  # the session's own warning (a Python warning) is silenced below: this is the CLI's line
-                warn(console, f"{job.path}: {gaps}")
         check = getattr(prop, "check_annotations", None)  # an export's fixed memory: refuse before any frame
         if check is not None:
             try:
                 check(list(masks.values()), direction)
             except StmaInputError as exc:
                 raise StmaInputError(f"{job.path}: {exc}") from exc
+        if direction is Direction.BOTH and masks and callable(getattr(prop, "propagate", None)):
+            from stma_core.inference.session import late_object_gaps
+
+            gaps = late_object_gaps({_frame_index(source, n): m for n, m in masks.items()}, source.frame_name)
+            if gaps:  # the session's own warning (a Python warning) is silenced below: this is the CLI's line
+                warn(console, f"{job.path}: {gaps}")
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))
         options = dataclasses.replace(extras.options, object_ids=object_ids)  # also the Outcome's object count
