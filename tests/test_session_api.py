@@ -414,3 +414,36 @@ def test_after_a_backward_pass_the_session_wants_a_reset():
     with pytest.raises(ValueError, match="ran a backward pass"):  # also between the frames of the pass
         session.add_mask(1, mask)
     assert [i for i, _ in out] == [2, 1, 0]
+
+
+def test_masks_given_ahead_are_copies_and_remove_objects_drops_them():
+    """add_mask kept the caller's array: an annotation loop reusing one buffer (fill it, add_mask, clear it, fill
+    it for the next frame) rewrote the masks already given, so frame 0 got the later frame's object and object 1
+    was never tracked. And remove_objects refused an object only given ahead ('not in this video; known ids: []')
+    and, for a tracked one, left its masks for later frames to bring it back."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frames = [np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8) for i in range(4)]
+    buffer = np.zeros((64, 96), np.uint8)
+    buffer[5:30, 5:40] = 1
+    first = buffer.copy()
+    session.add_mask(0, buffer)
+    buffer[:] = 0
+    buffer[35:60, 50:90] = 2
+    session.add_mask(2, buffer)
+    out = dict(session.propagate(frames))
+    assert np.array_equal(out[0], first) and session.objects.user_ids == [1, 2]
+    session.reset()
+    session.add_mask(0, first)
+    session.add_mask(0, buffer)
+    session.add_mask(3, buffer)  # object 2 again on frame 3: given ahead
+    with pytest.raises(ValueError, match=r"object ids \[7\] are not in this video; known ids: \[1, 2\]"):
+        session.remove_objects([7])
+    session.step(frames[0])
+    session.remove_objects(2)
+    assert not (session.pending_masks[3] == 2).any() and (buffer == 2).any()  # the caller's array is untouched
+    assert not any((m == 2).any() for _, m in session.propagate(frames[1:]))
+    session.reset()
+    session.add_mask(1, buffer)
+    session.remove_objects([2])  # only given ahead: nothing left to track
+    with pytest.raises(ValueError, match="no object to track"):
+        list(session.propagate(frames))

@@ -113,19 +113,29 @@ class VideoSession:
         if frame_index < self.frame_index:
             raise ValueError(f"frame {frame_index} was already processed (next is {self.frame_index}); "
                              "add masks before stepping past their frame, or reset() and start again")
-        mask = check_mask(mask)
+        mask = check_mask(mask).copy()  # kept until its frame: a caller reusing its array must not change it
         if self._frame_shape is not None:
             _check_mask_size(mask, self._frame_shape, frame_index)
         self.pending_masks[frame_index] = merge_masks(self.pending_masks.get(frame_index), mask)
 
     def remove_objects(self, ids: Iterable[int] | int) -> None:
-        """Stops tracking these user ids, or this one id (their memory goes too); raises ValueError for unknown ids.
+        """Stops tracking these user ids, or this one id (their memory goes too), and drops them from the masks given
+        with add_mask for frames not processed yet (also objects given there only); ValueError for unknown ids.
 
         The last frame's `probabilities` lose their rows (their probability goes to the background), so
         they stay in `objects.user_ids` order."""
         if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
             ids = [ids]
-        gone = self.objects.remove([int(i) for i in ids])
+        ids = [int(i) for i in ids]
+        pending = {int(i) for m in self.pending_masks.values() for i in np.unique(m) if i}
+        unknown = [i for i in ids if i not in self.objects.user_ids and i not in pending]
+        if unknown:
+            raise ValueError(f"object ids {unknown[:5]} are not in this video; known ids: "
+                             f"{sorted(set(self.objects.user_ids) | pending)}")
+        waiting = [i for i in ids if i in pending]
+        for index, mask in list(self.pending_masks.items()):  # masks given for later frames would bring them back
+            self.pending_masks[index] = np.where(np.isin(mask, waiting), 0, mask).astype(np.uint8)
+        gone = self.objects.remove([i for i in ids if i in self.objects.user_ids])
         self.temporal.remove_objects(gone)
         if gone:  # the frames pinned for objects no longer tracked are freed: memory stays bounded
             self.temporal.release(self.objects.groups)
