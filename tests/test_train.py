@@ -427,6 +427,21 @@ def test_ship_takes_a_run_folder_and_replaces_a_model_only_when_asked(tmp_path: 
         assert not args[1].exists()
 
 
+def test_a_new_run_never_overwrites_a_model_in_its_out_folder(tiny_davis: Path, tmp_path: Path) -> None:
+    """--out a folder holding someone's model.safetensors but no state.pt (a folder of models, a run whose state
+    was deleted): a new run (or --resume, which starts fresh without state.pt) overwrote that model at its first
+    checkpoint, silently."""
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"mine")
+    for extra in ((), ("--resume",)):
+        result = train("--config", write_config(tmp_path / "c.yaml"), "--data", tiny_davis, "--out", out, *extra,
+                       "--device", "cpu")
+        assert_bad_input(result, "models: holds a model.safetensors but no state.pt", "choose a new --out")
+    assert (out / "model.safetensors").read_bytes() == b"mine" and sorted(p.name for p in out.iterdir()) == [
+        "model.safetensors"]
+
+
 def test_missing_data_root(tmp_path: Path) -> None:
     result = train("--config", write_config(tmp_path / "c.yaml"), "--data", tmp_path / "nowhere", "--out", tmp_path / "o")
     assert_bad_input(result, "nowhere", "data root not found")

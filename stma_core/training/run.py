@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from stma_core.checkpoint import resolve_checkpoint
+from stma_core.checkpoint import RUN_MODEL, resolve_checkpoint
 from stma_core.config import ModelConfig, from_dict
 from stma_core.errors import StmaInputError
 from stma_core.eval.datasets import short_list
@@ -145,6 +145,9 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
     state = out / "state.pt"
     if state.exists() and not resume:
         raise StmaInputError(f"{out}: already holds a run (state.pt); pass --resume to continue or choose a new --out")
+    if not state.exists() and (out / RUN_MODEL).exists():  # a model a fresh run would overwrite at its first save
+        raise StmaInputError(f"{out}: holds a {RUN_MODEL} but no state.pt, so not a run to resume, and a new run "
+                             "would overwrite that model; choose a new --out, or move the model away")
     saved: dict = {}
     if resume and (out / "train_config.json").exists():
         saved = json.loads((out / "train_config.json").read_text())
