@@ -248,7 +248,15 @@ class VideoSession:
         """Raises StmaInputError before any frame is processed when the engine's fixed memory (an `stma
         export`) cannot hold what these annotations (id masks in frame order) will keep: one frame for good
         per frame giving new objects, one slot for the latest correction, beside the recent frames. Without
-        it the run stops mid-video. Engines without fixed sizes (PyTorch) accept anything."""
+        it the run stops mid-video. So does an export made for fewer objects than the masks give.
+        Engines without fixed sizes (PyTorch) accept anything."""
+        most = getattr(self.engine, "object_limit", None)
+        if most is not None and masks:
+            ids = sorted(set(self.objects.user_ids).union(*({int(i) for i in np.unique(m) if i} for m in masks)))
+            if len(ids) > most:
+                raise StmaInputError(f"{len(masks)} annotated frame(s) give {len(ids)} objects ({ids[:8]}) but this "
+                                     f"export handles at most {most}; re-export with `stma export --objects "
+                                     f"{len(ids)}`")
         if getattr(self.engine, "memory_limits", None) is None or not masks:
             return
         direction = Direction(direction)
