@@ -447,3 +447,17 @@ def test_masks_given_ahead_are_copies_and_remove_objects_drops_them():
     session.remove_objects([2])  # only given ahead: nothing left to track
     with pytest.raises(ValueError, match="no object to track"):
         list(session.propagate(frames))
+
+
+def test_backward_errors_name_the_video_frame():
+    """In a backward pass, a bad frame or one of another size was reported by the pass's step count (video frame
+    2 of a 3-frame backward run was 'frame 0')."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frame = np.zeros((64, 96, 3), np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 1
+    with pytest.raises(ValueError, match=r"got uint8 \(64, 96\) \(frame 1\)"):
+        list(session.propagate([frame, frame[..., 0], frame], {2: mask}, "backward"))
+    session.reset()
+    with pytest.raises(ValueError, match="frame 0 is 96x32 but this video's frames are 96x64"):
+        list(session.propagate([frame[:32], frame, frame], {2: mask}, "backward"))

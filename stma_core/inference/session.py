@@ -224,12 +224,16 @@ class VideoSession:
         """One pass from empty memories over the frames in `order` (video indices), masks from `given`."""
         self.reset()
         backward = isinstance(order, range) and order.step < 0
-        for n, index in enumerate(order):
-            frame = frames[index]
-            if n == 0:  # every mask at the frames' size, said with its video frame index, before any frame is done
-                shape = _as_frame(frame, index).shape[:2]
+        shape: tuple[int, ...] = ()
+        for index in order:  # errors name the video's frame index, not the pass's step count
+            frame = _as_frame(frames[index], index)
+            if not shape:  # every mask at the frames' size, before any frame is done
+                shape = frame.shape[:2]
                 for k in sorted(given):
                     _check_mask_size(given[k], shape, k)
+            elif frame.shape[:2] != shape:
+                raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but this video's frames are "
+                                 f"{shape[1]}x{shape[0]}; give frames of one size")
             self._backward = False  # the pass's own steps
             try:
                 mask = self.step(frame, given.get(index))
