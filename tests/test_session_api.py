@@ -461,3 +461,27 @@ def test_backward_errors_name_the_video_frame():
     session.reset()
     with pytest.raises(ValueError, match="frame 0 is 96x32 but this video's frames are 96x64"):
         list(session.propagate([frame[:32], frame, frame], {2: mask}, "backward"))
+
+
+def test_one_object_masks_take_an_object_id_and_two_boolean_masks_warn():
+    """SAM 2 users add each object's boolean mask in turn; here a boolean mask is object 1, so the second one was
+    merged into the first object without a word. add_mask(frame, mask, object_id=N) gives it its own id (a 0/255
+    or float 0/1 mask too), and two boolean masks for one frame without it warn."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    a, b = np.zeros((64, 96), bool), np.zeros((64, 96), bool)
+    a[5:30, 5:40], b[35:60, 50:90] = True, True
+    session.add_mask(0, a, object_id=5)
+    session.add_mask(0, b.astype(np.uint8) * 255, object_id=42)
+    session.add_mask(0, np.zeros((64, 96), np.float32), object_id=7)  # empty: no object 7
+    out = session.step(frame)
+    assert session.objects.user_ids == [5, 42] and np.array_equal(out, np.where(a, 5, np.where(b, 42, 0)))
+    session.reset()
+    session.add_mask(0, a)
+    with pytest.warns(UserWarning, match="frame 0: a boolean mask is object 1, and an earlier mask of this frame"):
+        session.add_mask(0, b)
+    for bad in (0, 255, 1.5, True):
+        with pytest.raises(ValueError, match="object_id must be an integer 1..254"):
+            session.add_mask(0, a, object_id=bad)
+    with pytest.raises(ValueError, match="threshold a soft mask"):
+        session.add_mask(0, a * 0.7, object_id=3)

@@ -92,8 +92,11 @@ class VideoSession:
         self._epoch = getattr(self, "_epoch", -1) + 1
         self._memory_version = 0
 
-    def add_mask(self, frame_index: int, mask: np.ndarray) -> None:
+    def add_mask(self, frame_index: int, mask: np.ndarray, object_id: int | None = None) -> None:
         """Gives a mask (HxW uint8, pixel = object id 1..254, 0 = background) for a frame not yet processed.
+
+        object_id: the mask is one object's (bool, or nonzero = the object), SAM 2 style: its pixels get this id.
+        Without it a boolean mask is object 1, so two boolean masks for one frame are one object (a warning).
 
         New ids become objects from that frame on (ids given together form one group). Ids that
         already exist are corrections: the given pixels replace the prediction on that frame, which
@@ -113,10 +116,26 @@ class VideoSession:
         if frame_index < self.frame_index:
             raise ValueError(f"frame {frame_index} was already processed (next is {self.frame_index}); "
                              "add masks before stepping past their frame, or reset() and start again")
-        mask = check_mask(mask).copy()  # kept until its frame: a caller reusing its array must not change it
+        boolean = np.asarray(mask).dtype == bool
+        if object_id is not None:
+            if isinstance(object_id, bool) or not isinstance(object_id, (int, np.integer)) \
+                    or not 1 <= object_id <= MAX_OBJECTS:
+                raise ValueError(f"object_id must be an integer 1..{MAX_OBJECTS}; got {object_id!r}")
+            arr = np.asarray(mask)
+            whole = arr.dtype.kind in "biu" or (arr.dtype.kind == "f" and np.isfinite(arr).all()
+                                                and (arr == np.round(arr)).all())
+            binary = check_mask(arr != 0 if whole else arr)  # a soft (fractional) mask is refused as ever
+            mask = np.where(binary != 0, int(object_id), 0).astype(np.uint8)
+        else:
+            mask = check_mask(mask).copy()  # kept until its frame: a caller reusing its array must not change it
         if self._frame_shape is not None:
             _check_mask_size(mask, self._frame_shape, frame_index)
-        self.pending_masks[frame_index] = merge_masks(self.pending_masks.get(frame_index), mask)
+        earlier = self.pending_masks.get(frame_index)
+        if boolean and object_id is None and earlier is not None and (earlier == 1).any() and (mask == 1).any():
+            warnings.warn(f"frame {frame_index}: a boolean mask is object 1, and an earlier mask of this frame has "
+                          "object 1 too, so both are one object; pass object_id=N (or an id mask) to add another "
+                          "object", stacklevel=2)
+        self.pending_masks[frame_index] = merge_masks(earlier, mask)
 
     def remove_objects(self, ids: Iterable[int] | int) -> None:
         """Stops tracking these user ids, or this one id (their memory goes too), and drops them from the masks given
