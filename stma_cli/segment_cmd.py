@@ -11,6 +11,7 @@ import dataclasses
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
@@ -421,15 +422,17 @@ def _segment_out_of_order(selected: _SelectedFrames, masks: dict[str, np.ndarray
         def decode(data: bytes) -> np.ndarray:
             return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
-        for index, result in session.propagate(frames, given, direction):
-            soft = {k: encode(v) for k, v in soft_of().items()} if soft_of is not None else None
-            pending[index] = (encode(result), soft)
-            progress.update(task, advance=1, total=len(frames))
-            while done in pending:
-                mask, soft = pending.pop(done)
-                _write(writer, names[done], frames[done], decode(mask),
-                       {k: decode(v) for k, v in soft.items()} if soft is not None else None)
-                done += 1
+        with warnings.catch_warnings():  # what direction both leaves out was said as the CLI's own line
+            warnings.filterwarnings("ignore", message="direction both: ")
+            for index, result in session.propagate(frames, given, direction):
+                soft = {k: encode(v) for k, v in soft_of().items()} if soft_of is not None else None
+                pending[index] = (encode(result), soft)
+                progress.update(task, advance=1, total=len(frames))
+                while done in pending:
+                    mask, soft = pending.pop(done)
+                    _write(writer, names[done], frames[done], decode(mask),
+                           {k: decode(v) for k, v in soft.items()} if soft is not None else None)
+                    done += 1
         return done
 
 
@@ -700,6 +703,12 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
                 check(list(masks.values()), direction)
             except StmaInputError as exc:
                 raise StmaInputError(f"{job.path}: {exc}") from exc
+        if direction is Direction.BOTH and masks and callable(getattr(prop, "propagate", None)):
+            from stma_core.inference.session import late_object_gaps
+
+            gaps = late_object_gaps({_frame_index(source, n): m for n, m in masks.items()}, source.frame_name)
+            if gaps:  # the session's own warning (a Python warning) is silenced below: this is the CLI's line
+                warn(console, f"{job.path}: {gaps}")
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))
         options = dataclasses.replace(extras.options, object_ids=object_ids,  # also the Outcome's object count

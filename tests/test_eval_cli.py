@@ -157,6 +157,16 @@ def test_split_file_path(small_root: Path, perfect_pred: Path, tmp_path: Path) -
                        "split.bin: not a text file, so not a split file")
 
 
+def test_a_sequence_listed_twice_in_the_split_is_refused(small_root: Path, perfect_pred: Path, tmp_path: Path) -> None:
+    """A split file naming a sequence twice scored it twice: its objects weighed double in the global means
+    (the official toolkit reads the list into a dict and counts it once), with nothing said."""
+    split = tmp_path / "twice.txt"
+    split.write_text("car-shadow\nmotocross-jump\ncar-shadow\n")
+    assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root), "--split", str(split), "-q"),
+                       "twice.txt lists car-shadow more than once; list each sequence once")
+    assert not list(perfect_pred.glob("*.csv"))
+
+
 def test_flow_method_through_the_factory(small_root: Path, tmp_path: Path) -> None:
     result = run("--dataset", "davis16-val", "--root", str(small_root), "--method", "flow",
                  "--pred-out", str(tmp_path / "flow"), "--json")

@@ -225,8 +225,10 @@ def test_propagator_reports_what_to_re_export(tiny_checkpoint: Path, tmp_path: P
         factory().step(frame[:48, :72], first[:48, :72])
     three = first.copy()
     three[40:50, 10:20], three[40:50, 30:40] = 2, 3
+    propagator = factory()
     with pytest.raises(StmaInputError, match="--objects 3"):
-        factory().step(frame, three)
+        propagator.step(frame, three)
+    assert propagator.objects.user_ids == [] and propagator.frame_index == 0  # the refused objects are not kept
     propagator = factory()
     propagator.step(frame, first)
     second = first.copy()
@@ -235,6 +237,10 @@ def test_propagator_reports_what_to_re_export(tiny_checkpoint: Path, tmp_path: P
                                              "--memory-frames 4`"):
         propagator.step(frame, second)  # refused on the frame that needs the room, before any state changes
     assert propagator.objects.user_ids == [1]
+    propagator.add_mask(1, second)  # the same through add_mask: the refusal keeps the mask (it was dropped, so a
+    with pytest.raises(StmaInputError, match="frame 1: objects first given"):  # retry ran without object 2)
+        propagator.step(frame)
+    assert propagator.objects.user_ids == [1] and propagator.frame_index == 1 and 1 in propagator.pending_masks
     with pytest.raises(StmaInputError, match=r"2 annotated frame\(s\) \(2 giving new objects, 0 correction"):
         factory().check_annotations([first, second])
     propagator = factory()  # the engine's own check, should the session's ever miss a case

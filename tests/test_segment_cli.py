@@ -444,6 +444,35 @@ def test_direction_both_segments_frames_before_the_first_mask_and_mask_dir_corre
     assert (given & half).sum() / (given | half).sum() > 0.95
 
 
+def test_direction_both_says_which_frames_miss_an_object_given_after_the_first_mask(tmp_path: Path):
+    """Car on frame 3, a second object first on frame 5, --direction both: the backward pass segments object 2 on
+    frames 0-2 but the forward pass (from frame 3) has it only from 5 on, so frames 3-4 miss it; that was silent.
+    One warning line says so (and no Python warning); with every object on the first mask's frame, nothing."""
+    from stma_core.io.frames import open_frames
+
+    frames_dir, masks_dir = tmp_path / "clip", tmp_path / "ann"
+    frames_dir.mkdir()
+    masks_dir.mkdir()
+    for i, (_, frame) in zip(range(6), open_frames(EXAMPLES / "car-shadow.mp4")):
+        Image.fromarray(cv2.resize(frame, (214, 120), interpolation=cv2.INTER_AREA)).save(frames_dir / f"{i:05d}.png")
+    car = (np.asarray(Image.open(EXAMPLES / "car-shadow_mask.png").resize((214, 120), Image.NEAREST)) > 0)
+    Image.fromarray(car.astype(np.uint8)).save(masks_dir / "00003.png")
+    box = np.zeros((120, 214), np.uint8)
+    box[10:40, 10:60] = 2
+    Image.fromarray(box).save(masks_dir / "00005.png")
+    result = segment(frames_dir, "--mask-dir", masks_dir, "--out", tmp_path / "out", "--quiet", "--size", 64)
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {frames_dir}: direction both: object(s) [2] first "
+                                                   "given on frame 00005 are missing from frames 00003 to 00004"), lines
+    out = [np.asarray(Image.open(tmp_path / "out" / "clip" / f"{i:05d}.png")) for i in range(6)]
+    assert not any((out[i] == 2).any() for i in (3, 4)) and (out[5] == 2).any()
+    Image.fromarray(np.where(box != 0, box, car.astype(np.uint8))).save(masks_dir / "00003.png")
+    (masks_dir / "00005.png").unlink()
+    result = segment(frames_dir, "--mask-dir", masks_dir, "--out", tmp_path / "out2", "--quiet", "--size", 64)
+    assert result.exit_code == 0 and result.stderr == "", result.output
+
+
 def test_a_batch_video_without_a_mask_beside_it_fails_alone(tmp_path: Path,
                                                             small_clips: dict[str, tuple[Path, Path]]) -> None:
     """Masks beside their videos, one missing: the others run; that video gets its error line and row (exit 1)."""

@@ -120,6 +120,34 @@ def test_onnx_export_too_small_for_a_correction_is_refused_up_front(tmp_path: Pa
     assert len(list((tmp_path / "o" / "car-shadow").glob("*.png"))) == 12
 
 
+def test_an_export_for_fewer_objects_is_refused_up_front(tmp_path: Path, tiny_exports) -> None:
+    """Object 2 first given on frame 8 of a 1-object export: the run stopped at frame 8 (the Python API after
+    yielding frames 0-7); the objects the masks give are now counted before any frame, like the memory room."""
+    from stma_core.errors import StmaInputError
+    from stma_core.inference.onnx_session import exported_session_factory
+
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    car = (np.asarray(Image.open(EXAMPLES / "car-shadow_mask.png").convert("L")) > 0).astype(np.uint8)
+    box = np.zeros_like(car)
+    box[20:120, 20:160] = 2
+    Image.fromarray(car).save(folder / "00000.png")
+    Image.fromarray(box).save(folder / "00008.png")
+    clip = EXAMPLES / "car-shadow.mp4"
+    result = CliRunner().invoke(app, ["segment", str(clip), "--mask-dir", str(folder), "--engine", "onnx",
+                                      "--export-dir", str(tiny_exports["onnx_room"]), "--end", "12", "--out",
+                                      str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: {clip}: 2 annotated frame(s) give 2 objects ([1, 2]) but this export handles "
+                             "at most 1; re-export with `stma export --objects 2`\n")
+    assert not (tmp_path / "o").exists()
+    session = exported_session_factory(tiny_exports["onnx_room"], threads=1)()
+    frames = [np.zeros((480, 854, 3), np.uint8)] * 9
+    with pytest.raises(StmaInputError, match="give 2 objects"):
+        next(session.propagate(frames, {0: car, 8: box}))
+    assert session.frame_index == 0
+
+
 def test_torchscript_export_runs_from_the_cli(tmp_path: Path, tiny_exports) -> None:
     """--engine torchscript runs a TorchScript export (it used to be refused as 'not onnx', with no CLI way
     to run it), with the masks of the same model's ONNX export; a mix-up names the right engine."""

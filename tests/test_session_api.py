@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import EXAMPLES
 from regression_cases import case_inputs
 from stma_core import InferenceConfig, VideoSession
 from stma_core.config import ModelConfig
@@ -282,3 +286,202 @@ def test_a_config_changed_after_the_session_was_made_is_checked_where_frames_and
     session.reset()  # a new video may use another size
     masks = [m for _, m in session.propagate(frames[:3], {0: mask})]
     assert len(masks) == 3 and (masks[2] == 1).sum() > 0.5 * mask.sum()
+
+
+def test_a_step_that_fails_keeps_its_mask_for_the_retry():
+    """add_mask(0, m), then a step on a bad frame (grayscale) raised, and the retry with the right frame ran
+    without the mask: the pending mask was dropped by the failed call, so the video came out empty."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 7
+    session.add_mask(0, mask)
+    with pytest.raises(ValueError, match=r"HxWx3 uint8 RGB array; got uint8 \(64, 96\) \(frame 0\)"):
+        session.step(frame[..., 0])
+    assert session.frame_index == 0 and session.objects.user_ids == [] and 0 in session.pending_masks
+    assert np.array_equal(session.step(frame), mask) and session.objects.user_ids == [7]
+
+
+def test_propagate_reads_a_video_file_or_a_frame_folder(tmp_path):
+    """A path (as SAM 2's init_state takes one) used to be iterated character by character ('not enough values
+    to unpack'), and open_frames' (name, frame) pairs failed deep in numpy; both are read now, as stma segment reads."""
+    from PIL import Image
+
+    from stma_core.io.frames import open_frames
+
+    config = InferenceConfig(size=64)
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), config)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(4)]
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"{i:05d}.png")
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 1
+    for direction in ("forward", "backward"):
+        session.reset()
+        expected = list(session.propagate(frames, {2: mask}, direction))
+        for given in (str(tmp_path), tmp_path, open_frames(tmp_path)):
+            session.reset()
+            got = list(session.propagate(given, {2: mask}, direction))
+            assert [i for i, _ in got] == [i for i, _ in expected]
+            assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, expected)), (direction, given)
+    video = str(EXAMPLES / "car-shadow.mp4")
+    car = np.zeros((480, 854), np.uint8)
+    car[200:300, 300:500] = 1
+    session.reset()
+    first = [m for _, m in session.propagate([f for _, f in open_frames(video)][:2], {0: car})]
+    session.reset()
+    from_path = itertools.islice(session.propagate(video, {0: car}), 2)
+    assert all(np.array_equal(a, b) for a, (_, b) in zip(first, from_path))
+    session.reset()
+    with pytest.raises(TypeError, match="a video file is read in order only: pass its frames as a list"):
+        list(session.propagate(video, {0: car}, "backward"))
+    session.reset()
+    session.add_mask(0, mask)
+    with pytest.raises(TypeError, match=r"frame 0 is a path \('a.jpg'\), not an image"):
+        list(session.propagate(["a.jpg"]))
+    with pytest.raises(TypeError, match=r"frame 0 is a \(name, frame\) pair"):
+        list(session.propagate([("00000", frames[0])]))
+    assert 0 in session.pending_masks
+
+
+def test_nothing_to_track_is_an_error_not_empty_masks():
+    """propagate without a mask (or with only empty ones) yielded an empty mask for every frame, although its
+    docstring promised a ValueError; a mask of the wrong size for a later frame failed only when that frame
+    came, after all the frames before it; remove_objects(5) failed with "'int' object is not iterable"."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frames = [np.zeros((64, 96, 3), np.uint8)] * 3
+    with pytest.raises(ValueError, match="no object to track: add_mask"):
+        list(session.propagate(frames))
+    with pytest.raises(ValueError, match=r"no object to track \(the masks given are all background, 0\)"):
+        list(session.propagate(frames, {0: np.zeros((64, 96), np.uint8)}, direction="backward"))
+    session.reset()
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 5
+    session.add_mask(0, mask)
+    session.add_mask(2, mask[:32, :48])
+    with pytest.raises(ValueError, match="the mask for frame 2 is 48x32 but the frames are 96x64"):
+        list(session.propagate(frames))
+    assert session.frame_index == 0
+    session.reset()
+    with pytest.raises(ValueError, match="the mask for frame 2 is 48x32 but the frames are 96x64"):
+        list(session.propagate(frames, {0: mask, 2: mask[:32, :48]}, direction="backward"))  # said as frame 2
+    session.reset()
+    session.step(frames[0], mask)
+    with pytest.raises(ValueError, match="the mask for frame 4 is 48x32 but the frames are 96x64"):
+        session.add_mask(4, mask[:32, :48])
+    session.remove_objects(5)
+    assert session.objects.user_ids == []
+
+
+def test_direction_both_warns_when_an_object_given_later_misses_frames():
+    """Object 1 on frame 2, object 2 first on frame 4: 'both' runs forward from frame 2 (object 2 only from 4 on)
+    and backward from 4 over frames 0-1 (object 2 there too), so frames 2-3 miss it; a warning names them. With
+    the first mask on frame 0 there is no backward pass, nothing to say."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frames = [np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8) for i in range(6)]
+    one, two = np.zeros((64, 96), np.uint8), np.zeros((64, 96), np.uint8)
+    one[5:30, 5:40], two[35:60, 50:90] = 1, 2
+    with pytest.warns(UserWarning, match=r"object\(s\) \[2\] first given on frame 4 are missing from frames 2 to 3"):
+        out = dict(session.propagate(frames, {2: one, 4: two}, "both"))
+    assert not any((out[i] == 2).any() for i in (2, 3)) and (out[4] == 2).any()
+    session.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(session.propagate(frames, {0: one, 4: two}, "both"))
+
+
+def test_after_a_backward_pass_the_session_wants_a_reset():
+    """After direction='backward' (or 'both') the memories end at frame 0; step() or a forward propagate went on
+    from there as if the video continued (indices past its end, masks from frame 0's memory), silently."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frames = [np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8) for i in range(4)]
+    mask = np.zeros((64, 96), np.uint8)
+    mask[5:30, 5:40] = 1
+    for direction in ("backward", "both"):
+        session.reset()
+        backward = dict(session.propagate(frames, {3: mask}, direction))
+        assert sorted(backward) == [0, 1, 2, 3]
+        for call in (lambda: session.step(frames[0]), lambda: session.add_mask(0, mask),
+                     lambda: list(session.propagate(frames, {0: mask}))):
+            with pytest.raises(ValueError, match="ran a backward pass .* call reset\\(\\)"):
+                call()
+    session.reset()
+    assert np.array_equal(session.step(frames[0], mask), mask)
+    session.reset()
+    out = session.propagate(frames, {3: mask}, "backward")
+    next(out)
+    with pytest.raises(ValueError, match="ran a backward pass"):  # also between the frames of the pass
+        session.add_mask(1, mask)
+    assert [i for i, _ in out] == [2, 1, 0]
+
+
+def test_masks_given_ahead_are_copies_and_remove_objects_drops_them():
+    """add_mask kept the caller's array: an annotation loop reusing one buffer (fill it, add_mask, clear it, fill
+    it for the next frame) rewrote the masks already given, so frame 0 got the later frame's object and object 1
+    was never tracked. And remove_objects refused an object only given ahead ('not in this video; known ids: []')
+    and, for a tracked one, left its masks for later frames to bring it back."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frames = [np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8) for i in range(4)]
+    buffer = np.zeros((64, 96), np.uint8)
+    buffer[5:30, 5:40] = 1
+    first = buffer.copy()
+    session.add_mask(0, buffer)
+    buffer[:] = 0
+    buffer[35:60, 50:90] = 2
+    session.add_mask(2, buffer)
+    out = dict(session.propagate(frames))
+    assert np.array_equal(out[0], first) and session.objects.user_ids == [1, 2]
+    session.reset()
+    session.add_mask(0, first)
+    session.add_mask(0, buffer)
+    session.add_mask(3, buffer)  # object 2 again on frame 3: given ahead
+    with pytest.raises(ValueError, match=r"object ids \[7\] are not in this video; known ids: \[1, 2\]"):
+        session.remove_objects([7])
+    session.step(frames[0])
+    session.remove_objects(2)
+    assert not (session.pending_masks[3] == 2).any() and (buffer == 2).any()  # the caller's array is untouched
+    assert not any((m == 2).any() for _, m in session.propagate(frames[1:]))
+    session.reset()
+    session.add_mask(1, buffer)
+    session.remove_objects([2])  # only given ahead: nothing left to track
+    with pytest.raises(ValueError, match="no object to track"):
+        list(session.propagate(frames))
+
+
+def test_backward_errors_name_the_video_frame():
+    """In a backward pass, a bad frame or one of another size was reported by the pass's step count (video frame
+    2 of a 3-frame backward run was 'frame 0')."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frame = np.zeros((64, 96, 3), np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:40, 10:50] = 1
+    with pytest.raises(ValueError, match=r"got uint8 \(64, 96\) \(frame 1\)"):
+        list(session.propagate([frame, frame[..., 0], frame], {2: mask}, "backward"))
+    session.reset()
+    with pytest.raises(ValueError, match="frame 0 is 96x32 but this video's frames are 96x64"):
+        list(session.propagate([frame[:32], frame, frame], {2: mask}, "backward"))
+
+
+def test_one_object_masks_take_an_object_id_and_two_boolean_masks_warn():
+    """SAM 2 users add each object's boolean mask in turn; here a boolean mask is object 1, so the second one was
+    merged into the first object without a word. add_mask(frame, mask, object_id=N) gives it its own id (a 0/255
+    or float 0/1 mask too), and two boolean masks for one frame without it warn."""
+    session = VideoSession(STMANetwork(TINY, pretrained_trunk=False), InferenceConfig(size=64))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    a, b = np.zeros((64, 96), bool), np.zeros((64, 96), bool)
+    a[5:30, 5:40], b[35:60, 50:90] = True, True
+    session.add_mask(0, a, object_id=5)
+    session.add_mask(0, b.astype(np.uint8) * 255, object_id=42)
+    session.add_mask(0, np.zeros((64, 96), np.float32), object_id=7)  # empty: no object 7
+    out = session.step(frame)
+    assert session.objects.user_ids == [5, 42] and np.array_equal(out, np.where(a, 5, np.where(b, 42, 0)))
+    session.reset()
+    session.add_mask(0, a)
+    with pytest.warns(UserWarning, match="frame 0: a boolean mask is object 1, and an earlier mask of this frame"):
+        session.add_mask(0, b)
+    for bad in (0, 255, 1.5, True):
+        with pytest.raises(ValueError, match="object_id must be an integer 1..254"):
+            session.add_mask(0, a, object_id=bad)
+    with pytest.raises(ValueError, match="threshold a soft mask"):
+        session.add_mask(0, a * 0.7, object_id=3)

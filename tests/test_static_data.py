@@ -139,9 +139,11 @@ def test_static_stage_trains_from_a_still_folder_without_davis(stills: Path, tmp
                                                  "value_dim": 32, "decoder_dims": [16, 16, 8]}}))
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "--config", str(config), "--static-images", str(stills / "images"),
-                                      "--static-masks", str(stills / "masks"), "--out", str(out), "--device", "cpu",
-                                      "--quiet"])
+                                      "--static-masks", str(stills / "masks"), "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    # orphan.jpg has no mask: it is left out, and the note says so (it gave only the count of pairs)
+    assert (f"static stage: 3 still image + mask pairs from {stills / 'images'} (1 held out; 1 image(s) without a "
+            f".png mask of the same name in {stills / 'masks'} left out: orphan.jpg)") in result.stderr, result.stderr
     _, _, metadata = load_model(out / "model.safetensors")
     assert metadata["train_stage"] == "static" and metadata["train_step"] == "2"
     # a still folder without its mask folder is one clear error, exit 2

@@ -385,6 +385,63 @@ def test_frozen_stage_from_trained_top_stages_uses_them(tiny_davis: Path, cache_
 
 # ---- one-line errors --------------------------------------------------------------------------------
 
+def test_ship_takes_a_run_folder_and_replaces_a_model_only_when_asked(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`python -m stma_core.training.ship RUN OUT --size N`, as README writes it: a run folder (what every other
+    command takes) was a traceback ('OSError: No such device'), and so were a missing source and a --size under
+    the minimum; an existing OUT was silently overwritten. Now: the folder's model, one error line (exit 2),
+    and an existing OUT only with --overwrite."""
+    from stma_core.checkpoint import recommended_inference, save_model
+    from stma_core.config import ModelConfig
+    from stma_core.model.network import STMANetwork
+    from stma_core.training.ship import main
+
+    config = ModelConfig(**TINY_MODEL)
+    (tmp_path / "run").mkdir()
+    save_model(STMANetwork(config, pretrained_trunk=False), config, tmp_path / "run" / "model.safetensors")
+
+    def ship(*args: object) -> tuple[int, str, str]:
+        monkeypatch.setattr("sys.argv", ["ship", *(str(a) for a in args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    target = tmp_path / "shipped.safetensors"
+    assert ship(tmp_path / "run", target, "--size", 200) == (0, f"{target}\n", "")
+    assert recommended_inference(load_model(target)[2])["size"] == 200
+    before = target.read_bytes()
+    code, out, err = ship(tmp_path / "run", target, "--size", 300)
+    assert code == 2 and out == ""
+    assert err == f"error: {target}: exists; pass --overwrite to replace it, or another target\n"
+    assert target.read_bytes() == before
+    assert ship(tmp_path / "run", target, "--size", 300, "--overwrite")[0] == 0
+    assert recommended_inference(load_model(target)[2])["size"] == 300
+    for args, says in (((tmp_path / "nowhere.safetensors", tmp_path / "a.safetensors", "--size", 200),
+                        "checkpoint not found"),
+                       ((tmp_path / "run", tmp_path / "b.safetensors", "--size", 10), "InferenceConfig.size is 10")):
+        code, out, err = ship(*args)
+        assert code == 2 and err.startswith("error: ") and says in err and err.count("\n") == 1, err
+        assert not args[1].exists()
+
+
+def test_a_new_run_never_overwrites_a_model_in_its_out_folder(tiny_davis: Path, tmp_path: Path) -> None:
+    """--out a folder holding someone's model.safetensors but no state.pt (a folder of models, a run whose state
+    was deleted): a new run (or --resume, which starts fresh without state.pt) overwrote that model at its first
+    checkpoint, silently."""
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"mine")
+    for extra in ((), ("--resume",)):
+        result = train("--config", write_config(tmp_path / "c.yaml"), "--data", tiny_davis, "--out", out, *extra,
+                       "--device", "cpu")
+        assert_bad_input(result, "models: holds a model.safetensors but no state.pt", "choose a new --out")
+    assert (out / "model.safetensors").read_bytes() == b"mine" and sorted(p.name for p in out.iterdir()) == [
+        "model.safetensors"]
+
+
 def test_missing_data_root(tmp_path: Path) -> None:
     result = train("--config", write_config(tmp_path / "c.yaml"), "--data", tmp_path / "nowhere", "--out", tmp_path / "o")
     assert_bad_input(result, "nowhere", "data root not found")

@@ -145,6 +145,10 @@ def resolve_split(root: Path, split: str) -> tuple[str, list[str]]:
     sequences = read_split_names(split_file)
     if not sequences:
         raise StmaInputError(f"split file {split_file} lists no sequences; write one sequence name per line")
+    twice = sorted({s for s in sequences if sequences.count(s) > 1})
+    if twice:  # scored twice, they would weigh double in the global means (the official toolkit counts them once)
+        raise StmaInputError(f"split file {split_file} lists {short_list(twice)} more than once; list each "
+                             "sequence once")
     missing = [s for s in sequences if not (annotations / s).is_dir()]
     if missing:
         raise StmaInputError(f"{len(missing)} sequence(s) of {split_file} have no folder in {annotations}: "

@@ -97,6 +97,12 @@ class ExportedEngine:
         return tuple(self.manifest.frame_size)
 
     @property
+    def object_limit(self) -> int:
+        """Most objects a video may have (the step and value graphs written); VideoSession checks annotations
+        against it before any frame."""
+        return self.manifest.objects
+
+    @property
     def memory_limits(self) -> tuple[int, int]:
         """(reference frames, temporal-memory frames) the step graph holds; VideoSession checks
         annotations against them before running out of room mid-video."""

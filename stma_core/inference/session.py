@@ -37,7 +37,8 @@ from stma_core.inference.spatial_memory import SpatialMemory
 from stma_core.inference.temporal_memory import TemporalMemory
 from stma_core.model.network import FrameFeatures, MemoryGroup, STMANetwork
 
-__all__ = ["Direction", "VideoSession", "processing_size", "resolve_device", "session_factory"]
+__all__ = ["Direction", "VideoSession", "late_object_gaps", "processing_size", "resolve_device",
+           "session_factory"]
 
 
 def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -87,36 +88,73 @@ class VideoSession:
         self._last_spatial = -1
         self._last_temporal = -1
         # memory versions restart with the memories; the epoch keeps engine caches from matching old ones
+        self._backward = False  # set by a backward pass: its memories end at frame 0, nothing may follow on
         self._epoch = getattr(self, "_epoch", -1) + 1
         self._memory_version = 0
 
-    def add_mask(self, frame_index: int, mask: np.ndarray) -> None:
+    def add_mask(self, frame_index: int, mask: np.ndarray, object_id: int | None = None) -> None:
         """Gives a mask (HxW uint8, pixel = object id 1..254, 0 = background) for a frame not yet processed.
+
+        object_id: the mask is one object's (bool, or nonzero = the object), SAM 2 style: its pixels get this id.
+        Without it a boolean mask is object 1, so two boolean masks for one frame are one object (a warning).
 
         New ids become objects from that frame on (ids given together form one group). Ids that
         already exist are corrections: the given pixels replace the prediction on that frame, which
         then enters the memories, so the frames after it follow the correction.
         Masks given for the same frame are merged (a later mask's nonzero pixels win), so objects can be
         added one call at a time. Raises ValueError if the frame was already processed or the mask is not
-        an HxW array of ids 0..254 (TypeError for a frame index that is not an integer).
+        an HxW array of ids 0..254, or not at the frames' size (checked here once a frame was processed, else
+        on the first frame); TypeError for a frame index that is not an integer.
         """
         if isinstance(frame_index, bool) or not isinstance(frame_index, (int, np.integer)):
             raise TypeError(f"frame index must be an integer; got {frame_index!r}")
         frame_index = int(frame_index)
+        self._check_forward()
         self.config.check()
         if frame_index < 0:
             raise ValueError(f"frame index {frame_index} is negative; frames count from 0")
         if frame_index < self.frame_index:
             raise ValueError(f"frame {frame_index} was already processed (next is {self.frame_index}); "
                              "add masks before stepping past their frame, or reset() and start again")
-        self.pending_masks[frame_index] = merge_masks(self.pending_masks.get(frame_index), check_mask(mask))
+        boolean = np.asarray(mask).dtype == bool
+        if object_id is not None:
+            if isinstance(object_id, bool) or not isinstance(object_id, (int, np.integer)) \
+                    or not 1 <= object_id <= MAX_OBJECTS:
+                raise ValueError(f"object_id must be an integer 1..{MAX_OBJECTS}; got {object_id!r}")
+            arr = np.asarray(mask)
+            whole = arr.dtype.kind in "biu" or (arr.dtype.kind == "f" and np.isfinite(arr).all()
+                                                and (arr == np.round(arr)).all())
+            binary = check_mask(arr != 0 if whole else arr)  # a soft (fractional) mask is refused as ever
+            mask = np.where(binary != 0, int(object_id), 0).astype(np.uint8)
+        else:
+            mask = check_mask(mask).copy()  # kept until its frame: a caller reusing its array must not change it
+        if self._frame_shape is not None:
+            _check_mask_size(mask, self._frame_shape, frame_index)
+        earlier = self.pending_masks.get(frame_index)
+        if boolean and object_id is None and earlier is not None and (earlier == 1).any() and (mask == 1).any():
+            warnings.warn(f"frame {frame_index}: a boolean mask is object 1, and an earlier mask of this frame has "
+                          "object 1 too, so both are one object; pass object_id=N (or an id mask) to add another "
+                          "object", stacklevel=2)
+        self.pending_masks[frame_index] = merge_masks(earlier, mask)
 
-    def remove_objects(self, ids: Iterable[int]) -> None:
-        """Stops tracking these user ids (their memory goes too); raises ValueError for unknown ids.
+    def remove_objects(self, ids: Iterable[int] | int) -> None:
+        """Stops tracking these user ids, or this one id (their memory goes too), and drops them from the masks given
+        with add_mask for frames not processed yet (also objects given there only); ValueError for unknown ids.
 
         The last frame's `probabilities` lose their rows (their probability goes to the background), so
         they stay in `objects.user_ids` order."""
-        gone = self.objects.remove([int(i) for i in ids])
+        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
+            ids = [ids]
+        ids = [int(i) for i in ids]
+        pending = {int(i) for m in self.pending_masks.values() for i in np.unique(m) if i}
+        unknown = [i for i in ids if i not in self.objects.user_ids and i not in pending]
+        if unknown:
+            raise ValueError(f"object ids {unknown[:5]} are not in this video; known ids: "
+                             f"{sorted(set(self.objects.user_ids) | pending)}")
+        waiting = [i for i in ids if i in pending]
+        for index, mask in list(self.pending_masks.items()):  # masks given for later frames would bring them back
+            self.pending_masks[index] = np.where(np.isin(mask, waiting), 0, mask).astype(np.uint8)
+        gone = self.objects.remove([i for i in ids if i in self.objects.user_ids])
         self.temporal.remove_objects(gone)
         if gone:  # the frames pinned for objects no longer tracked are freed: memory stays bounded
             self.temporal.release(self.objects.groups)
@@ -129,18 +167,25 @@ class VideoSession:
             self.probabilities = prob
         self._memory_version += 1
 
-    def propagate(self, frames: Iterable[np.ndarray] | Sequence[np.ndarray],
+    def propagate(self, frames: Iterable[np.ndarray] | Sequence[np.ndarray] | str | Path,
                   masks: dict[int, np.ndarray] | None = None,
                   direction: Direction | str = Direction.FORWARD) -> Iterator[tuple[int, np.ndarray]]:
         """Yields (frame index, HxW uint8 user-id mask) once for every frame.
 
-        frames: HxWx3 uint8 RGB. masks: optional {frame index: id mask}, as add_mask.
+        frames: HxWx3 uint8 RGB arrays or PIL images; or the path of a video file or frame folder (or a
+        FrameSource from stma_core.io.frames.open_frames), read as `stma segment` reads it (StmaInputError
+        for an unreadable one). masks: optional {frame index: id mask}, as add_mask.
         direction: FORWARD streams any iterable, in order. BACKWARD and BOTH need `frames` with len()
         and indexing (a list, or anything that reads frame i on demand, so memory stays bounded) and a
         fresh session; they yield in processing order: BACKWARD from the last frame down to 0, BOTH
         first the frames from the first mask on (forward), then the frames before it, nearest first
-        (propagated backward from the last mask). After BACKWARD or BOTH, reset() before reusing the session.
-        Raises ValueError for an unknown direction or without any mask, TypeError for frames without indexing.
+        (propagated backward from the last mask); objects first given after the first mask are missing from
+        the frames between it and their own mask (a UserWarning from late_object_gaps names them).
+        After BACKWARD or BOTH, reset() before reusing the session (add_mask, step and propagate raise
+        ValueError until then, also between the frames of the backward pass).
+        A frame folder has indexing; a video file is read in order only, so BACKWARD and BOTH want its frames
+        as a list. Raises ValueError for an unknown direction or when there is nothing to track (no mask, or
+        only empty ones, and no object from earlier steps), TypeError for frames without indexing.
         """
         try:
             direction = Direction(direction)
@@ -148,10 +193,16 @@ class VideoSession:
             raise ValueError(f"unknown direction {direction!r}; use one of "
                              f"{', '.join(d.value for d in Direction)}") from None
         self.config.check()
+        self._check_forward()
         if masks is not None and not isinstance(masks, Mapping):
             raise TypeError(f"masks must be a dict {{frame index: id mask}}; got {type(masks).__name__}")
         for index, mask in (masks or {}).items():
             self.add_mask(index, mask)
+        if not self.objects.count and not any(m.any() for m in self.pending_masks.values()):
+            given = " (the masks given are all background, 0)" if self.pending_masks else ""
+            raise ValueError(f"no object to track{given}: add_mask(frame, mask) with the object's pixels set to its "
+                             "id before propagating")
+        frames = _source_frames(frames)
         if self.frame_index == 0:  # an export's fixed memory must hold what these masks pin: say so now
             self.check_annotations([self.pending_masks[i] for i in sorted(self.pending_masks)], direction)
         if direction is Direction.FORWARD:
@@ -164,8 +215,10 @@ class VideoSession:
                               f"{self.frame_index - 1}", stacklevel=2)
             return
         if not (hasattr(frames, "__len__") and hasattr(frames, "__getitem__")):
-            raise TypeError("backward propagation reads frames out of order: pass a list or another sequence "
-                            "with len() and indexing (or use direction='forward' to stream)")
+            video = " (a video file is read in order only: pass its frames as a list, or a frame folder)" \
+                if isinstance(frames, _SourceFrames) else ""
+            raise TypeError(f"backward propagation reads frames out of order: pass a list or another sequence "
+                            f"with len() and indexing{video} (or use direction='forward' to stream)")
         if self.frame_index != 0:
             raise ValueError("backward propagation needs a fresh session; call reset() first")
         given = dict(self.pending_masks)
@@ -176,6 +229,9 @@ class VideoSession:
         if last >= count:
             raise ValueError(f"a mask is given for frame {last} but the video has {count} frames (0..{count - 1})")
         if direction is Direction.BOTH:
+            gaps = late_object_gaps(given)
+            if gaps:
+                warnings.warn(gaps, stacklevel=2)
             yield from self._run(frames, range(first, count), given)
             if first > 0:  # the backward pass only yields frames before the first mask
                 yield from ((i, m) for i, m in self._run(frames, range(last, -1, -1), given) if i < first)
@@ -186,14 +242,44 @@ class VideoSession:
              ) -> Iterator[tuple[int, np.ndarray]]:
         """One pass from empty memories over the frames in `order` (video indices), masks from `given`."""
         self.reset()
-        for index in order:
-            yield index, self.step(frames[index], given.get(index))
+        backward = isinstance(order, range) and order.step < 0
+        shape: tuple[int, ...] = ()
+        for index in order:  # errors name the video's frame index, not the pass's step count
+            frame = _as_frame(frames[index], index)
+            if not shape:  # every mask at the frames' size, before any frame is done
+                shape = frame.shape[:2]
+                for k in sorted(given):
+                    _check_mask_size(given[k], shape, k)
+            elif frame.shape[:2] != shape:
+                raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but this video's frames are "
+                                 f"{shape[1]}x{shape[0]}; give frames of one size")
+            self._backward = False  # the pass's own steps
+            try:
+                mask = self.step(frame, given.get(index))
+            finally:
+                self._backward = backward
+            yield index, mask
+
+    def _check_forward(self) -> None:
+        """ValueError after a backward pass: stepping on would continue from frame 0's memories as if the video
+        went on (frame indices past its end), and a mask would be taken for a frame already segmented."""
+        if self._backward:
+            raise ValueError("this session ran a backward pass (direction 'backward' or 'both'); call reset() "
+                             "before adding masks, stepping or propagating again")
 
     def check_annotations(self, masks: Sequence[np.ndarray], direction: Direction | str = Direction.FORWARD) -> None:
         """Raises StmaInputError before any frame is processed when the engine's fixed memory (an `stma
         export`) cannot hold what these annotations (id masks in frame order) will keep: one frame for good
         per frame giving new objects, one slot for the latest correction, beside the recent frames. Without
-        it the run stops mid-video. Engines without fixed sizes (PyTorch) accept anything."""
+        it the run stops mid-video. So does an export made for fewer objects than the masks give.
+        Engines without fixed sizes (PyTorch) accept anything."""
+        most = getattr(self.engine, "object_limit", None)
+        if most is not None and masks:
+            ids = sorted(set(self.objects.user_ids).union(*({int(i) for i in np.unique(m) if i} for m in masks)))
+            if len(ids) > most:
+                raise StmaInputError(f"{len(masks)} annotated frame(s) give {len(ids)} objects ({ids[:8]}) but this "
+                                     f"export handles at most {most}; re-export with `stma export --objects "
+                                     f"{len(ids)}`")
         if getattr(self.engine, "memory_limits", None) is None or not masks:
             return
         direction = Direction(direction)
@@ -239,8 +325,8 @@ class VideoSession:
         this frame's (n+1, H, W) float32 probabilities (background first, then objects in
         `objects.user_ids` order) on the session's device.
         """
-        if not isinstance(frame, np.ndarray):  # e.g. a PIL image: upright and RGB, as frame folders read
-            frame = np.asarray(_pil_frame(frame))
+        self._check_forward()
+        frame = _as_frame(frame, self.frame_index)
         self.config.check()
         if self._frame_shape is not None and frame.shape[:2] != self._frame_shape:
             raise ValueError(f"frame {self.frame_index} is {frame.shape[1]}x{frame.shape[0]} but this video's frames "
@@ -253,10 +339,23 @@ class VideoSession:
                                  f"{self.frame_index} would be processed at {now[1]}x{now[0]}, the frames before it "
                                  f"were at {before[1]}x{before[0]}); set it back to {self._size}, or reset() to "
                                  "start the video again")
-        pending = self.pending_masks.pop(self.frame_index, None)
+        if self._frame_shape is None:  # the first frame gives the size: a mask for a later frame is checked now,
+            for index in sorted(self.pending_masks):  # not after the frames before it were segmented
+                _check_mask_size(self.pending_masks[index], frame.shape[:2], index)
+        pending = self.pending_masks.get(self.frame_index)
         mask = pending if mask is None else merge_masks(pending, check_mask(mask))
-        with torch.inference_mode(), self._autocast():
-            labels = self._step(frame, mask)
+        if mask is not None:
+            _check_mask_size(mask, frame.shape[:2], self.frame_index)
+        # a step that fails (a bad frame, an export without room for this frame's objects) leaves the session as
+        # it was, its pending mask included, so the same call with a fixed frame or session does what it says
+        user_ids, groups = list(self.objects.user_ids), list(self.objects.groups)
+        try:
+            with torch.inference_mode(), self._autocast():
+                labels = self._step(frame, mask)
+        except BaseException:
+            self.objects.user_ids, self.objects.groups = user_ids, groups
+            raise
+        self.pending_masks.pop(self.frame_index, None)
         self._frame_shape = frame.shape[:2]
         if self._size is None:
             self._size = self.config.size
@@ -335,9 +434,6 @@ class VideoSession:
         new_ids: list[int] = []
         given_ids: list[int] = []
         if mask is not None:
-            if mask.shape != (height, width):
-                raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the frame is {width}x{height}; "
-                                 "give masks at the frame's size")
             given_ids = [int(i) for i in np.unique(mask) if i != 0]
             adds = any(i not in self.objects.user_ids for i in given_ids)
             if given_ids and (adds or not self.spatial.correction):  # this frame takes a new slot
@@ -423,6 +519,55 @@ def check_mask(mask: np.ndarray) -> np.ndarray:
     return arr.astype(np.uint8, copy=False)
 
 
+def late_object_gaps(given: Mapping[int, np.ndarray], name: Callable[[int], str] = str) -> str | None:
+    """What direction BOTH leaves out, in words, or None: objects first given after the first mask are not
+    segmented on the frames between the first mask and theirs (the forward pass starts at the first mask,
+    before they are given), yet the backward pass segments them on the frames before the first mask.
+    given: {frame index: id mask}; name: how to call frame i in the message."""
+    first = min(given)
+    if first == 0:  # no backward pass: objects given later simply start there
+        return None
+    since: dict[int, int] = {}
+    for index in sorted(given):
+        for object_id in np.unique(given[index]):
+            since.setdefault(int(object_id), index)
+    late: dict[int, list[int]] = {}
+    for object_id, index in since.items():
+        if object_id and index > first:
+            late.setdefault(index, []).append(object_id)
+    if not late:
+        return None
+    parts = "; ".join(f"object(s) {ids} first given on frame {name(index)} are missing from frames {name(first)} to "
+                      f"{name(index - 1)}" for index, ids in sorted(late.items()))
+    return (f"direction both: {parts}, although the backward pass segments them on the frames before frame "
+            f"{name(first)}: the forward pass starts at the first mask (frame {name(first)}), before they are given; "
+            f"if they are in view there, give them on frame {name(first)} too")
+
+
+def _check_mask_size(mask: np.ndarray, frame_shape: tuple[int, ...], index: int) -> None:
+    """ValueError when the mask for frame `index` is not at the frames' (H, W)."""
+    if mask.shape != tuple(frame_shape):
+        raise ValueError(f"the mask for frame {index} is {mask.shape[1]}x{mask.shape[0]} but the frames are "
+                         f"{frame_shape[1]}x{frame_shape[0]}; give masks at the frame's size")
+
+
+def _as_frame(frame: object, index: int) -> np.ndarray:
+    """A frame as the HxWx3 uint8 RGB array the network reads: numpy arrays as they are, PIL images upright and
+    RGB (as frame folders read), other array-likes (a torch tensor) through np.asarray. TypeError for a path or
+    a (name, frame) pair; ValueError for an array of another shape or dtype."""
+    if isinstance(frame, (str, bytes, Path)):
+        raise TypeError(f"frame {index} is a path ({frame!r}), not an image: pass the path itself as `frames` to "
+                        "propagate (a video file or frame folder), or read the image first")
+    if isinstance(frame, tuple) and len(frame) == 2 and isinstance(frame[0], str):
+        raise TypeError(f"frame {index} is a (name, frame) pair, as stma_core.io.frames.open_frames yields: pass "
+                        "the source itself as `frames` to propagate, or its frames ([f for _, f in source])")
+    if not isinstance(frame, np.ndarray):  # e.g. a PIL image: upright and RGB, as frame folders read
+        frame = np.asarray(_pil_frame(frame))
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"a frame must be an HxWx3 uint8 RGB array; got {frame.dtype} {frame.shape} (frame {index})")
+    return frame
+
+
 def merge_masks(earlier: np.ndarray | None, later: np.ndarray) -> np.ndarray:
     """Two masks of one frame as one: the later mask's nonzero pixels win. ValueError on size mismatch."""
     if earlier is None:
@@ -431,6 +576,44 @@ def merge_masks(earlier: np.ndarray | None, later: np.ndarray) -> np.ndarray:
         raise ValueError(f"masks given for the same frame differ in size ({earlier.shape[1]}x{earlier.shape[0]} "
                          f"and {later.shape[1]}x{later.shape[0]}); give masks at the frame's size")
     return np.where(later != 0, later, earlier)
+
+
+class _SourceFrames:
+    """The frames of a FrameSource (a video file), in order."""
+
+    def __init__(self, source: object) -> None:
+        self.source = source
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (frame for _, frame in self.source)  # type: ignore[attr-defined]
+
+
+class _FolderFrames(_SourceFrames):
+    """The frames of a frame folder, also by index (for backward propagation), read as the folder reads them."""
+
+    def __len__(self) -> int:
+        return len(self.source.files)  # type: ignore[attr-defined]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        from stma_core.io.frames import read_image_frame
+
+        file = self.source.files[index]  # type: ignore[attr-defined]
+        rgb = read_image_frame(file)
+        if (rgb.shape[1], rgb.shape[0]) != tuple(self.source.size):  # type: ignore[attr-defined]
+            raise StmaInputError(f"{file}: frame is {rgb.shape[1]}x{rgb.shape[0]} (upright) but the first frame is "
+                                 f"{self.source.size[0]}x{self.source.size[1]}; resize all frames to one size")
+        return rgb
+
+
+def _source_frames(frames: object) -> object:
+    """`frames` as given, or the frames of a video file / frame folder path or FrameSource."""
+    from stma_core.io.frames import FrameFolderSource, FrameSource, open_frames
+
+    if isinstance(frames, (str, Path)):
+        frames = open_frames(frames)
+    if isinstance(frames, FrameFolderSource):
+        return _FolderFrames(frames)
+    return _SourceFrames(frames) if isinstance(frames, FrameSource) else frames
 
 
 def _pil_frame(frame: object) -> object:

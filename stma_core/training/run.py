@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from stma_core.checkpoint import resolve_checkpoint
+from stma_core.checkpoint import RUN_MODEL, resolve_checkpoint
 from stma_core.config import ModelConfig, from_dict
 from stma_core.errors import StmaInputError
 from stma_core.eval.datasets import short_list
@@ -24,7 +24,7 @@ from stma_core.training.config import TrainConfig
 from stma_core.training.config_io import load_train_config
 from stma_core.training.feature_cache import (build_cache, changed_sequences, check_sequences, data_record,
                                               load_cache)
-from stma_core.training.static_data import list_still_folder, list_still_pairs
+from stma_core.training.static_data import list_still_folder, list_still_pairs, stills_without_mask
 from stma_core.training.trainer import Trainer, cache_trunk_error, trunk_changes
 
 
@@ -145,6 +145,9 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
     state = out / "state.pt"
     if state.exists() and not resume:
         raise StmaInputError(f"{out}: already holds a run (state.pt); pass --resume to continue or choose a new --out")
+    if not state.exists() and (out / RUN_MODEL).exists():  # a model a fresh run would overwrite at its first save
+        raise StmaInputError(f"{out}: holds a {RUN_MODEL} but no state.pt, so not a run to resume, and a new run "
+                             "would overwrite that model; choose a new --out, or move the model away")
     saved: dict = {}
     if resume and (out / "train_config.json").exists():
         saved = json.loads((out / "train_config.json").read_text())
@@ -177,8 +180,12 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
     if stills:
         train_data = folder_stills
         if log and rank.is_main:
+            skipped = stills_without_mask(Path(cfg.static_images), Path(cfg.static_masks))
+            unpaired = (f"; {len(skipped)} image(s) without a .png mask of the same name in {cfg.static_masks} "
+                        f"left out: {', '.join(p.name for p in skipped[:3])}{', …' if len(skipped) > 3 else ''}"
+                        if skipped else "")
             log(f"static stage: {len(train_data)} still image + mask pairs from {cfg.static_images} "
-                f"({len(held_out)} held out)")
+                f"({len(held_out)} held out{unpaired})")
     else:
         split_file = find_split_file(data, cfg.split)
         names = read_split_names(split_file)

@@ -3,23 +3,30 @@ it is recommended with, and a short provenance record (which runs, which steps) 
 
     python -m stma_core.training.ship runs/main/model.safetensors stma_core/weights/NAME.safetensors \
         --size 288 --note "static 1500 DUTS + main 2000 DAVIS16 train"
+
+The source may be a `stma train` run folder (its model.safetensors). An existing target is replaced only with
+--overwrite. Bad input is one `error:` line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
 
-from stma_core.checkpoint import read_config, save_model
+from stma_core.checkpoint import read_config, resolve_checkpoint, save_model
 from stma_core.config import InferenceConfig
+from stma_core.errors import StmaInputError
 from stma_core.model.network import STMANetwork
 
 
 def ship(source: Path, target: Path, inference: InferenceConfig, note: str = "") -> None:
     """Copies the weights of `source` to `target` (atomic), recommending `inference`. Raises
-    StmaInputError (from read_config) when `source` is not a checkpoint written by stma."""
+    StmaInputError (from read_config) when `source` is not a checkpoint written by stma; a `stma train` run
+    folder stands for its model.safetensors."""
+    source = resolve_checkpoint(source)
     config, metadata = read_config(source)
     network = STMANetwork(config, pretrained_trunk=False)
     network.load_state_dict(load_file(str(source)))
@@ -35,8 +42,17 @@ def main() -> None:
     parser.add_argument("target", type=Path)
     parser.add_argument("--size", type=int, required=True, help="recommended processing short side (pixels)")
     parser.add_argument("--note", default="", help="provenance text stored in the metadata")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing target file")
     args = parser.parse_args()
-    ship(args.source, args.target, InferenceConfig(size=args.size), args.note)
+    try:
+        if args.target.exists() and not args.overwrite:
+            raise StmaInputError(f"{args.target}: exists; pass --overwrite to replace it, or another target")
+        if args.target.is_dir():
+            raise StmaInputError(f"{args.target}: is a folder; pass the .safetensors file to write")
+        ship(args.source, args.target, InferenceConfig(size=args.size), args.note)
+    except (StmaInputError, ValueError) as exc:  # ValueError: a --size under the minimum, named by InferenceConfig
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(args.target)
 
 

@@ -82,6 +82,13 @@ def list_still_folder(images: Path, masks: Path, holdout: int = 0) -> tuple[list
     return pairs[:cut], pairs[cut:]
 
 
+def stills_without_mask(images: Path, masks: Path) -> list[Path]:
+    """The image files of `images` that list_still_folder leaves out for want of a `masks`/<stem>.png."""
+    stems = {p.stem for p in masks.iterdir() if p.suffix.lower() == ".png"}
+    return [p for p in sorted(images.iterdir(), key=lambda p: p.stem)
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in stems]
+
+
 @dataclass
 class StaticClip:
     frames: torch.Tensor  # (T, 3, H, W) float32 in [0, 1]
