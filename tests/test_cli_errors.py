@@ -503,3 +503,27 @@ def test_checkpoint_run_folder_is_its_model(tmp_path: Path, train_run: Path) -> 
     assert resolve_checkpoint(train_run) == train_run / "model.safetensors"
     assert load_model(train_run)[1] == load_model(train_run / "model.safetensors")[1]
     assert VideoSession.from_pretrained(train_run, device="cpu") is not None
+
+
+def test_two_runs_of_one_video_into_one_out_never_mix_their_outputs(tmp_path: Path) -> None:
+    """Two `stma segment` of the same video into the same --out at once shared one `name.partial` per
+    output: the later start deleted the earlier's partial files, and the run that 'won' (exit 0) renamed a
+    truncated rle.json and a PNG folder missing frames. Now each run writes its own partials, and the
+    one that finishes second refuses to replace the first's outputs (exit 2): one complete result."""
+    video = tmp_path / "clip.mp4"
+    encode_mp4([cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(40)], video)
+    mask = tmp_path / "clip.png"
+    save_palette_png(cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST), mask)
+    out = tmp_path / "out"
+    command = [*CLI, "segment", str(video), "--mask", str(mask), "--method", "flow", "--out", str(out),
+               "-f", "png", "-f", "rle", "-q"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(*p.communicate(timeout=120)[::-1], p.returncode)[::-1] for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    loser = next(stderr for code, _, stderr in results if code == 2)
+    assert "Traceback" not in loser and len(loser.splitlines()) == 1 and "already exists" in loser, loser
+    frames = json.loads((out / "clip.rle.json").read_text())["frames"]
+    assert [f["frame"] for f in frames] == [f"{i:05d}" for i in range(40)]
+    assert sorted(p.name for p in (out / "clip").iterdir()) == [f"{i:05d}.png" for i in range(40)]
+    assert sorted(p.name for p in out.iterdir()) == ["clip", "clip.rle.json"]  # no partial left behind

@@ -30,7 +30,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from stma_core.errors import StmaOutputError
-from stma_core.io.atomic import commit, partial_path, remove_path
+from stma_core.io.atomic import commit, partial_path, remove_path, remove_stale_partials
 from stma_core.io.palette import DAVIS_PALETTE, DAVIS_PALETTE_FLAT
 
 FORMATS = ("png", "rle", "overlay")
@@ -249,7 +249,7 @@ class VideoWriter:
                                           "pass --overwrite to replace it or choose another --out")
         try:
             for fmt, final in self.paths.items():
-                remove_path(partial_path(final))  # left by a killed run
+                remove_stale_partials(final)  # left by a killed run (not those of a run going on)
                 self._sinks.append(self._open_sink(fmt, final))
         except BaseException as exc:
             self._discard()
