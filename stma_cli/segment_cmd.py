@@ -603,6 +603,13 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
                             typer.echo(str(path))
                         except BrokenPipeError:
                             stdout_closed()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (app.main says so on stderr and exits 1)
+        if as_json:  # a script reading stdout still learns which videos finished
+            finished = {id(o.job) for o in outcomes}
+            outcomes += [Outcome(job, "failed", error="interrupted" if job is current else "not run: interrupted")
+                         for job in jobs if id(job) not in finished]
+            _print_json(outcomes, time.perf_counter() - start, error="interrupted (Ctrl-C or SIGTERM)")
+        raise
     except _Stop as stop:
         if as_json and current is not None:  # a script reading stdout gets the failure too, not nothing
             outcomes.append(Outcome(current, "failed", error=one_line(stop.args[0]),

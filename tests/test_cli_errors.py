@@ -527,3 +527,35 @@ def test_two_runs_of_one_video_into_one_out_never_mix_their_outputs(tmp_path: Pa
     assert [f["frame"] for f in frames] == [f"{i:05d}" for i in range(40)]
     assert sorted(p.name for p in (out / "clip").iterdir()) == [f"{i:05d}.png" for i in range(40)]
     assert sorted(p.name for p in out.iterdir()) == ["clip", "clip.rle.json"]  # no partial left behind
+
+
+def test_interrupted_json_batch_still_prints_its_summary(tmp_path: Path) -> None:
+    """`stma segment DIR --json` stopped by SIGTERM printed nothing on stdout, so a script parsing it got no
+    document although videos had finished (their outputs kept). Now the summary comes out: finished videos
+    done, the one running and those not started failed, and the reason in the top-level `error`."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    small = [cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(40)]
+    encode_mp4(small[:4], videos / "a.mp4")
+    encode_mp4(small * 6, videos / "b_long.mp4")  # 240 frames, segmented by flow
+    encode_mp4(small[:4], videos / "c.mp4")
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for name in ("a", "b_long", "c"):
+        save_palette_png(truth, videos / f"{name}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "segment", str(videos), "--method", "flow", "--out", str(out), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("b_long*.partial")) and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in stderr and "interrupted" in stderr.splitlines()[-1]
+    summary = json.loads(stdout)
+    assert [(v["name"], v["status"]) for v in summary["videos"]] == [("a", "done"), ("b_long", "failed"),
+                                                                      ("c", "failed")]
+    assert summary["videos"][1]["error"] == "interrupted" and summary["videos"][2]["error"] == "not run: interrupted"
+    assert summary["done"] == 1 and summary["failed"] == 2 and "interrupted" in summary["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["a"]
