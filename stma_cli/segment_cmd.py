@@ -31,7 +31,7 @@ from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
 from stma_core.inference.propagator import Propagator
-from stma_core.io.atomic import ensure_writable_dir
+from stma_core.io.atomic import ensure_writable_dir, remove_stale_run_folders
 from stma_core.io.frames import (FrameFolderSource, FrameSource, input_name, mask_beside, not_a_mask_note,
                                  open_frames, scan_folder)
 from stma_core.io.masks import LoadedMask, fit_mask, load_mask, load_mask_folder
@@ -378,6 +378,10 @@ def _write(writer: OutputWriter, name: str, frame: np.ndarray, result: np.ndarra
     writer.write(name, frame, np.array(result, dtype=np.uint8), soft)  # a copy: the writer thread owns it
 
 
+FRAMES_PREFIX = ".stma-frames-"
+"""Temporary folder of decoded frames of a backward run, in --out: `.stma-frames-<pid>-<random>`."""
+
+
 class _DiskFrames:
     """Frames saved as lossless PNGs in a folder, read back one at a time by index (a Sequence)."""
 
@@ -403,7 +407,10 @@ def _segment_out_of_order(selected: _SelectedFrames, masks: dict[str, np.ndarray
                           soft_of: Callable[[], dict[int, np.ndarray]] | None) -> int:
     """Backward or both directions: results come out of order; each is kept PNG-compressed (small)
     until every frame before it is written. -> the number of frames."""
-    with tempfile.TemporaryDirectory(prefix=".stma-frames-", dir=writer.out_dir) as folder:
+    # named after this process, so a later run can tell the folder of a killed run (gigabytes of decoded
+    # frames, hidden) from one in use, and remove it
+    remove_stale_run_folders(writer.out_dir, FRAMES_PREFIX)
+    with tempfile.TemporaryDirectory(prefix=f"{FRAMES_PREFIX}{os.getpid()}-", dir=writer.out_dir) as folder:
         frames, names = _DiskFrames(Path(folder)), []
         for name, frame in selected:
             frames.append(frame)

@@ -559,3 +559,38 @@ def test_interrupted_json_batch_still_prints_its_summary(tmp_path: Path) -> None
     assert summary["videos"][1]["error"] == "interrupted" and summary["videos"][2]["error"] == "not run: interrupted"
     assert summary["done"] == 1 and summary["failed"] == 2 and "interrupted" in summary["error"]
     assert sorted(p.name for p in out.iterdir()) == ["a"]
+
+
+def test_decoded_frames_of_a_killed_backward_run_are_removed_by_the_next_run(tmp_path: Path) -> None:
+    """A backward run keeps the video's decoded frames in a hidden `.stma-frames-*` folder in --out. A run
+    killed outright (SIGKILL, out of memory) left it there for good, as large as the decoded video; the next
+    run now removes it (and the dead run's partial outputs), never the folder of a run still going on."""
+    video = tmp_path / "clip.mp4"
+    encode_mp4([cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(40)], video)
+    annotations = tmp_path / "ann"
+    annotations.mkdir()
+    save_palette_png(cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST),
+                     annotations / "00030.png")  # a later frame: the frames before it run backward
+    out = tmp_path / "out"
+    command = [*CLI, "segment", str(video), "--mask-dir", str(annotations), "--size", "64", "--out", str(out), "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".stma-frames-*")) and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()
+    proc.wait(timeout=60)
+    left = sorted(p.name for p in out.iterdir())
+    assert any(name.startswith(".stma-frames-") for name in left), left
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        in_use = out / f".stma-frames-{live.pid}-abc"  # as another run that is still going on names its own
+        in_use.mkdir()
+        again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert sorted(p.name for p in out.iterdir()) == [in_use.name, "clip"]
+    finally:
+        live.kill()
+        live.wait()
+    assert len(list((out / "clip").glob("*.png"))) == 40

@@ -51,6 +51,20 @@ def remove_stale_partials(final: Path) -> None:
             remove_path(path)
 
 
+def remove_stale_run_folders(folder: Path, prefix: str) -> None:
+    """Deletes the `<prefix><pid>-*` temporary entries of `folder` whose process is gone: what a killed run
+    (SIGKILL, out of memory) could not clean up; those of a run still going on are left alone."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-.*", re.DOTALL)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for path in entries:
+        match = pattern.fullmatch(path.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            remove_path(path)
+
+
 def remove_path(path: Path) -> None:
     """Deletes a file or folder tree if it exists."""
     if path.is_dir() and not path.is_symlink():
