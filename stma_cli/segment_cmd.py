@@ -408,8 +408,7 @@ def _segment_out_of_order(selected: _SelectedFrames, masks: dict[str, np.ndarray
     """Backward or both directions: results come out of order; each is kept PNG-compressed (small)
     until every frame before it is written. -> the number of frames."""
     # named after this process, so a later run can tell the folder of a killed run (gigabytes of decoded
-    # frames, hidden) from one in use, and remove it
-    remove_stale_run_folders(writer.out_dir, FRAMES_PREFIX)
+    # frames, hidden) from one in use, and remove it (segment() does, at its start)
     with tempfile.TemporaryDirectory(prefix=f"{FRAMES_PREFIX}{os.getpid()}-", dir=writer.out_dir) as folder:
         frames, names = _DiskFrames(Path(folder)), []
         for name, frame in selected:
@@ -550,6 +549,7 @@ def segment(
         ensure_writable_dir(out)
     except StmaOutputError as exc:
         _refuse(jobs, exc, as_json)
+    remove_stale_run_folders(out, FRAMES_PREFIX)  # decoded frames a killed backward run left
     try:
         _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, settings,
                   export_dir if exported else None, extras=extras, as_json=as_json, direction=way,
