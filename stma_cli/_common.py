@@ -87,6 +87,10 @@ def usage_error_line(exc: click_errors.UsageError, command: str = "stma") -> str
     else:
         name = command
     message = message.rstrip(".")
+    if command == "stma segment" and isinstance(exc, click_errors.UsageError) and \
+            message.lower().startswith("got unexpected extra argument"):  # `stma segment videos/*.mp4`
+        return (f"{name}: {message[:1].lower()}{message[1:]}: INPUT is one video, frame folder or folder of videos; "
+                "pass the folder holding the videos (a batch, masks beside them), or run stma segment once per video")
     if ". " in message:  # a suggestion after the problem: "No such command 'x'. Did you mean 'y'?"
         problem, hint = message.split(". ", 1)
         message = f"{problem} ({hint[:1].lower()}{hint[1:]})"

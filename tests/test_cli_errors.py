@@ -257,6 +257,10 @@ def test_help_renders_flags_as_flags(command: list[str]) -> None:
     (["eval", "--sizee", 288], "--sizee: no such option (did you mean --size?); see stma eval --help"),
     (["train", "--until"], "--until: requires an argument; see stma train --help"),
     (["sgment"], "stma: no such command 'sgment' (did you mean 'segment'?); see stma --help"),
+    # `stma segment videos/*.mp4`: a shell glob is several INPUTs; the line says how to run several videos
+    (["segment", EXAMPLE_VIDEO, EXAMPLE_MASK, "--out", "o"],
+     f"stma segment: got unexpected extra argument(s) ({EXAMPLE_MASK}): INPUT is one video, frame folder or folder "
+     "of videos; pass the folder holding the videos (a batch, masks beside them), or run stma segment once per video"),
 ])
 def test_usage_errors_are_one_line_for_every_command(tmp_path: Path, args: list[object], line: str) -> None:
     """click's usage errors (wrong value type, unknown option, missing or extra argument) were a multi-line box
