@@ -598,3 +598,22 @@ def test_decoded_frames_of_a_killed_backward_run_are_removed_by_the_next_run(tmp
         live.kill()
         live.wait()
     assert len(list((out / "clip").glob("*.png"))) == 40
+
+
+def test_an_output_name_too_long_for_the_file_system_is_refused_before_any_frame(tmp_path: Path) -> None:
+    """A video named close to the file system's 255-byte limit: its `.overlay.mp4` partial could not be
+    created, and ffmpeg's own error lines reached the terminal before a 'segmentation failed ... report a
+    bug' line (exit 1). Now one line names the output and says to rename the input; exit 2, nothing written."""
+    name = "x" * 240
+    video = tmp_path / f"{name}.mp4"
+    encode_mp4([cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(3)], video)
+    save_palette_png(cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST),
+                     tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    proc = subprocess.run([*CLI, "segment", str(video), "--method", "copy", "--out", str(out), "-f", "png",
+                           "-f", "overlay"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {name}: output name '{name}.overlay.mp4' is too long")
+    assert "rename the input to a shorter name" in lines[0]
+    assert not out.exists()
