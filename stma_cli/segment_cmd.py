@@ -726,6 +726,13 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
     except (StmaInputError, StmaOutputError) as exc:
         if not batch:
             raise _Stop(exc, EXIT_BAD_INPUT) from exc
+        finals = all_output_paths(out, job.name, formats).values()
+        if isinstance(exc, StmaOutputError) and not overwrite and all(p.exists() for p in finals):
+            # another run (a second batch over the same folder) finished this video first: as if it had
+            # been finished before this run started, it is skipped, with a note
+            if not quiet:
+                info(console, f"{job.path}: another run wrote its outputs meanwhile; kept them (skipped)")
+            return Outcome(job, "skipped", paths=list(finals))
         print_error(exc)
         return Outcome(job, "failed", error=one_line(exc), bad_input=True)
     except Exception as exc:  # noqa: BLE001 - a batch must go on with the other videos

@@ -617,3 +617,30 @@ def test_an_output_name_too_long_for_the_file_system_is_refused_before_any_frame
     assert len(lines) == 1 and lines[0].startswith(f"error: {name}: output name '{name}.overlay.mp4' is too long")
     assert "rename the input to a shorter name" in lines[0]
     assert not out.exists()
+
+
+def test_two_batches_over_one_folder_share_the_work_without_failing(tmp_path: Path, clips: Path) -> None:
+    """Two `stma segment DIR` over the same folder and --out at once (two terminals, `xargs -P`): a video
+    the other run finished first failed with 'already exists' and made its batch exit 1, although every
+    output was complete. It is now skipped, as a video finished before the run started is: both exit 0,
+    each video done by exactly one run, complete."""
+    videos = tmp_path / "videos"
+    shutil.copytree(clips, videos)
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for name in ("a", "b", "c"):
+        save_palette_png(truth, videos / f"{name}.png")
+    out = tmp_path / "out"
+    command = [*CLI, "segment", str(videos), "--method", "copy", "--out", str(out), "-f", "png", "-f", "rle", "--json"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.communicate(timeout=120), p.returncode) for p in procs]
+    assert [code for _, code in results] == [0, 0], results
+    statuses: dict[str, list[str]] = {}
+    for (stdout, stderr), _ in results:
+        assert "Traceback" not in stderr and "error:" not in stderr, stderr
+        for video in json.loads(stdout)["videos"]:
+            statuses.setdefault(video["name"], []).append(video["status"])
+    assert {name: sorted(s) for name, s in statuses.items()} == {n: ["done", "skipped"] for n in ("a", "b", "c")}
+    for name in ("a", "b", "c"):
+        assert len(json.loads((out / f"{name}.rle.json").read_text())["frames"]) == 4
+        assert len(list((out / name).glob("*.png"))) == 4
+    assert sorted(p.name for p in out.iterdir()) == ["a", "a.rle.json", "b", "b.rle.json", "c", "c.rle.json"]
