@@ -500,7 +500,7 @@ def segment(
 ) -> None:
     """Segment the objects of the first-frame mask in every frame of a video.
 
-    Exit codes: 0 success, 1 some videos of a batch failed, 2 bad input (nothing written).
+    Exit codes: 0 success, 1 some videos of a batch failed, interrupted or stdout closed, 2 bad input (nothing written).
     """
     fmt_list = _parse_formats(formats)
     if method not in METHODS:

@@ -281,6 +281,8 @@ def test_help_of_segment_and_eval_agree_and_say_what_end_does(tmp_path: Path) ->
         assert f"--device <str> {DEVICES}. [default: auto]" in text and "cuda:1" not in text
         assert re.search(r"Exit codes: 0 success, 1 [^.]+, 2 bad input", text), text
     assert "itself not segmented (--end 10: frames up to 9); default: through the last frame" in helps["segment"]
+    # a script reading --help learns every case of exit 1, as the README lists them (it said only batch failures)
+    assert "1 some videos of a batch failed, interrupted or stdout closed, 2 bad input" in helps["segment"]
     out = tmp_path / "out"
     for end in ("3", None):
         result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", out, "-q",
