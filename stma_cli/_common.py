@@ -123,11 +123,20 @@ def check_device(device: str, option: str = "--device") -> str:
     return name
 
 
+def refuse_stdout_dash(folder: Path, option: str = "--out") -> None:
+    """`--out -` means stdout to users of other tools; stma writes files into a folder, so it is an error (a
+    folder named `-` is given by its full path), not a folder silently made in the current directory."""
+    if str(folder) == "-":
+        fail(f"{option} -: {option} is a folder that files are written into, not stdout (stdout gets the result "
+             "paths, or --json); pass a folder path (for a folder named '-', its full path)")
+
+
 def check_output_dir(folder: Path, option: str = "--out") -> None:
     """An output folder must be creatable and writable before the work starts (a file there is an error)."""
     from stma_core.errors import StmaOutputError
     from stma_core.io.atomic import ensure_writable_dir
 
+    refuse_stdout_dash(folder, option)
     if folder.exists() and not folder.is_dir():
         fail(f"{folder}: {option} is a file, not a folder; pass {option} with a folder path")
     existed = folder.exists()

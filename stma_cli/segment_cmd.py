@@ -25,8 +25,8 @@ from rich.table import Table
 
 from stma_cli import _settings
 from stma_cli._common import (DEVICES, EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
-                              info, note_run_folder, one_line, print_error, stderr_console, stdout_closed,
-                              warn)
+                              info, note_run_folder, one_line, print_error, refuse_stdout_dash, stderr_console,
+                              stdout_closed, warn)
 from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
@@ -538,6 +538,10 @@ def segment(
                                                labels, alpha_codec), size=size if method == "stma" else None)
     if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
         warn(stderr_console(), f"--fps only sets the frame rate of {', '.join(VIDEO_FORMATS)} outputs; none is requested")
+    if str(input_path) == "-":
+        fail("-: INPUT is read from a file, not stdin (a video is read with seeking); save it to a file and pass its "
+             "path (for a file named '-', its full path)")
+    refuse_stdout_dash(out)
     jobs, batch = _find_jobs(input_path, mask, mask_dir, out)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:

@@ -646,3 +646,22 @@ def test_two_batches_over_one_folder_share_the_work_without_failing(tmp_path: Pa
         assert len(json.loads((out / f"{name}.rle.json").read_text())["frames"]) == 4
         assert len(list((out / name).glob("*.png"))) == 4
     assert sorted(p.name for p in out.iterdir()) == ["a", "a.rle.json", "b", "b.rle.json", "c", "c.rle.json"]
+
+
+@pytest.mark.parametrize("args, line", [
+    (["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", "-"],
+     "--out -: --out is a folder that files are written into, not stdout"),
+    (["eval", "--pred", "p", "--gt", "g", "--out", "-"], "--out -: --out is a folder that files are written into"),
+    (["segment", "-", "--mask", EXAMPLE_MASK, "--method", "copy", "--out", "o"],
+     "-: INPUT is read from a file, not stdin"),
+])
+def test_a_dash_for_stdin_or_stdout_is_refused_not_taken_as_a_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    args: list[object], line: str) -> None:
+    """`--out -` (stdout, to users of other tools) made a folder named `-` in the current directory and exited 0;
+    INPUT `-` (stdin) said 'no such file'. Both are now one line saying what stma reads and writes, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    result = run(*[tmp_path / "o" if a == "o" else a for a in args])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {line}"), result.stderr
+    assert list(tmp_path.iterdir()) == []
