@@ -28,6 +28,21 @@ EXIT_SOME_FAILED = 1
 DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what --device takes (check_device), for help texts and errors alike
 
 
+_json_printed = [False]
+
+
+def echo_json(payload: object) -> None:
+    """Prints a command's one --json document on stdout; app.main prints one for a run interrupted before it."""
+    import json
+
+    _json_printed[0] = True  # before writing: a reader that went away must not get a second document
+    typer.echo(json.dumps(payload))
+
+
+def json_was_printed() -> bool:
+    return _json_printed[0]
+
+
 def one_line(message: object) -> str:
     """Collapses a message to one line (tool output such as ffmpeg's may span several)."""
     return " ".join(str(message).split())

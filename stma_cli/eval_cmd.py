@@ -9,7 +9,6 @@ Results: a table (stdout), the official CSV pair (in --out, default the predicti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,8 +18,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stma_cli import _settings
-from stma_cli._common import (DEVICES, check_device, check_output_dir, fail, frame_progress, info, stderr_console,
-                              note_run_folder, warn)
+from stma_cli._common import (DEVICES, check_device, check_output_dir, echo_json, fail, frame_progress, info,
+                              stderr_console, note_run_folder, warn)
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
                                      resolve_root, resolve_split, short_list)
@@ -154,12 +153,12 @@ def evaluate(
     except (StmaInputError, StmaOutputError) as exc:
         fail(exc)
     if as_json:
-        typer.echo(json.dumps(payload))
+        echo_json(payload)
 
 
 def refused_json(line: str) -> None:
     """What a refused --json run prints on stdout: one JSON object whose `error` is the one-line reason."""
-    typer.echo(json.dumps({"error": line}))
+    echo_json({"error": line})
 
 
 def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], dataset: Optional[str],

@@ -25,8 +25,8 @@ from rich.table import Table
 
 from stma_cli import _settings
 from stma_cli._common import (DEVICES, EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
-                              info, note_run_folder, one_line, print_error, refuse_stdout_dash, stderr_console,
-                              stdout_closed, warn)
+                              echo_json, info, note_run_folder, one_line, print_error, refuse_stdout_dash,
+                              stderr_console, stdout_closed, warn)
 from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
@@ -655,8 +655,6 @@ def refused_json(line: str) -> None:
 
 def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> None:
     """The --json summary; `error`: why the whole run was refused (absent when videos ran or failed alone)."""
-    import json
-
     payload = {
         "videos": [{"name": o.name, "input": str(o.job.path), "status": o.status, "frames": o.frames, "objects": o.objects,
                     "seconds": round(o.seconds, 3), "outputs": [str(p) for p in o.paths],
@@ -669,7 +667,7 @@ def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> Non
         **({"error": error} if error else {}),
     }
     try:
-        typer.echo(json.dumps(payload))
+        echo_json(payload)
     except BrokenPipeError:
         stdout_closed()
 

@@ -665,3 +665,32 @@ def test_a_dash_for_stdin_or_stdout_is_refused_not_taken_as_a_name(tmp_path: Pat
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {line}"), result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_eval_json_prints_a_document(tmp_path: Path) -> None:
+    """`stma eval --json` stopped by Ctrl-C/SIGTERM printed nothing on stdout, so `stma eval --json | jq` read
+    no document; now it prints `{"error": "interrupted (Ctrl-C or SIGTERM)"}` (exit 1, as before)."""
+    root = tmp_path / "davis"
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    frames = [cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(40)]
+    sequences = ("s1", "s2", "s3", "s4")
+    for seq in sequences:
+        (root / "JPEGImages" / "480p" / seq).mkdir(parents=True)
+        (root / "Annotations" / "480p" / seq).mkdir(parents=True)
+        for i, frame in enumerate(frames * 2):
+            Image.fromarray(frame).save(root / "JPEGImages" / "480p" / seq / f"{i:05d}.jpg")
+            save_palette_png(truth, root / "Annotations" / "480p" / seq / f"{i:05d}.png")
+    (root / "ImageSets" / "2016").mkdir(parents=True)
+    (root / "ImageSets" / "2016" / "val.txt").write_text("\n".join(sequences) + "\n")
+    pred = tmp_path / "pred"
+    proc = subprocess.Popen([*CLI, "eval", "--dataset", "davis16-val", "--root", str(root), "--method", "flow",
+                             "--pred-out", str(pred), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(pred.glob("*")) and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in stderr and "interrupted" in stderr.splitlines()[-1], stderr
+    assert json.loads(stdout) == {"error": "interrupted (Ctrl-C or SIGTERM)"}
