@@ -680,6 +680,12 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
     try:
         extras = extras or Extras()
         paths = all_output_paths(out, job.name, formats)
+        for fmt, path in paths.items():  # a file where a PNG folder goes is no finished output (nor the reverse)
+            folder = fmt not in ("rle", "overlay")
+            if (path.exists() or path.is_symlink()) and path.is_dir() != folder:
+                raise StmaOutputError(f"{path}: is a {'folder' if path.is_dir() else 'file'}, not this video's {fmt} "
+                                      f"output (a {'folder' if folder else 'file'}); move it away or choose another "
+                                      "--out")
         todo = [f for f, p in paths.items() if overwrite or not p.exists()]
         if not todo and batch:
             return Outcome(job, "skipped", paths=list(paths.values()))

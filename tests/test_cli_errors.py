@@ -694,3 +694,27 @@ def test_interrupted_eval_json_prints_a_document(tmp_path: Path) -> None:
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "Traceback" not in stderr and "interrupted" in stderr.splitlines()[-1], stderr
     assert json.loads(stdout) == {"error": "interrupted (Ctrl-C or SIGTERM)"}
+
+
+def test_a_file_where_an_output_folder_goes_is_not_a_finished_video(tmp_path: Path, clips: Path) -> None:
+    """A batch took any existing path for a finished output: with a file `out/a` (or a folder `out/b.rle.json`)
+    video a was 'skipped', its path printed as a result and the run exited 0, with no mask of it anywhere.
+    Now that video fails with one line naming the path (the others run; exit 1) and nothing is replaced."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for name in ("a", "b", "c"):
+        save_palette_png(truth, masks / f"{name}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("notes\n")
+    (out / "b.rle.json").mkdir()
+    result = run("segment", clips, "--mask", masks, "--method", "copy", "--out", out, "-f", "png", "-f", "rle", "-q")
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines() == [str(out / "c"), str(out / "c.rle.json")]
+    errors = result.stderr.splitlines()
+    assert errors == [f"error: {out / 'a'}: is a file, not this video's png output (a folder); move it away or "
+                      "choose another --out",
+                      f"error: {out / 'b.rle.json'}: is a folder, not this video's rle output (a file); move it away "
+                      "or choose another --out"], result.stderr
+    assert (out / "a").read_text() == "notes\n" and not (out / "a.rle.json").exists() and not (out / "b").exists()
