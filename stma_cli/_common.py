@@ -36,7 +36,7 @@ def echo_json(payload: object) -> None:
     import json
 
     _json_printed[0] = True  # before writing: a reader that went away must not get a second document
-    typer.echo(json.dumps(payload))
+    echo(json.dumps(payload))
 
 
 def json_was_printed() -> bool:
@@ -166,16 +166,29 @@ def check_output_dir(folder: Path, option: str = "--out") -> None:
             pass
 
 
-def stdout_closed() -> NoReturn:
-    """stdout's reader went away (`stma ... | head -1`): say so on stderr and stop (exit 1)."""
+def stdout_closed(error: OSError | None = None) -> NoReturn:
+    """stdout's reader went away (`stma ... | head -1`), or stdout cannot be written (`> file` on a full disk,
+    an I/O error; `error`): say so on stderr and stop (exit 1)."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail again
     except (OSError, ValueError):
         pass
-    print_error("stdout was closed by the command reading it (e.g. head); stopped early, "
-                "finished results are complete and unfinished ones were not written")
+    if error is None or isinstance(error, BrokenPipeError):
+        print_error("stdout was closed by the command reading it (e.g. head); stopped early, "
+                    "finished results are complete and unfinished ones were not written")
+    else:
+        print_error(f"cannot write to stdout ({error.strerror or error}); stopped early, finished results are "
+                    "complete and unfinished ones were not written; free space where stdout goes, or redirect it")
     raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def echo(text: str) -> None:
+    """One line of results on stdout; a stdout that cannot take it stops the command (stdout_closed)."""
+    try:
+        typer.echo(text)
+    except OSError as exc:
+        stdout_closed(exc)
 
 
 def stderr_console() -> Console:

@@ -25,8 +25,8 @@ from rich.table import Table
 
 from stma_cli import _settings
 from stma_cli._common import (DEVICES, EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
-                              echo_json, info, note_run_folder, one_line, print_error, refuse_stdout_dash,
-                              stderr_console, stdout_closed, warn)
+                              echo, echo_json, info, note_run_folder, one_line, print_error, refuse_stdout_dash,
+                              stderr_console, warn)
 from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
@@ -610,10 +610,7 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
                 outcomes.append(outcome)
                 if not as_json:
                     for path in outcome.paths:
-                        try:
-                            typer.echo(str(path))
-                        except BrokenPipeError:
-                            stdout_closed()
+                        echo(str(path))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (app.main says so on stderr and exits 1)
         if as_json:  # a script reading stdout still learns which videos finished
             finished = {id(o.job) for o in outcomes}
@@ -666,10 +663,7 @@ def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> Non
         "failed": sum(o.status == "failed" for o in outcomes),
         **({"error": error} if error else {}),
     }
-    try:
-        echo_json(payload)
-    except BrokenPipeError:
-        stdout_closed()
+    echo_json(payload)
 
 
 def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bool,

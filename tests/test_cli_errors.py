@@ -718,3 +718,24 @@ def test_a_file_where_an_output_folder_goes_is_not_a_finished_video(tmp_path: Pa
                       f"error: {out / 'b.rle.json'}: is a folder, not this video's rle output (a file); move it away "
                       "or choose another --out"], result.stderr
     assert (out / "a").read_text() == "notes\n" and not (out / "a.rle.json").exists() and not (out / "b").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a stdout whose disk is full)")
+@pytest.mark.parametrize("command", ["segment", "segment --json", "eval", "eval --json"])
+def test_a_stdout_that_cannot_be_written_is_one_error_line(tmp_path: Path, davis16_root: Path, command: str) -> None:
+    """`stma ... > results.txt` on a full disk (here /dev/full) ended in a Python traceback; it is now one line
+    saying stdout cannot be written, exit 1, as when stdout's reader closes it."""
+    name, *flags = command.split()
+    if name == "segment":
+        args = ["segment", str(EXAMPLE_VIDEO), "--mask", str(EXAMPLE_MASK), "--method", "copy", "--end", "3",
+                "--out", str(tmp_path / "out"), "-q"]
+    else:
+        pred = tmp_path / "pred"
+        shutil.copytree(davis16_root / "Annotations" / "480p", pred)
+        args = ["eval", "--pred", str(pred), "--gt", str(davis16_root), "--out", str(tmp_path / "csv"), "-q"]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([*CLI, *args, *flags], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == ["error: cannot write to stdout (No space left on device); stopped early, "
+                                        "finished results are complete and unfinished ones were not written; free "
+                                        "space where stdout goes, or redirect it"], proc.stderr
