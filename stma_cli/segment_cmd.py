@@ -620,9 +620,12 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
         raise
     except _Stop as stop:
         if as_json and current is not None:  # a script reading stdout gets the failure too, not nothing
-            outcomes.append(Outcome(current, "failed", error=one_line(stop.args[0]),
-                                    bad_input=stop.code == EXIT_BAD_INPUT))
-            _print_json(outcomes, time.perf_counter() - start)
+            line = one_line(stop.args[0])
+            outcomes.append(Outcome(current, "failed", error=line, bad_input=stop.code == EXIT_BAD_INPUT))
+            # a batch stopped for all its videos (a model that cannot load) lists those it did not run, too
+            rest = jobs[jobs.index(current) + 1:]
+            outcomes += [Outcome(job, "failed", error=f"not run: {line}", bad_input=True) for job in rest]
+            _print_json(outcomes, time.perf_counter() - start, error=line if rest else "")
         fail(stop.args[0], stop.code, json_printed=as_json and current is not None)
     if batch and not quiet:
         console.print(_summary(outcomes))

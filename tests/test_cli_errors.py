@@ -739,3 +739,24 @@ def test_a_stdout_that_cannot_be_written_is_one_error_line(tmp_path: Path, davis
     assert proc.stderr.splitlines() == ["error: cannot write to stdout (No space left on device); stopped early, "
                                         "finished results are complete and unfinished ones were not written; free "
                                         "space where stdout goes, or redirect it"], proc.stderr
+
+
+def test_a_batch_stopped_by_its_model_lists_every_video_in_json(tmp_path: Path, clips: Path) -> None:
+    """A checkpoint that cannot load stops the whole batch (every video would fail). Its --json listed only
+    the first video, so a script looking up the others found no row for them; they are now `"failed"` with
+    `"not run: …"`, and the reason is the top-level `"error"`, as for any run refused for all its videos."""
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for name in ("a", "b", "c"):
+        save_palette_png(truth, masks / f"{name}.png")
+    result = run("segment", clips, "--mask", masks, "--checkpoint", bad, "--out", tmp_path / "out", "--json")
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
+    summary = json.loads(result.stdout)
+    assert [(v["name"], v["status"]) for v in summary["videos"]] == [("a", "failed"), ("b", "failed"), ("c", "failed")]
+    line = summary["videos"][0]["error"]
+    assert "not a safetensors checkpoint" in line and summary["error"] == line
+    assert [v["error"] for v in summary["videos"][1:]] == [f"not run: {line}"] * 2
+    assert summary["failed"] == 3 and not (tmp_path / "out").exists()
