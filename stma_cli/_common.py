@@ -6,16 +6,19 @@ stderr. Bad input exits with code 2 and exactly one line: `error: <file>: <what 
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import sys
+import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn,
+                           TimeRemainingColumn)
 from rich.text import Text
 
 try:  # typer 0.28 parses with its own copy of click: its usage errors are that copy's classes
@@ -212,15 +215,48 @@ class RateColumn(ProgressColumn):
         return Text("-- frames/s" if speed is None else f"{speed:.1f} frames/s", style="progress.data.speed")
 
 
+PLAIN_PROGRESS_SECONDS = 5.0
+"""Where no live bar can be drawn (stderr is a log or a pipe), a running item's progress line comes this often."""
+
+
+class _FrameProgress(Progress):
+    """rich's Progress; with `plain`, also a line on the console every PLAIN_PROGRESS_SECONDS per running
+    task: `name: 1200/3000 frames, 87.4 frames/s, 0:00:20 left` (a long video in a log is not silent)."""
+
+    def __init__(self, *columns: Any, plain: bool = False, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self._plain, self._said = plain, {}
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        if not self._plain:
+            return
+        now = time.monotonic()
+        if now - self._said.setdefault(task_id, now) < PLAIN_PROGRESS_SECONDS:
+            return
+        self._said[task_id] = now
+        task = next((t for t in self.tasks if t.id == task_id), None)
+        if task is None or task.finished:
+            return
+        speed = task.speed
+        parts = [f"{int(task.completed)}/{int(task.total)} frames" if task.total else f"{int(task.completed)} frames"]
+        if speed:
+            parts.append(f"{speed:.1f} frames/s")
+        if task.time_remaining is not None:
+            parts.append(f"{datetime.timedelta(seconds=round(task.time_remaining))} left")
+        self.console.print(f"{task.description}: {', '.join(parts)}")
+
+
 def frame_progress(console: Console, disable: bool) -> Progress:
     """Live bar with frame counts, frames/s and time left on a terminal; `disable` for --quiet.
 
-    Off when stderr is not a terminal (logs, pipes): a live display cannot redraw there, and
-    commands print a plain line per finished item instead (see `Progress.disable`).
+    Off when stderr is not a terminal (logs, pipes): a live display cannot redraw there, so a plain
+    line comes every PLAIN_PROGRESS_SECONDS instead, and commands print a line per finished item
+    (see `Progress.disable`).
     """
-    return Progress(
+    return _FrameProgress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn(),
-        console=console, disable=disable or not console.is_terminal,
+        console=console, disable=disable or not console.is_terminal, plain=not disable and not console.is_terminal,
         redirect_stdout=sys.stdout.isatty(),  # results piped from stdout must not be diverted to stderr
     )
 

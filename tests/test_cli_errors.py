@@ -760,3 +760,36 @@ def test_a_batch_stopped_by_its_model_lists_every_video_in_json(tmp_path: Path, 
     assert "not a safetensors checkpoint" in line and summary["error"] == line
     assert [v["error"] for v in summary["videos"][1:]] == [f"not run: {line}"] * 2
     assert summary["failed"] == 3 and not (tmp_path / "out").exists()
+
+
+def test_a_long_video_in_a_log_gets_progress_lines(tmp_path: Path) -> None:
+    """With stderr not a terminal (a log, a pipe) there is no live bar, and a long video printed nothing
+    until it ended. Now a line comes every PLAIN_PROGRESS_SECONDS with frames done, frames/s and time left."""
+    from stma_cli._common import PLAIN_PROGRESS_SECONDS
+
+    video = tmp_path / "long.mp4"
+    subprocess.run([imageio_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x90:rate=25",
+                    "-frames:v", "800", "-pix_fmt", "yuv420p", str(video)], check=True, timeout=120)
+    mask = np.zeros((90, 160), np.uint8)
+    mask[20:60, 40:100] = 1
+    save_palette_png(mask, tmp_path / "long.png")
+    start = time.monotonic()
+    proc = subprocess.run([*CLI, "segment", str(video), "--size", "64", "--out", str(tmp_path / "out"), "-f", "rle"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    took = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[-1].startswith("long: 800 frames in ")
+    running = [line for line in lines if re.fullmatch(r"long: \d+/800 frames, [\d.]+ frames/s, \d+:\d\d:\d\d left",
+                                                        line)]
+    assert len(running) >= 1 or took < PLAIN_PROGRESS_SECONDS + 3, (took, proc.stderr)
+    assert len(running) <= took / PLAIN_PROGRESS_SECONDS + 1, proc.stderr
+    quiet = subprocess.run([*CLI, "segment", str(video), "--method", "copy", "--out", str(tmp_path / "q"), "-q"],
+                           capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def imageio_ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
