@@ -37,18 +37,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_partials(final: Path) -> None:
-    """Deletes the partial outputs of `final` that a killed run left (its process is gone, or an older
-    stma's `name.partial`); a partial of a run still going on is left alone."""
-    pattern = re.compile(re.escape(final.name) + r"(?:\.(\d+))?(?:\.old)?" + re.escape(PARTIAL_SUFFIX))
+def remove_stale_partials(*finals: Path) -> None:
+    """Deletes the partial outputs of `finals` (outputs in one folder) that a killed run left (its process is
+    gone, or an older stma's `name.partial`); a partial of a run still going on is left alone. One listing
+    of the folder, whatever the number of outputs."""
+    if not finals:
+        return
+    names = "|".join(re.escape(final.name) for final in finals)
+    pattern = re.compile(f"(?:{names})" + r"(?:\.(\d+))?(?:\.old)?" + re.escape(PARTIAL_SUFFIX))
+    folder = finals[0].parent
     try:
-        siblings = list(final.parent.iterdir())
+        siblings = [name for name in os.listdir(folder) if name.endswith(PARTIAL_SUFFIX)]
     except OSError:
         return
-    for path in siblings:
-        match = pattern.fullmatch(path.name)
+    for name in siblings:
+        match = pattern.fullmatch(name)
         if match and (match.group(1) is None or int(match.group(1)) == os.getpid() or not _alive(int(match.group(1)))):
-            remove_path(path)
+            remove_path(folder / name)
 
 
 def remove_stale_run_folders(folder: Path, prefix: str) -> None:

@@ -250,8 +250,8 @@ class VideoWriter:
                                           "pass --overwrite to replace it or choose another --out")
         self._check_name_lengths()
         try:
+            remove_stale_partials(*self.paths.values())  # left by a killed run (not those of a run going on)
             for fmt, final in self.paths.items():
-                remove_stale_partials(final)  # left by a killed run (not those of a run going on)
                 self._sinks.append(self._open_sink(fmt, final))
         except BaseException as exc:
             self._discard()
