@@ -669,6 +669,15 @@ def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> Non
     echo_json(payload)
 
 
+FILE_FORMATS = ("rle", "overlay")
+"""Outputs that are one file; every other format's output is a folder."""
+
+
+def _right_kind(fmt: str, path: Path) -> bool:
+    """Whether `path` exists as the kind of thing a `fmt` output is (a file, or a folder)."""
+    return path.is_file() if fmt in FILE_FORMATS else path.is_dir()
+
+
 def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bool,
              propagator: Callable[[], Propagator], progress: Progress, console: Console, quiet: bool,
              extras: Extras | None = None, direction: Direction = Direction.FORWARD) -> Outcome:
@@ -678,11 +687,10 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         extras = extras or Extras()
         paths = all_output_paths(out, job.name, formats)
         for fmt, path in paths.items():  # a file where a PNG folder goes is no finished output (nor the reverse)
-            folder = fmt not in ("rle", "overlay")
-            if (path.exists() or path.is_symlink()) and path.is_dir() != folder:
+            if (path.exists() or path.is_symlink()) and not _right_kind(fmt, path):
                 raise StmaOutputError(f"{path}: is a {'folder' if path.is_dir() else 'file'}, not this video's {fmt} "
-                                      f"output (a {'folder' if folder else 'file'}); move it away or choose another "
-                                      "--out")
+                                      f"output (a {'file' if fmt in FILE_FORMATS else 'folder'}); move it away or "
+                                      "choose another --out")
         todo = [f for f, p in paths.items() if overwrite or not p.exists()]
         if not todo and batch:
             return Outcome(job, "skipped", paths=list(paths.values()))
@@ -731,13 +739,13 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
     except (StmaInputError, StmaOutputError) as exc:
         if not batch:
             raise _Stop(exc, EXIT_BAD_INPUT) from exc
-        finals = all_output_paths(out, job.name, formats).values()
-        if isinstance(exc, StmaOutputError) and not overwrite and all(p.exists() for p in finals):
+        finals = all_output_paths(out, job.name, formats)
+        if isinstance(exc, StmaOutputError) and not overwrite and all(_right_kind(f, p) for f, p in finals.items()):
             # another run (a second batch over the same folder) finished this video first: as if it had
             # been finished before this run started, it is skipped, with a note
             if not quiet:
                 info(console, f"{job.path}: another run wrote its outputs meanwhile; kept them (skipped)")
-            return Outcome(job, "skipped", paths=list(finals))
+            return Outcome(job, "skipped", paths=list(finals.values()))
         print_error(exc)
         return Outcome(job, "failed", error=one_line(exc), bad_input=True)
     except Exception as exc:  # noqa: BLE001 - a batch must go on with the other videos

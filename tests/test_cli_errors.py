@@ -718,6 +718,9 @@ def test_a_file_where_an_output_folder_goes_is_not_a_finished_video(tmp_path: Pa
                       f"error: {out / 'b.rle.json'}: is a folder, not this video's rle output (a file); move it away "
                       "or choose another --out"], result.stderr
     assert (out / "a").read_text() == "notes\n" and not (out / "a.rle.json").exists() and not (out / "b").exists()
+    only_png = run("segment", clips, "--mask", masks, "--method", "copy", "--out", out, "-f", "png", "-q")
+    assert only_png.exit_code == 1 and only_png.stdout.splitlines() == [str(out / "b"), str(out / "c")]
+    assert only_png.stderr.splitlines() == errors[:1] and (out / "a").read_text() == "notes\n"
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a stdout whose disk is full)")
