@@ -796,3 +796,20 @@ def imageio_ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@pytest.mark.parametrize("command", ["segment", "eval"])
+def test_an_out_below_a_file_names_the_file(tmp_path: Path, davis16_root: Path, command: str) -> None:
+    """`--out notes.txt/run1` said 'output folder is not writable (Not a directory)', without saying which
+    path is not a directory; the line now names the file in the way."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file\n")
+    out = blocker / "run1"
+    if command == "segment":
+        result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", out)
+    else:
+        result = run("eval", "--pred", davis16_root / "Annotations" / "480p", "--gt", davis16_root, "--out", out)
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr == (f"error: {out}: output folder is not writable ({blocker} is a file, not a folder); "
+                             "pass --out with a writable folder\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -128,6 +128,10 @@ def ensure_writable_dir(folder: Path) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST) and blocker is not None:  # a file where a folder must go
+            raise StmaOutputError(f"{folder}: output folder is not writable ({blocker} is a file, not a folder); "
+                                  "pass --out with a writable folder") from exc
         reason = exc.strerror or str(exc)
         raise StmaOutputError(f"{folder}: output folder is not writable ({reason}); pass --out with a writable folder") from exc
 
