@@ -6,16 +6,19 @@ stderr. Bad input exits with code 2 and exactly one line: `error: <file>: <what 
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import sys
+import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn,
+                           TimeRemainingColumn)
 from rich.text import Text
 
 try:  # typer 0.28 parses with its own copy of click: its usage errors are that copy's classes
@@ -26,6 +29,21 @@ except ImportError:  # pragma: no cover - a typer that uses click itself
 EXIT_BAD_INPUT = 2
 EXIT_SOME_FAILED = 1
 DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what --device takes (check_device), for help texts and errors alike
+
+
+_json_printed = [False]
+
+
+def echo_json(payload: object) -> None:
+    """Prints a command's one --json document on stdout; app.main prints one for a run interrupted before it."""
+    import json
+
+    _json_printed[0] = True  # before writing: a reader that went away must not get a second document
+    echo(json.dumps(payload))
+
+
+def json_was_printed() -> bool:
+    return _json_printed[0]
 
 
 def one_line(message: object) -> str:
@@ -87,6 +105,10 @@ def usage_error_line(exc: click_errors.UsageError, command: str = "stma") -> str
     else:
         name = command
     message = message.rstrip(".")
+    if command == "stma segment" and isinstance(exc, click_errors.UsageError) and \
+            message.lower().startswith("got unexpected extra argument"):  # `stma segment videos/*.mp4`
+        return (f"{name}: {message[:1].lower()}{message[1:]}: INPUT is one video, frame folder or folder of videos; "
+                "pass the folder holding the videos (a batch, masks beside them), or run stma segment once per video")
     if ". " in message:  # a suggestion after the problem: "No such command 'x'. Did you mean 'y'?"
         problem, hint = message.split(". ", 1)
         message = f"{problem} ({hint[:1].lower()}{hint[1:]})"
@@ -119,11 +141,20 @@ def check_device(device: str, option: str = "--device") -> str:
     return name
 
 
+def refuse_stdout_dash(folder: Path, option: str = "--out") -> None:
+    """`--out -` means stdout to users of other tools; stma writes files into a folder, so it is an error (a
+    folder named `-` is given by its full path), not a folder silently made in the current directory."""
+    if str(folder) == "-":
+        fail(f"{option} -: {option} is a folder that files are written into, not stdout (stdout gets the result "
+             "paths, or --json); pass a folder path (for a folder named '-', its full path)")
+
+
 def check_output_dir(folder: Path, option: str = "--out") -> None:
     """An output folder must be creatable and writable before the work starts (a file there is an error)."""
     from stma_core.errors import StmaOutputError
     from stma_core.io.atomic import ensure_writable_dir
 
+    refuse_stdout_dash(folder, option)
     if folder.exists() and not folder.is_dir():
         fail(f"{folder}: {option} is a file, not a folder; pass {option} with a folder path")
     existed = folder.exists()
@@ -138,16 +169,29 @@ def check_output_dir(folder: Path, option: str = "--out") -> None:
             pass
 
 
-def stdout_closed() -> NoReturn:
-    """stdout's reader went away (`stma ... | head -1`): say so on stderr and stop (exit 1)."""
+def stdout_closed(error: OSError | None = None) -> NoReturn:
+    """stdout's reader went away (`stma ... | head -1`), or stdout cannot be written (`> file` on a full disk,
+    an I/O error; `error`): say so on stderr and stop (exit 1)."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail again
     except (OSError, ValueError):
         pass
-    print_error("stdout was closed by the command reading it (e.g. head); stopped early, "
-                "finished results are complete and unfinished ones were not written")
+    if error is None or isinstance(error, BrokenPipeError):
+        print_error("stdout was closed by the command reading it (e.g. head); stopped early, "
+                    "finished results are complete and unfinished ones were not written")
+    else:
+        print_error(f"cannot write to stdout ({error.strerror or error}); stopped early, finished results are "
+                    "complete and unfinished ones were not written; free space where stdout goes, or redirect it")
     raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def echo(text: str) -> None:
+    """One line of results on stdout; a stdout that cannot take it stops the command (stdout_closed)."""
+    try:
+        typer.echo(text)
+    except OSError as exc:
+        stdout_closed(exc)
 
 
 def stderr_console() -> Console:
@@ -172,15 +216,48 @@ class RateColumn(ProgressColumn):
         return Text("-- frames/s" if speed is None else f"{speed:.1f} frames/s", style="progress.data.speed")
 
 
+PLAIN_PROGRESS_SECONDS = 5.0
+"""Where no live bar can be drawn (stderr is a log or a pipe), a running item's progress line comes this often."""
+
+
+class _FrameProgress(Progress):
+    """rich's Progress; with `plain`, also a line on the console every PLAIN_PROGRESS_SECONDS per running
+    task: `name: 1200/3000 frames, 87.4 frames/s, 0:00:20 left` (a long video in a log is not silent)."""
+
+    def __init__(self, *columns: Any, plain: bool = False, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self._plain, self._said = plain, {}
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        if not self._plain:
+            return
+        now = time.monotonic()
+        if now - self._said.setdefault(task_id, now) < PLAIN_PROGRESS_SECONDS:
+            return
+        self._said[task_id] = now
+        task = next((t for t in self.tasks if t.id == task_id), None)
+        if task is None or task.finished:
+            return
+        speed = task.speed
+        parts = [f"{int(task.completed)}/{int(task.total)} frames" if task.total else f"{int(task.completed)} frames"]
+        if speed:
+            parts.append(f"{speed:.1f} frames/s")
+        if task.time_remaining is not None:
+            parts.append(f"{datetime.timedelta(seconds=round(task.time_remaining))} left")
+        self.console.print(f"{task.description}: {', '.join(parts)}")
+
+
 def frame_progress(console: Console, disable: bool) -> Progress:
     """Live bar with frame counts, frames/s and time left on a terminal; `disable` for --quiet.
 
-    Off when stderr is not a terminal (logs, pipes): a live display cannot redraw there, and
-    commands print a plain line per finished item instead (see `Progress.disable`).
+    Off when stderr is not a terminal (logs, pipes): a live display cannot redraw there, so a plain
+    line comes every PLAIN_PROGRESS_SECONDS instead, and commands print a line per finished item
+    (see `Progress.disable`).
     """
-    return Progress(
+    return _FrameProgress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn(),
-        console=console, disable=disable or not console.is_terminal,
+        console=console, disable=disable or not console.is_terminal, plain=not disable and not console.is_terminal,
         redirect_stdout=sys.stdout.isatty(),  # results piped from stdout must not be diverted to stderr
     )
 

@@ -112,9 +112,17 @@ def main() -> None:
         _finishing()
         if exc.code != 130:  # typer's exit for a KeyboardInterrupt (Ctrl-C, or SIGTERM through _terminate)
             raise
-        from stma_cli._common import EXIT_SOME_FAILED, print_error
+        from stma_cli._common import EXIT_SOME_FAILED, json_was_printed, print_error
 
         print_error("interrupted (Ctrl-C or SIGTERM); unfinished outputs were removed, finished ones are kept")
+        args = sys.argv[1:]
+        given = args[:args.index("--")] if "--" in args else args
+        command = next((a for a in given if not a.startswith("-")), "")
+        if "--json" in given and command in JSON_REFUSALS and not json_was_printed():
+            try:  # a script parsing stdout gets a document saying so, not nothing
+                JSON_REFUSALS[command]("interrupted (Ctrl-C or SIGTERM)")
+            except BrokenPipeError:
+                pass
         sys.exit(EXIT_SOME_FAILED)  # README: an interrupted run exits with 1
     except BrokenPipeError:
         from stma_cli._common import stdout_closed

@@ -9,7 +9,6 @@ Results: a table (stdout), the official CSV pair (in --out, default the predicti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,8 +18,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stma_cli import _settings
-from stma_cli._common import (DEVICES, check_device, check_output_dir, fail, frame_progress, info, stderr_console,
-                              note_run_folder, warn)
+from stma_cli._common import (DEVICES, check_device, check_output_dir, echo, echo_json, fail, frame_progress, info,
+                              stderr_console, note_run_folder, stdout_closed, warn)
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
                                      resolve_root, resolve_split, short_list)
@@ -154,12 +153,12 @@ def evaluate(
     except (StmaInputError, StmaOutputError) as exc:
         fail(exc)
     if as_json:
-        typer.echo(json.dumps(payload))
+        echo_json(payload)
 
 
 def refused_json(line: str) -> None:
     """What a refused --json run prints on stdout: one JSON object whose `error` is the one-line reason."""
-    typer.echo(json.dumps({"error": line}))
+    echo_json({"error": line})
 
 
 def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], dataset: Optional[str],
@@ -196,7 +195,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
                 info(console, f"{spec.name} cannot be scored locally (no public ground truth): "
                               f"submit {zip_path} to {YTVOS_SERVER}")
             if not as_json:
-                typer.echo(str(zip_path))
+                echo(str(zip_path))
             return {"dataset": spec.name, "method": method, "predictions": str(annotations),
                     "submission": str(zip_path), "scored": False}
         split_arg = str(gt_root / spec.marker)
@@ -236,9 +235,12 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
         if index is not None:
             extra["report"] = str(index)
         return result_json(result, extra)
-    render_table(result, Console(soft_wrap=True))
-    if second is not None:
-        render_table(second, Console(soft_wrap=True), title=f"--compare {compare}: {len(second.objects)} objects (%)")
+    try:
+        render_table(result, Console(soft_wrap=True))
+        if second is not None:
+            render_table(second, Console(soft_wrap=True), title=f"--compare {compare}: {len(second.objects)} objects (%)")
+    except OSError as exc:  # a closed pipe, a full disk
+        stdout_closed(exc)
     if not quiet:
         info(console, f"scored {len(result.objects)} objects in {result.seconds:.1f}s; wrote {global_csv} and {per_seq_csv}")
         if index is not None:

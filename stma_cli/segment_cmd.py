@@ -26,13 +26,13 @@ from rich.table import Table
 
 from stma_cli import _settings
 from stma_cli._common import (DEVICES, EXIT_BAD_INPUT, EXIT_SOME_FAILED, check_device, fail, frame_progress,
-                              info, note_run_folder, one_line, print_error, stderr_console, stdout_closed,
-                              warn)
+                              echo, echo_json, info, note_run_folder, one_line, print_error, refuse_stdout_dash,
+                              stderr_console, warn)
 from stma_core.config import Direction
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
 from stma_core.inference.propagator import Propagator
-from stma_core.io.atomic import ensure_writable_dir
+from stma_core.io.atomic import ensure_writable_dir, remove_stale_run_folders
 from stma_core.io.frames import (FrameFolderSource, FrameSource, input_name, mask_beside, not_a_mask_note,
                                  open_frames, scan_folder)
 from stma_core.io.masks import LoadedMask, fit_mask, load_mask, load_mask_folder
@@ -379,6 +379,10 @@ def _write(writer: OutputWriter, name: str, frame: np.ndarray, result: np.ndarra
     writer.write(name, frame, np.array(result, dtype=np.uint8), soft)  # a copy: the writer thread owns it
 
 
+FRAMES_PREFIX = ".stma-frames-"
+"""Temporary folder of decoded frames of a backward run, in --out: `.stma-frames-<pid>-<random>`."""
+
+
 class _DiskFrames:
     """Frames saved as lossless PNGs in a folder, read back one at a time by index (a Sequence)."""
 
@@ -404,7 +408,9 @@ def _segment_out_of_order(selected: _SelectedFrames, masks: dict[str, np.ndarray
                           soft_of: Callable[[], dict[int, np.ndarray]] | None) -> int:
     """Backward or both directions: results come out of order; each is kept PNG-compressed (small)
     until every frame before it is written. -> the number of frames."""
-    with tempfile.TemporaryDirectory(prefix=".stma-frames-", dir=writer.out_dir) as folder:
+    # named after this process, so a later run can tell the folder of a killed run (gigabytes of decoded
+    # frames, hidden) from one in use, and remove it (segment() does, at its start)
+    with tempfile.TemporaryDirectory(prefix=f"{FRAMES_PREFIX}{os.getpid()}-", dir=writer.out_dir) as folder:
         frames, names = _DiskFrames(Path(folder)), []
         for name, frame in selected:
             frames.append(frame)
@@ -497,7 +503,7 @@ def segment(
 ) -> None:
     """Segment the objects of the first-frame mask in every frame of a video.
 
-    Exit codes: 0 success, 1 some videos of a batch failed, 2 bad input (nothing written).
+    Exit codes: 0 success, 1 some videos of a batch failed, interrupted or stdout closed, 2 bad input (nothing written).
     """
     fmt_list = _parse_formats(formats)
     if method not in METHODS:
@@ -535,6 +541,10 @@ def segment(
                                                labels, alpha_codec), size=size if method == "stma" else None)
     if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
         warn(stderr_console(), f"--fps only sets the frame rate of {', '.join(VIDEO_FORMATS)} outputs; none is requested")
+    if str(input_path) == "-":
+        fail("-: INPUT is read from a file, not stdin (a video is read with seeking); save it to a file and pass its "
+             "path (for a file named '-', its full path)")
+    refuse_stdout_dash(out)
     jobs, batch = _find_jobs(input_path, mask, mask_dir, out)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:
@@ -546,6 +556,7 @@ def segment(
         ensure_writable_dir(out)
     except StmaOutputError as exc:
         _refuse(jobs, exc, as_json)
+    remove_stale_run_folders(out, FRAMES_PREFIX)  # decoded frames a killed backward run left
     try:
         _run_jobs(jobs, batch, fmt_list, out, overwrite, quiet, method, checkpoint, device, settings,
                   export_dir if exported else None, extras=extras, as_json=as_json, direction=way,
@@ -602,15 +613,22 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
                 outcomes.append(outcome)
                 if not as_json:
                     for path in outcome.paths:
-                        try:
-                            typer.echo(str(path))
-                        except BrokenPipeError:
-                            stdout_closed()
+                        echo(str(path))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (app.main says so on stderr and exits 1)
+        if as_json:  # a script reading stdout still learns which videos finished
+            finished = {id(o.job) for o in outcomes}
+            outcomes += [Outcome(job, "failed", error="interrupted" if job is current else "not run: interrupted")
+                         for job in jobs if id(job) not in finished]
+            _print_json(outcomes, time.perf_counter() - start, error="interrupted (Ctrl-C or SIGTERM)")
+        raise
     except _Stop as stop:
         if as_json and current is not None:  # a script reading stdout gets the failure too, not nothing
-            outcomes.append(Outcome(current, "failed", error=one_line(stop.args[0]),
-                                    bad_input=stop.code == EXIT_BAD_INPUT))
-            _print_json(outcomes, time.perf_counter() - start)
+            line = one_line(stop.args[0])
+            outcomes.append(Outcome(current, "failed", error=line, bad_input=stop.code == EXIT_BAD_INPUT))
+            # a batch stopped for all its videos (a model that cannot load) lists those it did not run, too
+            rest = jobs[jobs.index(current) + 1:]
+            outcomes += [Outcome(job, "failed", error=f"not run: {line}", bad_input=True) for job in rest]
+            _print_json(outcomes, time.perf_counter() - start, error=line if rest else "")
         fail(stop.args[0], stop.code, json_printed=as_json and current is not None)
     if batch and not quiet:
         console.print(_summary(outcomes))
@@ -640,8 +658,6 @@ def refused_json(line: str) -> None:
 
 def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> None:
     """The --json summary; `error`: why the whole run was refused (absent when videos ran or failed alone)."""
-    import json
-
     payload = {
         "videos": [{"name": o.name, "input": str(o.job.path), "status": o.status, "frames": o.frames, "objects": o.objects,
                     "seconds": round(o.seconds, 3), "outputs": [str(p) for p in o.paths],
@@ -653,10 +669,16 @@ def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> Non
         "failed": sum(o.status == "failed" for o in outcomes),
         **({"error": error} if error else {}),
     }
-    try:
-        typer.echo(json.dumps(payload))
-    except BrokenPipeError:
-        stdout_closed()
+    echo_json(payload)
+
+
+FILE_FORMATS = ("rle", "overlay")
+"""Outputs that are one file; every other format's output is a folder."""
+
+
+def _right_kind(fmt: str, path: Path) -> bool:
+    """Whether `path` exists as the kind of thing a `fmt` output is (a file, or a folder)."""
+    return path.is_file() if fmt in FILE_FORMATS else path.is_dir()
 
 
 def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bool,
@@ -667,6 +689,11 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
     try:
         extras = extras or Extras()
         paths = all_output_paths(out, job.name, formats)
+        for fmt, path in paths.items():  # a file where a PNG folder goes is no finished output (nor the reverse)
+            if (path.exists() or path.is_symlink()) and not _right_kind(fmt, path):
+                raise StmaOutputError(f"{path}: is a {'folder' if path.is_dir() else 'file'}, not this video's {fmt} "
+                                      f"output (a {'file' if fmt in FILE_FORMATS else 'folder'}); move it away or "
+                                      "choose another --out")
         todo = [f for f, p in paths.items() if overwrite or not p.exists()]
         if not todo and batch:
             return Outcome(job, "skipped", paths=list(paths.values()))
@@ -726,6 +753,13 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
     except (StmaInputError, StmaOutputError) as exc:
         if not batch:
             raise _Stop(exc, EXIT_BAD_INPUT) from exc
+        finals = all_output_paths(out, job.name, formats)
+        if isinstance(exc, StmaOutputError) and not overwrite and all(_right_kind(f, p) for f, p in finals.items()):
+            # another run (a second batch over the same folder) finished this video first: as if it had
+            # been finished before this run started, it is skipped, with a note
+            if not quiet:
+                info(console, f"{job.path}: another run wrote its outputs meanwhile; kept them (skipped)")
+            return Outcome(job, "skipped", paths=list(finals.values()))
         print_error(exc)
         return Outcome(job, "failed", error=one_line(exc), bad_input=True)
     except Exception as exc:  # noqa: BLE001 - a batch must go on with the other videos

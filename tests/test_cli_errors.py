@@ -257,6 +257,10 @@ def test_help_renders_flags_as_flags(command: list[str]) -> None:
     (["eval", "--sizee", 288], "--sizee: no such option (did you mean --size?); see stma eval --help"),
     (["train", "--until"], "--until: requires an argument; see stma train --help"),
     (["sgment"], "stma: no such command 'sgment' (did you mean 'segment'?); see stma --help"),
+    # `stma segment videos/*.mp4`: a shell glob is several INPUTs; the line says how to run several videos
+    (["segment", EXAMPLE_VIDEO, EXAMPLE_MASK, "--out", "o"],
+     f"stma segment: got unexpected extra argument(s) ({EXAMPLE_MASK}): INPUT is one video, frame folder or folder "
+     "of videos; pass the folder holding the videos (a batch, masks beside them), or run stma segment once per video"),
 ])
 def test_usage_errors_are_one_line_for_every_command(tmp_path: Path, args: list[object], line: str) -> None:
     """click's usage errors (wrong value type, unknown option, missing or extra argument) were a multi-line box
@@ -277,6 +281,8 @@ def test_help_of_segment_and_eval_agree_and_say_what_end_does(tmp_path: Path) ->
         assert f"--device <str> {DEVICES}. [default: auto]" in text and "cuda:1" not in text
         assert re.search(r"Exit codes: 0 success, 1 [^.]+, 2 bad input", text), text
     assert "itself not segmented (--end 10: frames up to 9); default: through the last frame" in helps["segment"]
+    # a script reading --help learns every case of exit 1, as the README lists them (it said only batch failures)
+    assert "1 some videos of a batch failed, interrupted or stdout closed, 2 bad input" in helps["segment"]
     out = tmp_path / "out"
     for end in ("3", None):
         result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", out, "-q",
@@ -503,3 +509,307 @@ def test_checkpoint_run_folder_is_its_model(tmp_path: Path, train_run: Path) -> 
     assert resolve_checkpoint(train_run) == train_run / "model.safetensors"
     assert load_model(train_run)[1] == load_model(train_run / "model.safetensors")[1]
     assert VideoSession.from_pretrained(train_run, device="cpu") is not None
+
+
+def test_two_runs_of_one_video_into_one_out_never_mix_their_outputs(tmp_path: Path) -> None:
+    """Two `stma segment` of the same video into the same --out at once shared one `name.partial` per
+    output: the later start deleted the earlier's partial files, and the run that 'won' (exit 0) renamed a
+    truncated rle.json and a PNG folder missing frames. Now each run writes its own partials, and the
+    one that finishes second refuses to replace the first's outputs (exit 2): one complete result."""
+    video = tmp_path / "clip.mp4"
+    encode_mp4([cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(40)], video)
+    mask = tmp_path / "clip.png"
+    save_palette_png(cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST), mask)
+    out = tmp_path / "out"
+    command = [*CLI, "segment", str(video), "--mask", str(mask), "--method", "flow", "--out", str(out),
+               "-f", "png", "-f", "rle", "-q"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(*p.communicate(timeout=120)[::-1], p.returncode)[::-1] for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    loser = next(stderr for code, _, stderr in results if code == 2)
+    assert "Traceback" not in loser and len(loser.splitlines()) == 1 and "already exists" in loser, loser
+    frames = json.loads((out / "clip.rle.json").read_text())["frames"]
+    assert [f["frame"] for f in frames] == [f"{i:05d}" for i in range(40)]
+    assert sorted(p.name for p in (out / "clip").iterdir()) == [f"{i:05d}.png" for i in range(40)]
+    assert sorted(p.name for p in out.iterdir()) == ["clip", "clip.rle.json"]  # no partial left behind
+
+
+def test_interrupted_json_batch_still_prints_its_summary(tmp_path: Path) -> None:
+    """`stma segment DIR --json` stopped by SIGTERM printed nothing on stdout, so a script parsing it got no
+    document although videos had finished (their outputs kept). Now the summary comes out: finished videos
+    done, the one running and those not started failed, and the reason in the top-level `error`."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    small = [cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(40)]
+    encode_mp4(small[:4], videos / "a.mp4")
+    encode_mp4(small * 6, videos / "b_long.mp4")  # 240 frames, segmented by flow
+    encode_mp4(small[:4], videos / "c.mp4")
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for name in ("a", "b_long", "c"):
+        save_palette_png(truth, videos / f"{name}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "segment", str(videos), "--method", "flow", "--out", str(out), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("b_long*.partial")) and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in stderr and "interrupted" in stderr.splitlines()[-1]
+    summary = json.loads(stdout)
+    assert [(v["name"], v["status"]) for v in summary["videos"]] == [("a", "done"), ("b_long", "failed"),
+                                                                      ("c", "failed")]
+    assert summary["videos"][1]["error"] == "interrupted" and summary["videos"][2]["error"] == "not run: interrupted"
+    assert summary["done"] == 1 and summary["failed"] == 2 and "interrupted" in summary["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["a"]
+
+
+def test_decoded_frames_of_a_killed_backward_run_are_removed_by_the_next_run(tmp_path: Path) -> None:
+    """A backward run keeps the video's decoded frames in a hidden `.stma-frames-*` folder in --out. A run
+    killed outright (SIGKILL, out of memory) left it there for good, as large as the decoded video; the next
+    run now removes it (and the dead run's partial outputs), never the folder of a run still going on."""
+    video = tmp_path / "clip.mp4"
+    encode_mp4([cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(40)], video)
+    annotations = tmp_path / "ann"
+    annotations.mkdir()
+    save_palette_png(cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST),
+                     annotations / "00030.png")  # a later frame: the frames before it run backward
+    out = tmp_path / "out"
+    command = [*CLI, "segment", str(video), "--mask-dir", str(annotations), "--size", "64", "--out", str(out), "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".stma-frames-*")) and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()
+    proc.wait(timeout=60)
+    left = sorted(p.name for p in out.iterdir())
+    assert any(name.startswith(".stma-frames-") for name in left), left
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        in_use = out / f".stma-frames-{live.pid}-abc"  # as another run that is still going on names its own
+        in_use.mkdir()
+        again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert sorted(p.name for p in out.iterdir()) == [in_use.name, "clip"]
+    finally:
+        live.kill()
+        live.wait()
+    assert len(list((out / "clip").glob("*.png"))) == 40
+
+
+def test_an_output_name_too_long_for_the_file_system_is_refused_before_any_frame(tmp_path: Path) -> None:
+    """A video named close to the file system's 255-byte limit: its `.overlay.mp4` partial could not be
+    created, and ffmpeg's own error lines reached the terminal before a 'segmentation failed ... report a
+    bug' line (exit 1). Now one line names the output and says to rename the input; exit 2, nothing written."""
+    name = "x" * 240
+    video = tmp_path / f"{name}.mp4"
+    encode_mp4([cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(3)], video)
+    save_palette_png(cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST),
+                     tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    proc = subprocess.run([*CLI, "segment", str(video), "--method", "copy", "--out", str(out), "-f", "png",
+                           "-f", "overlay"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {name}: output name '{name}.overlay.mp4' is too long")
+    assert "rename the input to a shorter name" in lines[0]
+    assert not out.exists()
+
+
+def test_two_batches_over_one_folder_share_the_work_without_failing(tmp_path: Path, clips: Path) -> None:
+    """Two `stma segment DIR` over the same folder and --out at once (two terminals, `xargs -P`): a video
+    the other run finished first failed with 'already exists' and made its batch exit 1, although every
+    output was complete. It is now skipped, as a video finished before the run started is: both exit 0,
+    each video done by exactly one run, complete."""
+    videos = tmp_path / "videos"
+    shutil.copytree(clips, videos)
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for name in ("a", "b", "c"):
+        save_palette_png(truth, videos / f"{name}.png")
+    out = tmp_path / "out"
+    command = [*CLI, "segment", str(videos), "--method", "copy", "--out", str(out), "-f", "png", "-f", "rle", "--json"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.communicate(timeout=120), p.returncode) for p in procs]
+    assert [code for _, code in results] == [0, 0], results
+    statuses: dict[str, list[str]] = {}
+    for (stdout, stderr), _ in results:
+        assert "Traceback" not in stderr and "error:" not in stderr, stderr
+        for video in json.loads(stdout)["videos"]:
+            statuses.setdefault(video["name"], []).append(video["status"])
+    assert {name: sorted(s) for name, s in statuses.items()} == {n: ["done", "skipped"] for n in ("a", "b", "c")}
+    for name in ("a", "b", "c"):
+        assert len(json.loads((out / f"{name}.rle.json").read_text())["frames"]) == 4
+        assert len(list((out / name).glob("*.png"))) == 4
+    assert sorted(p.name for p in out.iterdir()) == ["a", "a.rle.json", "b", "b.rle.json", "c", "c.rle.json"]
+
+
+@pytest.mark.parametrize("args, line", [
+    (["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", "-"],
+     "--out -: --out is a folder that files are written into, not stdout"),
+    (["eval", "--pred", "p", "--gt", "g", "--out", "-"], "--out -: --out is a folder that files are written into"),
+    (["segment", "-", "--mask", EXAMPLE_MASK, "--method", "copy", "--out", "o"],
+     "-: INPUT is read from a file, not stdin"),
+])
+def test_a_dash_for_stdin_or_stdout_is_refused_not_taken_as_a_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    args: list[object], line: str) -> None:
+    """`--out -` (stdout, to users of other tools) made a folder named `-` in the current directory and exited 0;
+    INPUT `-` (stdin) said 'no such file'. Both are now one line saying what stma reads and writes, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    result = run(*[tmp_path / "o" if a == "o" else a for a in args])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {line}"), result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_eval_json_prints_a_document(tmp_path: Path) -> None:
+    """`stma eval --json` stopped by Ctrl-C/SIGTERM printed nothing on stdout, so `stma eval --json | jq` read
+    no document; now it prints `{"error": "interrupted (Ctrl-C or SIGTERM)"}` (exit 1, as before)."""
+    root = tmp_path / "davis"
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    frames = [cv2.resize(f, SMALL, interpolation=cv2.INTER_AREA) for f in example_frames(40)]
+    sequences = ("s1", "s2", "s3", "s4")
+    for seq in sequences:
+        (root / "JPEGImages" / "480p" / seq).mkdir(parents=True)
+        (root / "Annotations" / "480p" / seq).mkdir(parents=True)
+        for i, frame in enumerate(frames * 2):
+            Image.fromarray(frame).save(root / "JPEGImages" / "480p" / seq / f"{i:05d}.jpg")
+            save_palette_png(truth, root / "Annotations" / "480p" / seq / f"{i:05d}.png")
+    (root / "ImageSets" / "2016").mkdir(parents=True)
+    (root / "ImageSets" / "2016" / "val.txt").write_text("\n".join(sequences) + "\n")
+    pred = tmp_path / "pred"
+    proc = subprocess.Popen([*CLI, "eval", "--dataset", "davis16-val", "--root", str(root), "--method", "flow",
+                             "--pred-out", str(pred), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(pred.glob("*")) and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in stderr and "interrupted" in stderr.splitlines()[-1], stderr
+    assert json.loads(stdout) == {"error": "interrupted (Ctrl-C or SIGTERM)"}
+
+
+def test_a_file_where_an_output_folder_goes_is_not_a_finished_video(tmp_path: Path, clips: Path) -> None:
+    """A batch took any existing path for a finished output: with a file `out/a` (or a folder `out/b.rle.json`)
+    video a was 'skipped', its path printed as a result and the run exited 0, with no mask of it anywhere.
+    Now that video fails with one line naming the path (the others run; exit 1) and nothing is replaced."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for name in ("a", "b", "c"):
+        save_palette_png(truth, masks / f"{name}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("notes\n")
+    (out / "b.rle.json").mkdir()
+    result = run("segment", clips, "--mask", masks, "--method", "copy", "--out", out, "-f", "png", "-f", "rle", "-q")
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines() == [str(out / "c"), str(out / "c.rle.json")]
+    errors = result.stderr.splitlines()
+    assert errors == [f"error: {out / 'a'}: is a file, not this video's png output (a folder); move it away or "
+                      "choose another --out",
+                      f"error: {out / 'b.rle.json'}: is a folder, not this video's rle output (a file); move it away "
+                      "or choose another --out"], result.stderr
+    assert (out / "a").read_text() == "notes\n" and not (out / "a.rle.json").exists() and not (out / "b").exists()
+    only_png = run("segment", clips, "--mask", masks, "--method", "copy", "--out", out, "-f", "png", "-q")
+    assert only_png.exit_code == 1 and only_png.stdout.splitlines() == [str(out / "b"), str(out / "c")]
+    assert only_png.stderr.splitlines() == errors[:1] and (out / "a").read_text() == "notes\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a stdout whose disk is full)")
+@pytest.mark.parametrize("command", ["segment", "segment --json", "eval", "eval --json"])
+def test_a_stdout_that_cannot_be_written_is_one_error_line(tmp_path: Path, davis16_root: Path, command: str) -> None:
+    """`stma ... > results.txt` on a full disk (here /dev/full) ended in a Python traceback; it is now one line
+    saying stdout cannot be written, exit 1, as when stdout's reader closes it."""
+    name, *flags = command.split()
+    if name == "segment":
+        args = ["segment", str(EXAMPLE_VIDEO), "--mask", str(EXAMPLE_MASK), "--method", "copy", "--end", "3",
+                "--out", str(tmp_path / "out"), "-q"]
+    else:
+        pred = tmp_path / "pred"
+        shutil.copytree(davis16_root / "Annotations" / "480p", pred)
+        args = ["eval", "--pred", str(pred), "--gt", str(davis16_root), "--out", str(tmp_path / "csv"), "-q"]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([*CLI, *args, *flags], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == ["error: cannot write to stdout (No space left on device); stopped early, "
+                                        "finished results are complete and unfinished ones were not written; free "
+                                        "space where stdout goes, or redirect it"], proc.stderr
+
+
+def test_a_batch_stopped_by_its_model_lists_every_video_in_json(tmp_path: Path, clips: Path) -> None:
+    """A checkpoint that cannot load stops the whole batch (every video would fail). Its --json listed only
+    the first video, so a script looking up the others found no row for them; they are now `"failed"` with
+    `"not run: …"`, and the reason is the top-level `"error"`, as for any run refused for all its videos."""
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for name in ("a", "b", "c"):
+        save_palette_png(truth, masks / f"{name}.png")
+    result = run("segment", clips, "--mask", masks, "--checkpoint", bad, "--out", tmp_path / "out", "--json")
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
+    summary = json.loads(result.stdout)
+    assert [(v["name"], v["status"]) for v in summary["videos"]] == [("a", "failed"), ("b", "failed"), ("c", "failed")]
+    line = summary["videos"][0]["error"]
+    assert "not a safetensors checkpoint" in line and summary["error"] == line
+    assert [v["error"] for v in summary["videos"][1:]] == [f"not run: {line}"] * 2
+    assert summary["failed"] == 3 and not (tmp_path / "out").exists()
+
+
+def test_a_long_video_in_a_log_gets_progress_lines(tmp_path: Path) -> None:
+    """With stderr not a terminal (a log, a pipe) there is no live bar, and a long video printed nothing
+    until it ended. Now a line comes every PLAIN_PROGRESS_SECONDS with frames done, frames/s and time left."""
+    from stma_cli._common import PLAIN_PROGRESS_SECONDS
+
+    video = tmp_path / "long.mp4"
+    subprocess.run([imageio_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x90:rate=25",
+                    "-frames:v", "800", "-pix_fmt", "yuv420p", str(video)], check=True, timeout=120)
+    mask = np.zeros((90, 160), np.uint8)
+    mask[20:60, 40:100] = 1
+    save_palette_png(mask, tmp_path / "long.png")
+    start = time.monotonic()
+    proc = subprocess.run([*CLI, "segment", str(video), "--size", "64", "--out", str(tmp_path / "out"), "-f", "rle"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    took = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[-1].startswith("long: 800 frames in ")
+    running = [line for line in lines if re.fullmatch(r"long: \d+/800 frames, [\d.]+ frames/s, \d+:\d\d:\d\d left",
+                                                        line)]
+    assert len(running) >= 1 or took < PLAIN_PROGRESS_SECONDS + 3, (took, proc.stderr)
+    assert len(running) <= took / PLAIN_PROGRESS_SECONDS + 1, proc.stderr
+    quiet = subprocess.run([*CLI, "segment", str(video), "--method", "copy", "--out", str(tmp_path / "q"), "-q"],
+                           capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def imageio_ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@pytest.mark.parametrize("command", ["segment", "eval"])
+def test_an_out_below_a_file_names_the_file(tmp_path: Path, davis16_root: Path, command: str) -> None:
+    """`--out notes.txt/run1` said 'output folder is not writable (Not a directory)', without saying which
+    path is not a directory; the line now names the file in the way."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file\n")
+    out = blocker / "run1"
+    if command == "segment":
+        result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", out)
+    else:
+        result = run("eval", "--pred", davis16_root / "Annotations" / "480p", "--gt", davis16_root, "--out", out)
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr == (f"error: {out}: output folder is not writable ({blocker} is a file, not a folder); "
+                             "pass --out with a writable folder\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -458,3 +458,25 @@ def test_training_curves_of_a_unicode_run_folder_print_no_python_warning(tmp_pat
         assert write_curves(run_dir / "log.jsonl", run_dir / "curves.png")
     assert not [w for w in caught if "Glyph" in str(w.message)]
     assert "Warning" not in capfd.readouterr().err and (run_dir / "curves.png").stat().st_size > 0
+
+
+def test_csvs_are_replaced_in_one_rename_never_rewritten_in_place(small_root: Path, perfect_pred: Path,
+                                                                   tmp_path: Path) -> None:
+    """The CSVs were truncated and rewritten in place: a script reading them while a rerun wrote them (or a
+    run stopped halfway) saw a half-written or empty file. Now each is a new file renamed over the old one:
+    a reader that opened the old one still reads it whole, and no temporary file is left."""
+    out = tmp_path / "csv"
+    assert run("--pred", str(perfect_pred), "--gt", str(small_root), "--out", str(out), "-q").exit_code == 0
+    before = {p.name: p.read_text() for p in out.iterdir()}
+    readers = {name: (out / name).open() for name in before}  # a script in the middle of reading them
+    try:
+        _write(perfect_pred / SEQUENCES[0] / "00005.png", np.zeros((480, 854), np.uint8))  # another score
+        again = run("--pred", str(perfect_pred), "--gt", str(small_root), "--out", str(out), "--json", "-q")
+        assert again.exit_code == 0, again.stderr
+        assert {name: fh.read() for name, fh in readers.items()} == before  # the old files, whole
+    finally:
+        for fh in readers.values():
+            fh.close()
+    after = {p.name: p.read_text() for p in out.iterdir()}
+    assert sorted(after) == sorted(before) and after != before  # no .tmp left; new scores in place
+    assert json.loads(again.stdout)["global"]["J-Mean"] < 1.0

@@ -516,3 +516,49 @@ def test_a_video_aborted_before_its_first_frame_logs_nothing(tmp_path, caplog, f
             raise KeyboardInterrupt
     assert not [r for r in caplog.records if r.name.startswith("imageio_ffmpeg")], caplog.text
     assert not list(tmp_path.iterdir())
+
+
+def test_commit_never_replaces_an_output_another_run_finished_meanwhile(tmp_path: Path) -> None:
+    """Checked-then-renamed outputs let a second run replace a first's result without --overwrite when both
+    passed the check before either finished; the commit itself now refuses, for files and folders."""
+    from stma_core.errors import StmaOutputError
+    from stma_core.io.atomic import commit
+
+    final_file, final_dir = tmp_path / "v.rle.json", tmp_path / "v"
+    partial_file, partial_dir = partial_path(final_file), partial_path(final_dir)
+    partial_file.write_text("mine")
+    partial_dir.mkdir()
+    (partial_dir / "00000.png").write_text("mine")
+    final_file.write_text("theirs")  # another run finished first
+    final_dir.mkdir()
+    (final_dir / "00000.png").write_text("theirs")
+    for partial, final in ((partial_file, final_file), (partial_dir, final_dir)):
+        with pytest.raises(StmaOutputError, match="already exists"):
+            commit(partial, final, overwrite=False)
+    assert final_file.read_text() == "theirs" and (final_dir / "00000.png").read_text() == "theirs"
+    commit(partial_file, final_file, overwrite=True)
+    commit(partial_dir, final_dir, overwrite=True)
+    assert final_file.read_text() == "mine" and (final_dir / "00000.png").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v", "v.rle.json"]
+
+
+def test_stale_partials_of_dead_runs_are_removed_not_those_of_live_ones(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from stma_core.io.atomic import remove_stale_partials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        final = tmp_path / "clip.rle.json"
+        for name in (f"clip.rle.json.{dead.pid}.partial", "clip.rle.json.partial", f"clip.rle.json.{live.pid}.partial",
+                     f"clip.{dead.pid}.partial"):  # the last is another output's (the clip/ folder)
+            (tmp_path / name).write_text("x")
+        remove_stale_partials(final)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"clip.rle.json.{live.pid}.partial",
+                                                                      f"clip.{dead.pid}.partial"])
+    finally:
+        live.kill()
+        live.wait()

@@ -7,6 +7,7 @@ davis2017-evaluation script, so existing tooling that reads its files reads ours
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stma_core.errors import StmaOutputError
+from stma_core.io.atomic import atomic_write
 from stma_core.eval.scoring import GLOBAL_COLUMNS, EvalResult
 
 PER_SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
@@ -29,6 +31,16 @@ def csv_paths(out_dir: Path, split: str) -> tuple[Path, Path]:
     return out_dir / f"global_results-{split}.csv", out_dir / f"per-sequence_results-{split}.csv"
 
 
+def _csv(rows: Any) -> str:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    return text.getvalue()
+
+
+def _write(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, newline=""))  # the rows end in \n as written
+
+
 def write_csvs(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
     """Writes global_results-<split>.csv and per-sequence_results-<split>.csv (replacing old ones)."""
     out_dir = Path(out_dir)
@@ -36,15 +48,10 @@ def write_csvs(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         global_path, per_seq_path = csv_paths(out_dir, result.split)
         scores = result.global_scores()
-        with global_path.open("w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(GLOBAL_COLUMNS)
-            writer.writerow([_fmt(scores[c]) for c in GLOBAL_COLUMNS])
-        with per_seq_path.open("w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(PER_SEQUENCE_COLUMNS)
-            for obj in result.objects:
-                writer.writerow([obj.name, _fmt(obj.j_stats[0]), _fmt(obj.f_stats[0])])
+        # each file replaces the old one in one rename: a reader (or a run stopped halfway) never sees half a CSV
+        _write(global_path, _csv([GLOBAL_COLUMNS, [_fmt(scores[c]) for c in GLOBAL_COLUMNS]]))
+        _write(per_seq_path, _csv([PER_SEQUENCE_COLUMNS, *([obj.name, _fmt(obj.j_stats[0]), _fmt(obj.f_stats[0])]
+                                                            for obj in result.objects)]))
     except OSError as exc:
         raise StmaOutputError(f"cannot write results CSVs to {out_dir} ({exc.strerror}); pass --out DIR") from None
     return global_path, per_seq_path

@@ -28,7 +28,7 @@ from PIL import Image
 from stma_core.errors import StmaOutputError
 from stma_core.eval.datasets import frame_image
 from stma_core.eval.scoring import GLOBAL_COLUMNS, EvalResult, ObjectResult, read_id_mask
-from stma_core.io.atomic import commit, partial_path, remove_path
+from stma_core.io.atomic import commit, partial_path, remove_path, remove_stale_partials
 from stma_core.io.frames import natural_key, open_upright
 from stma_core.io.palette import DAVIS_PALETTE
 from stma_core.io.plotting import glyph_warnings_ignored
@@ -285,8 +285,8 @@ def write_report(report_dir: str | Path, runs: list[Run], overwrite: bool = Fals
         raise ValueError("a report shows one run or two runs side by side")
     final = Path(report_dir)
     check_report_dir(final, overwrite)
+    remove_stale_partials(final)
     partial = partial_path(final)
-    remove_path(partial)
     try:
         assets = partial / "assets"
         assets.mkdir(parents=True)

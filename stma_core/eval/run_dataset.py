@@ -24,7 +24,7 @@ from stma_core.eval.datasets import (DAVIS_RESOLUTION, annotation_files, check_d
                                      short_list)
 from stma_core.eval.scoring import VOID_ID, read_id_mask
 from stma_core.inference.propagator import Propagator
-from stma_core.io.atomic import commit, partial_path, remove_path
+from stma_core.io.atomic import commit, partial_path, remove_path, remove_stale_partials
 from stma_core.io.frames import IMAGE_NAMES, natural_key, read_image_frame
 from stma_core.io.masks import keep_new_objects
 from stma_core.io.text import read_user_text
@@ -56,8 +56,8 @@ def _run_video(frames: list[Path], given: dict[str, np.ndarray], make: Callable[
 
     The sequence's folder is written as `<folder>.partial` and renamed when the video is complete (an
     earlier run's folder is replaced then), so a failure never leaves a sequence half written."""
+    remove_stale_partials(out_folder)
     partial = partial_path(out_folder)
-    remove_path(partial)
     partial.mkdir(parents=True)
     start = time.perf_counter()
     try:

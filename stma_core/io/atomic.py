@@ -6,7 +6,9 @@ finished result, because batch runs skip videos whose outputs exist.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,8 +20,54 @@ PARTIAL_SUFFIX = ".partial"
 
 
 def partial_path(final: Path) -> Path:
-    """The temporary sibling an output is written to: `name.partial` (a file or a folder)."""
-    return final.with_name(final.name + PARTIAL_SUFFIX)
+    """The temporary sibling this process writes an output to: `name.<pid>.partial` (a file or a folder).
+
+    The process id keeps two runs that write the same output (two `stma segment` of one video into one
+    --out) out of each other's partial files; `remove_stale_partials` clears those of runs that died."""
+    return final.with_name(f"{final.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process, alive
+        return True
+    return True
+
+
+def remove_stale_partials(*finals: Path) -> None:
+    """Deletes the partial outputs of `finals` (outputs in one folder) that a killed run left (its process is
+    gone, or an older stma's `name.partial`); a partial of a run still going on is left alone. One listing
+    of the folder, whatever the number of outputs."""
+    if not finals:
+        return
+    names = "|".join(re.escape(final.name) for final in finals)
+    pattern = re.compile(f"(?:{names})" + r"(?:\.(\d+))?(?:\.old)?" + re.escape(PARTIAL_SUFFIX))
+    folder = finals[0].parent
+    try:
+        siblings = [name for name in os.listdir(folder) if name.endswith(PARTIAL_SUFFIX)]
+    except OSError:
+        return
+    for name in siblings:
+        match = pattern.fullmatch(name)
+        if match and (match.group(1) is None or int(match.group(1)) == os.getpid() or not _alive(int(match.group(1)))):
+            remove_path(folder / name)
+
+
+def remove_stale_run_folders(folder: Path, prefix: str) -> None:
+    """Deletes the `<prefix><pid>-*` temporary entries of `folder` whose process is gone: what a killed run
+    (SIGKILL, out of memory) could not clean up; those of a run still going on are left alone."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-.*", re.DOTALL)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for path in entries:
+        match = pattern.fullmatch(path.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            remove_path(path)
 
 
 def remove_path(path: Path) -> None:
@@ -30,19 +78,45 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _exists_error(final: Path) -> StmaOutputError:
+    return StmaOutputError(f"{final}: output already exists (another run may have written it meanwhile); "
+                           "pass --overwrite to replace it or choose another --out")
+
+
 def commit(partial: Path, final: Path, overwrite: bool) -> None:
-    """Moves a finished partial output to its final name (replacing an old one only with `overwrite`)."""
-    if final.exists() or final.is_symlink():
-        if not overwrite:
-            raise StmaOutputError(f"{final}: output already exists; pass --overwrite to replace it or choose another --out")
-        if final.is_dir() and not final.is_symlink():
-            # A non-empty folder cannot be replaced in one rename: move the old one aside first.
-            old = final.with_name(final.name + ".old" + PARTIAL_SUFFIX)
-            remove_path(old)
-            os.replace(final, old)
-            os.replace(partial, final)
-            remove_path(old)
+    """Moves a finished partial output to its final name (replacing an old one only with `overwrite`).
+
+    Without `overwrite` the move never replaces anything, even an output another process finished after
+    this one checked: a file is published by a hard link (which fails if the name exists), a folder by a
+    rename (which fails onto a non-empty folder)."""
+    if not overwrite:
+        if final.exists() or final.is_symlink():
+            raise _exists_error(final)
+        if partial.is_dir():
+            try:
+                os.rename(partial, final)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                    raise _exists_error(final) from exc
+                raise
             return
+        try:
+            os.link(partial, final)
+        except FileExistsError as exc:
+            raise _exists_error(final) from exc
+        except OSError:  # a file system without hard links: the check above has to do
+            os.replace(partial, final)
+            return
+        os.remove(partial)
+        return
+    if (final.exists() or final.is_symlink()) and final.is_dir() and not final.is_symlink():
+        # A non-empty folder cannot be replaced in one rename: move the old one aside first.
+        old = final.with_name(f"{final.name}.{os.getpid()}.old{PARTIAL_SUFFIX}")
+        remove_path(old)
+        os.replace(final, old)
+        os.replace(partial, final)
+        remove_path(old)
+        return
     os.replace(partial, final)
 
 
@@ -54,6 +128,10 @@ def ensure_writable_dir(folder: Path) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST) and blocker is not None:  # a file where a folder must go
+            raise StmaOutputError(f"{folder}: output folder is not writable ({blocker} is a file, not a folder); "
+                                  "pass --out with a writable folder") from exc
         reason = exc.strerror or str(exc)
         raise StmaOutputError(f"{folder}: output folder is not writable ({reason}); pass --out with a writable folder") from exc
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import warnings
@@ -30,7 +31,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from stma_core.errors import StmaOutputError
-from stma_core.io.atomic import commit, partial_path, remove_path
+from stma_core.io.atomic import commit, partial_path, remove_path, remove_stale_partials
 from stma_core.io.palette import DAVIS_PALETTE, DAVIS_PALETTE_FLAT
 
 FORMATS = ("png", "rle", "overlay")
@@ -260,9 +261,10 @@ class VideoWriter:
                 if path.exists():
                     raise StmaOutputError(f"{path}: output already exists; "
                                           "pass --overwrite to replace it or choose another --out")
+        self._check_name_lengths()
         try:
+            remove_stale_partials(*self.paths.values())  # left by a killed run (not those of a run going on)
             for fmt, final in self.paths.items():
-                remove_path(partial_path(final))  # left by a killed run
                 self._sinks.append(self._open_sink(fmt, final))
         except BaseException as exc:
             self._discard()
@@ -303,6 +305,20 @@ class VideoWriter:
             raise
 
     # ---- internals -------------------------------------------------------------------------
+    def _check_name_lengths(self) -> None:
+        """An output whose name (or its partial's) the file system cannot hold is refused before any frame,
+        naming the input to rename: ffmpeg and the file calls would fail later, one by one, mid-video."""
+        try:
+            limit = os.pathconf(self.out_dir, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            limit = 255
+        for final in self.paths.values():
+            name = partial_path(final).name
+            if len(os.fsencode(name)) > limit:
+                raise StmaOutputError(f"{self.video}: output name {final.name!r} is too long for the file system of "
+                                      f"{self.out_dir} (with its temporary suffix {len(os.fsencode(name))} bytes, the "
+                                      f"limit is {limit}); rename the input to a shorter name")
+
     def _open_sink(self, fmt: str, final: Path) -> Sink:
         """Creates the partial output of one format (subclasses add formats, see io/outputs.py)."""
         if fmt == "png":
