@@ -258,6 +258,80 @@ def test_ytvos_writes_listed_frames_in_server_layout(tmp_path: Path) -> None:
     assert_input_error(refused, "no public ground truth")
 
 
+def _ytvos_root(tmp_path: Path) -> tuple[Path, str]:
+    """A YouTube-VOS valid root of one video (every 5th frame of the example clip): object 1 annotated on
+    00000, object 2 on 00010 only, as the valid set ships them."""
+    root, video = tmp_path / "ytvos", "0a1b2c3d4e"
+    valid = root / "valid"
+    frames = example_frames(25)
+    (valid / "JPEGImages" / video).mkdir(parents=True)
+    for i in range(0, 25, 5):
+        Image.fromarray(frames[i]).save(valid / "JPEGImages" / video / f"{i:05d}.jpg")
+    (valid / "Annotations" / video).mkdir(parents=True)
+    car = np.array(Image.open(EXAMPLES / "car-shadow_mask.png"))
+    save_palette_png(car, valid / "Annotations" / video / "00000.png")
+    later = np.zeros_like(car)
+    later[10:60, 10:90] = 2
+    save_palette_png(later, valid / "Annotations" / video / "00010.png")
+    listed = {"1": ["00000", "00005", "00010", "00015", "00020"], "2": ["00010", "00015", "00020"]}
+    (valid / "meta.json").write_text(json.dumps({"videos": {video: {"objects": {
+        k: {"category": "car", "frames": v} for k, v in listed.items()}}}}))
+    return root, video
+
+
+def test_ytvos_annotations_disagreeing_with_meta_json_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """An id on an annotation PNG that meta.json does not list (or a listed object without pixels on its
+    first frame) used to be dropped without a word: that object was never segmented, an empty mask in every
+    submitted frame. Now one line names the PNG, and nothing is written."""
+    root, video = _ytvos_root(tmp_path)
+    annotations, meta_path = root / "valid" / "Annotations" / video, root / "valid" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    out = tmp_path / "sub"
+
+    def refused(*fragments: str) -> None:
+        result = run("--dataset", "ytvos-valid", "--root", str(root), "--method", "copy", "--pred-out", str(out))
+        assert_input_error(result, *fragments)
+        assert not (out / "Annotations").exists() and not (out / "submission.zip").exists()
+
+    later = np.array(Image.open(annotations / "00010.png"))
+    save_palette_png(np.where(later == 2, 3, later).astype(np.uint8), annotations / "00010.png")  # id 3, meta says 2
+    refused(str(annotations / "00010.png"), "id(s) [3]", "does not list", "[1, 2]")
+    save_palette_png(np.zeros_like(later), annotations / "00010.png")  # object 2 listed from 00010, no pixels there
+    refused(str(annotations / "00010.png"), "no pixels of object(s) [2]")
+    save_palette_png(later, annotations / "00010.png")
+    extra = np.zeros_like(later)
+    extra[:4, :4] = 5  # a PNG on a frame that is no object's first: its ids are checked too
+    save_palette_png(extra, annotations / "00015.png")
+    refused(str(annotations / "00015.png"), "id(s) [5]")
+    (annotations / "00015.png").unlink()
+
+    meta["videos"][video]["objects"]["one"] = {"frames": ["00000"]}  # was a traceback (int('one'))
+    meta_path.write_text(json.dumps(meta))
+    refused(str(meta_path), "not a YouTube-VOS meta.json")
+    del meta["videos"][video]["objects"]["one"]
+    meta["videos"]["ffffffffff"] = {"objects": {"1": {"frames": ["00000"]}}}  # listed, but no JPEG folder
+    meta_path.write_text(json.dumps(meta))
+    refused("video ffffffffff", str(root / "valid" / "JPEGImages" / "ffffffffff"))
+
+
+def test_ytvos_zip_holds_exactly_this_runs_videos(tmp_path: Path) -> None:
+    """The zip used to take every PNG under Annotations/: a video folder left by an earlier run on another
+    meta.json (--overwrite keeps folders this run does not write) or a killed run's `.partial` folder went
+    to the server as part of the submission."""
+    root, video = _ytvos_root(tmp_path)
+    out = tmp_path / "sub"
+    for stale in ("ffffffffff", f"{video}.partial"):
+        (out / "Annotations" / stale).mkdir(parents=True)
+        save_palette_png(np.zeros((8, 8), np.uint8), out / "Annotations" / stale / "00000.png")
+    result = run("--dataset", "ytvos-valid", "--root", str(root), "--method", "copy", "--pred-out", str(out),
+                 "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    frames = ["00000", "00005", "00010", "00015", "00020"]
+    with zipfile.ZipFile(out / "submission.zip") as zf:
+        assert zf.namelist() == [f"Annotations/{video}/{f}.png" for f in frames]
+    assert not list(out.glob("*.partial"))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Input errors: one line, exit 2
 # ----------------------------------------------------------------------------------------------------

@@ -160,16 +160,15 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
     frames submitted), else from valid/JPEGImages.
     """
     valid = ytvos_valid_dir(root)
-    try:
-        videos = json.loads(read_user_text(valid / "meta.json", "YouTube-VOS meta.json", "re-download it"))["videos"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise StmaInputError(f"{valid / 'meta.json'} is not a YouTube-VOS meta.json ({exc}); re-download it") from None
+    videos = _read_ytvos_meta(valid / "meta.json")
     all_frames = valid.parent / "valid_all_frames" / "JPEGImages"
     jobs = []
-    for video, info in videos.items():
-        objects = {int(k): sorted(v["frames"], key=natural_key) for k, v in info["objects"].items() if v.get("frames")}
+    for video, objects in videos.items():
         keep = {f for frames in objects.values() for f in frames}
         source = all_frames / video if (all_frames / video).is_dir() else valid / "JPEGImages" / video
+        if keep and not source.is_dir():
+            raise StmaInputError(f"video {video} of {valid / 'meta.json'} has no frame folder {source}; "
+                                 "re-extract the dataset (JPEGImages and meta.json of the same release)")
         frames = frame_images(source)
         absent = sorted(keep - {p.stem for p in frames}, key=natural_key)
         if absent:
@@ -177,6 +176,7 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
                                  "re-extract the dataset")
         first = natural_key(min(keep, key=natural_key)) if keep else None
         frames = [p for p in frames if first is not None and natural_key(p.stem) >= first]
+        _ytvos_given_masks(valid / "Annotations" / video, objects)  # checked before any video is segmented
         jobs.append((video, frames, objects, keep))
     if progress is not None:
         progress.begin(sum(len(j[1]) for j in jobs))
@@ -184,15 +184,40 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
     for video, frames, objects, keep in jobs:
         given = _ytvos_given_masks(valid / "Annotations" / video, objects)
         _run_video(frames, given, make, annotations_out / video, keep, video, progress)
-    _zip_annotations(annotations_out, out_dir / "submission.zip")
+    _zip_annotations(annotations_out, [video for video, *_ in jobs], out_dir / "submission.zip")
     return annotations_out
 
 
+def _read_ytvos_meta(path: Path) -> dict[str, dict[int, list[str]]]:
+    """{video: {object id: its listed frames in order}} from a YouTube-VOS meta.json (objects listing no
+    frame are left out); anything else than that layout is a one-line error."""
+    text = read_user_text(path, "YouTube-VOS meta.json", "re-download it")
+    try:
+        return {str(video): {int(k): sorted(v["frames"], key=natural_key)
+                             for k, v in info["objects"].items() if v.get("frames")}
+                for video, info in json.loads(text)["videos"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StmaInputError(f"{path} is not a YouTube-VOS meta.json ({type(exc).__name__}: {exc}); expected "
+                             '{"videos": {VIDEO: {"objects": {"1": {"frames": ["00000", ...]}}}}}; '
+                             "re-download it") from None
+
+
 def _ytvos_given_masks(folder: Path, objects: dict[int, list[str]]) -> dict[str, np.ndarray]:
-    """Each object's pixels on its first listed frame (other ids on that PNG are not given there)."""
+    """Each object's pixels on its first listed frame (other ids on that PNG are not given there).
+
+    The annotation PNGs and meta.json must agree: an id on a PNG that meta.json does not list for the
+    video, or a listed object without pixels on its first frame's PNG, would otherwise be an object that
+    is silently never segmented (an empty mask in every submitted frame)."""
     by_frame: dict[str, list[int]] = {}
     for obj_id, frames in objects.items():
         by_frame.setdefault(frames[0], []).append(obj_id)
+    listed = sorted(objects)
+    for path in annotation_files(folder) if folder.is_dir() else []:
+        if path.stem in by_frame:
+            continue  # read below
+        unlisted = sorted(set(np.unique(read_id_mask(path, "annotation")).tolist()) - {0, *listed})
+        if unlisted:
+            raise _unlisted_ids(path, unlisted, listed)
     given: dict[str, np.ndarray] = {}
     for frame, ids in by_frame.items():
         path = folder / f"{frame}.png"
@@ -200,12 +225,38 @@ def _ytvos_given_masks(folder: Path, objects: dict[int, list[str]]) -> dict[str,
             raise StmaInputError(f"annotation {path} (first frame of object(s) {sorted(ids)} in meta.json) "
                                  "is missing; re-extract the dataset")
         mask = read_id_mask(path, "annotation")
+        present = set(np.unique(mask).tolist()) - {0}
+        if present - set(listed):
+            raise _unlisted_ids(path, sorted(present - set(listed)), listed)
+        if set(ids) - present:
+            raise StmaInputError(f"annotation {path} has no pixels of object(s) {sorted(set(ids) - present)}, "
+                                 f"whose first frame it is in meta.json (ids on it: {sorted(present)}); "
+                                 "meta.json and the annotations disagree: re-extract both from the same release")
         given[frame] = np.where(np.isin(mask, ids), mask, 0).astype(np.uint8)
     return given
 
 
-def _zip_annotations(annotations: Path, zip_path: Path) -> None:
-    """The server takes a zip whose top folder is Annotations/ (PNGs are stored, already compressed)."""
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for png in sorted(annotations.rglob("*.png")):
-            zf.write(png, png.relative_to(annotations.parent).as_posix())
+def _unlisted_ids(path: Path, unlisted: list[int], listed: list[int]) -> StmaInputError:
+    return StmaInputError(f"annotation {path} has object id(s) {unlisted} that meta.json does not list for video "
+                          f"{path.parent.name} (it lists {listed}); meta.json and the annotations disagree: "
+                          "re-extract both from the same release")
+
+
+def _zip_annotations(annotations: Path, videos: list[str], zip_path: Path) -> None:
+    """The server takes a zip whose top folder is Annotations/ (PNGs are stored, already compressed).
+
+    Only this run's videos go in: other folders in ANNOTATIONS (an earlier run's on another meta.json with
+    --overwrite, a `.partial` folder of a killed run) are no part of this submission. The zip is written
+    beside its final name and renamed when complete."""
+    partial = partial_path(zip_path)
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as zf:
+            for video in videos:
+                for png in sorted((annotations / video).glob("*.png"), key=lambda p: natural_key(p.name)):
+                    zf.write(png, png.relative_to(annotations.parent).as_posix())
+        commit(partial, zip_path, overwrite=True)
+    except OSError as exc:
+        raise StmaOutputError(f"cannot write {zip_path} ({exc.strerror or exc}); pass --pred-out with a writable "
+                              "folder") from None
+    finally:
+        remove_path(partial)
