@@ -314,6 +314,37 @@ def test_ytvos_annotations_disagreeing_with_meta_json_are_refused_before_anythin
     refused("video ffffffffff", str(root / "valid" / "JPEGImages" / "ffffffffff"))
 
 
+def test_annotations_of_another_resolution_stop_the_run_before_any_video_is_written(tmp_path: Path) -> None:
+    """Frames of another release than the annotations (DAVIS Full-Resolution JPEGs with 480p PNGs, a
+    resized YouTube-VOS video) used to stop the run only when that video was reached: the videos before
+    it were written, the zip was not, and a rerun needed --overwrite. Now the sizes are checked first."""
+    root, video = _ytvos_root(tmp_path)
+    second = root / "valid" / "JPEGImages" / "ffffffffff"  # sorted after the first video in meta.json
+    shutil.copytree(root / "valid" / "JPEGImages" / video, second)
+    shutil.copytree(root / "valid" / "Annotations" / video, root / "valid" / "Annotations" / "ffffffffff")
+    meta = json.loads((root / "valid" / "meta.json").read_text())
+    meta["videos"]["ffffffffff"] = meta["videos"][video]
+    (root / "valid" / "meta.json").write_text(json.dumps(meta))
+    for jpg in second.glob("*.jpg"):
+        Image.open(jpg).resize((320, 180)).save(jpg)
+    out = tmp_path / "sub"
+    result = run("--dataset", "ytvos-valid", "--root", str(root), "--method", "copy", "--pred-out", str(out))
+    png = root / "valid" / "Annotations" / "ffffffffff" / "00000.png"
+    assert_input_error(result, f"annotation {png} is 854x480 but its frame {second / '00000.jpg'} is 320x180")
+    assert not out.exists()
+
+    names = [f"{i:05d}" for i in range(4)]
+    davis = _tiny_root(tmp_path / "davis", names, seq="a")
+    shutil.copytree(davis / "JPEGImages" / "480p" / "a", davis / "JPEGImages" / "480p" / "b")
+    shutil.copytree(davis / "Annotations" / "480p" / "a", davis / "Annotations" / "480p" / "b")
+    (davis / "ImageSets" / "2017" / "val.txt").write_text("a\nb\n")
+    for jpg in (davis / "JPEGImages" / "480p" / "b").glob("*.jpg"):
+        Image.open(jpg).resize((128, 96)).save(jpg)
+    result = run("--dataset", "davis17-val", "--root", str(davis), "--method", "copy", "--pred-out", str(out))
+    assert_input_error(result, str(davis / "Annotations" / "480p" / "b" / "00000.png"), "64x48", "128x96")
+    assert not out.exists()
+
+
 def test_ytvos_zip_holds_exactly_this_runs_videos(tmp_path: Path) -> None:
     """The zip used to take every PNG under Annotations/: a video folder left by an earlier run on another
     meta.json (--overwrite keeps folders this run does not write) or a killed run's `.partial` folder went

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DAVIS_RESOLUTION, annotation_files, check_davis_root, frame_images,
@@ -25,7 +26,7 @@ from stma_core.eval.datasets import (DAVIS_RESOLUTION, annotation_files, check_d
 from stma_core.eval.scoring import VOID_ID, read_id_mask
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import commit, partial_path, remove_path
-from stma_core.io.frames import IMAGE_NAMES, natural_key, read_image_frame
+from stma_core.io.frames import IMAGE_NAMES, natural_key, read_image_frame, upright_size
 from stma_core.io.masks import keep_new_objects
 from stma_core.io.text import read_user_text
 from stma_core.io.writers import save_palette_png
@@ -66,8 +67,7 @@ def _run_video(frames: list[Path], given: dict[str, np.ndarray], make: Callable[
             frame = read_image_frame(path, "re-extract the dataset")
             mask = given.get(path.stem)
             if mask is not None and mask.shape != frame.shape[:2]:
-                raise StmaInputError(f"annotation for {path} is {mask.shape[1]}x{mask.shape[0]} but the frame is "
-                                     f"{frame.shape[1]}x{frame.shape[0]}; the dataset is inconsistent")
+                raise _size_mismatch(path, mask.shape[::-1], frame.shape[1::-1])
             out = propagator.step(frame, mask)
             if keep is None or path.stem in keep:
                 write_mask(partial / f"{path.stem}.png", out)
@@ -78,6 +78,27 @@ def _run_video(frames: list[Path], given: dict[str, np.ndarray], make: Callable[
         remove_path(partial)
     if progress is not None:
         progress.sequence_done(sequence, len(frames), time.perf_counter() - start)
+
+
+def _size_mismatch(frame: Path, mask_size: tuple[int, int], frame_size: tuple[int, int],
+                   annotation: Path | None = None) -> StmaInputError:
+    what = f"annotation {annotation}" if annotation is not None else "the annotation"
+    return StmaInputError(f"{what} is {mask_size[0]}x{mask_size[1]} but its frame {frame} is "
+                          f"{frame_size[0]}x{frame_size[1]}; the dataset is inconsistent (frames and annotations "
+                          "of different resolutions?): use the annotations of the frames' release")
+
+
+def check_annotation_size(frame: Path, annotation: Path) -> None:
+    """Before anything is segmented: an annotation PNG has its frame's size (headers only, cheap), so a
+    mismatch in a later video stops the run before earlier videos are written, not halfway."""
+    frame_size = upright_size(frame)
+    try:
+        with Image.open(annotation) as image:
+            mask_size = image.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return  # reported with its own message when it is read
+    if frame_size is not None and mask_size != frame_size:
+        raise _size_mismatch(frame, mask_size, frame_size, annotation)
 
 
 def davis_given_masks(annotation_folder: Path, davis2016: bool = False) -> dict[str, np.ndarray]:
@@ -121,7 +142,8 @@ def segment_davis(root: Path, sequences: Iterable[str], make: Callable[[], Propa
 
 
 def check_frames_present(images: Path, annotations: Path, jobs: list[tuple[str, list[Path]]]) -> None:
-    """Before anything is segmented: every sequence has frame images and every annotated frame its image.
+    """Before anything is segmented: every sequence has frame images, every annotated frame its image, and
+    the first annotation its frame's size (frames and annotations of different releases).
 
     Without this, a missing first frame meant segmenting without the first annotation (all predictions
     empty, a silent score of 0), and a missing later frame surfaced only after the whole dataset was
@@ -132,9 +154,12 @@ def check_frames_present(images: Path, annotations: Path, jobs: list[tuple[str, 
                              f"needs JPEGImages/{DAVIS_RESOLUTION}/<sequence>/<frame>.jpg to be segmented")
     missing: list[Path] = []
     for seq, frames in jobs:
-        have = {p.stem for p in frames}
+        have = {p.stem: p for p in frames}
         ext = frames[0].suffix
-        missing += [images / seq / f"{p.stem}{ext}" for p in annotation_files(annotations / seq) if p.stem not in have]
+        pngs = annotation_files(annotations / seq)
+        missing += [images / seq / f"{p.stem}{ext}" for p in pngs if p.stem not in have]
+        if pngs and pngs[0].stem in have:
+            check_annotation_size(have[pngs[0].stem], pngs[0])
     if missing:
         sequences = len({p.parent.name for p in missing})
         raise StmaInputError(f"frame image {missing[0]} is missing: {len(missing)} annotated frame(s) in "
@@ -176,7 +201,10 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
                                  "re-extract the dataset")
         first = natural_key(min(keep, key=natural_key)) if keep else None
         frames = [p for p in frames if first is not None and natural_key(p.stem) >= first]
-        _ytvos_given_masks(valid / "Annotations" / video, objects)  # checked before any video is segmented
+        by_name = {p.stem: p for p in frames}  # checked before any video is segmented:
+        for name in _ytvos_given_masks(valid / "Annotations" / video, objects):
+            if name in by_name:
+                check_annotation_size(by_name[name], valid / "Annotations" / video / f"{name}.png")
         jobs.append((video, frames, objects, keep))
     if progress is not None:
         progress.begin(sum(len(j[1]) for j in jobs))
