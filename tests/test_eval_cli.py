@@ -190,6 +190,26 @@ def test_env_var_root(small_root: Path, tmp_path: Path, monkeypatch: pytest.Monk
         resolve_root(get_dataset("davis16-val"), None, {"STMA_DAVIS16_ROOT": "/nowhere"})
 
 
+def test_a_root_one_folder_off_names_the_right_one(small_root: Path, perfect_pred: Path, tmp_path: Path) -> None:
+    """The folder a zip was unpacked into (holding DAVIS/), Annotations/480p given as --gt, or YouTube-VOS's
+    valid_all_frames/ given as the root: the error used to say only what is missing; now it also names the
+    folder next to it that is the root."""
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "DAVIS").symlink_to(small_root, target_is_directory=True)
+    assert_input_error(run("--dataset", "davis16-val", "--root", str(tmp_path / "downloads"), "--method", "copy"),
+                       f"(did you mean {tmp_path / 'downloads' / 'DAVIS'}?)")
+    assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root / "Annotations" / "480p")),
+                       "not a DAVIS layout", f"(did you mean {small_root}?)")
+    root, _ = _ytvos_root(tmp_path)
+    (root / "valid_all_frames" / "JPEGImages").mkdir(parents=True)
+    assert_input_error(run("--dataset", "ytvos-valid", "--root", str(root / "valid_all_frames"), "--method", "copy"),
+                       f"(did you mean {root}?)")
+    line = assert_input_error(run("--pred", str(perfect_pred), "--gt", str(tmp_path / "downloads" / "DAVIS" / "ImageSets")),
+                              f"(did you mean {tmp_path / 'downloads' / 'DAVIS'}?)")
+    assert "did you mean" not in assert_input_error(run("--dataset", "davis16-val", "--root", str(root)))
+    assert line.count("did you mean") == 1
+
+
 def test_later_appearing_object_is_given_on_its_first_frame(tennis: Path, tmp_path: Path) -> None:
     """davis17 layout: object 2 first annotated on frame 1 is propagated from there (copy method)."""
     root = tmp_path / "d17"
