@@ -25,7 +25,7 @@ from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
                                      resolve_root, resolve_split, short_list)
 from stma_core.eval.report import render_table, result_json, write_csvs
-from stma_core.eval.run_dataset import segment_davis, segment_ytvos
+from stma_core.eval.run_dataset import segment_davis, segment_ytvos, ytvos_valid_dir
 from stma_core.eval.scoring import EvalResult, check_prediction_files, score_predictions
 from stma_core.inference.factory import METHODS, make_propagator_factory
 
@@ -63,6 +63,16 @@ def _check_predictions_absent(folder: Path, overwrite: bool, sequences: list[str
     if existing:
         fail(f"{folder}: already holds predictions ({short_list(existing, 3)}); pass --overwrite to replace them "
              "or choose another --pred-out")
+
+
+def _check_not_ground_truth(written: Path, annotations: Path) -> None:
+    """Predictions must not be written over the dataset's own annotations (--pred-out given as the DAVIS
+    Annotations/480p folder or the YouTube-VOS valid/ folder): with --overwrite that replaced the ground
+    truth with predictions, and a DAVIS run then scored itself against them (a silent perfect score)."""
+    target, gt = written.resolve(), annotations.resolve()
+    if target == gt or gt in target.parents:
+        raise StmaInputError(f"--pred-out would write predictions into {annotations}, the dataset's own annotations; "
+                             "choose a --pred-out outside it")
 
 
 def _default_pred_out(dataset: str, method: str) -> Path:
@@ -187,6 +197,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
                 raise StmaInputError(f"{spec.name} has no public ground truth, so --pred cannot be scored locally; "
                                      f"submit the zip to {YTVOS_SERVER}")
             target = pred_out or _default_pred_out(spec.name, method)
+            _check_not_ground_truth(target / "Annotations", ytvos_valid_dir(gt_root) / "Annotations")
             check_output_dir(target, "--pred-out")
             _check_predictions_absent(target / "Annotations", overwrite)
             annotations = _segment(spec, gt_root, None, method, checkpoint, device, settings, target, quiet, console)
@@ -203,6 +214,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
         if pred is None:
             _, sequences = resolve_split(gt_root, split_arg)
             pred = pred_out or _default_pred_out(spec.name, method)
+            _check_not_ground_truth(pred, check_davis_root(gt_root))
             check_output_dir(pred, "--pred-out")
             _check_predictions_absent(pred, overwrite, sequences)
             _segment(spec, gt_root, sequences, method, checkpoint, device, settings, pred, quiet, console,

@@ -210,6 +210,31 @@ def test_a_root_one_folder_off_names_the_right_one(small_root: Path, perfect_pre
     assert line.count("did you mean") == 1
 
 
+def test_predictions_are_never_written_over_the_datasets_annotations(tmp_path: Path) -> None:
+    """--pred-out given as DAVIS Annotations/480p (or YouTube-VOS valid/) with --overwrite replaced the
+    ground truth with predictions: the copy baseline then scored 100.0 against itself, and the dataset was
+    damaged. Now one error line, and the annotations are untouched."""
+    names = [f"{i:05d}" for i in range(6)]
+    davis = _tiny_root(tmp_path / "davis", names)
+    annotations = davis / "Annotations" / "480p"
+    before = {p: p.read_bytes() for p in annotations.rglob("*.png")}
+    for target in (annotations, annotations / "sub"):
+        result = run("--dataset", "davis17-val", "--root", str(davis), "--method", "copy", "--pred-out", str(target),
+                     "--overwrite")
+        assert_input_error(result, str(annotations), "own annotations")
+    root, video = _ytvos_root(tmp_path)
+    before.update({p: p.read_bytes() for p in (root / "valid" / "Annotations").rglob("*.png")})
+    for dataset_root in (root, root / "valid"):
+        result = run("--dataset", "ytvos-valid", "--root", str(dataset_root), "--method", "copy", "--pred-out",
+                     str(root / "valid"), "--overwrite")
+        assert_input_error(result, str(root / "valid" / "Annotations"), "own annotations")
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(annotations.rglob("*.png")) == sorted(p for p in before if annotations in p.parents)
+    # a folder inside the dataset but beside its annotations is fine
+    ok, _ = _copy_eval(davis, davis / "predictions", "-q")
+    assert ok["global"]["J&F-Mean"] < 1.0
+
+
 def test_later_appearing_object_is_given_on_its_first_frame(tennis: Path, tmp_path: Path) -> None:
     """davis17 layout: object 2 first annotated on frame 1 is propagated from there (copy method)."""
     root = tmp_path / "d17"
