@@ -26,7 +26,7 @@ from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, ge
                                      resolve_root, resolve_split, short_list)
 from stma_core.eval.report import render_table, result_json, write_csvs
 from stma_core.eval.run_dataset import segment_davis, segment_ytvos, ytvos_valid_dir
-from stma_core.eval.scoring import EvalResult, check_prediction_files, score_predictions
+from stma_core.eval.scoring import EvalResult, check_prediction_files, check_scorable, score_predictions
 from stma_core.inference.factory import METHODS, make_propagator_factory
 
 YTVOS_SERVER = "the YouTube-VOS evaluation server (linked from https://youtube-vos.org/dataset/vos/)"
@@ -215,6 +215,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
             _, sequences = resolve_split(gt_root, split_arg)
             pred = pred_out or _default_pred_out(spec.name, method)
             _check_not_ground_truth(pred, check_davis_root(gt_root))
+            check_scorable(check_davis_root(gt_root), sequences)
             check_output_dir(pred, "--pred-out")
             _check_predictions_absent(pred, overwrite, sequences)
             _segment(spec, gt_root, sequences, method, checkpoint, device, settings, pred, quiet, console,

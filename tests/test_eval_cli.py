@@ -469,6 +469,21 @@ def test_too_short_sequence(tennis: Path, perfect_pred: Path, tmp_path: Path) ->
                        "at least 3")
 
 
+def test_a_sequence_too_short_to_score_stops_dataset_before_segmenting(tmp_path: Path) -> None:
+    """A sequence annotated on its first frame only (a test-dev style GT) was found only after the whole
+    split had been segmented; now before any sequence is, and no prediction is written."""
+    names = [f"{i:05d}" for i in range(6)]
+    root = _tiny_root(tmp_path / "d", names, seq="a")
+    shutil.copytree(root / "JPEGImages" / "480p" / "a", root / "JPEGImages" / "480p" / "b")
+    (root / "Annotations" / "480p" / "b").mkdir()
+    shutil.copy(root / "Annotations" / "480p" / "a" / "00000.png", root / "Annotations" / "480p" / "b")
+    (root / "ImageSets" / "2017" / "val.txt").write_text("a\nb\n")
+    pred = tmp_path / "pred"
+    result = run("--dataset", "davis17-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred))
+    assert_input_error(result, str(root / "Annotations" / "480p" / "b"), "1 annotated frame(s)", "at least 3")
+    assert not pred.exists()
+
+
 def test_missing_dataset_lists_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STMA_DAVIS17_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -113,17 +113,25 @@ def gt_frames(annotations: Path, sequence: str) -> list[str]:
     return [p.stem for p in annotation_files(annotations / sequence)]
 
 
+def check_scorable(annotations: Path, sequences: list[str]) -> None:
+    """Every sequence has at least 3 annotated frames (the first and last are not scored); checked by
+    `stma eval --dataset` before anything is segmented, not after the whole split was."""
+    for seq in sequences:
+        frames = gt_frames(annotations, seq)
+        if len(frames) < 3:
+            raise StmaInputError(f"GT sequence {annotations / seq} has {len(frames)} annotated frame(s); "
+                                 "scoring needs at least 3 (the first and last are not scored)")
+
+
 def check_prediction_files(pred_dir: Path, annotations: Path, sequences: list[str]) -> None:
     """All sequence folders and scored frames must exist; one error lists everything that is missing."""
     if not pred_dir.is_dir():
         raise StmaInputError(f"prediction folder {pred_dir} does not exist; pass --pred with the folder "
                              "holding <sequence>/<frame>.png")
     problems: list[str] = []
+    check_scorable(annotations, sequences)
     for seq in sequences:
         frames = gt_frames(annotations, seq)
-        if len(frames) < 3:
-            raise StmaInputError(f"GT sequence {annotations / seq} has {len(frames)} annotated frame(s); "
-                                 "scoring needs at least 3 (the first and last are not scored)")
         folder = pred_dir / seq
         if not folder.is_dir():
             problems.append(f"{seq}/ (no folder)")
