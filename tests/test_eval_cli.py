@@ -646,6 +646,25 @@ def test_report_with_unicode_sequence_name_prints_no_python_warning(tmp_path: Pa
     assert (report / "index.html").is_file() and (report / "assets" / "chién-犬_curves.png").is_file()
 
 
+def test_report_says_where_its_scores_differ_from_the_official_toolkit(small_root: Path, tmp_path: Path) -> None:
+    """The warnings (GT ids not 1..n, an object first appearing after the first frame) reached the terminal
+    and --json, but the HTML report, which calls its numbers the official protocol's, showed none of them."""
+    from html import escape
+
+    root = _tiny_root(tmp_path / "gap", [f"{i:05d}" for i in range(6)], ids=(3, 7))
+    result = run("--dataset", "davis17-val", "--root", str(root), "--method", "copy", "--pred-out",
+                 str(tmp_path / "p"), "--report", str(tmp_path / "r"), "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    lines = json.loads(result.stdout)["warnings"]
+    assert len(lines) == 2
+    page = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
+    assert "differ from the official toolkit" in page and all(f"<li>{escape(line)}</li>" in page for line in lines)
+    plain = run("--dataset", "davis16-val", "--root", str(small_root), "--method", "copy", "--pred-out",
+                str(tmp_path / "p2"), "--report", str(tmp_path / "r2"), "-q")
+    assert plain.exit_code == 0 and plain.stderr == "", plain.stderr
+    assert "differ from the official" not in (tmp_path / "r2" / "index.html").read_text(encoding="utf-8")
+
+
 def test_training_curves_of_a_unicode_run_folder_print_no_python_warning(tmp_path: Path, capfd) -> None:
     from stma_core.training.curves import write_curves
 
