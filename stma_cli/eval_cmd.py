@@ -25,7 +25,7 @@ from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
                                      resolve_root, resolve_split, short_list)
 from stma_core.eval.report import render_table, result_json, write_csvs
-from stma_core.eval.run_dataset import segment_davis, segment_ytvos, ytvos_valid_dir
+from stma_core.eval.run_dataset import segment_davis, segment_ytvos, ytvos_all_frames_dir, ytvos_valid_dir
 from stma_core.eval.scoring import EvalResult, check_prediction_files, check_scorable, score_predictions
 from stma_core.inference.factory import METHODS, make_propagator_factory
 
@@ -200,16 +200,23 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
             _check_not_ground_truth(target / "Annotations", ytvos_valid_dir(gt_root) / "Annotations")
             check_output_dir(target, "--pred-out")
             _check_predictions_absent(target / "Annotations", overwrite)
+            valid = ytvos_valid_dir(gt_root)
+            all_frames = ytvos_all_frames_dir(valid)
+            frames_from = all_frames or valid / "JPEGImages"
             annotations = _segment(spec, gt_root, None, method, checkpoint, device, settings, target, quiet, console)
             zip_path = target / "submission.zip"
-            if not quiet:
+            if not quiet:  # which frames the model saw changes the results: said, not left to guess
+                info(console, f"read frames from {frames_from}" + (
+                    " (every frame; predictions written for the frames meta.json lists; move that folder away to "
+                    "read only valid/JPEGImages)" if all_frames else
+                    " (every 5th frame; a valid_all_frames/ folder beside valid/ would be read instead)"))
                 info(console, f"wrote {annotations} and {zip_path}")
                 info(console, f"{spec.name} cannot be scored locally (no public ground truth): "
                               f"submit {zip_path} to {YTVOS_SERVER}")
             if not as_json:
                 typer.echo(str(zip_path))
             return {"dataset": spec.name, "method": method, "predictions": str(annotations),
-                    "submission": str(zip_path), "scored": False}
+                    "submission": str(zip_path), "frames": str(frames_from), "scored": False}
         split_arg = str(gt_root / spec.marker)
         if pred is None:
             _, sequences = resolve_split(gt_root, split_arg)

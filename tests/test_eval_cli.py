@@ -390,6 +390,30 @@ def test_annotations_of_another_resolution_stop_the_run_before_any_video_is_writ
     assert not out.exists()
 
 
+def test_ytvos_says_which_frames_it_read_and_reads_valid_all_frames_when_present(tmp_path: Path) -> None:
+    """valid_all_frames/ beside valid/ was read instead of valid/JPEGImages without a word (the results
+    change with the frames the model sees, and nothing was tested); now the run names the folder it read
+    (stderr, and `frames` in --json), and it writes the same frames either way."""
+    root, video = _ytvos_root(tmp_path)
+    listed = ["00000", "00005", "00010", "00015", "00020"]
+    for dense in (False, True):
+        if dense:
+            folder = root / "valid_all_frames" / "JPEGImages" / video
+            folder.mkdir(parents=True)
+            for i, frame in enumerate(example_frames(21)):
+                Image.fromarray(frame).save(folder / f"{i:05d}.jpg")
+        out = tmp_path / f"sub{int(dense)}"
+        args = ("--dataset", "ytvos-valid", "--root", str(root), "--method", "copy", "--pred-out", str(out))
+        result = run(*args)
+        assert result.exit_code == 0, result.stderr
+        frames_dir = root / ("valid_all_frames" if dense else "valid") / "JPEGImages"
+        assert f"read frames from {frames_dir} (every {'frame' if dense else '5th frame'};" in result.stderr
+        assert f"{video}: {21 if dense else 5} frames" in result.stderr
+        assert sorted(p.stem for p in (out / "Annotations" / video).glob("*.png")) == listed
+        as_json = run(*args, "--json", "--overwrite", "-q")
+        assert json.loads(as_json.stdout)["frames"] == str(frames_dir) and as_json.stderr == ""
+
+
 def test_ytvos_zip_holds_exactly_this_runs_videos(tmp_path: Path) -> None:
     """The zip used to take every PNG under Annotations/: a video folder left by an earlier run on another
     meta.json (--overwrite keeps folders this run does not write) or a killed run's `.partial` folder went

@@ -177,6 +177,12 @@ def ytvos_valid_dir(root: Path) -> Path:
                          "holding valid/ (JPEGImages, Annotations, meta.json)")
 
 
+def ytvos_all_frames_dir(valid: Path) -> Path | None:
+    """valid_all_frames/JPEGImages beside VALID (the denser frames segment_ytvos reads when present), or None."""
+    folder = valid.parent / "valid_all_frames" / "JPEGImages"
+    return folder if folder.is_dir() else None
+
+
 def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
                   progress: FrameProgress | None = None) -> Path:
     """Writes OUT_DIR/Annotations/<video>/<frame>.png for the frames meta.json lists, and OUT_DIR/submission.zip.
@@ -186,7 +192,7 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
     """
     valid = ytvos_valid_dir(root)
     videos = _read_ytvos_meta(valid / "meta.json")
-    all_frames = valid.parent / "valid_all_frames" / "JPEGImages"
+    all_frames = ytvos_all_frames_dir(valid) or valid / "JPEGImages"
     jobs = []
     for video, objects in videos.items():
         keep = {f for frames in objects.values() for f in frames}
