@@ -127,7 +127,7 @@ def evaluate(
     dataset: Optional[str] = typer.Option(None, "--dataset", help=f"Segment and score a named benchmark: {', '.join(DATASETS)} (with --pred: score those "
                                                    "predictions against its ground truth, segmenting nothing)."),
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root for --dataset (else $STMA_DAVIS16_ROOT, $STMA_DAVIS17_ROOT or $STMA_YTVOS_ROOT)."),
-    method: str = typer.Option("stma", "--method", help=f"Segmentation method for --dataset: {', '.join(METHODS)}."),
+    method: Optional[str] = typer.Option(None, "--method", help=f"Segmentation method for --dataset: {', '.join(METHODS)} (default stma)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="STMA checkpoint (default: the shipped weights)."),
     device: str = typer.Option("auto", "--device", help=f"{DEVICES}."),
     size: Optional[int] = _settings.SIZE,
@@ -152,6 +152,16 @@ def evaluate(
     Exit codes: 0 success, 1 interrupted (Ctrl-C or SIGTERM), 2 bad input (one error line).
     """
     console = stderr_console()
+    if pred is not None:  # scoring only: flags that would set up segmenting change nothing, so they are refused
+        unused = [flag for flag, value in (("--method", method), ("--checkpoint", checkpoint), ("--pred-out", pred_out),
+                                           ("--device", None if device == "auto" else device)) if value is not None]
+        unused += [_settings.FLAGS[name] for name, value in _settings.settings_from_flags(
+            size, top_k, spatial_capacity, spatial_every, temporal_capacity, temporal_every, kernel_sigma).items()
+            if value is not None]
+        if unused:
+            fail(f"{', '.join(unused)} set up segmenting, but --pred scores existing predictions (nothing is "
+                 "segmented); drop them, or drop --pred to segment with --dataset")
+    method = method or "stma"
     if dataset is not None and pred is None:
         device = check_device(device)
     if out is not None:

@@ -475,6 +475,20 @@ def test_rgb_prediction(small_root: Path, perfect_pred: Path) -> None:
     assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root)), str(path), "palette")
 
 
+def test_segmenting_flags_with_pred_are_refused(small_root: Path, perfect_pred: Path) -> None:
+    """`--pred P --gt G --method flow` (or --size 288, --checkpoint, --pred-out) scored P and ignored the
+    flag without a word: a user could believe they had scored the flow baseline or another size."""
+    for flags, named in ((("--method", "flow"), "--method"), (("--size", "288"), "--size"),
+                         (("--checkpoint", "x.safetensors", "--top-k", "20"), "--checkpoint, --top-k"),
+                         (("--pred-out", "p"), "--pred-out"), (("--device", "cpu"), "--device")):
+        assert_input_error(run("--pred", str(perfect_pred), "--gt", str(small_root), *flags), named,
+                           "--pred scores existing predictions")
+        assert_input_error(run("--dataset", "davis16-val", "--root", str(small_root), "--pred", str(perfect_pred),
+                               *flags), named)
+    assert not list(perfect_pred.glob("*.csv"))
+    assert run("--pred", str(perfect_pred), "--gt", str(small_root), "-q").exit_code == 0
+
+
 def test_gt_root_not_davis(perfect_pred: Path, tmp_path: Path) -> None:
     (tmp_path / "notdavis").mkdir()
     assert_input_error(run("--pred", str(perfect_pred), "--gt", str(tmp_path / "notdavis")),
