@@ -414,6 +414,24 @@ def test_ytvos_says_which_frames_it_read_and_reads_valid_all_frames_when_present
         assert json.loads(as_json.stdout)["frames"] == str(frames_dir) and as_json.stderr == ""
 
 
+def test_ytvos_meta_json_with_a_bom_is_read_and_one_without_videos_is_named(tmp_path: Path) -> None:
+    """A meta.json saved with a UTF-8 BOM (Windows editors) was 'not a YouTube-VOS meta.json'; one listing no
+    video ended in 'cannot write submission.zip (No such file or directory)', blaming --pred-out."""
+    root, video = _ytvos_root(tmp_path)
+    meta_path = root / "valid" / "meta.json"
+    meta_path.write_bytes(b"\xef\xbb\xbf" + meta_path.read_bytes())
+    out = tmp_path / "sub"
+    result = run("--dataset", "ytvos-valid", "--root", str(root), "--method", "copy", "--pred-out", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert len(list((out / "Annotations" / video).glob("*.png"))) == 5
+    for meta in ({"videos": {}}, {"videos": {video: {"objects": {}}}}):
+        meta_path.write_text(json.dumps(meta))
+        result = run("--dataset", "ytvos-valid", "--root", str(root), "--method", "copy", "--pred-out",
+                     str(tmp_path / "empty"))
+        assert_input_error(result, str(meta_path), "lists no video")
+        assert not (tmp_path / "empty").exists()
+
+
 def test_ytvos_zip_holds_exactly_this_runs_videos(tmp_path: Path) -> None:
     """The zip used to take every PNG under Annotations/: a video folder left by an earlier run on another
     meta.json (--overwrite keeps folders this run does not write) or a killed run's `.partial` folder went

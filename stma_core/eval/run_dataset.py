@@ -225,15 +225,18 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
 def _read_ytvos_meta(path: Path) -> dict[str, dict[int, list[str]]]:
     """{video: {object id: its listed frames in order}} from a YouTube-VOS meta.json (objects listing no
     frame are left out); anything else than that layout is a one-line error."""
-    text = read_user_text(path, "YouTube-VOS meta.json", "re-download it")
+    text = read_user_text(path, "YouTube-VOS meta.json", "re-download it").lstrip("\ufeff")  # a BOM is no error
     try:
-        return {str(video): {int(k): sorted(v["frames"], key=natural_key)
-                             for k, v in info["objects"].items() if v.get("frames")}
-                for video, info in json.loads(text)["videos"].items()}
+        videos = {str(video): {int(k): sorted(v["frames"], key=natural_key)
+                               for k, v in info["objects"].items() if v.get("frames")}
+                  for video, info in json.loads(text)["videos"].items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StmaInputError(f"{path} is not a YouTube-VOS meta.json ({type(exc).__name__}: {exc}); expected "
                              '{"videos": {VIDEO: {"objects": {"1": {"frames": ["00000", ...]}}}}}; '
                              "re-download it") from None
+    if not any(videos.values()):
+        raise StmaInputError(f"{path} lists no video with an object to segment; re-download it")
+    return videos
 
 
 def _ytvos_given_masks(folder: Path, objects: dict[int, list[str]]) -> dict[str, np.ndarray]:
