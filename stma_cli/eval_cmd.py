@@ -207,10 +207,10 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
                 raise StmaInputError(f"{spec.name} has no public ground truth, so --pred cannot be scored locally; "
                                      f"submit the zip to {YTVOS_SERVER}")
             target = pred_out or _default_pred_out(spec.name, method)
-            _check_not_ground_truth(target / "Annotations", ytvos_valid_dir(gt_root) / "Annotations")
+            valid = ytvos_valid_dir(gt_root)
+            _check_not_ground_truth(target / "Annotations", valid / "Annotations")
             check_output_dir(target, "--pred-out")
             _check_predictions_absent(target / "Annotations", overwrite)
-            valid = ytvos_valid_dir(gt_root)
             all_frames = ytvos_all_frames_dir(valid)
             frames_from = all_frames or valid / "JPEGImages"
             annotations = _segment(spec, gt_root, None, method, checkpoint, device, settings, target, quiet, console)
