@@ -464,6 +464,20 @@ def test_missing_sequence_and_frames_are_listed(small_root: Path, perfect_pred: 
     assert f"{FRAMES - 1:05d}" not in line
 
 
+def test_predictions_one_folder_down_are_pointed_at(small_root: Path, perfect_pred: Path, tmp_path: Path) -> None:
+    """Many codebases write results as RUN/Annotations/<sequence>/ (the YouTube-VOS layout) or RUN/<split>/:
+    given RUN, the error listed every sequence as missing; now it names the folder that holds them."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "log.txt").write_text("")
+    shutil.move(str(perfect_pred), run_dir / "Annotations")
+    assert_input_error(run("--pred", str(run_dir), "--gt", str(small_root)),
+                       f"predictions missing in {run_dir} (did you mean --pred {run_dir / 'Annotations'}?)")
+    assert run("--pred", str(run_dir / "Annotations"), "--gt", str(small_root), "-q").exit_code == 0
+    (run_dir / "Annotations" / SEQUENCES[0]).rename(run_dir / SEQUENCES[0])  # one sequence there: no guess
+    assert "did you mean" not in assert_input_error(run("--pred", str(run_dir), "--gt", str(small_root)))
+
+
 def test_unknown_id_in_prediction(small_root: Path, perfect_pred: Path) -> None:
     path = perfect_pred / "car-shadow" / "00005.png"
     mask = np.array(Image.open(path))

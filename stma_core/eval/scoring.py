@@ -141,7 +141,12 @@ def check_prediction_files(pred_dir: Path, annotations: Path, sequences: list[st
         if missing:
             problems.append(f"{seq}/ ({len(missing)} frames: {short_list(missing, 3)})")
     if problems:
-        raise StmaInputError(f"predictions missing in {pred_dir}: {short_list(problems, 6)}; "
+        near = ""
+        if sequences and not any((pred_dir / seq).is_dir() for seq in sequences):
+            # every sequence missing: predictions one level down (Annotations/, a split or run folder)?
+            holder = next((c for c in sorted(pred_dir.iterdir()) if (c / sequences[0]).is_dir()), None)
+            near = f" (did you mean --pred {holder}?)" if holder is not None else ""
+        raise StmaInputError(f"predictions missing in {pred_dir}{near}: {short_list(problems, 6)}; "
                              "write PNGs <sequence>/<frame>.png for every annotated frame")
 
 
