@@ -206,6 +206,9 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
             if pred is not None:
                 raise StmaInputError(f"{spec.name} has no public ground truth, so --pred cannot be scored locally; "
                                      f"submit the zip to {YTVOS_SERVER}")
+            if out is not None:  # it was ignored: no CSV is written where nothing is scored
+                raise StmaInputError(f"--out is where score CSVs go, but {spec.name} is not scored locally (no public "
+                                     "ground truth); drop --out (--pred-out sets where predictions and the zip go)")
             target = pred_out or _default_pred_out(spec.name, method)
             valid = ytvos_valid_dir(gt_root)
             _check_not_ground_truth(target / "Annotations", valid / "Annotations")

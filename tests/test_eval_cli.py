@@ -301,6 +301,11 @@ def test_ytvos_writes_listed_frames_in_server_layout(tmp_path: Path) -> None:
 
     refused = run("--dataset", "ytvos-valid", "--root", str(tmp_path / "ytvos"), "--pred", str(out))
     assert_input_error(refused, "no public ground truth")
+    # --out (score CSVs) was silently ignored: nothing is scored here
+    refused = run("--dataset", "ytvos-valid", "--root", str(tmp_path / "ytvos"), "--method", "copy",
+                  "--pred-out", str(tmp_path / "sub2"), "--out", str(tmp_path / "csv"))
+    assert_input_error(refused, "--out", "not scored locally", "--pred-out")
+    assert not (tmp_path / "sub2").exists() and not (tmp_path / "csv").exists()
 
 
 def _ytvos_root(tmp_path: Path) -> tuple[Path, str]:
