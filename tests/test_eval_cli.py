@@ -437,6 +437,33 @@ def test_ytvos_meta_json_with_a_bom_is_read_and_one_without_videos_is_named(tmp_
         assert not (tmp_path / "empty").exists()
 
 
+def test_size_check_reads_frames_upright_as_they_are_segmented(tmp_path: Path) -> None:
+    """The up-front size check compares the annotation with the frame as it is read (EXIF orientation
+    applied): a phone JPEG stored 48x64 with orientation 6 is shown (and read) as a 64x48 frame, so its 64x48
+    mask is right, and a mask of the stored 48x64 is the mismatch."""
+    names = [f"{i:05d}" for i in range(4)]
+    root = _tiny_root(tmp_path / "d", names, seq="a")
+    for name in names:
+        jpg, png = (root / kind / "480p" / "a" / f"{name}{ext}" for kind, ext in (("JPEGImages", ".jpg"),
+                                                                                  ("Annotations", ".png")))
+        image = Image.open(jpg)
+        exif = image.getexif()
+        exif[0x0112] = 6  # shown turned a quarter clockwise
+        image.rotate(90, expand=True).save(jpg, exif=exif)  # stored turned back: shown as before
+        assert Image.open(jpg).size == (48, 64)  # stored; the masks (64x48) are those of the shown frame
+    result = run("--dataset", "davis17-val", "--root", str(root), "--method", "copy", "--pred-out",
+                 str(tmp_path / "p"), "-q")
+    assert result.exit_code == 0, result.stderr
+    (root / "Annotations" / "480p" / "a" / "00000.png").unlink()
+    mask = np.zeros((64, 48), np.uint8)  # drawn on the stored pixels
+    mask[:8, :8] = 1
+    save_palette_png(mask, root / "Annotations" / "480p" / "a" / "00000.png")
+    result = run("--dataset", "davis17-val", "--root", str(root), "--method", "copy", "--pred-out",
+                 str(tmp_path / "p2"), "-q")
+    assert_input_error(result, "is 48x64 but its frame", "is 64x48")
+    assert not (tmp_path / "p2").exists()
+
+
 def test_ytvos_zip_holds_exactly_this_runs_videos(tmp_path: Path) -> None:
     """The zip used to take every PNG under Annotations/: a video folder left by an earlier run on another
     meta.json (--overwrite keeps folders this run does not write) or a killed run's `.partial` folder went
