@@ -24,8 +24,8 @@ from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
                                      resolve_root, resolve_split, short_list)
 from stma_core.eval.report import render_table, result_json, write_csvs
-from stma_core.eval.run_dataset import segment_davis, segment_ytvos
-from stma_core.eval.scoring import EvalResult, check_prediction_files, score_predictions
+from stma_core.eval.run_dataset import segment_davis, segment_ytvos, ytvos_all_frames_dir, ytvos_valid_dir
+from stma_core.eval.scoring import EvalResult, check_prediction_files, check_scorable, score_predictions
 from stma_core.inference.factory import METHODS, make_propagator_factory
 
 YTVOS_SERVER = "the YouTube-VOS evaluation server (linked from https://youtube-vos.org/dataset/vos/)"
@@ -62,6 +62,16 @@ def _check_predictions_absent(folder: Path, overwrite: bool, sequences: list[str
     if existing:
         fail(f"{folder}: already holds predictions ({short_list(existing, 3)}); pass --overwrite to replace them "
              "or choose another --pred-out")
+
+
+def _check_not_ground_truth(written: Path, annotations: Path) -> None:
+    """Predictions must not be written over the dataset's own annotations (--pred-out given as the DAVIS
+    Annotations/480p folder or the YouTube-VOS valid/ folder): with --overwrite that replaced the ground
+    truth with predictions, and a DAVIS run then scored itself against them (a silent perfect score)."""
+    target, gt = written.resolve(), annotations.resolve()
+    if target == gt or gt in target.parents:
+        raise StmaInputError(f"--pred-out would write predictions into {annotations}, the dataset's own annotations; "
+                             "choose a --pred-out outside it")
 
 
 def _default_pred_out(dataset: str, method: str) -> Path:
@@ -116,7 +126,7 @@ def evaluate(
     dataset: Optional[str] = typer.Option(None, "--dataset", help=f"Segment and score a named benchmark: {', '.join(DATASETS)} (with --pred: score those "
                                                    "predictions against its ground truth, segmenting nothing)."),
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root for --dataset (else $STMA_DAVIS16_ROOT, $STMA_DAVIS17_ROOT or $STMA_YTVOS_ROOT)."),
-    method: str = typer.Option("stma", "--method", help=f"Segmentation method for --dataset: {', '.join(METHODS)}."),
+    method: Optional[str] = typer.Option(None, "--method", help=f"Segmentation method for --dataset: {', '.join(METHODS)} (default stma)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="STMA checkpoint (default: the shipped weights)."),
     device: str = typer.Option("auto", "--device", help=f"{DEVICES}."),
     size: Optional[int] = _settings.SIZE,
@@ -141,6 +151,16 @@ def evaluate(
     Exit codes: 0 success, 1 interrupted (Ctrl-C or SIGTERM), 2 bad input (one error line).
     """
     console = stderr_console()
+    if pred is not None:  # scoring only: flags that would set up segmenting change nothing, so they are refused
+        unused = [flag for flag, value in (("--method", method), ("--checkpoint", checkpoint), ("--pred-out", pred_out),
+                                           ("--device", None if device == "auto" else device)) if value is not None]
+        unused += [_settings.FLAGS[name] for name, value in _settings.settings_from_flags(
+            size, top_k, spatial_capacity, spatial_every, temporal_capacity, temporal_every, kernel_sigma).items()
+            if value is not None]
+        if unused:
+            fail(f"{', '.join(unused)} set up segmenting, but --pred scores existing predictions (nothing is "
+                 "segmented); drop them, or drop --pred to segment with --dataset")
+    method = method or "stma"
     if dataset is not None and pred is None:
         device = check_device(device)
     if out is not None:
@@ -185,23 +205,36 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
             if pred is not None:
                 raise StmaInputError(f"{spec.name} has no public ground truth, so --pred cannot be scored locally; "
                                      f"submit the zip to {YTVOS_SERVER}")
+            if out is not None:  # it was ignored: no CSV is written where nothing is scored
+                raise StmaInputError(f"--out is where score CSVs go, but {spec.name} is not scored locally (no public "
+                                     "ground truth); drop --out (--pred-out sets where predictions and the zip go)")
             target = pred_out or _default_pred_out(spec.name, method)
+            valid = ytvos_valid_dir(gt_root)
+            _check_not_ground_truth(target / "Annotations", valid / "Annotations")
             check_output_dir(target, "--pred-out")
             _check_predictions_absent(target / "Annotations", overwrite)
+            all_frames = ytvos_all_frames_dir(valid)
+            frames_from = all_frames or valid / "JPEGImages"
             annotations = _segment(spec, gt_root, None, method, checkpoint, device, settings, target, quiet, console)
             zip_path = target / "submission.zip"
-            if not quiet:
+            if not quiet:  # which frames the model saw changes the results: said, not left to guess
+                info(console, f"read frames from {frames_from}" + (
+                    " (every frame; predictions written for the frames meta.json lists; move that folder away to "
+                    "read only valid/JPEGImages)" if all_frames else
+                    " (every 5th frame; a valid_all_frames/ folder beside valid/ would be read instead)"))
                 info(console, f"wrote {annotations} and {zip_path}")
                 info(console, f"{spec.name} cannot be scored locally (no public ground truth): "
                               f"submit {zip_path} to {YTVOS_SERVER}")
             if not as_json:
                 echo(str(zip_path))
             return {"dataset": spec.name, "method": method, "predictions": str(annotations),
-                    "submission": str(zip_path), "scored": False}
+                    "submission": str(zip_path), "frames": str(frames_from), "scored": False}
         split_arg = str(gt_root / spec.marker)
         if pred is None:
             _, sequences = resolve_split(gt_root, split_arg)
             pred = pred_out or _default_pred_out(spec.name, method)
+            _check_not_ground_truth(pred, check_davis_root(gt_root))
+            check_scorable(check_davis_root(gt_root), sequences)
             check_output_dir(pred, "--pred-out")
             _check_predictions_absent(pred, overwrite, sequences)
             _segment(spec, gt_root, sequences, method, checkpoint, device, settings, pred, quiet, console,

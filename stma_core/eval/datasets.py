@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from stma_core.errors import StmaInputError
 from stma_core.io.frames import IMAGE_EXTENSIONS, image_files, natural_key
@@ -84,6 +85,17 @@ def _has_marker(spec: DatasetSpec, root: Path) -> bool:
     return spec.family == "ytvos" and (root / Path(spec.marker).name).is_file()
 
 
+def _nearby(path: Path, holds: Callable[[Path], bool]) -> str:
+    """' (did you mean DIR?)' when a folder next to PATH (a parent up to two levels, or a child: the folder a
+    zip unpacked into, the Annotations/ or valid_all_frames/ folder given instead of the root) is the root."""
+    try:
+        near = [path.parent, path.parent.parent] + sorted(c for c in path.iterdir() if c.is_dir())
+    except OSError:
+        near = [path.parent, path.parent.parent]
+    found = next((c for c in near if c != path and holds(c)), None)
+    return f" (did you mean {found}?)" if found is not None else ""
+
+
 def resolve_root(spec: DatasetSpec, root: str | Path | None = None,
                  environ: dict[str, str] | None = None) -> Path:
     """The dataset root: --root, else $ENV_VAR, else the conventional folders; a one-line error otherwise."""
@@ -98,8 +110,8 @@ def resolve_root(spec: DatasetSpec, root: str | Path | None = None,
         path = Path(value).expanduser()
         if not _has_marker(spec, path):
             raise StmaInputError(
-                f"{source}={path} is not {spec.name}: {path / spec.marker} not found "
-                f"(expected {spec.layout}); {spec.obtain}")
+                f"{source}={path} is not {spec.name}: {path / spec.marker} not found"
+                f"{_nearby(path, lambda c: _has_marker(spec, c))} (expected {spec.layout}); {spec.obtain}")
         return path
     tried = ["--root (not given)", f"${spec.env_var} (not set)"]
     for candidate in spec.default_dirs:
@@ -119,7 +131,8 @@ def check_davis_root(root: Path) -> Path:
                              f"({_DAVIS17_OBTAIN})")
     annotations = root / "Annotations" / DAVIS_RESOLUTION
     if not annotations.is_dir():
-        raise StmaInputError(f"GT root {root} is not a DAVIS layout: {annotations} not found "
+        near = _nearby(root, lambda c: (c / "Annotations" / DAVIS_RESOLUTION).is_dir())
+        raise StmaInputError(f"GT root {root} is not a DAVIS layout: {annotations} not found{near} "
                              f"(expected {_DAVIS_LAYOUT}); pass the DAVIS folder itself")
     return annotations
 

@@ -331,6 +331,9 @@ def _write_contents(folder: Path, assets: Path, runs: list[Run], title: str | No
     runs_meta = "".join(f"<li><b>{_esc(r.label)}</b>: {_esc(r.result.pred_dir)} "
                         f"({len(r.result.objects)} objects, scored in {r.result.seconds:.1f} s)</li>" for r in runs)
     heading = title or ("stma eval: " + " vs ".join(r.label for r in runs))
+    differs = ("" if not first.warnings else  # the GT's, so the same for every run
+               '<p class="note"><b>Where these scores differ from the official toolkit\'s:</b></p><ul class="note">'
+               + "".join(f"<li>{_esc(line)}</li>" for line in first.warnings) + "</ul>")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_esc(heading)}</title><style>{_CSS}</style>{_CHECK_SCRIPT}</head>
@@ -340,6 +343,7 @@ def _write_contents(folder: Path, assets: Path, runs: list[Run], title: str | No
 official semi-supervised protocol (first and last frames not scored). Written
 {_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}.</p>
 <ul class="meta">{runs_meta}</ul>
+{differs}
 <h2>Global results</h2>
 {_global_table(runs)}
 <h2>Per sequence</h2>

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DAVIS_RESOLUTION, annotation_files, check_davis_root, frame_images,
@@ -25,7 +26,7 @@ from stma_core.eval.datasets import (DAVIS_RESOLUTION, annotation_files, check_d
 from stma_core.eval.scoring import VOID_ID, read_id_mask
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import commit, partial_path, remove_path, remove_stale_partials
-from stma_core.io.frames import IMAGE_NAMES, natural_key, read_image_frame
+from stma_core.io.frames import IMAGE_NAMES, natural_key, read_image_frame, upright_size
 from stma_core.io.masks import keep_new_objects
 from stma_core.io.text import read_user_text
 from stma_core.io.writers import save_palette_png
@@ -66,8 +67,7 @@ def _run_video(frames: list[Path], given: dict[str, np.ndarray], make: Callable[
             frame = read_image_frame(path, "re-extract the dataset")
             mask = given.get(path.stem)
             if mask is not None and mask.shape != frame.shape[:2]:
-                raise StmaInputError(f"annotation for {path} is {mask.shape[1]}x{mask.shape[0]} but the frame is "
-                                     f"{frame.shape[1]}x{frame.shape[0]}; the dataset is inconsistent")
+                raise _size_mismatch(path, mask.shape[::-1], frame.shape[1::-1])
             out = propagator.step(frame, mask)
             if keep is None or path.stem in keep:
                 write_mask(partial / f"{path.stem}.png", out)
@@ -78,6 +78,27 @@ def _run_video(frames: list[Path], given: dict[str, np.ndarray], make: Callable[
         remove_path(partial)
     if progress is not None:
         progress.sequence_done(sequence, len(frames), time.perf_counter() - start)
+
+
+def _size_mismatch(frame: Path, mask_size: tuple[int, int], frame_size: tuple[int, int],
+                   annotation: Path | None = None) -> StmaInputError:
+    what = f"annotation {annotation}" if annotation is not None else "the annotation"
+    return StmaInputError(f"{what} is {mask_size[0]}x{mask_size[1]} but its frame {frame} is "
+                          f"{frame_size[0]}x{frame_size[1]}; the dataset is inconsistent (frames and annotations "
+                          "of different resolutions?): use the annotations of the frames' release")
+
+
+def check_annotation_size(frame: Path, annotation: Path) -> None:
+    """Before anything is segmented: an annotation PNG has its frame's size (headers only, cheap), so a
+    mismatch in a later video stops the run before earlier videos are written, not halfway."""
+    frame_size = upright_size(frame)
+    try:
+        with Image.open(annotation) as image:
+            mask_size = image.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return  # reported with its own message when it is read
+    if frame_size is not None and mask_size != frame_size:
+        raise _size_mismatch(frame, mask_size, frame_size, annotation)
 
 
 def davis_given_masks(annotation_folder: Path, davis2016: bool = False) -> dict[str, np.ndarray]:
@@ -121,7 +142,8 @@ def segment_davis(root: Path, sequences: Iterable[str], make: Callable[[], Propa
 
 
 def check_frames_present(images: Path, annotations: Path, jobs: list[tuple[str, list[Path]]]) -> None:
-    """Before anything is segmented: every sequence has frame images and every annotated frame its image.
+    """Before anything is segmented: every sequence has frame images, every annotated frame its image, and
+    the first annotation its frame's size (frames and annotations of different releases).
 
     Without this, a missing first frame meant segmenting without the first annotation (all predictions
     empty, a silent score of 0), and a missing later frame surfaced only after the whole dataset was
@@ -132,9 +154,12 @@ def check_frames_present(images: Path, annotations: Path, jobs: list[tuple[str, 
                              f"needs JPEGImages/{DAVIS_RESOLUTION}/<sequence>/<frame>.jpg to be segmented")
     missing: list[Path] = []
     for seq, frames in jobs:
-        have = {p.stem for p in frames}
+        have = {p.stem: p for p in frames}
         ext = frames[0].suffix
-        missing += [images / seq / f"{p.stem}{ext}" for p in annotation_files(annotations / seq) if p.stem not in have]
+        pngs = annotation_files(annotations / seq)
+        missing += [images / seq / f"{p.stem}{ext}" for p in pngs if p.stem not in have]
+        if pngs and pngs[0].stem in have:
+            check_annotation_size(have[pngs[0].stem], pngs[0])
     if missing:
         sequences = len({p.parent.name for p in missing})
         raise StmaInputError(f"frame image {missing[0]} is missing: {len(missing)} annotated frame(s) in "
@@ -152,6 +177,12 @@ def ytvos_valid_dir(root: Path) -> Path:
                          "holding valid/ (JPEGImages, Annotations, meta.json)")
 
 
+def ytvos_all_frames_dir(valid: Path) -> Path | None:
+    """valid_all_frames/JPEGImages beside VALID (the denser frames segment_ytvos reads when present), or None."""
+    folder = valid.parent / "valid_all_frames" / "JPEGImages"
+    return folder if folder.is_dir() else None
+
+
 def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
                   progress: FrameProgress | None = None) -> Path:
     """Writes OUT_DIR/Annotations/<video>/<frame>.png for the frames meta.json lists, and OUT_DIR/submission.zip.
@@ -160,16 +191,15 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
     frames submitted), else from valid/JPEGImages.
     """
     valid = ytvos_valid_dir(root)
-    try:
-        videos = json.loads(read_user_text(valid / "meta.json", "YouTube-VOS meta.json", "re-download it"))["videos"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise StmaInputError(f"{valid / 'meta.json'} is not a YouTube-VOS meta.json ({exc}); re-download it") from None
-    all_frames = valid.parent / "valid_all_frames" / "JPEGImages"
+    videos = _read_ytvos_meta(valid / "meta.json")
+    all_frames = ytvos_all_frames_dir(valid) or valid / "JPEGImages"
     jobs = []
-    for video, info in videos.items():
-        objects = {int(k): sorted(v["frames"], key=natural_key) for k, v in info["objects"].items() if v.get("frames")}
+    for video, objects in videos.items():
         keep = {f for frames in objects.values() for f in frames}
         source = all_frames / video if (all_frames / video).is_dir() else valid / "JPEGImages" / video
+        if keep and not source.is_dir():
+            raise StmaInputError(f"video {video} of {valid / 'meta.json'} has no frame folder {source}; "
+                                 "re-extract the dataset (JPEGImages and meta.json of the same release)")
         frames = frame_images(source)
         absent = sorted(keep - {p.stem for p in frames}, key=natural_key)
         if absent:
@@ -177,6 +207,10 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
                                  "re-extract the dataset")
         first = natural_key(min(keep, key=natural_key)) if keep else None
         frames = [p for p in frames if first is not None and natural_key(p.stem) >= first]
+        by_name = {p.stem: p for p in frames}  # checked before any video is segmented:
+        for name in _ytvos_given_masks(valid / "Annotations" / video, objects):
+            if name in by_name:
+                check_annotation_size(by_name[name], valid / "Annotations" / video / f"{name}.png")
         jobs.append((video, frames, objects, keep))
     if progress is not None:
         progress.begin(sum(len(j[1]) for j in jobs))
@@ -184,15 +218,43 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
     for video, frames, objects, keep in jobs:
         given = _ytvos_given_masks(valid / "Annotations" / video, objects)
         _run_video(frames, given, make, annotations_out / video, keep, video, progress)
-    _zip_annotations(annotations_out, out_dir / "submission.zip")
+    _zip_annotations(annotations_out, [video for video, *_ in jobs], out_dir / "submission.zip")
     return annotations_out
 
 
+def _read_ytvos_meta(path: Path) -> dict[str, dict[int, list[str]]]:
+    """{video: {object id: its listed frames in order}} from a YouTube-VOS meta.json (objects listing no
+    frame are left out); anything else than that layout is a one-line error."""
+    text = read_user_text(path, "YouTube-VOS meta.json", "re-download it").lstrip("\ufeff")  # a BOM is no error
+    try:
+        videos = {str(video): {int(k): sorted(v["frames"], key=natural_key)
+                               for k, v in info["objects"].items() if v.get("frames")}
+                  for video, info in json.loads(text)["videos"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StmaInputError(f"{path} is not a YouTube-VOS meta.json ({type(exc).__name__}: {exc}); expected "
+                             '{"videos": {VIDEO: {"objects": {"1": {"frames": ["00000", ...]}}}}}; '
+                             "re-download it") from None
+    if not any(videos.values()):
+        raise StmaInputError(f"{path} lists no video with an object to segment; re-download it")
+    return videos
+
+
 def _ytvos_given_masks(folder: Path, objects: dict[int, list[str]]) -> dict[str, np.ndarray]:
-    """Each object's pixels on its first listed frame (other ids on that PNG are not given there)."""
+    """Each object's pixels on its first listed frame (other ids on that PNG are not given there).
+
+    The annotation PNGs and meta.json must agree: an id on a PNG that meta.json does not list for the
+    video, or a listed object without pixels on its first frame's PNG, would otherwise be an object that
+    is silently never segmented (an empty mask in every submitted frame)."""
     by_frame: dict[str, list[int]] = {}
     for obj_id, frames in objects.items():
         by_frame.setdefault(frames[0], []).append(obj_id)
+    listed = sorted(objects)
+    for path in annotation_files(folder) if folder.is_dir() else []:
+        if path.stem in by_frame:
+            continue  # read below
+        unlisted = sorted(set(np.unique(read_id_mask(path, "annotation")).tolist()) - {0, *listed})
+        if unlisted:
+            raise _unlisted_ids(path, unlisted, listed)
     given: dict[str, np.ndarray] = {}
     for frame, ids in by_frame.items():
         path = folder / f"{frame}.png"
@@ -200,12 +262,38 @@ def _ytvos_given_masks(folder: Path, objects: dict[int, list[str]]) -> dict[str,
             raise StmaInputError(f"annotation {path} (first frame of object(s) {sorted(ids)} in meta.json) "
                                  "is missing; re-extract the dataset")
         mask = read_id_mask(path, "annotation")
+        present = set(np.unique(mask).tolist()) - {0}
+        if present - set(listed):
+            raise _unlisted_ids(path, sorted(present - set(listed)), listed)
+        if set(ids) - present:
+            raise StmaInputError(f"annotation {path} has no pixels of object(s) {sorted(set(ids) - present)}, "
+                                 f"whose first frame it is in meta.json (ids on it: {sorted(present)}); "
+                                 "meta.json and the annotations disagree: re-extract both from the same release")
         given[frame] = np.where(np.isin(mask, ids), mask, 0).astype(np.uint8)
     return given
 
 
-def _zip_annotations(annotations: Path, zip_path: Path) -> None:
-    """The server takes a zip whose top folder is Annotations/ (PNGs are stored, already compressed)."""
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for png in sorted(annotations.rglob("*.png")):
-            zf.write(png, png.relative_to(annotations.parent).as_posix())
+def _unlisted_ids(path: Path, unlisted: list[int], listed: list[int]) -> StmaInputError:
+    return StmaInputError(f"annotation {path} has object id(s) {unlisted} that meta.json does not list for video "
+                          f"{path.parent.name} (it lists {listed}); meta.json and the annotations disagree: "
+                          "re-extract both from the same release")
+
+
+def _zip_annotations(annotations: Path, videos: list[str], zip_path: Path) -> None:
+    """The server takes a zip whose top folder is Annotations/ (PNGs are stored, already compressed).
+
+    Only this run's videos go in: other folders in ANNOTATIONS (an earlier run's on another meta.json with
+    --overwrite, a `.partial` folder of a killed run) are no part of this submission. The zip is written
+    beside its final name and renamed when complete."""
+    partial = partial_path(zip_path)
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as zf:
+            for video in videos:
+                for png in sorted((annotations / video).glob("*.png"), key=lambda p: natural_key(p.name)):
+                    zf.write(png, png.relative_to(annotations.parent).as_posix())
+        commit(partial, zip_path, overwrite=True)
+    except OSError as exc:
+        raise StmaOutputError(f"cannot write {zip_path} ({exc.strerror or exc}); pass --pred-out with a writable "
+                              "folder") from None
+    finally:
+        remove_path(partial)

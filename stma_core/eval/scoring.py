@@ -7,7 +7,8 @@ from a prediction count as empty masks.
 
 Objects are the ids present in the sequence's GT (any frame). The official tool scores ids 1..max id of
 the first frame; the two agree on DAVIS 2016/2017, whose ids are consecutive and all on the first frame.
-Ours also scores an object that first appears later instead of dropping it, and does not invent objects
+Ours also scores an object that first appears later instead of dropping it (the official tool stops on
+such a prediction; `late_object_warnings` says so per sequence), and does not invent objects
 for absent ids (ids 3 and 7 are two objects, not seven): the official tool would score each absent id
 as perfectly segmented (both masks empty), inflating the mean; `id_gap_warnings` says so per sequence.
 
@@ -48,6 +49,8 @@ class ObjectResult:
     frames: list[str]
     j: np.ndarray
     f: np.ndarray
+    appears_on: str | None = None
+    """The GT frame the object first appears on, when that is not the sequence's first frame (else None)."""
 
     @property
     def name(self) -> str:
@@ -110,17 +113,25 @@ def gt_frames(annotations: Path, sequence: str) -> list[str]:
     return [p.stem for p in annotation_files(annotations / sequence)]
 
 
+def check_scorable(annotations: Path, sequences: list[str]) -> None:
+    """Every sequence has at least 3 annotated frames (the first and last are not scored); checked by
+    `stma eval --dataset` before anything is segmented, not after the whole split was."""
+    for seq in sequences:
+        frames = gt_frames(annotations, seq)
+        if len(frames) < 3:
+            raise StmaInputError(f"GT sequence {annotations / seq} has {len(frames)} annotated frame(s); "
+                                 "scoring needs at least 3 (the first and last are not scored)")
+
+
 def check_prediction_files(pred_dir: Path, annotations: Path, sequences: list[str]) -> None:
     """All sequence folders and scored frames must exist; one error lists everything that is missing."""
     if not pred_dir.is_dir():
         raise StmaInputError(f"prediction folder {pred_dir} does not exist; pass --pred with the folder "
                              "holding <sequence>/<frame>.png")
     problems: list[str] = []
+    check_scorable(annotations, sequences)
     for seq in sequences:
         frames = gt_frames(annotations, seq)
-        if len(frames) < 3:
-            raise StmaInputError(f"GT sequence {annotations / seq} has {len(frames)} annotated frame(s); "
-                                 "scoring needs at least 3 (the first and last are not scored)")
         folder = pred_dir / seq
         if not folder.is_dir():
             problems.append(f"{seq}/ (no folder)")
@@ -130,7 +141,12 @@ def check_prediction_files(pred_dir: Path, annotations: Path, sequences: list[st
         if missing:
             problems.append(f"{seq}/ ({len(missing)} frames: {short_list(missing, 3)})")
     if problems:
-        raise StmaInputError(f"predictions missing in {pred_dir}: {short_list(problems, 6)}; "
+        near = ""
+        if sequences and not any((pred_dir / seq).is_dir() for seq in sequences):
+            # every sequence missing: predictions one level down (Annotations/, a split or run folder)?
+            holder = next((c for c in sorted(pred_dir.iterdir()) if (c / sequences[0]).is_dir()), None)
+            near = f" (did you mean --pred {holder}?)" if holder is not None else ""
+        raise StmaInputError(f"predictions missing in {pred_dir}{near}: {short_list(problems, 6)}; "
                              "write PNGs <sequence>/<frame>.png for every annotated frame")
 
 
@@ -141,6 +157,7 @@ def score_sequence(annotations: Path, pred_dir: Path, sequence: str,
     gts = []
     raw_gts = []
     counts = np.zeros(256, dtype=np.int64)
+    appears_on: dict[int, str] = {}
     for name in frames:
         gt = read_id_mask(annotations / sequence / f"{name}.png", "GT mask")
         if davis2016:
@@ -148,6 +165,8 @@ def score_sequence(annotations: Path, pred_dir: Path, sequence: str,
         hist = id_histogram(gt)
         if hist[VOID_ID]:
             gt = np.where(gt == VOID_ID, 0, gt)
+        for k in np.flatnonzero((hist[1:VOID_ID] > 0) & (counts[1:VOID_ID] == 0)) + 1:
+            appears_on[int(k)] = name
         counts += hist
         gts.append(gt)
     has_void = bool(counts[VOID_ID])
@@ -178,7 +197,8 @@ def score_sequence(annotations: Path, pred_dir: Path, sequence: str,
         _check_ids(path, pred, gt_ids)
         for row, k in enumerate(ids):
             j[row, t], f[row, t] = object_scores(gt == k, pred == k, radius)
-    return [ObjectResult(sequence, k, scored, j[row], f[row]) for row, k in enumerate(ids)]
+    late = {k: name for k, name in appears_on.items() if name != frames[0]}
+    return [ObjectResult(sequence, k, scored, j[row], f[row], late.get(k)) for row, k in enumerate(ids)]
 
 
 def id_gap_warnings(objects: list[ObjectResult]) -> list[str]:
@@ -196,6 +216,21 @@ def id_gap_warnings(objects: list[ObjectResult]) -> list[str]:
                          f"{short_list([str(a) for a in absent], 6)} as perfectly segmented objects, "
                          "raising its mean)")
     return lines
+
+
+def late_object_warnings(objects: list[ObjectResult]) -> list[str]:
+    """One line per sequence whose GT has objects that first appear after the first frame: the official
+    semi-supervised protocol gives and scores only the first frame's objects (its toolkit stops on a
+    prediction holding another id), so such scores have no official counterpart."""
+    by_sequence: dict[str, list[ObjectResult]] = {}
+    for obj in objects:
+        if obj.appears_on is not None:
+            by_sequence.setdefault(obj.sequence, []).append(obj)
+    return [f"{seq}: GT object(s) {short_list([f'{o.object_id} (from frame {o.appears_on})' for o in late], 6)} "
+            "first appear after the first frame; scored here (`stma eval --dataset` gives each object on its first "
+            "annotated frame), but the official DAVIS semi-supervised protocol gives and scores only the first "
+            "frame's objects (its toolkit stops on predictions with these ids)"
+            for seq, late in by_sequence.items()]
 
 
 def id_histogram(mask: np.ndarray) -> np.ndarray:
@@ -254,5 +289,5 @@ def score_predictions(pred_dir: str | Path, gt_root: str | Path, sequences: list
     objects = [o for seq_objects in per_sequence for o in seq_objects]
     return EvalResult(split=split, gt_root=gt_root, pred_dir=pred_dir, objects=objects,
                       seconds=time.perf_counter() - start, sequences=list(sequences),
-                      warnings=id_gap_warnings(objects))
+                      warnings=id_gap_warnings(objects) + late_object_warnings(objects))
 

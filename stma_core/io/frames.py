@@ -560,6 +560,17 @@ def upright(rgb: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(turned)
 
 
+def upright_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image file as read_image_frame returns it (EXIF orientation applied), from
+    its header only; None when it cannot be opened (read_image_frame reports that when it reads it)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return None
+
+
 def open_upright(path: Path) -> Image.Image:
     """An image file as PIL shows it upright (EXIF orientation applied); for readers outside this module."""
     with Image.open(path) as image:
