@@ -68,6 +68,20 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _terminate_once(args: list[str], ready, settle: float = 0.0) -> subprocess.CompletedProcess:
+    """Starts the CLI with `args`, waits (up to 120 s) until `ready()` is true, `settle` seconds more, then sends
+    SIGTERM and returns what it printed. Fails if the run ended before it could be interrupted."""
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ready() and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(settle)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
 def _bad_cases(tmp: Path, davis16_root: Path) -> list[tuple[list[object], int, str]]:
     blocker = tmp / "results.txt"
     blocker.write_text("a file\n")
@@ -407,16 +421,9 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_partial(tmp_path: Path) -> None
     long = tmp_path / "long.mp4"
     encode_mp4((f for _ in range(4) for f in example_frames(40)), long)  # 160 frames, segmented by flow
     out = tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "segment", str(long), "--mask", str(EXAMPLE_MASK), "--method", "flow",
-                             "--out", str(out), "-f", "png", "-f", "overlay"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("*.partial")) and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    proc = _terminate_once(["segment", str(long), "--mask", str(EXAMPLE_MASK), "--method", "flow", "--out", str(out),
+                            "-f", "png", "-f", "overlay"], lambda: list(out.glob("*.partial")), settle=0.5)
+    stderr = proc.stderr
     assert proc.returncode == 1 and "Traceback" not in stderr  # README: an interrupted run exits with 1
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "interrupted" in lines[0], stderr
@@ -549,15 +556,9 @@ def test_interrupted_json_batch_still_prints_its_summary(tmp_path: Path) -> None
     for name in ("a", "b_long", "c"):
         save_palette_png(truth, videos / f"{name}.png")
     out = tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "segment", str(videos), "--method", "flow", "--out", str(out), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("b_long*.partial")) and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=60)
+    proc = _terminate_once(["segment", str(videos), "--method", "flow", "--out", str(out), "--json"],
+                           lambda: list(out.glob("b_long*.partial")), settle=0.3)
+    stdout, stderr = proc.stdout, proc.stderr
     assert proc.returncode == 1 and "Traceback" not in stderr and "interrupted" in stderr.splitlines()[-1]
     summary = json.loads(stdout)
     assert [(v["name"], v["status"]) for v in summary["videos"]] == [("a", "done"), ("b_long", "failed"),
@@ -683,15 +684,9 @@ def test_interrupted_eval_json_prints_a_document(tmp_path: Path) -> None:
     (root / "ImageSets" / "2016").mkdir(parents=True)
     (root / "ImageSets" / "2016" / "val.txt").write_text("\n".join(sequences) + "\n")
     pred = tmp_path / "pred"
-    proc = subprocess.Popen([*CLI, "eval", "--dataset", "davis16-val", "--root", str(root), "--method", "flow",
-                             "--pred-out", str(pred), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(pred.glob("*")) and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=60)
+    proc = _terminate_once(["eval", "--dataset", "davis16-val", "--root", str(root), "--method", "flow",
+                            "--pred-out", str(pred), "--json"], lambda: list(pred.glob("*")))
+    stdout, stderr = proc.stdout, proc.stderr
     assert proc.returncode == 1 and "Traceback" not in stderr and "interrupted" in stderr.splitlines()[-1], stderr
     assert json.loads(stdout) == {"error": "interrupted (Ctrl-C or SIGTERM)"}
 
