@@ -68,6 +68,15 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _clip_masks(folder: Path) -> Path:
+    """The first-frame masks a.png, b.png, c.png of the `clips` videos (the example's car at SMALL) in `folder`."""
+    folder.mkdir(exist_ok=True)
+    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
+    for name in ("a", "b", "c"):
+        save_palette_png(truth, folder / f"{name}.png")
+    return folder
+
+
 def _terminate_once(args: list[str], ready, settle: float = 0.0) -> subprocess.CompletedProcess:
     """Starts the CLI with `args`, waits (up to 120 s) until `ready()` is true, `settle` seconds more, then sends
     SIGTERM and returns what it printed. Fails if the run ended before it could be interrupted."""
@@ -443,11 +452,7 @@ def test_a_signal_after_the_command_ended_keeps_its_exit_code(tmp_path: Path) ->
 
 
 def test_piping_a_batch_into_head_stops_with_a_message(tmp_path: Path, clips: Path) -> None:
-    masks = tmp_path / "masks"
-    masks.mkdir()
-    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
-    for name in ("a", "b", "c"):
-        save_palette_png(truth, masks / f"{name}.png")
+    masks = _clip_masks(tmp_path / "masks")
     out = tmp_path / "out"
     proc = subprocess.Popen([*CLI, "segment", str(clips), "--mask", str(masks), "--method", "copy", "--out", str(out),
                              "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -629,9 +634,7 @@ def test_two_batches_over_one_folder_share_the_work_without_failing(tmp_path: Pa
     each video done by exactly one run, complete."""
     videos = tmp_path / "videos"
     shutil.copytree(clips, videos)
-    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
-    for name in ("a", "b", "c"):
-        save_palette_png(truth, videos / f"{name}.png")
+    _clip_masks(videos)
     out = tmp_path / "out"
     command = [*CLI, "segment", str(videos), "--method", "copy", "--out", str(out), "-f", "png", "-f", "rle", "--json"]
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -695,11 +698,7 @@ def test_a_file_where_an_output_folder_goes_is_not_a_finished_video(tmp_path: Pa
     """A batch took any existing path for a finished output: with a file `out/a` (or a folder `out/b.rle.json`)
     video a was 'skipped', its path printed as a result and the run exited 0, with no mask of it anywhere.
     Now that video fails with one line naming the path (the others run; exit 1) and nothing is replaced."""
-    masks = tmp_path / "masks"
-    masks.mkdir()
-    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
-    for name in ("a", "b", "c"):
-        save_palette_png(truth, masks / f"{name}.png")
+    masks = _clip_masks(tmp_path / "masks")
     out = tmp_path / "out"
     out.mkdir()
     (out / "a").write_text("notes\n")
@@ -745,11 +744,7 @@ def test_a_batch_stopped_by_its_model_lists_every_video_in_json(tmp_path: Path, 
     `"not run: …"`, and the reason is the top-level `"error"`, as for any run refused for all its videos."""
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
-    masks = tmp_path / "masks"
-    masks.mkdir()
-    truth = cv2.resize(np.array(Image.open(EXAMPLE_MASK)), SMALL, interpolation=cv2.INTER_NEAREST)
-    for name in ("a", "b", "c"):
-        save_palette_png(truth, masks / f"{name}.png")
+    masks = _clip_masks(tmp_path / "masks")
     result = run("segment", clips, "--mask", masks, "--checkpoint", bad, "--out", tmp_path / "out", "--json")
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
     summary = json.loads(result.stdout)
