@@ -188,8 +188,11 @@ def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: 
     if out_resolved == input_path.resolve():
         fail(f"{out}: output folder is the input folder (results would be read as videos next run); "
              "pass --out with another folder")
+    # --out, and the --mask / --mask-dir folders (a masks/ folder of PNGs is a frame folder to the scan), inside
+    # the input folder are not videos
+    not_inputs = [out_resolved, *(m.resolve() for m in (mask, mask_dir) if m is not None and m.is_dir())]
     paths = [p for p in contents.inputs
-             if p.resolve() != out_resolved and out_resolved not in p.resolve().parents]
+             if not any(p.resolve() == n or n in p.resolve().parents for n in not_inputs)]
     if not paths:
         fail(f"{input_path}: folder holds no videos, frames or frame folders; "
              "pass a video, a folder of frames, or a folder of videos")

@@ -488,3 +488,21 @@ def test_a_batch_video_without_a_mask_beside_it_fails_alone(tmp_path: Path,
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "dog.mp4 has no dog.png or dog_mask.png beside it" in errors[0], result.stderr
     assert "2 done, 0 skipped, 1 failed" in result.stderr
+
+
+def test_batch_mask_folder_inside_the_input_folder_is_not_a_video(tmp_path: Path,
+                                                                  small_clips: dict[str, tuple[Path, Path]]) -> None:
+    """videos/masks/ (--mask) holds PNGs, so the folder scan took it for a frame folder: a third 'video'
+    that failed ('videos/masks/masks.png: mask file not found') and made the batch exit 1. It is the
+    masks, not an input: the batch segments the videos only."""
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    masks = videos / "masks"
+    masks.mkdir(parents=True)
+    for name in ("camel", "car-shadow"):
+        video, mask = small_clips[name]
+        shutil.copy(video, videos / video.name)
+        shutil.copy(mask, masks / mask.name)
+    result = segment(videos, "--mask", masks, "--method", "copy", "--out", out, "-f", "rle")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [str(out / "camel.rle.json"), str(out / "car-shadow.rle.json")]
+    assert "2 done, 0 skipped, 0 failed" in result.stderr
