@@ -697,6 +697,12 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
                 raise StmaOutputError(f"{path}: is a {'folder' if path.is_dir() else 'file'}, not this video's {fmt} "
                                       f"output (a {'file' if fmt in FILE_FORMATS else 'folder'}); move it away or "
                                       "choose another --out")
+        for fmt, path in paths.items():  # `stma segment frames -o .`: the png folder IS the input (or its masks)
+            final = path.resolve()
+            for what, given in (("input", job.path), ("mask", job.mask_file), ("--mask-dir", job.mask_dir)):
+                if given is not None and (given.resolve() == final or final in given.resolve().parents):
+                    raise StmaOutputError(f"{path}: the {fmt} output would replace the {what} {given}; "
+                                          "choose another --out")
         todo = [f for f, p in paths.items() if overwrite or not p.exists()]
         if not todo and batch:
             return Outcome(job, "skipped", paths=list(paths.values()))

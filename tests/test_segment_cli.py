@@ -506,3 +506,32 @@ def test_batch_mask_folder_inside_the_input_folder_is_not_a_video(tmp_path: Path
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [str(out / "camel.rle.json"), str(out / "car-shadow.rle.json")]
     assert "2 done, 0 skipped, 0 failed" in result.stderr
+
+
+def test_an_output_that_would_replace_the_input_frames_or_masks_is_refused(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`stma segment frames -o .` (or -o the frame folder's parent): the png output folder `./frames` is the
+    input itself. The run said 'output already exists; pass --overwrite', and with --overwrite it replaced the
+    user's frames with masks. Now: one line naming both, exit 2, the frames (and masks) untouched."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, image in enumerate(example_frames(3)):
+        Image.fromarray(cv2.resize(image, SMALL, interpolation=cv2.INTER_AREA)).save(frames / f"frame_{i + 10:04d}.jpg")
+    mask = tmp_path / "mask.png"
+    save_palette_png(cv2.resize(png_ids(EXAMPLE_MASK), SMALL, interpolation=cv2.INTER_NEAREST), mask)
+    before = sorted(p.name for p in frames.iterdir())
+    monkeypatch.chdir(tmp_path)
+    for extra in ((), ("--overwrite",)):
+        result = segment("frames", "--mask", mask, "--method", "copy", "--out", ".", "-f", "rle", "-f", "png", *extra)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == "error: frames: the png output would replace the input frames; choose another --out"
+        assert sorted(p.name for p in frames.iterdir()) == before and not Path("frames.rle.json").exists()
+
+    # annotations in a previous run's output folder: --mask-dir out/frames with --out out
+    out = tmp_path / "out"
+    (out / "frames").mkdir(parents=True)
+    shutil.copy(mask, out / "frames" / "frame_0010.png")
+    result = segment(frames, "--mask-dir", out / "frames", "--method", "copy", "--out", out, "--overwrite")
+    assert result.exit_code == 2 and "would replace the --mask-dir" in result.stderr, result.output
+    assert [p.name for p in (out / "frames").iterdir()] == ["frame_0010.png"]
+    assert np.array_equal(png_ids(out / "frames" / "frame_0010.png"), png_ids(mask))
