@@ -36,7 +36,7 @@ from stma_core.io.atomic import ensure_writable_dir, remove_stale_run_folders
 from stma_core.io.frames import (FrameFolderSource, FrameSource, input_name, mask_beside, not_a_mask_note,
                                  open_frames, scan_folder)
 from stma_core.io.masks import LoadedMask, fit_mask, load_mask, load_mask_folder
-from stma_core.io.writers import padded_size
+from stma_core.io.writers import OVERLAY_ALPHA, padded_size
 from stma_core.io.outputs import (ALL_FORMATS, ALPHA_CODECS, OVERLAY_STYLES, VIDEO_FORMATS, OutputOptions, OutputWriter,
                                   all_output_paths)
 
@@ -544,6 +544,16 @@ def segment(
                                                labels, alpha_codec), size=size if method == "stma" else None)
     if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
         warn(stderr_console(), f"--fps only sets the frame rate of {', '.join(VIDEO_FORMATS)} outputs; none is requested")
+    options = extras.options  # style options of outputs not requested would be silently ignored
+    per_object = ("matte", "matte-video", "cutout", "cutout-video")
+    for flag, given, applies in (("--objects", options.objects != "each", per_object),
+                                 ("--overlay-alpha", options.overlay_alpha != OVERLAY_ALPHA, ("overlay",)),
+                                 ("--overlay-style", options.overlay_style != "fill", ("overlay",)),
+                                 ("--labels", options.labels, ("overlay",)),
+                                 ("--alpha-codec", options.alpha_codec != "vp9", ("cutout-video",))):
+        if given and not quiet and not set(applies) & set(fmt_list):
+            warn(stderr_console(), f"{flag} only applies to {', '.join(applies)} outputs; none is requested "
+                                   f"(add -f {applies[0]})")
     if str(input_path) == "-":
         fail("-: INPUT is read from a file, not stdin (a video is read with seeking); save it to a file and pass its "
              "path (for a file named '-', its full path)")

@@ -319,6 +319,29 @@ def test_fps_without_a_video_output_warns(tmp_path: Path, clip: tuple[Path, Path
     assert "warning: --fps only sets the frame rate" in result.stderr
 
 
+def test_style_options_without_their_output_warn(tmp_path: Path, clip: tuple[Path, Path, list[np.ndarray]]) -> None:
+    """--labels, --overlay-style/-alpha, --objects and --alpha-codec were silently ignored when no output they
+    style was requested (`-f prob --objects all` gives per-object files, `-f png --labels` no labels): like
+    --fps, each now says so; with its output requested, nothing is said."""
+    video, mask, _ = clip
+    result = segment(video, "--mask", mask, "--out", tmp_path / "a", "--method", "copy", "-f", "png", "-f", "prob",
+                     "--end", "2", "--labels", "--overlay-style", "contour", "--overlay-alpha", "0.8",
+                     "--objects", "all", "--alpha-codec", "prores")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warned == [
+        "warning: --objects only applies to matte, matte-video, cutout, cutout-video outputs; none is requested "
+        "(add -f matte)",
+        "warning: --overlay-alpha only applies to overlay outputs; none is requested (add -f overlay)",
+        "warning: --overlay-style only applies to overlay outputs; none is requested (add -f overlay)",
+        "warning: --labels only applies to overlay outputs; none is requested (add -f overlay)",
+        "warning: --alpha-codec only applies to cutout-video outputs; none is requested (add -f cutout-video)"]
+    assert sorted(p.name for p in (tmp_path / "a" / "car-shadow.prob").iterdir()) == ["1"]
+    result = segment(video, "--mask", mask, "--out", tmp_path / "b", "--method", "copy", "-f", "overlay",
+                     "-f", "matte", "--end", "2", "--labels", "--overlay-style", "contour", "--objects", "all")
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output
+
+
 def test_batch_skips_videos_whose_new_outputs_exist(tmp_path: Path, clip: tuple[Path, Path, list[np.ndarray]]) -> None:
     video, mask, _ = clip
     videos, masks = tmp_path / "videos", tmp_path / "masks"
