@@ -328,7 +328,8 @@ def _segment_video(source: FrameSource, masks: dict[str, np.ndarray], propagator
             count = _segment_out_of_order(frames, masks, propagator, writer, progress, task, direction, soft_of)
         else:
             if backward and note is not None:
-                note(f"{source.path}: the first mask is on frame {first}; this baseline runs forward only, so the "
+                named = f" ({source.frame_name(first)})" if isinstance(source, FrameFolderSource) else ""
+                note(f"{source.path}: the first mask is on frame {first}{named}; this baseline runs forward only, so the "
                      f"frames before it stay empty (--method stma segments them with --direction both)")
             count = 0
             for name, frame in frames:

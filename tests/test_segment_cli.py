@@ -284,6 +284,15 @@ def test_a_baseline_says_frames_before_a_later_first_mask_stay_empty(tmp_path: P
     assert not png_ids(tmp_path / "o" / "car-shadow" / "00002.png").any()
     quiet = segment(video, "--mask-dir", annotations, "--method", "copy", "--out", tmp_path / "q", "-q")
     assert quiet.exit_code == 0 and quiet.stderr == ""
+    # a frame folder's index 3 is frame_0013.jpg, not 00003: the note names the frame as well
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, image in enumerate(example_frames(4)):
+        Image.fromarray(cv2.resize(image, SMALL, interpolation=cv2.INTER_AREA)).save(frames / f"frame_{i + 10:04d}.jpg")
+    (annotations / "00003.png").rename(annotations / "frame_0013.png")
+    result = segment(frames, "--mask-dir", annotations, "--method", "copy", "--out", tmp_path / "f")
+    assert result.exit_code == 0, result.output
+    assert "the first mask is on frame 3 (frame_0013); this baseline runs forward only" in result.stderr
 
 
 def test_rgb_antialiased_mask_is_reported_not_split(tmp_path: Path, clip: tuple[Path, Path]) -> None:
