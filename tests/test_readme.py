@@ -36,3 +36,18 @@ def test_the_memory_settings_readme_gives_for_the_shipped_model_are_its_own():
     given = {k.replace("-", "_"): int(v) for k, v in re.findall(r"--([a-z-]+) (\d+)", listed.group(1))}
     recommended = json.loads(load_model()[2]["inference_config"])
     assert given == {k: recommended[k] for k in given} and len(given) == 6, (given, recommended)
+
+
+ROOT = README.parent
+# repository files the docs and configs send a reader to (placeholders such as NAME.safetensors excepted)
+_REPO_PATH = re.compile(r"(?<![\w/.<$-])((?:docs|configs|benchmarks|tests|examples|stma_core|stma_cli)/"
+                        r"[A-Za-z0-9_./-]+\.(?:md|py|yaml|json|jsonl|png|safetensors|mp4))")
+
+
+def test_every_repository_file_the_docs_and_configs_name_exists():
+    texts = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md",
+             *sorted((ROOT / "configs").glob("*.yaml"))]
+    missing = [f"{doc.relative_to(ROOT)}: {path}" for doc in texts
+               for path in sorted(set(_REPO_PATH.findall(doc.read_text(encoding="utf-8"))))
+               if not (ROOT / path.rstrip(".")).exists()]
+    assert not missing, f"docs name files that are not in the repository: {missing}"
