@@ -45,8 +45,10 @@ _REPO_PATH = re.compile(r"(?<![\w/.<$-])((?:docs|configs|benchmarks|tests|exampl
 
 
 def test_every_repository_file_the_docs_and_configs_name_exists():
+    """The Lite2 GPU configs sent readers to docs/training/lite2_gpu_campaign.md and pyproject.toml to
+    tests/test_cli_inputs.py, neither of which exists."""
     texts = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md",
-             *sorted((ROOT / "configs").glob("*.yaml"))]
+             *sorted((ROOT / "configs").glob("*.yaml")), ROOT / "pyproject.toml"]
     missing = [f"{doc.relative_to(ROOT)}: {path}" for doc in texts
                for path in sorted(set(_REPO_PATH.findall(doc.read_text(encoding="utf-8"))))
                if not (ROOT / path.rstrip(".")).exists()]
