@@ -53,3 +53,20 @@ def test_every_repository_file_the_docs_and_configs_name_exists():
                for path in sorted(set(_REPO_PATH.findall(doc.read_text(encoding="utf-8"))))
                if not (ROOT / path.rstrip(".")).exists()]
     assert not missing, f"docs name files that are not in the repository: {missing}"
+
+
+def test_every_test_the_docs_cite_exists():
+    """Docs cite tests as proof (`tests/x.py::name`, `pytest tests/x.py -k key`, `test_name`): each must select one."""
+    docs = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(doc.read_text(encoding="utf-8") for doc in docs)
+    defined = {path.name: set(re.findall(r"^def (test_\w+)", path.read_text(encoding="utf-8"), re.M))
+               for path in (ROOT / "tests").glob("test_*.py")}
+    cited = re.findall(r"tests/(test_\w+\.py)(?:::(test_\w+)| -k (\w+))", text)
+    cited += [("", name, "") for name in re.findall(r"`(test_\w+)`", text)]
+    assert cited, "the docs cite no test any more; update this test"
+    for file, name, key in cited:
+        names = defined.get(file, set()) if file else set().union(*defined.values())
+        if file:
+            assert file in defined, f"docs cite tests/{file}, which does not exist"
+        assert not name or name in names, f"docs cite {file}::{name}, which does not exist"
+        assert not key or any(key in n for n in names), f"docs' `-k {key}` selects no test in {file}"
