@@ -656,6 +656,8 @@ def test_two_batches_over_one_folder_share_the_work_without_failing(tmp_path: Pa
     (["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--method", "copy", "--out", "-"],
      "--out -: --out is a folder that files are written into, not stdout"),
     (["eval", "--pred", "p", "--gt", "g", "--out", "-"], "--out -: --out is a folder that files are written into"),
+    # `stma export --out -` exported every graph into a folder named `-` and exited 0
+    (["export", "--format", "torchscript", "--out", "-"], "--out -: --out is a folder that files are written into"),
     (["segment", "-", "--mask", EXAMPLE_MASK, "--method", "copy", "--out", "o"],
      "-: INPUT is read from a file, not stdin"),
 ])

@@ -427,6 +427,20 @@ def test_ship_takes_a_run_folder_and_replaces_a_model_only_when_asked(tmp_path: 
         assert not args[1].exists()
 
 
+
+def test_ship_help_describes_the_whole_command() -> None:
+    """`python -m stma_core.training.ship --help` cut its description mid-sentence ("same weights, the inference
+    settings") and said nothing of its two arguments; the run folder README allows as the source was not named."""
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "stma_core.training.ship", "--help"], capture_output=True,
+                           text=True, check=True).stdout
+    text = " ".join(shown.split())
+    assert "the inference settings it is recommended with, and a short provenance record" in text, text
+    assert "source a run's model.safetensors, or the `stma train --out` run folder" in text, text
+    assert "target the checkpoint to write" in text, text
+
 def test_a_new_run_never_overwrites_a_model_in_its_out_folder(tiny_davis: Path, tmp_path: Path) -> None:
     """--out a folder holding someone's model.safetensors but no state.pt (a folder of models, a run whose state
     was deleted): a new run (or --resume, which starts fresh without state.pt) overwrote that model at its first

@@ -37,9 +37,9 @@ def ship(source: Path, target: Path, inference: InferenceConfig, note: str = "")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", type=Path)
-    parser.add_argument("target", type=Path)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("source", type=Path, help="a run's model.safetensors, or the `stma train --out` run folder")
+    parser.add_argument("target", type=Path, help="the checkpoint to write (.safetensors)")
     parser.add_argument("--size", type=int, required=True, help="recommended processing short side (pixels)")
     parser.add_argument("--note", default="", help="provenance text stored in the metadata")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing target file")
