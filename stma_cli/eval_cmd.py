@@ -151,12 +151,12 @@ def evaluate(
     Exit codes: 0 success, 1 interrupted (Ctrl-C or SIGTERM), 2 bad input (one error line).
     """
     console = stderr_console()
+    settings = _settings.settings_from_flags(size, top_k, spatial_capacity, spatial_every, temporal_capacity,
+                                             temporal_every, kernel_sigma)
     if pred is not None:  # scoring only: flags that would set up segmenting change nothing, so they are refused
         unused = [flag for flag, value in (("--method", method), ("--checkpoint", checkpoint), ("--pred-out", pred_out),
                                            ("--device", None if device == "auto" else device)) if value is not None]
-        unused += [_settings.FLAGS[name] for name, value in _settings.settings_from_flags(
-            size, top_k, spatial_capacity, spatial_every, temporal_capacity, temporal_every, kernel_sigma).items()
-            if value is not None]
+        unused += [_settings.FLAGS[name] for name, value in settings.items() if value is not None]
         if unused:
             fail(f"{', '.join(unused)} set up segmenting, but --pred scores existing predictions (nothing is "
                  "segmented); drop them, or drop --pred to segment with --dataset")
@@ -165,8 +165,6 @@ def evaluate(
         device = check_device(device)
     if out is not None:
         check_output_dir(out)
-    settings = _settings.settings_from_flags(size, top_k, spatial_capacity, spatial_every, temporal_capacity,
-                                             temporal_every, kernel_sigma)
     try:
         payload = _evaluate(pred, gt, split, dataset, root, method, checkpoint, device, settings, pred_out, out,
                             as_json, quiet, workers, console, report=report, compare=compare, overwrite=overwrite)
@@ -233,8 +231,9 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
         if pred is None:
             _, sequences = resolve_split(gt_root, split_arg)
             pred = pred_out or _default_pred_out(spec.name, method)
-            _check_not_ground_truth(pred, check_davis_root(gt_root))
-            check_scorable(check_davis_root(gt_root), sequences)
+            annotations_root = check_davis_root(gt_root)
+            _check_not_ground_truth(pred, annotations_root)
+            check_scorable(annotations_root, sequences)
             check_output_dir(pred, "--pred-out")
             _check_predictions_absent(pred, overwrite, sequences)
             _segment(spec, gt_root, sequences, method, checkpoint, device, settings, pred, quiet, console,

@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperCommand
 
 from stma_cli import _settings
-from stma_cli._common import check_output_dir, fail, info, note_run_folder, refuse_stdout_dash, stderr_console
+from stma_cli._common import check_output_dir, fail, info, note_run_folder, stderr_console
 from stma_core.errors import StmaInputError, StmaOutputError
 
 
@@ -115,10 +115,7 @@ def export(
         if missing:
             fail(f"--format onnx: {' and '.join(missing)} not installed; install the onnx extra: "
                  "pip install \"stma[onnx]\" (or use --format torchscript)")
-    refuse_stdout_dash(out)  # before `out.parent` (.) is checked: `-` would become a folder named -
-    if out.exists() and not out.is_dir():
-        fail(f"{out}: --out is a file, not a folder; pass --out with a folder path")
-    check_output_dir(out.parent if not out.exists() else out)
+    check_output_dir(out)
     note_run_folder(checkpoint, quiet, console)
     if size is None:
         size = default_export_size(checkpoint)

@@ -173,7 +173,7 @@ def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: 
              "videos; move the images out to segment the videos (or pass the video files one by one)")
     batch = contents is not None and contents.kind != "frames"
     if not batch:
-        name = input_path.name if input_path.is_dir() else input_path.stem
+        name = input_name(input_path)
         job = Job(input_path, name)
         if mask is not None:
             job.mask_file = mask / f"{name}.png" if mask.is_dir() else mask
@@ -201,7 +201,7 @@ def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: 
              "for each video (or --mask-dir with <video>/ annotation folders)")
     jobs = []
     for path in paths:
-        name = path.name if path.is_dir() else path.stem
+        name = input_name(path)
         if mask is None and mask_dir is None:
             # a video without its mask fails alone (error line and summary row), in _load_masks
             jobs.append(Job(path, name, mask_file=contents.masks.get(name), not_masks=contents.not_masks.get(name, [])))
@@ -641,7 +641,7 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
             outcomes.append(Outcome(current, "failed", error=line, bad_input=stop.code == EXIT_BAD_INPUT))
             # a batch stopped for all its videos (a model that cannot load) lists those it did not run, too
             rest = jobs[jobs.index(current) + 1:]
-            outcomes += [Outcome(job, "failed", error=f"not run: {line}", bad_input=True) for job in rest]
+            outcomes += _not_run(rest, line)
             _print_json(outcomes, time.perf_counter() - start, error=line if rest else "")
         fail(stop.args[0], stop.code, json_printed=as_json and current is not None)
     if batch and not quiet:
@@ -655,13 +655,17 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+def _not_run(jobs: list[Job], line: str) -> list[Outcome]:
+    """The --json outcomes of videos a refusal kept from running (bad input: the run, not the video, failed)."""
+    return [Outcome(job, "failed", error=f"not run: {line}", bad_input=True) for job in jobs]
+
+
 def _refuse(jobs: list[Job], message: object, as_json: bool) -> NoReturn:
     """Ends a run refused before any video started (exit 2): with --json, stdout still gets the summary, every
     video failed as not run and the reason in `error`, so a script reading it never gets nothing."""
     if as_json:
         line = one_line(message)
-        _print_json([Outcome(job, "failed", error=f"not run: {line}", bad_input=True) for job in jobs], 0.0,
-                    error=line)
+        _print_json(_not_run(jobs, line), 0.0, error=line)
     fail(message, json_printed=as_json)
 
 

@@ -25,7 +25,7 @@ from stma_core.eval.datasets import (DAVIS_RESOLUTION, annotation_files, check_d
                                      short_list)
 from stma_core.eval.scoring import VOID_ID, read_id_mask
 from stma_core.inference.propagator import Propagator
-from stma_core.io.atomic import commit, partial_path, remove_path, remove_stale_partials
+from stma_core.io.atomic import atomic_write, commit, partial_path, remove_path, remove_stale_partials
 from stma_core.io.frames import IMAGE_NAMES, natural_key, read_image_frame, upright_size
 from stma_core.io.masks import keep_new_objects
 from stma_core.io.text import read_user_text
@@ -285,15 +285,14 @@ def _zip_annotations(annotations: Path, videos: list[str], zip_path: Path) -> No
     Only this run's videos go in: other folders in ANNOTATIONS (an earlier run's on another meta.json with
     --overwrite, a `.partial` folder of a killed run) are no part of this submission. The zip is written
     beside its final name and renamed when complete."""
-    partial = partial_path(zip_path)
-    try:
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as zf:
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             for video in videos:
                 for png in sorted((annotations / video).glob("*.png"), key=lambda p: natural_key(p.name)):
                     zf.write(png, png.relative_to(annotations.parent).as_posix())
-        commit(partial, zip_path, overwrite=True)
+
+    try:
+        atomic_write(zip_path, write)
     except OSError as exc:
         raise StmaOutputError(f"cannot write {zip_path} ({exc.strerror or exc}); pass --pred-out with a writable "
                               "folder") from None
-    finally:
-        remove_path(partial)

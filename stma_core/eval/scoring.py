@@ -113,14 +113,17 @@ def gt_frames(annotations: Path, sequence: str) -> list[str]:
     return [p.stem for p in annotation_files(annotations / sequence)]
 
 
-def check_scorable(annotations: Path, sequences: list[str]) -> None:
+def check_scorable(annotations: Path, sequences: list[str]) -> dict[str, list[str]]:
     """Every sequence has at least 3 annotated frames (the first and last are not scored); checked by
-    `stma eval --dataset` before anything is segmented, not after the whole split was."""
+    `stma eval --dataset` before anything is segmented, not after the whole split was.
+    Returns {sequence: its GT frame names} (gt_frames)."""
+    listed = {}
     for seq in sequences:
-        frames = gt_frames(annotations, seq)
+        frames = listed[seq] = gt_frames(annotations, seq)
         if len(frames) < 3:
             raise StmaInputError(f"GT sequence {annotations / seq} has {len(frames)} annotated frame(s); "
                                  "scoring needs at least 3 (the first and last are not scored)")
+    return listed
 
 
 def check_prediction_files(pred_dir: Path, annotations: Path, sequences: list[str]) -> None:
@@ -129,9 +132,7 @@ def check_prediction_files(pred_dir: Path, annotations: Path, sequences: list[st
         raise StmaInputError(f"prediction folder {pred_dir} does not exist; pass --pred with the folder "
                              "holding <sequence>/<frame>.png")
     problems: list[str] = []
-    check_scorable(annotations, sequences)
-    for seq in sequences:
-        frames = gt_frames(annotations, seq)
+    for seq, frames in check_scorable(annotations, sequences).items():
         folder = pred_dir / seq
         if not folder.is_dir():
             problems.append(f"{seq}/ (no folder)")

@@ -122,8 +122,7 @@ class VideoSession:
                     or not 1 <= object_id <= MAX_OBJECTS:
                 raise ValueError(f"object_id must be an integer 1..{MAX_OBJECTS}; got {object_id!r}")
             arr = np.asarray(mask)
-            whole = arr.dtype.kind in "biu" or (arr.dtype.kind == "f" and np.isfinite(arr).all()
-                                                and (arr == np.round(arr)).all())
+            whole = arr.dtype.kind in "biu" or (arr.dtype.kind == "f" and _whole_numbers(arr))
             binary = check_mask(arr != 0 if whole else arr)  # a soft (fractional) mask is refused as ever
             mask = np.where(binary != 0, int(object_id), 0).astype(np.uint8)
         else:
@@ -273,9 +272,10 @@ class VideoSession:
         per frame giving new objects, one slot for the latest correction, beside the recent frames. Without
         it the run stops mid-video. So does an export made for fewer objects than the masks give.
         Engines without fixed sizes (PyTorch) accept anything."""
+        id_sets = [{int(i) for i in np.unique(m) if i} for m in masks]  # each mask's object ids, in frame order
         most = getattr(self.engine, "object_limit", None)
         if most is not None and masks:
-            ids = sorted(set(self.objects.user_ids).union(*({int(i) for i in np.unique(m) if i} for m in masks)))
+            ids = sorted(set(self.objects.user_ids).union(*id_sets))
             if len(ids) > most:
                 raise StmaInputError(f"{len(masks)} annotated frame(s) give {len(ids)} objects ({ids[:8]}) but this "
                                      f"export handles at most {most}; re-export with `stma export --objects "
@@ -283,13 +283,12 @@ class VideoSession:
         if getattr(self.engine, "memory_limits", None) is None or not masks:
             return
         direction = Direction(direction)
-        orders = {Direction.FORWARD: [masks], Direction.BACKWARD: [masks[::-1]],
-                  Direction.BOTH: [masks, masks[::-1]]}[direction]
+        orders = {Direction.FORWARD: [id_sets], Direction.BACKWARD: [id_sets[::-1]],
+                  Direction.BOTH: [id_sets, id_sets[::-1]]}[direction]
         for ordered in orders:
             seen: set[int] = set()
             pins = corrections = 0
-            for mask in ordered:
-                ids = {int(i) for i in np.unique(mask) if i != 0}
+            for ids in ordered:
                 if ids - seen:
                     pins += 1
                 elif ids:
@@ -506,7 +505,7 @@ def check_mask(mask: np.ndarray) -> np.ndarray:
         raise ValueError(f"a mask must be a 2-D HxW array of object ids (0 = background); got shape {arr.shape}{hint}")
     if arr.dtype == bool:
         return arr.astype(np.uint8)
-    if np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+    if arr.dtype.kind == "f" and _whole_numbers(arr):
         arr = arr.astype(np.int64)  # 0.0/1.0 (a float label map) is ids, as the CLI reads float masks
     if not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"a mask must hold integer object ids (0 = background, 1..{MAX_OBJECTS} objects); got dtype "
@@ -517,6 +516,11 @@ def check_mask(mask: np.ndarray) -> np.ndarray:
         raise ValueError(f"object ids must be 1..{MAX_OBJECTS}; got {bad[:5].tolist()} (0 is background, "
                          "255 is void): relabel the mask")
     return arr.astype(np.uint8, copy=False)
+
+
+def _whole_numbers(arr: np.ndarray) -> bool:
+    """True if a float array holds only finite whole numbers (a label map stored as float, not a soft mask)."""
+    return bool(np.isfinite(arr).all() and (arr == np.round(arr)).all())
 
 
 def late_object_gaps(given: Mapping[int, np.ndarray], name: Callable[[int], str] = str) -> str | None:
@@ -595,14 +599,7 @@ class _FolderFrames(_SourceFrames):
         return len(self.source.files)  # type: ignore[attr-defined]
 
     def __getitem__(self, index: int) -> np.ndarray:
-        from stma_core.io.frames import read_image_frame
-
-        file = self.source.files[index]  # type: ignore[attr-defined]
-        rgb = read_image_frame(file)
-        if (rgb.shape[1], rgb.shape[0]) != tuple(self.source.size):  # type: ignore[attr-defined]
-            raise StmaInputError(f"{file}: frame is {rgb.shape[1]}x{rgb.shape[0]} (upright) but the first frame is "
-                                 f"{self.source.size[0]}x{self.source.size[1]}; resize all frames to one size")
-        return rgb
+        return self.source.frame(index)  # type: ignore[attr-defined]
 
 
 def _source_frames(frames: object) -> object:

@@ -37,6 +37,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove_dead(folder: Path, pattern: re.Pattern[str], own_is_stale: bool) -> None:
+    """Deletes the entries of `folder` whose whole name matches `pattern` and whose process (group 1; no
+    group: an older stma's, always stale) is gone, or is this one when `own_is_stale`."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None:
+            continue
+        pid = match.group(1)
+        if pid is None or (own_is_stale if int(pid) == os.getpid() else not _alive(int(pid))):
+            remove_path(folder / name)
+
+
 def remove_stale_partials(*finals: Path) -> None:
     """Deletes the partial outputs of `finals` (outputs in one folder) that a killed run left (its process is
     gone, or an older stma's `name.partial`); a partial of a run still going on is left alone. One listing
@@ -45,29 +61,13 @@ def remove_stale_partials(*finals: Path) -> None:
         return
     names = "|".join(re.escape(final.name) for final in finals)
     pattern = re.compile(f"(?:{names})" + r"(?:\.(\d+))?(?:\.old)?" + re.escape(PARTIAL_SUFFIX))
-    folder = finals[0].parent
-    try:
-        siblings = [name for name in os.listdir(folder) if name.endswith(PARTIAL_SUFFIX)]
-    except OSError:
-        return
-    for name in siblings:
-        match = pattern.fullmatch(name)
-        if match and (match.group(1) is None or int(match.group(1)) == os.getpid() or not _alive(int(match.group(1)))):
-            remove_path(folder / name)
+    _remove_dead(finals[0].parent, pattern, own_is_stale=True)
 
 
 def remove_stale_run_folders(folder: Path, prefix: str) -> None:
     """Deletes the `<prefix><pid>-*` temporary entries of `folder` whose process is gone: what a killed run
     (SIGKILL, out of memory) could not clean up; those of a run still going on are left alone."""
-    pattern = re.compile(re.escape(prefix) + r"(\d+)-.*", re.DOTALL)
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return
-    for path in entries:
-        match = pattern.fullmatch(path.name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
-            remove_path(path)
+    _remove_dead(folder, re.compile(re.escape(prefix) + r"(\d+)-.*", re.DOTALL), own_is_stale=False)
 
 
 def remove_path(path: Path) -> None:
@@ -109,7 +109,7 @@ def commit(partial: Path, final: Path, overwrite: bool) -> None:
             return
         os.remove(partial)
         return
-    if (final.exists() or final.is_symlink()) and final.is_dir() and not final.is_symlink():
+    if final.is_dir() and not final.is_symlink():
         # A non-empty folder cannot be replaced in one rename: move the old one aside first.
         old = final.with_name(f"{final.name}.{os.getpid()}.old{PARTIAL_SUFFIX}")
         remove_path(old)

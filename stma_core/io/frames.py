@@ -526,14 +526,19 @@ class FrameFolderSource(FrameSource):
     def frame_names(self) -> list[str]:
         return list(self._names)
 
+    def frame(self, index: int) -> np.ndarray:
+        """Frame `index` as HxWx3 uint8 RGB, upright; StmaInputError if it is unreadable or not at `size`."""
+        file = self.files[index]
+        rgb = read_image_frame(file)
+        if (rgb.shape[1], rgb.shape[0]) != self.size:
+            raise StmaInputError(
+                f"{file}: frame is {rgb.shape[1]}x{rgb.shape[0]} (upright) but the first frame is "
+                f"{self.size[0]}x{self.size[1]}; resize all frames to one size")
+        return rgb
+
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        for name, file in zip(self._names, self.files):
-            rgb = read_image_frame(file)
-            if (rgb.shape[1], rgb.shape[0]) != self.size:
-                raise StmaInputError(
-                    f"{file}: frame is {rgb.shape[1]}x{rgb.shape[0]} (upright) but the first frame is "
-                    f"{self.size[0]}x{self.size[1]}; resize all frames to one size")
-            yield name, rgb
+        for index, name in enumerate(self._names):
+            yield name, self.frame(index)
 
 
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"

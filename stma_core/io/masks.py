@@ -364,10 +364,11 @@ def _is_void_label_map(gray: np.ndarray) -> bool:
 def _gray_void(path: Path, gray: np.ndarray, series_void: bool = False) -> str | None:
     """The warning when gray 255 is void in this mask (then it is background): the mask is a void label
     map itself, or belongs to a series (an annotation folder) in which one is."""
-    if not (VOID_ID in gray and (series_void or _is_void_label_map(gray))):
+    is_map = VOID_ID in gray and _is_void_label_map(gray)
+    if not (VOID_ID in gray and (series_void or is_map)):
         return None
     count = int((gray == VOID_ID).sum())
-    why = "as DAVIS and VOC label maps mean it" if _is_void_label_map(gray) else \
+    why = "as DAVIS and VOC label maps mean it" if is_map else \
         "as in the other masks of this folder, where 255 marks void beside small ids"
     return (f"{path}: {count} pixel(s) of gray 255 treated as void (background), {why}; "
             "give that object another id if it is one")
