@@ -234,12 +234,16 @@ class _VideosSink(_FolderSink):
             self._encoders[key].send(self._image(frame, binary))
 
     def finish(self) -> None:
-        self.close()
+        try:
+            for encoder in self._encoders.values():
+                encoder.finish()
+        finally:
+            self.close()
 
     def close(self) -> None:
         encoders, self._encoders = self._encoders, {}
         for encoder in encoders.values():
-            encoder.close()
+            encoder.close()  # a no-op for those finished
 
 
 class MatteVideoSink(_VideosSink):

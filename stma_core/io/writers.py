@@ -16,14 +16,17 @@ Decode with pycocotools: mask = pycocotools.mask.decode({"size": [H, W], "counts
 from __future__ import annotations
 
 import json
-import logging
 import os
 import queue
+import re
+import signal
+import subprocess
 import threading
 import warnings
+from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Iterator, Protocol
+from typing import IO, Protocol
 
 import imageio_ffmpeg
 import numpy as np
@@ -32,6 +35,7 @@ from pycocotools import mask as mask_utils
 
 from stma_core.errors import StmaOutputError
 from stma_core.io.atomic import commit, partial_path, remove_path, remove_stale_partials
+from stma_core.io.frames import _StderrCollector
 from stma_core.io.palette import DAVIS_PALETTE, DAVIS_PALETTE_FLAT
 
 FORMATS = ("png", "rle", "overlay")
@@ -152,42 +156,110 @@ class RleSink:
 
 
 class FrameEncoder:
-    """One ffmpeg process (imageio-ffmpeg) fed raw frames. With `even` (H.264 4:2:0, whose encoder refuses
+    """One ffmpeg process fed raw frames on its stdin. With `even` (H.264 4:2:0, whose encoder refuses
     odd sizes and whose cropping works in 2-pixel steps) odd sizes are padded to even: RGB/grey edges are
     repeated, alpha padding is transparent. VP9 and ProRes take odd sizes, so their videos keep the
-    frames' size. `options` go to imageio_ffmpeg.write_frames (codec, pix_fmt_in/out, output_params, ...).
+    frames' size. options: codec (default libx264), pix_fmt_in (rgb24), pix_fmt_out (yuv420p), quality
+    (1..10, imageio-ffmpeg's scale, default 5: libx264 CRF 25; None: the codec's own) and output_params.
     sar: the input's pixel aspect (FrameSource.sar), so players show the video as wide as the input.
     matrix: the YUV matrix to encode with and tag (FrameSource.matrix: the input's own); None leaves the video
     untagged, converted with BT.601 as the frames of an untagged input were decoded, so players show it as
     they show that input. A tagged matrix keeps players, which take an untagged HD video for BT.709, from
-    shifting the colours of an HD video encoded with BT.601 (red 255,0,0 shown as 255,23,0)."""
+    shifting the colours of an HD video encoded with BT.601 (red 255,0,0 shown as 255,23,0).
+
+    ffmpeg's messages are collected, never shown; an encoder that fails (a full disk while it writes the
+    file's index at the end, an unwritable file) raises OSError with ffmpeg's reason from `send` or
+    `finish`, so a broken video is never taken for a finished one. (imageio_ffmpeg.write_frames, used
+    before, let ffmpeg print to the terminal and ignored its exit status: an mp4 whose index could not be
+    written, which no player opens, was kept as a finished output.)"""
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, even: bool = True,
                  sar: tuple[int, int] | None = None, matrix: str | None = None, **options) -> None:
         width, height = size
+        self.path = Path(path)
         self._pad = (height % 2, width % 2) if even else (0, 0)
         params = [*options.get("output_params", [])]
         if matrix is not None:  # ffmpeg converts with the matrix the output is tagged with
             params += ["-colorspace", matrix, "-color_range", "tv"]
         if sar is not None:
             params += ["-vf", f"setsar={sar[0]}/{sar[1]}"]
-        options["output_params"] = params
-        self._gen: Iterator | None = imageio_ffmpeg.write_frames(
-            str(path), (width + self._pad[1], height + self._pad[0]), fps=fps, macro_block_size=1,
-            ffmpeg_log_level="error", **options)
-        self._gen.send(None)  # starts ffmpeg
+        codec = options.get("codec") or "libx264"
+        quality = options.get("quality", 5)
+        if quality is not None and codec == "libx264":  # imageio-ffmpeg's quality scale, as before
+            params = ["-crf", str(int((1 - quality / 10) * 51)), *params]
+        rate = Fraction(fps).limit_denominator()  # a rational, so 24000/1001 stays exact
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
+               "-s", f"{width + self._pad[1]}x{height + self._pad[0]}", "-pix_fmt", options.get("pix_fmt_in", "rgb24"),
+               "-r", str(rate), "-i", "-", "-an", "-vcodec", codec, "-pix_fmt", options.get("pix_fmt_out", "yuv420p"),
+               "-v", "error", *params, str(self.path)]
+        # Own session: Ctrl-C reaches Python (which stops ffmpeg in close()), not ffmpeg mid-file.
+        self._process: subprocess.Popen | None = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self._errors = _StderrCollector(self._process.stderr)
+        self._errors.start()
 
     def send(self, image: np.ndarray) -> None:
-        assert self._gen is not None
+        process = self._process
+        assert process is not None and process.stdin is not None
         if any(self._pad):
             pad = ((0, self._pad[0]), (0, self._pad[1])) + ((0, 0),) * (image.ndim - 2)
             image = np.pad(image, pad, mode="edge" if image.ndim == 2 or image.shape[-1] == 3 else "constant")
-        self._gen.send(np.ascontiguousarray(image).tobytes())
+        try:
+            process.stdin.write(np.ascontiguousarray(image).tobytes())
+        except OSError:  # ffmpeg stopped (it could not open or write its file): its reason, not "Broken pipe"
+            raise self._failure(self._stop(kill=False, timeout=10)) from None
+
+    def finish(self) -> None:
+        """Ends the video: ffmpeg writes the rest of the file; OSError with ffmpeg's reason if it fails."""
+        if self._process is None:
+            return
+        returncode = self._stop(kill=False)
+        if returncode != 0:
+            raise self._failure(returncode)
 
     def close(self) -> None:
-        if self._gen is not None:
-            gen, self._gen = self._gen, None
-            close_encoder(gen)
+        """Abandons the video (the run failed or was interrupted): ffmpeg is stopped; safe to call twice."""
+        if self._process is not None:
+            self._stop(kill=True)
+
+    def _stop(self, kill: bool, timeout: float | None = None) -> int:
+        process, self._process = self._process, None
+        assert process is not None
+        try:
+            if kill:
+                process.kill()
+            else:
+                try:
+                    process.stdin.close()  # type: ignore[union-attr]  # end of input: ffmpeg finishes the file
+                except OSError:
+                    pass
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        except BaseException:  # Ctrl-C while ffmpeg finishes: it must not outlive us
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            self._errors.join(timeout=5)
+        return process.returncode
+
+    def _failure(self, returncode: int) -> OSError:
+        final = re.sub(r"\.\d+\.partial(?=[/\\]|$)", "", str(self.path))  # the name the user will look for
+        problem = _ffmpeg_problem(self._errors.text)
+        if problem is None and returncode < 0:  # killed: SIGXFSZ is a file size limit (ulimit -f)
+            name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else -returncode
+            problem = f"stopped by signal {name}"
+        return OSError(f"ffmpeg could not write {final} ({problem or f'exit status {returncode}'})")
+
+
+def _ffmpeg_problem(text: str) -> str | None:
+    """The first telling line of an encoder's stderr, without its `[out#0/mp4 @ 0x...]` prefixes."""
+    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Conversion failed")]
+    return lines[0][:200] if lines else None
 
 
 EVEN_SIZE_FORMATS = ("overlay", "matte-video")
@@ -214,7 +286,7 @@ class OverlaySink:
         self._encoder.send(overlay(frame, mask))
 
     def finish(self) -> None:
-        self.close()
+        self._encoder.finish()
 
     def close(self) -> None:
         self._encoder.close()
@@ -223,16 +295,8 @@ class OverlaySink:
 _STOP = object()
 
 
-def close_encoder(encoder: Iterator) -> None:
-    """Closes an imageio-ffmpeg writer without its log lines on stderr (a video aborted before its first
-    frame makes it warn "No frames have been written"; the partial file is removed anyway)."""
-    log = logging.getLogger("imageio_ffmpeg")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        encoder.close()
-    finally:
-        log.setLevel(level)
+def _writing_failed(out_dir: Path, error: OSError) -> StmaOutputError:
+    return StmaOutputError(f"{out_dir}: writing outputs failed ({error}); check free space and permissions of --out")
 
 
 class VideoWriter:
@@ -300,8 +364,10 @@ class VideoWriter:
                 sink.finish()
             for sink in self._sinks:
                 commit(sink.partial, sink.final, self.overwrite)
-        except BaseException:
+        except BaseException as exc:
             self._discard()
+            if isinstance(exc, OSError):  # the end of a file (an mp4's index, the JSON's close) on a full disk
+                raise _writing_failed(self.out_dir, exc) from exc
             raise
 
     # ---- internals -------------------------------------------------------------------------
@@ -354,8 +420,7 @@ class VideoWriter:
         if self._error is not None:
             error = self._error
             if isinstance(error, OSError):
-                raise StmaOutputError(f"{self.out_dir}: writing outputs failed ({error}); "
-                                      "check free space and permissions of --out") from error
+                raise _writing_failed(self.out_dir, error) from error
             raise error
 
     def _discard(self) -> None:
