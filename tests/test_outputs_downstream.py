@@ -56,3 +56,23 @@ def test_a_video_output_cut_off_by_a_file_size_limit_fails_the_video(tmp_path: P
                 "(stopped by signal SIGXFSZ)); check free space and permissions of --out")
     assert proc.stderr.splitlines() == [expected]
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="file size limits (RLIMIT_FSIZE) are POSIX")
+def test_an_rle_json_cut_off_by_a_file_size_limit_is_an_output_error(tmp_path: Path) -> None:
+    """Python's own writes hitting the limit: the error of the RLE JSON's write was replaced by the same
+    OSError again while its buffered rest was flushed on the way out, so the user read "segmentation failed
+    (OSError: [Errno 27] File too large); rerun, or report a bug" (exit 1). Now it is the output error."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "out"
+    proc = subprocess.run([*CLI, "segment", str(VIDEO), "--mask", str(MASK), "--method", "copy", "-o", str(out),
+                           "-f", "rle"], capture_output=True, text=True, preexec_fn=limit, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"error: {out}: writing outputs failed ([Errno 27] File too large); "
+                                        "check free space and permissions of --out"]
+    assert not out.exists() or list(out.iterdir()) == []

@@ -427,5 +427,7 @@ class VideoWriter:
         for sink in self._sinks:
             try:
                 sink.close()
+            except OSError:  # the JSON's buffered end on a full disk, again: it is thrown away; the first error stands
+                pass
             finally:
                 remove_path(sink.partial)
