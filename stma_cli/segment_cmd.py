@@ -84,8 +84,16 @@ class Outcome:
     seconds: float = 0.0
     paths: list[Path] = field(default_factory=list)
     error: str = ""
-    objects: int = 0
+    object_ids: tuple[int, ...] = ()
+    """The ids the outputs use (PNG pixel values, RLE and matte keys), from the masks."""
+    id_map: dict[str, int] = field(default_factory=dict)
+    """Mask values that became other ids ("gray 1000" -> 2, "rgb(255, 0, 0)" -> 1): --json says which output
+    id is which of the user's objects, also with --quiet (which hides the note that prints it)."""
     bad_input: bool = False
+
+    @property
+    def objects(self) -> int:
+        return len(self.object_ids)
 
     @property
     def name(self) -> str:
@@ -502,8 +510,8 @@ def segment(
     alpha_codec: str = typer.Option("vp9", "--alpha-codec",
                                     help="cutout-video: vp9 (.webm, browsers) or prores (.mov ProRes 4444, editors)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout (videos with their input "
-                                                       "path, frames, objects, seconds, outputs) instead of result "
-                                                       "paths."),
+                                                       "path, frames, objects and their output ids, seconds, "
+                                                       "outputs) instead of result paths."),
 ) -> None:
     """Segment the objects of the first-frame mask in every frame of a video.
 
@@ -678,6 +686,7 @@ def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> Non
     """The --json summary; `error`: why the whole run was refused (absent when videos ran or failed alone)."""
     payload = {
         "videos": [{"name": o.name, "input": str(o.job.path), "status": o.status, "frames": o.frames, "objects": o.objects,
+                    "object_ids": list(o.object_ids), **({"id_map": o.id_map} if o.id_map else {}),
                     "seconds": round(o.seconds, 3), "outputs": [str(p) for p in o.paths],
                     **({"error": o.error} if o.error else {})} for o in outcomes],
         "frames": sum(o.frames for o in outcomes),
@@ -771,7 +780,8 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         seconds = time.perf_counter() - start
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")
-        return Outcome(job, "done", frames, seconds, list(paths.values()), objects=len(object_ids))
+        id_map = {source: object_id for m in loaded for object_id, source in sorted(m.mapping.items())}
+        return Outcome(job, "done", frames, seconds, list(paths.values()), object_ids=object_ids, id_map=id_map)
     except _Stop:
         raise
     except (StmaInputError, StmaOutputError) as exc:

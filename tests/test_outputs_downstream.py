@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES
-from stma_core.io.writers import FrameEncoder
+from stma_core.io.writers import FrameEncoder, decode_rle
 
 CLI = [sys.executable, "-m", "stma_cli.app"]
 VIDEO, MASK = EXAMPLES / "car-shadow.mp4", EXAMPLES / "car-shadow_mask.png"
@@ -76,3 +76,94 @@ def test_an_rle_json_cut_off_by_a_file_size_limit_is_an_output_error(tmp_path: P
     assert proc.stderr.splitlines() == [f"error: {out}: writing outputs failed ([Errno 27] File too large); "
                                         "check free space and permissions of --out"]
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def small_frames(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """The example clip's first 6 frames at 214x120 as a frame folder named like a DAVIS clip cut at frame 10
+    (00010.jpg ...), and its car mask at that size."""
+    import imageio_ffmpeg
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("small")
+    folder = root / "clip"
+    folder.mkdir()
+    reader = imageio_ffmpeg.read_frames(str(VIDEO))
+    width, height = next(reader)["size"]
+    for i, raw in zip(range(6), reader):
+        frame = np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+        Image.fromarray(frame).resize((214, 120), Image.BILINEAR).save(folder / f"{i + 10:05d}.jpg", quality=95)
+    reader.close()
+    car = np.array(Image.open(MASK).resize((214, 120), Image.NEAREST))
+    return folder, car
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools' own, numpy 2
+def test_user_ids_given_on_different_frames_are_the_ids_of_every_output(tmp_path: Path, small_frames) -> None:
+    """Ids 3 (on the first frame) and 7 (first given on a later frame) stay 3 and 7 in the palette PNGs, the
+    RLE JSON (decoded with pycocotools as the README says), the per-object outputs and the --json summary,
+    whose object_ids say so."""
+    from PIL import Image
+    from pycocotools import mask as coco
+
+    from stma_core.io.writers import save_palette_png
+
+    folder, car = small_frames
+    columns = np.flatnonzero(car.any(0))
+    middle = (columns.min() + columns.max()) // 2
+    left, right = car.copy(), car.copy()
+    left[:, middle:], right[:, :middle] = 0, 0
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    save_palette_png(np.where(left > 0, 3, 0).astype(np.uint8), annotations / "00010.png")
+    save_palette_png(np.where(right > 0, 7, 0).astype(np.uint8), annotations / "00013.png")
+    out = tmp_path / "out"
+    proc = subprocess.run([*CLI, "segment", str(folder), "--mask-dir", str(annotations), "-o", str(out), "-f", "png",
+                           "-f", "rle", "-f", "matte", "-f", "prob-npz", "--json", "-q"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    video = json.loads(proc.stdout)["videos"][0]
+    assert (video["objects"], video["object_ids"], "id_map" in video) == (2, [3, 7], False)
+    rle = json.loads((out / "clip.rle.json").read_text())
+    names = [f"{i:05d}" for i in range(10, 16)]
+    assert [f["frame"] for f in rle["frames"]] == names
+    for entry in rle["frames"]:
+        png = Image.open(out / "clip" / f"{entry['frame']}.png")
+        assert png.mode == "P" and png.size == (214, 120) == (rle["width"], rle["height"])
+        ids = np.array(png)
+        assert set(np.unique(ids)) - {0} <= {3, 7}
+        assert set(entry["objects"]) == {str(i) for i in np.unique(ids) if i}
+        for key, obj in entry["objects"].items():
+            assert obj["size"] == [120, 214] and isinstance(obj["counts"], str)
+            assert np.array_equal(coco.decode({"size": obj["size"], "counts": obj["counts"].encode()}),
+                                  (ids == int(key)).astype(np.uint8))
+        if entry["frame"] >= "00013":
+            assert set(entry["objects"]) == {"3", "7"}
+        soft = np.load(out / "clip.prob-npz" / f"{entry['frame']}.npz")
+        assert soft["ids"].tolist() == [3, 7]
+    assert "7" not in rle["frames"][0]["objects"]  # given on 00013, forward from 00010: absent before it
+    assert sorted(p.name for p in (out / "clip.matte").iterdir()) == ["3", "7"]
+
+
+def test_json_says_which_output_id_each_instance_id_became_also_with_quiet(tmp_path: Path, small_frames) -> None:
+    """A 16-bit instance mask (ids 300 and 1000) is renumbered 1, 2 for the palette outputs; the mapping was only
+    a note, which --quiet hides, so a script had no way to tell which RLE object was instance 1000. --json
+    now carries it."""
+    from PIL import Image
+
+    folder, car = small_frames
+    columns = np.flatnonzero(car.any(0))
+    middle = (columns.min() + columns.max()) // 2
+    instances = np.zeros(car.shape, np.uint16)
+    instances[(car > 0) & (np.arange(car.shape[1]) < middle)] = 1000
+    instances[(car > 0) & (np.arange(car.shape[1]) >= middle)] = 300
+    mask = tmp_path / "instances.png"
+    Image.fromarray(instances).save(mask)
+    out = tmp_path / "out"
+    proc = subprocess.run([*CLI, "segment", str(folder), "--mask", str(mask), "--method", "copy", "-o", str(out),
+                           "-f", "rle", "--json", "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    video = json.loads(proc.stdout)["videos"][0]
+    assert video["object_ids"] == [1, 2] and video["id_map"] == {"gray 300": 1, "gray 1000": 2}
+    first = json.loads((out / "clip.rle.json").read_text())["frames"][0]["objects"]
+    assert np.array_equal(decode_rle(first, 120, 214) == video["id_map"]["gray 1000"], instances == 1000)
