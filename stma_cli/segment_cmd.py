@@ -47,9 +47,10 @@ class _Stop(Exception):
     Used for a single video's failure and for a model that cannot be loaded (every video would fail).
     """
 
-    def __init__(self, message: object, code: int) -> None:
+    def __init__(self, message: object, code: int, warnings: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.code = code
+        self.warnings = list(warnings)  # the video's warnings before it failed, for its --json entry
 
 
 @dataclass
@@ -89,6 +90,8 @@ class Outcome:
     id_map: dict[str, int] = field(default_factory=dict)
     """Mask values that became other ids ("gray 1000" -> 2, "rgb(255, 0, 0)" -> 1): --json says which output
     id is which of the user's objects, also with --quiet (which hides the note that prints it)."""
+    warnings: list[str] = field(default_factory=list)
+    """The video's warning lines as stderr got them (without `warning: `), for --json."""
     bad_input: bool = False
 
     @property
@@ -297,17 +300,19 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
     return given, list(loaded.values()), warnings
 
 
-def _report_masks(console: Console, masks: list[LoadedMask], quiet: bool, warnings: Sequence[str] = ()) -> None:
+def _report_masks(console: Console, masks: list[LoadedMask], quiet: bool, warnings: Sequence[str] = (),
+                  say: Callable[[str], None] | None = None) -> None:
     """Warnings (each mask's, then `warnings` about the annotations as a whole) always reach stderr, one line
-    each; the id mapping is a note that --quiet hides."""
+    each (through `say` when given); the id mapping is a note that --quiet hides."""
+    say = say or (lambda message: warn(console, message))
     for mask in masks:
         for message in mask.warnings:
-            warn(console, message)
+            say(message)
         if mask.mapping and not quiet:
             pairs = ", ".join(f"{source} -> {object_id}" for object_id, source in sorted(mask.mapping.items()))
             info(console, f"{mask.path}: {mask.kind} mask, object ids: {pairs}")
     for message in warnings:
-        warn(console, message)
+        say(message)
 
 
 # ---- one video -------------------------------------------------------------------------------------
@@ -646,7 +651,8 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
     except _Stop as stop:
         if as_json and current is not None:  # a script reading stdout gets the failure too, not nothing
             line = one_line(stop.args[0])
-            outcomes.append(Outcome(current, "failed", error=line, bad_input=stop.code == EXIT_BAD_INPUT))
+            outcomes.append(Outcome(current, "failed", error=line, bad_input=stop.code == EXIT_BAD_INPUT,
+                                    warnings=stop.warnings))
             # a batch stopped for all its videos (a model that cannot load) lists those it did not run, too
             rest = jobs[jobs.index(current) + 1:]
             outcomes += _not_run(rest, line)
@@ -688,6 +694,7 @@ def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> Non
         "videos": [{"name": o.name, "input": str(o.job.path), "status": o.status, "frames": o.frames, "objects": o.objects,
                     "object_ids": list(o.object_ids), **({"id_map": o.id_map} if o.id_map else {}),
                     "seconds": round(o.seconds, 3), "outputs": [str(p) for p in o.paths],
+                    **({"warnings": o.warnings} if o.warnings else {}),
                     **({"error": o.error} if o.error else {})} for o in outcomes],
         "frames": sum(o.frames for o in outcomes),
         "seconds": round(seconds, 3),
@@ -713,6 +720,12 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
              extras: Extras | None = None, direction: Direction = Direction.FORWARD) -> Outcome:
     """One video: bad input ends the command (exit 2) for a single video, or is recorded in a batch."""
     start = time.perf_counter()
+    said: list[str] = []  # this video's warnings, also for its --json entry
+
+    def warning(message: str) -> None:
+        warn(console, message)
+        said.append(one_line(message))
+
     try:
         extras = extras or Extras()
         paths = all_output_paths(out, job.name, formats)
@@ -736,14 +749,14 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
                                   "pass --overwrite to replace it or choose another --out")
         if len(todo) < len(formats):  # a batch adds the missing formats only; say the others are an earlier run's
             kept = ", ".join(str(p) for f, p in paths.items() if f not in todo)
-            warn(console, f"{job.path}: kept {kept} from an earlier run and wrote only {', '.join(todo)} now; the "
+            warning(f"{job.path}: kept {kept} from an earlier run and wrote only {', '.join(todo)} now; the "
                           "earlier run's settings are not compared with this one's: pass --overwrite to redo all of "
                           "this video's outputs")
         source = open_frames(job.path)
         select = _frame_range(source, extras)
         selected = None if select is None else lambda name: _frame_index(source, name) in select
         masks, loaded, warnings = _load_masks(job, source, select.start if select else 0, selected)
-        _report_masks(console, loaded, quiet, warnings)
+        _report_masks(console, loaded, quiet, warnings, say=warning)
         if source.other_videos and not quiet:
             info(console, f"{job.path}: holds {source.other_videos + 1} video streams; the first is read "
                           f"({source.size[0]}x{source.size[1]}); for another, extract it first "
@@ -768,7 +781,7 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
 
             gaps = late_object_gaps({_frame_index(source, n): m for n, m in masks.items()}, source.frame_name)
             if gaps:  # the session's own warning (a Python warning) is silenced below: this is the CLI's line
-                warn(console, f"{job.path}: {gaps}")
+                warning(f"{job.path}: {gaps}")
         soft = bool({"prob", "prob-npz"} & set(todo))
         object_ids = tuple(sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0}))
         options = dataclasses.replace(extras.options, object_ids=object_ids,  # also the Outcome's object count
@@ -781,27 +794,28 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")
         id_map = {source: object_id for m in loaded for object_id, source in sorted(m.mapping.items())}
-        return Outcome(job, "done", frames, seconds, list(paths.values()), object_ids=object_ids, id_map=id_map)
+        return Outcome(job, "done", frames, seconds, list(paths.values()), object_ids=object_ids, id_map=id_map,
+                       warnings=said)
     except _Stop:
         raise
     except (StmaInputError, StmaOutputError) as exc:
         if not batch:
-            raise _Stop(exc, EXIT_BAD_INPUT) from exc
+            raise _Stop(exc, EXIT_BAD_INPUT, said) from exc
         finals = all_output_paths(out, job.name, formats)
         if isinstance(exc, StmaOutputError) and not overwrite and all(_right_kind(f, p) for f, p in finals.items()):
             # another run (a second batch over the same folder) finished this video first: as if it had
             # been finished before this run started, it is skipped, with a note
             if not quiet:
                 info(console, f"{job.path}: another run wrote its outputs meanwhile; kept them (skipped)")
-            return Outcome(job, "skipped", paths=list(finals.values()))
+            return Outcome(job, "skipped", paths=list(finals.values()), warnings=said)
         print_error(exc)
-        return Outcome(job, "failed", error=one_line(exc), bad_input=True)
+        return Outcome(job, "failed", error=one_line(exc), bad_input=True, warnings=said)
     except Exception as exc:  # noqa: BLE001 - a batch must go on with the other videos
         message = f"{job.path}: segmentation failed ({type(exc).__name__}: {exc}); rerun, or report a bug with this line"
         if not batch:
-            raise _Stop(message, EXIT_SOME_FAILED) from exc
+            raise _Stop(message, EXIT_SOME_FAILED, said) from exc
         print_error(message)
-        return Outcome(job, "failed", error=one_line(exc))
+        return Outcome(job, "failed", error=one_line(message), warnings=said)
 
 
 def _summary(outcomes: list[Outcome]) -> Table:

@@ -167,3 +167,22 @@ def test_json_says_which_output_id_each_instance_id_became_also_with_quiet(tmp_p
     assert video["object_ids"] == [1, 2] and video["id_map"] == {"gray 300": 1, "gray 1000": 2}
     first = json.loads((out / "clip.rle.json").read_text())["frames"][0]["objects"]
     assert np.array_equal(decode_rle(first, 120, 214) == video["id_map"]["gray 1000"], instances == 1000)
+
+
+def test_json_entries_carry_the_videos_warnings(tmp_path: Path, small_frames) -> None:
+    """`stma eval --json` has a warnings list; `stma segment --json` had none, so a script never learnt that its
+    mask was resized or that an object is missing from some frames (direction both). Each video's entry now
+    lists its warning lines, the same as stderr got."""
+    folder, _ = small_frames
+    out = tmp_path / "out"
+    proc = subprocess.run([*CLI, "segment", str(folder), "--mask", str(MASK), "--method", "copy", "-o", str(out),
+                           "--json", "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    video = json.loads(proc.stdout)["videos"][0]
+    assert video["warnings"] == [f"{MASK}: mask is 854x480, resized (nearest) to the video's 214x120"]
+    assert proc.stderr.splitlines() == [f"warning: {line}" for line in video["warnings"]]
+    again = subprocess.run([*CLI, "segment", str(folder), "--mask", str(MASK), "--method", "copy", "-o", str(out),
+                            "--json", "-q"], capture_output=True, text=True, timeout=300)  # refused: outputs exist
+    assert again.returncode == 2
+    refused = json.loads(again.stdout)["videos"][0]
+    assert refused["status"] == "failed" and refused["object_ids"] == [] and "warnings" not in refused
