@@ -9,7 +9,8 @@ RLE JSON schema (one file per video, `<out>/<video>.rle.json`):
      "frames": [{"frame": "00000",
                  "objects": {"1": {"size": [H, W], "counts": "<COCO compressed RLE string>"}, ...}},
                 ...]}
-Every frame is listed in order; an object missing from a frame's "objects" has no pixels there.
+Every segmented frame is listed in order (those --start/--end/--stride choose; "frame" is its name); an object
+missing from a frame's "objects" has no pixels there.
 Decode with pycocotools: mask = pycocotools.mask.decode({"size": [H, W], "counts": counts}).
 """
 
