@@ -186,3 +186,30 @@ def test_json_entries_carry_the_videos_warnings(tmp_path: Path, small_frames) ->
     assert again.returncode == 2
     refused = json.loads(again.stdout)["videos"][0]
     assert refused["status"] == "failed" and refused["object_ids"] == [] and "warnings" not in refused
+
+
+def test_an_annotation_folder_of_every_frame_warns_that_nothing_is_segmented(tmp_path: Path, small_frames) -> None:
+    """`stma segment JPEGImages/480p --mask-dir Annotations/480p` on a DAVIS-layout folder (ground truth on every
+    frame) took each mask as a correction: the outputs were the ground truth itself, scored 100% by eval, with
+    no word. Now a warning says so and how to segment; one frame left unannotated is a real run, no warning."""
+    from stma_core.io.writers import save_palette_png
+
+    folder, car = small_frames
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    for i in range(10, 16):
+        save_palette_png(np.roll(car, 2 * (i - 10), axis=1), annotations / f"{i:05d}.png")
+    out = tmp_path / "out"
+    proc = subprocess.run([*CLI, "segment", str(folder), "--mask-dir", str(annotations), "--method", "copy",
+                           "-o", str(out), "--json", "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    expected = (f"{annotations}: annotates every frame segmented (6 of 6), and a mask of an object already given "
+                "replaces its prediction, so the outputs are these masks, not segmentation (e.g. a DAVIS ground-truth "
+                "folder); to segment, give only the masks of the frames where objects first appear (for this video "
+                f"alone: --mask {annotations / '00010.png'})")
+    assert json.loads(proc.stdout)["videos"][0]["warnings"] == [expected]
+    assert proc.stderr.splitlines() == [f"warning: {expected}"]
+    (annotations / "00015.png").unlink()
+    proc = subprocess.run([*CLI, "segment", str(folder), "--mask-dir", str(annotations), "--method", "copy",
+                           "-o", str(tmp_path / "out2"), "--json", "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "" and "warnings" not in json.loads(proc.stdout)["videos"][0]
