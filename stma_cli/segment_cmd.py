@@ -297,18 +297,6 @@ def _load_masks(job: Job, source: FrameSource, first: int = 0, selected: Callabl
             raise StmaInputError(f"{loaded[beyond[0]].path}: annotates frame {beyond[0]} but {source.path} has "
                                  f"{source.frame_count} frames; remove masks past the last frame")
     given = {name: loaded[name].ids for name in order if name in loaded}
-    if job.mask_dir is not None and len(given) > 1:
-        # a DAVIS Annotations/<seq> folder holds the ground truth of every frame: each mask is a correction that
-        # replaces the prediction, so the outputs are those masks (scored 100%), and nothing was segmented
-        names = source.frame_names if isinstance(source, FrameFolderSource) else \
-            [source.frame_name(i) for i in range(source.frame_count)]
-        processed = sum(1 for name in names if selected is None or selected(name))
-        if len(given) >= processed:
-            first_mask = loaded[next(iter(given))].path
-            warnings.append(f"{job.mask_dir}: annotates every frame segmented ({len(given)} of {processed}), and a mask "
-                            "of an object already given replaces its prediction, so the outputs are these masks, not "
-                            f"segmentation (e.g. a DAVIS ground-truth folder); to segment, give only the masks of the frames where "
-                            f"objects first appear (for this video alone: --mask {first_mask})")
     return given, list(loaded.values()), warnings
 
 
@@ -803,6 +791,14 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
             frames = _segment_video(source, masks, prop, writer, progress, select, soft, direction,
                                     None if quiet else (lambda message: info(console, message)))
         seconds = time.perf_counter() - start
+        if job.mask_dir is not None and 1 < len(masks) >= frames:
+            # a DAVIS Annotations/<seq> folder holds the ground truth of every frame: each mask is a correction that
+            # replaces the prediction, so the outputs are those masks (scored 100%), and nothing was segmented
+            first_mask = min((m.path for m in loaded), key=lambda path: _frame_index(source, _frame_key(source, path)))
+            warning(f"{job.mask_dir}: annotates every frame segmented ({len(masks)} of {frames}), and a mask of an "
+                    "object already given replaces its prediction, so the outputs are these masks, not segmentation "
+                    "(e.g. a DAVIS ground-truth folder); to segment, give only the masks of the frames where objects "
+                    f"first appear (for this video alone: --mask {first_mask})")
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")
         id_map = {source: object_id for m in loaded for object_id, source in sorted(m.mapping.items())}
