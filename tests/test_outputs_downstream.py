@@ -213,3 +213,13 @@ def test_an_annotation_folder_of_every_frame_warns_that_nothing_is_segmented(tmp
     proc = subprocess.run([*CLI, "segment", str(folder), "--mask-dir", str(annotations), "--method", "copy",
                            "-o", str(tmp_path / "out2"), "--json", "-q"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr == "" and "warnings" not in json.loads(proc.stdout)["videos"][0]
+
+
+def test_a_file_given_as_mask_dir_says_it_is_a_file(tmp_path: Path, small_frames) -> None:
+    """`--mask-dir out/clip.rle.json` (or a mask PNG) said "annotation folder not found" of a file that is there."""
+    folder, _ = small_frames
+    proc = subprocess.run([*CLI, "segment", str(folder), "--mask-dir", str(MASK), "--method", "copy",
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: {MASK}: is a file, not an annotation folder; pass --mask-dir with a folder of "
+                           "<frame>.png masks (one first-frame mask goes to --mask)\n")

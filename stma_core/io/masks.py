@@ -579,6 +579,9 @@ def load_mask_folder(folder: str | Path) -> dict[str, LoadedMask]:
     hold at least one object. Colours and gray levels mean the same id in every file (SeriesRules).
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():  # a mask file, or stma's own RLE JSON
+        raise StmaInputError(f"{folder}: is a file, not an annotation folder; pass --mask-dir with a folder of "
+                             "<frame>.png masks (one first-frame mask goes to --mask)")
     if not folder.is_dir():
         raise StmaInputError(f"{folder}: annotation folder not found; pass --mask-dir with a folder of <frame>.png masks")
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")),
