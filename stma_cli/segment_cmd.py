@@ -728,6 +728,9 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
 
     try:
         extras = extras or Extras()
+        if job.name in ("", ".", ".."):  # `..mp4`, or the root folder: the png output would be --out itself
+            raise StmaInputError(f"{job.path}: its name {job.name!r} cannot name outputs (the png folder would be "
+                                 "--out itself or its parent); rename it, or copy the frames into a named folder")
         paths = all_output_paths(out, job.name, formats)
         for fmt, path in paths.items():  # a file where a PNG folder goes is no finished output (nor the reverse)
             if (path.exists() or path.is_symlink()) and not _right_kind(fmt, path):

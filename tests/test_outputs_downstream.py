@@ -223,3 +223,29 @@ def test_a_file_given_as_mask_dir_says_it_is_a_file(tmp_path: Path, small_frames
     assert proc.returncode == 2
     assert proc.stderr == (f"error: {MASK}: is a file, not an annotation folder; pass --mask-dir with a folder of "
                            "<frame>.png masks (one first-frame mask goes to --mask)\n")
+
+
+def test_segmenting_the_current_folder_names_outputs_after_it(tmp_path: Path, small_frames) -> None:
+    """`cd frames && stma segment . --mask m.png -o ~/results --overwrite`: `.` has no name, so the png output was
+    --out itself: the run replaced the whole results folder (every earlier result in it gone) with this video's
+    PNGs, then failed on `.rle.json`. Outputs are now named after the folder, as for `stma segment ../clip`."""
+    folder, _ = small_frames
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "earlier.rle.json").write_text("{}")
+    proc = subprocess.run([*CLI, "segment", ".", "--mask", str(MASK), "--method", "copy", "-o", str(results),
+                           "-f", "png", "-f", "rle", "--overwrite", "--json", "-q"], capture_output=True, text=True,
+                          cwd=folder, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["videos"][0]["name"] == "clip"
+    assert sorted(p.name for p in results.iterdir()) == ["clip", "clip.rle.json", "earlier.rle.json"]
+    assert len(list((results / "clip").iterdir())) == 6
+    sub = folder / "sub"  # `..` from a sub-folder is the same folder, by the same name
+    sub.mkdir()
+    try:
+        proc = subprocess.run([*CLI, "segment", "..", "--mask", str(MASK), "--method", "copy", "-o",
+                               str(tmp_path / "again"), "-q"], capture_output=True, text=True, cwd=sub, timeout=300)
+    finally:
+        sub.rmdir()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(tmp_path / "again" / "clip")]

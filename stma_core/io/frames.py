@@ -193,13 +193,22 @@ def scan_folder(folder: Path) -> FolderContents:
 
 
 def input_name(path: Path) -> str:
-    """Name of an input (its outputs and masks are named after it): `clip` for clip.mp4 and clip/."""
-    return path.name if path.is_dir() else path.stem
+    """Name of an input (its outputs and masks are named after it): `clip` for clip.mp4 and clip/, also when the
+    folder is given as `.` or `..` (whose own names would make the outputs --out itself or its parent)."""
+    if path.is_dir():
+        return _named(path).name
+    return path.stem
+
+
+def _named(path: Path) -> Path:
+    """`path`, or its absolute form when it ends in `.` or `..` (no name of its own; symlinks are kept)."""
+    return Path(os.path.abspath(path)) if path.name in ("", ".", "..") else path
 
 
 def mask_beside(path: Path) -> tuple[Path | None, list[Path]]:
     """-> (the MASK_BESIDE mask of a video or frame folder, or None; other images named like it, which
     are not its mask). The one rule for single inputs and batches."""
+    path = _named(path)  # `.`: the mask beside the current folder is in its parent
     name = input_name(path)
     wanted = [pattern.format(name).lower() for pattern in MASK_BESIDE]  # clip.PNG is a PNG too
     named = [p for p in path.parent.iterdir() if p.is_file() and _visible(p) and p != path
@@ -505,7 +514,7 @@ class FrameFolderSource(FrameSource):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.name = path.name
+        self.name = input_name(path)
         self.files = image_files(path)
         if not self.files:
             raise StmaInputError(f"{path}: folder holds no {_FRAME_FILES} frames; pass {_SUPPORTED}")
