@@ -185,7 +185,11 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
               workers: Optional[int], console: Console, report: Optional[Path] = None,
               compare: Optional[Path] = None, overwrite: bool = False) -> dict[str, Any]:
     extra: dict[str, Any] = {}
-    _check_report_options(report, compare, dataset, overwrite)
+    _check_report_options(report, compare, dataset, overwrite,
+                          keep=(("--pred", pred), ("--compare", compare), ("--gt", gt), ("--root", root),
+                                ("--out", out), ("--pred-out", pred_out or (
+                                    _default_pred_out(get_dataset(dataset).name, method)
+                                    if dataset is not None and pred is None and report is not None else None))))
     if dataset is None:
         if pred is None or gt is None:
             raise StmaInputError("give --pred PRED_DIR --gt DAVIS_ROOT to score predictions, or --dataset NAME "
@@ -281,7 +285,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
 
 
 def _check_report_options(report: Optional[Path], compare: Optional[Path], dataset: Optional[str],
-                          overwrite: bool) -> None:
+                          overwrite: bool, keep: tuple[tuple[str, Optional[Path]], ...] = ()) -> None:
     """Problems with --report/--compare are reported before any segmenting or scoring."""
     if dataset is not None and (report is not None or compare is not None):
         spec = get_dataset(dataset)
@@ -294,5 +298,5 @@ def _check_report_options(report: Optional[Path], compare: Optional[Path], datas
     if report is not None:
         from stma_core.eval.report_html import check_report_dir
 
-        check_report_dir(report, overwrite)
+        check_report_dir(report, overwrite, keep)
 

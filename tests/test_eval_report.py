@@ -218,3 +218,23 @@ def test_report_needs_local_scores(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--report/--compare" in lines[0] and "ytvos-valid" in lines[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_overwrite_never_replaces_a_folder_of_the_run_with_the_report(tennis: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--report PRED --overwrite` (the report beside the predictions, after "already exists; pass --overwrite")
+    replaced the prediction folder, every sequence's PNGs, with the report; `--report .` failed with a
+    traceback. A report folder that is or holds a folder of the run, or the current folder, is now refused
+    before anything is scored, --overwrite or not; any other existing folder is still replaced with it."""
+    pred = tmp_path / "pred"
+    shutil.copytree(tennis / "Annotations" / "480p", pred)
+    before = sorted(p.relative_to(pred) for p in pred.rglob("*"))
+    for report, named in ((pred, f"--pred {pred}"), (tmp_path, f"--pred {pred}"), (tennis, f"--gt {tennis}")):
+        result = run("--pred", pred, "--gt", tennis, "--report", report, "--overwrite")
+        assert result.exit_code == 2, result.output
+        assert result.stderr == (f"error: {report}: is or holds {named}, which --overwrite would replace with the "
+                                 "report; pass --report with a folder of its own, e.g. report/\n")
+    monkeypatch.chdir(tmp_path / "pred")
+    result = run("--pred", pred, "--gt", tennis, "--report", ".", "--overwrite")
+    assert result.exit_code == 2 and result.stderr.startswith("error: .: is or holds --pred"), result.output
+    assert sorted(p.relative_to(pred) for p in pred.rglob("*")) == before  # nothing scored, written or replaced

@@ -21,6 +21,7 @@ import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -302,13 +303,29 @@ def write_report(report_dir: str | Path, runs: list[Run], overwrite: bool = Fals
     return final / "index.html"
 
 
-def check_report_dir(final: Path, overwrite: bool) -> None:
-    """Fails early (before any scoring) when the report would overwrite something unasked."""
+def check_report_dir(final: Path, overwrite: bool, keep: Sequence[tuple[str, Path | None]] = ()) -> None:
+    """Fails early (before any scoring) when the report would overwrite something unasked.
+
+    keep: (flag, path) of the run's other folders (--pred, --compare, --gt, --out, ...): a report folder that is
+    one of them, or holds one, or the current folder, is refused even with --overwrite, which replaces the
+    whole folder: `--report PRED --overwrite` replaced the predictions being scored with the report.
+    """
     if (final.exists() or final.is_symlink()) and not overwrite:
         raise StmaOutputError(f"{final}: report folder already exists; pass --overwrite to replace it "
                               "or choose another --report folder")
     if final.exists() and not final.is_dir():
         raise StmaOutputError(f"{final}: is a file, not a folder; pass --report with a folder path")
+    if not final.exists():
+        return
+    target = final.resolve()
+    for flag, path in (*keep, ("the current folder", Path.cwd())):
+        if path is None:
+            continue
+        resolved = path.resolve()
+        if resolved == target or target in resolved.parents:
+            what = flag if flag.startswith("the ") else f"{flag} {path}"
+            raise StmaOutputError(f"{final}: is or holds {what}, which --overwrite would replace with the report; "
+                                  "pass --report with a folder of its own, e.g. report/")
 
 
 def _write_contents(folder: Path, assets: Path, runs: list[Run], title: str | None) -> None:
