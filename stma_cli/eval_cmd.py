@@ -64,14 +64,17 @@ def _check_predictions_absent(folder: Path, overwrite: bool, sequences: list[str
              "or choose another --pred-out")
 
 
-def _check_not_ground_truth(written: Path, annotations: Path) -> None:
+def _check_not_ground_truth(written: Path, annotations: Path, frames: tuple[Path, ...] = ()) -> None:
     """Predictions must not be written over the dataset's own annotations (--pred-out given as the DAVIS
     Annotations/480p folder or the YouTube-VOS valid/ folder): with --overwrite that replaced the ground
-    truth with predictions, and a DAVIS run then scored itself against them (a silent perfect score)."""
-    target, gt = written.resolve(), annotations.resolve()
-    if target == gt or gt in target.parents:
-        raise StmaInputError(f"--pred-out would write predictions into {annotations}, the dataset's own annotations; "
-                             "choose a --pred-out outside it")
+    truth with predictions, and a DAVIS run then scored itself against them (a silent perfect score).
+    Nor over its frames (--pred-out JPEGImages/480p: "already holds predictions (bear)", and --overwrite
+    replaced each sequence's JPEGs with prediction PNGs)."""
+    target = written.resolve()
+    for own, what in ((annotations, "annotations"), *((f, "frames") for f in frames)):
+        if target == own.resolve() or own.resolve() in target.parents:
+            raise StmaInputError(f"--pred-out would write predictions into {own}, the dataset's own {what}; "
+                                 "choose a --pred-out outside it")
 
 
 def _default_pred_out(dataset: str, method: str) -> Path:
@@ -212,7 +215,8 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
                                      "ground truth); drop --out (--pred-out sets where predictions and the zip go)")
             target = pred_out or _default_pred_out(spec.name, method)
             valid = ytvos_valid_dir(gt_root)
-            _check_not_ground_truth(target / "Annotations", valid / "Annotations")
+            _check_not_ground_truth(target / "Annotations", valid / "Annotations",
+                                    tuple(f for f in (valid / "JPEGImages", ytvos_all_frames_dir(valid)) if f))
             check_output_dir(target, "--pred-out")
             _check_predictions_absent(target / "Annotations", overwrite)
             all_frames = ytvos_all_frames_dir(valid)
@@ -236,7 +240,7 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
             _, sequences = resolve_split(gt_root, split_arg)
             pred = pred_out or _default_pred_out(spec.name, method)
             annotations_root = check_davis_root(gt_root)
-            _check_not_ground_truth(pred, annotations_root)
+            _check_not_ground_truth(pred, annotations_root, (gt_root / "JPEGImages",))
             check_scorable(annotations_root, sequences)
             check_output_dir(pred, "--pred-out")
             _check_predictions_absent(pred, overwrite, sequences)

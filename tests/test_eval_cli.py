@@ -801,3 +801,24 @@ def test_csvs_are_replaced_in_one_rename_never_rewritten_in_place(small_root: Pa
     after = {p.name: p.read_text() for p in out.iterdir()}
     assert sorted(after) == sorted(before) and after != before  # no .tmp left; new scores in place
     assert json.loads(again.stdout)["global"]["J-Mean"] < 1.0
+
+
+def test_predictions_are_never_written_over_the_datasets_frames(tmp_path: Path) -> None:
+    """--pred-out given as DAVIS JPEGImages/480p said "already holds predictions (toy); pass --overwrite", and
+    --overwrite replaced each sequence's JPEG frames with prediction PNGs. YouTube-VOS frame folders the same.
+    Now one error line, and the frames are untouched."""
+    names = [f"{i:05d}" for i in range(6)]
+    davis = _tiny_root(tmp_path / "davis", names)
+    frames = davis / "JPEGImages"
+    before = {p: p.read_bytes() for p in frames.rglob("*.jpg")}
+    for target in (frames / "480p", frames / "480p" / "toy", frames):
+        result = run("--dataset", "davis17-val", "--root", str(davis), "--method", "copy", "--pred-out", str(target),
+                     "--overwrite")
+        assert_input_error(result, f"--pred-out would write predictions into {frames}", "own frames")
+    root, _ = _ytvos_root(tmp_path)
+    before.update({p: p.read_bytes() for p in (root / "valid" / "JPEGImages").rglob("*.jpg")})
+    result = run("--dataset", "ytvos-valid", "--root", str(root), "--method", "copy", "--pred-out",
+                 str(root / "valid" / "JPEGImages"), "--overwrite")
+    assert_input_error(result, str(root / "valid" / "JPEGImages"), "own frames")
+    assert {p: p.read_bytes() for p in before} == before
+    assert not [*frames.rglob("*.png"), *(root / "valid" / "JPEGImages").rglob("*.png")]  # no prediction written
