@@ -116,6 +116,15 @@ def export(
             fail(f"--format onnx: {' and '.join(missing)} not installed; install the onnx extra: "
                  "pip install \"stma[onnx]\" (or use --format torchscript)")
     check_output_dir(out)
+    if overwrite:  # --overwrite replaces the whole folder: never the model being exported, nor the current folder
+        from stma_core.checkpoint import DEFAULT_CHECKPOINT
+        from stma_core.io.atomic import check_not_replacing
+
+        try:
+            check_not_replacing(out, [("--checkpoint", checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT)],
+                                "the export", "pass --out with a folder of its own, e.g. export/")
+        except StmaOutputError as exc:
+            fail(exc)
     note_run_folder(checkpoint, quiet, console)
     if size is None:
         size = default_export_size(checkpoint)

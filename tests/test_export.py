@@ -300,3 +300,25 @@ def test_speedups_keep_outputs():
     for name in want_maps:
         torch.testing.assert_close(got_maps[name], want_maps[name], atol=1e-4, rtol=1e-4)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trunk.modules())  # the original is untouched
+
+
+def test_overwrite_never_replaces_the_folder_of_the_checkpoint(tiny_checkpoint: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    """`stma export --checkpoint RUN --out RUN --overwrite` (a `stma train` run folder, exported in place) replaced
+    the run folder, its model.safetensors and training state included, with the graphs. An --out that is or
+    holds the checkpoint, or is the current folder, is now refused before anything is exported."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(tiny_checkpoint.read_bytes())
+    (run / "state.pt").write_text("training state")
+    for checkpoint, out in ((run, run), (run / "model.safetensors", run), (run / "model.safetensors", tmp_path)):
+        result = export_cli("--format", "torchscript", "--checkpoint", checkpoint, "--out", out, "--size", 64, 90,
+                            "--overwrite")
+        assert_bad_input(result, f"{out}: is or holds --checkpoint {checkpoint}, which --overwrite would replace "
+                                 "with the export; pass --out with a folder of its own, e.g. export/")
+    monkeypatch.chdir(run)
+    result = export_cli("--format", "torchscript", "--checkpoint", tiny_checkpoint, "--out", ".", "--size", 64, 90,
+                        "--overwrite")
+    assert_bad_input(result, ".: is or holds the current folder")
+    assert sorted(p.name for p in run.iterdir()) == ["model.safetensors", "state.pt"]
+    assert (run / "model.safetensors").read_bytes() == tiny_checkpoint.read_bytes()

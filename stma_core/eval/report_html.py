@@ -29,7 +29,7 @@ from PIL import Image
 from stma_core.errors import StmaOutputError
 from stma_core.eval.datasets import frame_image
 from stma_core.eval.scoring import GLOBAL_COLUMNS, EvalResult, ObjectResult, read_id_mask
-from stma_core.io.atomic import commit, partial_path, remove_path, remove_stale_partials
+from stma_core.io.atomic import check_not_replacing, commit, partial_path, remove_path, remove_stale_partials
 from stma_core.io.frames import natural_key, open_upright
 from stma_core.io.palette import DAVIS_PALETTE
 from stma_core.io.plotting import glyph_warnings_ignored
@@ -315,17 +315,7 @@ def check_report_dir(final: Path, overwrite: bool, keep: Sequence[tuple[str, Pat
                               "or choose another --report folder")
     if final.exists() and not final.is_dir():
         raise StmaOutputError(f"{final}: is a file, not a folder; pass --report with a folder path")
-    if not final.exists():
-        return
-    target = final.resolve()
-    for flag, path in (*keep, ("the current folder", Path.cwd())):
-        if path is None:
-            continue
-        resolved = path.resolve()
-        if resolved == target or target in resolved.parents:
-            what = flag if flag.startswith("the ") else f"{flag} {path}"
-            raise StmaOutputError(f"{final}: is or holds {what}, which --overwrite would replace with the report; "
-                                  "pass --report with a folder of its own, e.g. report/")
+    check_not_replacing(final, keep, "the report", "pass --report with a folder of its own, e.g. report/")
 
 
 def _write_contents(folder: Path, assets: Path, runs: list[Run], title: str | None) -> None:

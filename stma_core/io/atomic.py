@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from stma_core.errors import StmaOutputError
 
@@ -118,6 +118,23 @@ def commit(partial: Path, final: Path, overwrite: bool) -> None:
         remove_path(old)
         return
     os.replace(partial, final)
+
+
+def check_not_replacing(final: Path, keep: Sequence[tuple[str, Path | None]], output: str, fix: str) -> None:
+    """Refuses to replace the folder `final` wholesale (--overwrite) when it is, or holds, one of the run's own
+    folders or files `keep` ((flag, path): --pred, --checkpoint, ...), or the current folder: `--report PRED
+    --overwrite` replaced the predictions being scored, `export --checkpoint RUN --out RUN --overwrite` the model
+    it exported. `output` names what would replace it ("the report"), `fix` says what to pass instead."""
+    if not (final.exists() or final.is_symlink()):
+        return
+    target = final.resolve()
+    for flag, path in (*keep, ("the current folder", Path.cwd())):
+        if path is None:
+            continue
+        resolved = path.resolve()
+        if resolved == target or target in resolved.parents:
+            what = flag if flag.startswith("the ") else f"{flag} {path}"
+            raise StmaOutputError(f"{final}: is or holds {what}, which --overwrite would replace with {output}; {fix}")
 
 
 def ensure_writable_dir(folder: Path) -> None:
