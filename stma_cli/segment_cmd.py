@@ -739,9 +739,11 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
                                       "choose another --out")
         for fmt, path in paths.items():  # `stma segment frames -o .`: the png folder IS the input (or its masks)
             final = path.resolve()
-            for what, given in (("input", job.path), ("mask", job.mask_file), ("--mask-dir", job.mask_dir)):
+            for what, given in (("input", job.path), ("mask", job.mask_file), ("--mask-dir", job.mask_dir),
+                                ("current folder", Path.cwd() if overwrite else None)):  # `cd out/clip; ... -o ..`
                 if given is not None and (given.resolve() == final or final in given.resolve().parents):
-                    raise StmaOutputError(f"{path}: the {fmt} output would replace the {what} {given}; "
+                    shown = "" if what == "current folder" else f" {given}"
+                    raise StmaOutputError(f"{path}: the {fmt} output would replace the {what}{shown}; "
                                           "choose another --out")
         todo = [f for f, p in paths.items() if overwrite or not p.exists()]
         if not todo and batch:

@@ -249,3 +249,19 @@ def test_segmenting_the_current_folder_names_outputs_after_it(tmp_path: Path, sm
         sub.rmdir()
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str(tmp_path / "again" / "clip")]
+
+
+def test_overwrite_never_replaces_the_current_folder(tmp_path: Path, small_frames) -> None:
+    """From inside a video's png output (`cd out/clip`), `stma segment CLIP -o .. --overwrite` replaced the
+    current folder under the shell; now refused with one line, like an output that would replace the input."""
+    folder, _ = small_frames
+    out = tmp_path / "out"
+    first = subprocess.run([*CLI, "segment", str(folder), "--mask", str(MASK), "--method", "copy", "-o", str(out),
+                            "-q"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    (out / "clip" / "notes.txt").write_text("mine")
+    proc = subprocess.run([*CLI, "segment", str(folder), "--mask", str(MASK), "--method", "copy", "-o", "..",
+                           "--overwrite", "-q"], capture_output=True, text=True, cwd=out / "clip", timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == "error: ../clip: the png output would replace the current folder; choose another --out"
+    assert (out / "clip" / "notes.txt").read_text() == "mine"
