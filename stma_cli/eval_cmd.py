@@ -27,6 +27,7 @@ from stma_core.eval.report import render_table, result_json, write_csvs
 from stma_core.eval.run_dataset import segment_davis, segment_ytvos, ytvos_all_frames_dir, ytvos_valid_dir
 from stma_core.eval.scoring import EvalResult, check_prediction_files, check_scorable, score_predictions
 from stma_core.inference.factory import METHODS, make_propagator_factory
+from stma_core.io.frames import input_name
 
 YTVOS_SERVER = "the YouTube-VOS evaluation server (linked from https://youtube-vos.org/dataset/vos/)"
 
@@ -261,9 +262,10 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
     if report is not None:
         from stma_core.eval.report_html import Run, write_report
 
-        runs = [Run(extra.get("method") or pred.name, result)]
+        runs = [Run(extra.get("method") or input_name(pred), result)]  # `--pred .` is named after its folder
         if second is not None:
-            label = compare.name if compare.name != runs[0].label else f"{compare.name} (compare)"
+            name = input_name(compare)
+            label = name if name != runs[0].label else f"{name} (compare)"
             runs.append(Run(label, second))
         index = write_report(report, runs, overwrite=overwrite)
     if as_json:
