@@ -238,3 +238,14 @@ def test_overwrite_never_replaces_a_folder_of_the_run_with_the_report(tennis: Pa
     result = run("--pred", pred, "--gt", tennis, "--report", ".", "--overwrite")
     assert result.exit_code == 2 and result.stderr.startswith("error: .: is or holds --pred"), result.output
     assert sorted(p.relative_to(pred) for p in pred.rglob("*")) == before  # nothing scored, written or replaced
+
+
+def test_a_run_given_as_dot_is_labelled_by_its_folder(small_root: Path, preds: tuple[Path, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cd PRED && stma eval --pred . --report R`: the report labelled the run with an empty name."""
+    monkeypatch.chdir(preds[0])
+    result = run("--pred", ".", "--gt", small_root, "--out", tmp_path / "csv", "--report", tmp_path / "r",
+                 "--compare", "../eroded", "-q")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "<li><b>exact</b>" in page and "<li><b>eroded</b>" in page
