@@ -822,3 +822,17 @@ def test_predictions_are_never_written_over_the_datasets_frames(tmp_path: Path) 
     assert_input_error(result, str(root / "valid" / "JPEGImages"), "own frames")
     assert {p: p.read_bytes() for p in before} == before
     assert not [*frames.rglob("*.png"), *(root / "valid" / "JPEGImages").rglob("*.png")]  # no prediction written
+
+
+def test_eval_json_has_the_keys_the_readme_documents(tmp_path: Path) -> None:
+    """The README gave eval's --json only as `{"error": …}`; a script had to guess the rest. The keys it now
+    documents are the ones a scored run prints."""
+    davis = _tiny_root(tmp_path / "davis", [f"{i:05d}" for i in range(6)])
+    payload, _ = _copy_eval(davis, tmp_path / "pred", "-q")
+    documented = {"split", "gt_root", "pred_dir", "sequences", "objects", "global", "per_object", "seconds", "csv",
+                  "warnings", "compare", "report", "dataset", "method"}
+    assert {"split", "global", "per_object", "csv", "dataset", "method"} <= set(payload) <= documented
+    assert set(payload["global"]) == {"J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"}
+    assert set(payload["per_object"][0]) == {"sequence", "object", "frames", "J-Mean", "J-Recall", "J-Decay",
+                                             "F-Mean", "F-Recall", "F-Decay"}
+    assert set(payload["csv"]) == {"global", "per_sequence"} and 0 <= payload["global"]["J-Mean"] <= 1
