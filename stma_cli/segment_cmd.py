@@ -755,8 +755,8 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         if len(todo) < len(formats):  # a batch adds the missing formats only; say the others are an earlier run's
             kept = ", ".join(str(p) for f, p in paths.items() if f not in todo)
             warning(f"{job.path}: kept {kept} from an earlier run and wrote only {', '.join(todo)} now; the "
-                          "earlier run's settings are not compared with this one's: pass --overwrite to redo all of "
-                          "this video's outputs")
+                    "earlier run's settings are not compared with this one's: pass --overwrite to redo all of "
+                    "this video's outputs")
         source = open_frames(job.path)
         select = _frame_range(source, extras)
         selected = None if select is None else lambda name: _frame_index(source, name) in select
@@ -806,7 +806,7 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
                     f"first appear (for this video alone: --mask {first_mask})")
         if progress.disable and not quiet:  # no live bar (not a terminal): one plain line per video
             info(console, f"{job.name}: {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s)")
-        id_map = {source: object_id for m in loaded for object_id, source in sorted(m.mapping.items())}
+        id_map = {value: object_id for m in loaded for object_id, value in sorted(m.mapping.items())}
         return Outcome(job, "done", frames, seconds, list(paths.values()), object_ids=object_ids, id_map=id_map,
                        warnings=said)
     except _Stop:
