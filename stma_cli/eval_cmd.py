@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from stma_cli import _settings
 from stma_cli._common import (DEVICES, check_device, check_output_dir, echo, echo_json, fail, frame_progress, info,
-                              stderr_console, note_run_folder, stdout_closed, warn)
+                              refuse_stdout_dash, stderr_console, note_run_folder, stdout_closed, warn)
 from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
                                      resolve_root, resolve_split, short_list)
@@ -304,5 +304,8 @@ def _check_report_options(report: Optional[Path], compare: Optional[Path], datas
     if report is not None:
         from stma_core.eval.report_html import check_report_dir
 
+        refuse_stdout_dash(report, "--report")  # `--report -` made a folder named '-'
         check_report_dir(report, overwrite, keep)
+        if not report.exists():  # creatable and writable, proven before scoring (a parent that is a file, /proc)
+            check_output_dir(report, "--report")
 

@@ -249,3 +249,20 @@ def test_a_run_given_as_dot_is_labelled_by_its_folder(small_root: Path, preds: t
     assert result.exit_code == 0, result.output
     page = (tmp_path / "r" / "index.html").read_text()
     assert "<li><b>exact</b>" in page and "<li><b>eroded</b>" in page
+
+
+def test_report_dash_and_unwritable_report_are_refused_before_scoring(tennis: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--report -` made a folder named '-' (the other output options refuse '-', which is not stdout), and a
+    report folder under a file was found unwritable only after scoring; both are one line before anything."""
+    pred = tmp_path / "pred"
+    shutil.copytree(tennis / "Annotations" / "480p", pred)
+    monkeypatch.chdir(tmp_path)
+    result = run("--pred", pred, "--gt", tennis, "--report", "-")
+    assert result.exit_code == 2 and result.stderr.startswith("error: --report -: --report is a folder"), result.output
+    blocked = pred / "tennis" / "00000.png" / "report"
+    result = run("--pred", pred, "--gt", tennis, "--report", blocked)
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {blocked}: output folder is not writable ({pred / 'tennis' / '00000.png'} is a "
+                             "file, not a folder); pass --report with a writable folder\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
