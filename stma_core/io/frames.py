@@ -293,12 +293,12 @@ class VideoFileSource(FrameSource):
         self.name = path.stem
         header, first = self._probe()
         self.size = (int(first.shape[1]), int(first.shape[0]))  # after the file's rotation is applied
-        self.turned, self.display_size, self.sar = _shape_metadata(header, self.size)
-        self.matrix = _matrix(_video_stream(header))
+        stream = _video_stream(header)
+        self.turned, self.display_size, self.sar = _shape_metadata(stream, self.size)
+        self.matrix = _matrix(stream)
         inputs = header.split("Stream mapping:")[0]  # not the streams of ffmpeg's own output
         self.other_videos = len(re.findall(r"^\s*Stream #\S+.*?: Video: (?!.*\(attached pic\))", inputs,
                                            re.MULTILINE)) - 1
-        stream = _video_stream(header)
         fps = re.search(r"(\d+(?:\.\d+)?)(k?) fps", stream.group(1)) if stream else None
         printed = float(fps.group(1)) * (1000 if fps.group(2) else 1) if fps else 0.0
         self.fps = _exact_rate(printed) if printed > 0 else FOLDER_FPS
@@ -327,9 +327,9 @@ class VideoFileSource(FrameSource):
         except OSError as exc:
             raise StmaInputError(f"{self.path}: cannot run ffmpeg ({exc}); reinstall imageio-ffmpeg") from exc
         header = result.stderr.decode("utf-8", "replace")
-        has_stream = _video_stream(header) is not None
         first = cv2.imdecode(np.frombuffer(result.stdout, np.uint8), cv2.IMREAD_COLOR) if result.stdout else None
         if first is None:
+            has_stream = _video_stream(header) is not None
             if "Stream #" in header and not has_stream:
                 what = "audio with a cover picture" if "(attached pic)" in header else "audio only?"
                 raise StmaInputError(f"{self.path}: file has no video stream ({what}); pass {_SUPPORTED}")
@@ -476,12 +476,12 @@ def _matrix(stream: re.Match | None) -> str | None:
     return next((tag for tag in tags if tag in YUV_MATRICES), None)
 
 
-def _shape_metadata(header: str, size: tuple[int, int]
+def _shape_metadata(stream: re.Match | None, size: tuple[int, int]
                     ) -> tuple[bool, tuple[int, int] | None, tuple[int, int] | None]:
     """-> (frames turned a quarter by rotation metadata, displayed (width, height) if pixels are not square,
-    the pixel aspect of the frames as read if not square), from ffmpeg's description of the file; the shown
-    size explains masks drawn at another size, the pixel aspect goes to the video outputs."""
-    stream = _video_stream(header)
+    the pixel aspect of the frames as read if not square), from ffmpeg's description of the video stream
+    (_video_stream); the shown size explains masks drawn at another size, the pixel aspect goes to the
+    video outputs."""
     stored = re.search(r", (\d{1,5})x(\d{1,5})\b", stream.group(1)) if stream else None
     turned = bool(stored) and (int(stored.group(1)), int(stored.group(2))) == (size[1], size[0]) != size
     sar = re.search(r"\[SAR (\d+):(\d+) DAR", stream.group(1)) if stream else None
