@@ -33,8 +33,8 @@ from stma_core.errors import StmaInputError, StmaOutputError
 from stma_core.inference.factory import METHODS, make_propagator_factory
 from stma_core.inference.propagator import Propagator
 from stma_core.io.atomic import ensure_writable_dir, remove_stale_run_folders
-from stma_core.io.frames import (FrameFolderSource, FrameSource, input_name, mask_beside, not_a_mask_note,
-                                 open_frames, scan_folder)
+from stma_core.io.frames import (FolderContents, FrameFolderSource, FrameSource, input_name, mask_beside,
+                                 not_a_mask_note, open_frames, scan_folder)
 from stma_core.io.masks import LoadedMask, fit_mask, load_mask, load_mask_folder
 from stma_core.io.writers import OVERLAY_ALPHA, padded_size
 from stma_core.io.outputs import (ALL_FORMATS, ALPHA_CODECS, OVERLAY_STYLES, VIDEO_FORMATS, OutputOptions, OutputWriter,
@@ -63,6 +63,8 @@ class Job:
     mask_dir: Path | None = None
     not_masks: list[Path] = field(default_factory=list)
     """Images named like the input that are not taken as its mask (`clip.jpg`), named when it has none."""
+    contents: FolderContents | None = None
+    """scan_folder of a frame folder given as INPUT, so opening it does not scan the folder again."""
 
 
 @dataclass
@@ -185,7 +187,7 @@ def _find_jobs(input_path: Path, mask: Path | None, mask_dir: Path | None, out: 
     batch = contents is not None and contents.kind != "frames"
     if not batch:
         name = input_name(input_path)
-        job = Job(input_path, name)
+        job = Job(input_path, name, contents=contents)
         if mask is not None:
             job.mask_file = mask / f"{name}.png" if mask.is_dir() else mask
         elif mask_dir is not None:
@@ -757,7 +759,7 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
             warning(f"{job.path}: kept {kept} from an earlier run and wrote only {', '.join(todo)} now; the "
                     "earlier run's settings are not compared with this one's: pass --overwrite to redo all of "
                     "this video's outputs")
-        source = open_frames(job.path)
+        source = open_frames(job.path, job.contents)
         select = _frame_range(source, extras)
         selected = None if select is None else lambda name: _frame_index(source, name) in select
         masks, loaded, warnings = _load_masks(job, source, select.start if select else 0, selected)

@@ -111,6 +111,28 @@ def test_frame_folder_with_annotation_folder_keeps_user_ids(tmp_path: Path, tenn
     assert set(np.unique(second)) == {0, 1, 2}
 
 
+def test_frame_folder_images_are_checked_for_animation_once(tmp_path: Path, tennis: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder scan that sorts INPUT into frames or videos opens each image once (an animated PNG/WebP is a
+    video); opening the frame folder for segmenting used to scan it, opening every image, a second time."""
+    from stma_core.io import frames
+
+    opened: list[Path] = []
+    real = frames.is_animation
+
+    def counted(path: Path) -> bool:
+        opened.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(frames, "is_animation", counted)
+    folder = tennis / "JPEGImages" / "480p" / "tennis"
+    result = segment(folder, "--mask-dir", tennis / "Annotations" / "480p", "--method", "copy",
+                     "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    images = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")
+    assert len(images) >= 2 and sorted(opened) == images
+
+
 def test_davis_layout_as_a_batch(tmp_path: Path, tennis: Path) -> None:
     """JPEGImages/480p (a folder of frame folders) with --mask-dir Annotations/480p (a folder of <video>/)."""
     out = tmp_path / "out"

@@ -657,13 +657,15 @@ def is_animation(path: Path) -> bool:
         return False
 
 
-def open_frames(path: str | Path) -> FrameSource:
-    """Opens a video file or frame folder, checking it can be read (not its every frame)."""
+def open_frames(path: str | Path, contents: FolderContents | None = None) -> FrameSource:
+    """Opens a video file or frame folder, checking it can be read (not its every frame).
+
+    contents: scan_folder(path) of a folder, when the caller has already scanned it (it is not scanned again)."""
     path = Path(path)
     if not path.exists():
         raise StmaInputError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
-        contents = scan_folder(path)
+        contents = contents if contents is not None else scan_folder(path)
         if contents.kind != "frames" and not contents.images:
             raise StmaInputError(f"{path}: folder holds no {_FRAME_FILES} frames; pass {_SUPPORTED}")
         return FrameFolderSource(path)
