@@ -257,6 +257,29 @@ def test_an_annotation_folder_reads_every_gray_mask_by_the_same_rules(tmp_path: 
     assert load_mask(void / "00004.png").object_ids == [1]
 
 
+def test_an_annotation_folder_decodes_each_gray_mask_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grayscale --mask-dir mask was decoded twice: once for the folder's rules (SeriesRules), again for its ids."""
+    from stma_core.io import masks as mask_module
+
+    first = np.zeros((60, 90), np.uint8)
+    first[20:40, 20:60], first[:5] = 1, 255  # object 1 and a void band
+    later = np.zeros((60, 90), np.uint8)
+    later[2:10, 2:10] = 2
+    for name, ids in (("00000.png", first), ("00004.png", later)):
+        _save(ids, tmp_path / name)
+    read: list[Path] = []
+    real = mask_module._read_image
+
+    def counted(path: Path):
+        read.append(path)
+        return real(path)
+
+    monkeypatch.setattr(mask_module, "_read_image", counted)
+    masks = load_mask_folder(tmp_path)
+    assert sorted(read) == [tmp_path / "00000.png", tmp_path / "00004.png"]
+    assert masks["00000"].object_ids == [1] and masks["00004"].object_ids == [2]
+
+
 def test_a_mask_with_an_exif_orientation_is_read_upright(tmp_path: Path) -> None:
     """Frames are read upright by their EXIF orientation; a mask saved with its photo's tag (an editor keeps
     it) was read raw, so it lay turned over the upright frame. Masks are turned the same way now."""

@@ -384,7 +384,8 @@ class SeriesRules:
     void255: bool = False
 
     @classmethod
-    def of(cls, files: Iterable[Path]) -> "SeriesRules":
+    def of(cls, files: Iterable[Path], decoded: dict[Path, Image.Image] | None = None) -> "SeriesRules":
+        """decoded: gets the grayscale images read here, by path, for load_mask(image=): they are decoded once."""
         rules = cls()
         for path in files:
             try:
@@ -395,6 +396,8 @@ class SeriesRules:
             if not gray_file:
                 continue
             image = _read_image(path)
+            if decoded is not None:
+                decoded[path] = image
             gray, exact = _gray_levels(path, image)
             rules.exact |= exact
             rules.void255 |= not exact and _is_void_label_map(gray)
@@ -471,7 +474,7 @@ def _black_index(image: Image.Image, indices: np.ndarray) -> int | None:
 
 
 def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_object: bool = True,
-              series: SeriesRules | None = None) -> LoadedMask:
+              series: SeriesRules | None = None, image: Image.Image | None = None) -> LoadedMask:
     """Reads one mask PNG into ids.
 
     Palette PNGs: pixel value = id, 255 (DAVIS void) becomes background with a warning.
@@ -484,9 +487,10 @@ def load_mask(path: str | Path, color_ids: ColorIds | None = None, require_objec
     RGB(A): black (or transparent) is background; DAVIS colours keep their ids; other colours get ids in
     order of first appearance; the DAVIS void colour (224, 224, 192) is void (background), as in palette
     masks. An RGBA cut-out (a picture on transparency) is one object: its opaque pixels. `color_ids` keeps those choices consistent over the masks of one video.
+    `image`: the file as already read upright (SeriesRules.of's `decoded`), so it is not decoded again.
     """
     path = Path(path)
-    image = _read_image(path)
+    image = _read_image(path) if image is None else image
     pages = _page_count(path)
     color_ids = color_ids if color_ids is not None else ColorIds()
     mode = image.mode
@@ -589,8 +593,10 @@ def load_mask_folder(folder: str | Path) -> dict[str, LoadedMask]:
     if not files:
         raise StmaInputError(f"{folder}: no .png masks in the annotation folder; add <frame name>.png files")
     color_ids = ColorIds()
-    series = SeriesRules.of(files)
-    masks = {p.stem: load_mask(p, color_ids, require_object=False, series=series) for p in files}
+    decoded: dict[Path, Image.Image] = {}  # the grayscale masks, read once for the rules and for their ids
+    series = SeriesRules.of(files, decoded)
+    masks = {p.stem: load_mask(p, color_ids, require_object=False, series=series, image=decoded.pop(p, None))
+             for p in files}
     if not any(m.object_ids for m in masks.values()):
         raise StmaInputError(f"{folder}: no mask in the folder has an object; "
                              "draw each object with a nonzero id or colour")
