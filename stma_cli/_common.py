@@ -35,7 +35,8 @@ _json_printed = [False]
 
 
 def echo_json(payload: object) -> None:
-    """Prints a command's one --json document on stdout; app.main prints one for a run interrupted before it."""
+    """Prints a command's one --json document on stdout; the `stma` group prints one for a run refused before it,
+    app.main for one interrupted before it."""
     import json
 
     _json_printed[0] = True  # before writing: a reader that went away must not get a second document
@@ -43,7 +44,14 @@ def echo_json(payload: object) -> None:
 
 
 def json_was_printed() -> bool:
+    """Whether the command being run printed its --json document (echo_json)."""
     return _json_printed[0]
+
+
+def command_starts() -> None:
+    """A command starts (the `stma` group calls this): no --json document of it was printed yet (tests run
+    several commands in one process)."""
+    _json_printed[0] = False
 
 
 def one_line(message: object) -> str:
@@ -59,20 +67,20 @@ def print_error(message: object) -> None:
 
 class Refusal(typer.Exit):
     """What `fail` raises: the exit plus its one line, so the `stma` group can also put it in a --json run's
-    stdout (a script reading stdout then never gets nothing). json_printed: the command already did."""
+    stdout (a script reading stdout then never gets nothing), unless the command already printed its
+    --json document with the error (json_was_printed)."""
 
-    def __init__(self, line: str, code: int, json_printed: bool = False) -> None:
+    def __init__(self, line: str, code: int) -> None:
         super().__init__(code)
         self.line = line
-        self.json_printed = json_printed
 
 
-def fail(message: object, code: int = EXIT_BAD_INPUT, json_printed: bool = False) -> NoReturn:
+def fail(message: object, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Prints the one-line error and exits (2 = bad input, the default).
 
-    json_printed: the caller already wrote its --json summary with this error (see Refusal)."""
+    A caller that wrote its --json summary with this error first did so through echo_json (see Refusal)."""
     print_error(message)
-    raise Refusal(one_line(message), code, json_printed)
+    raise Refusal(one_line(message), code)
 
 
 def usage_error_line(exc: click_errors.UsageError, command: str = "stma") -> str:

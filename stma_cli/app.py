@@ -17,7 +17,8 @@ import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 from stma_cli import eval_cmd, export_cmd, segment_cmd, train_cmd  # noqa: E402
-from stma_cli._common import Refusal, click_errors, fail, usage_error_line  # noqa: E402
+from stma_cli._common import (Refusal, click_errors, command_starts, fail, json_was_printed,  # noqa: E402
+                              usage_error_line)
 
 # Commands with --json: what each prints on stdout when it is refused before writing its own summary
 # (a bad option, a usage error), so a script parsing stdout never gets nothing.
@@ -47,13 +48,14 @@ class StmaGroup(TyperGroup):
 
     def invoke(self, ctx: click.Context) -> Any:
         args = [*getattr(ctx, "_protected_args", ()), *ctx.args]  # the group's invoke consumes them
+        command_starts()
         try:
             with _one_line_usage_errors(ctx):
                 return super().invoke(ctx)
         except Refusal as refusal:
             given = args[:args.index("--")] if "--" in args else args
             refused_json = JSON_REFUSALS.get(given[0] if given else "")
-            if refused_json is not None and "--json" in given and not refusal.json_printed:
+            if refused_json is not None and "--json" in given and not json_was_printed():
                 refused_json(refusal.line)
             raise
 

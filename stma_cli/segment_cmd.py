@@ -659,7 +659,7 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
             rest = jobs[jobs.index(current) + 1:]
             outcomes += _not_run(rest, line)
             _print_json(outcomes, time.perf_counter() - start, error=line if rest else "")
-        fail(stop.args[0], stop.code, json_printed=as_json and current is not None)
+        fail(stop.args[0], stop.code)
     if batch and not quiet:
         console.print(_summary(outcomes))
     if as_json:
@@ -682,7 +682,7 @@ def _refuse(jobs: list[Job], message: object, as_json: bool) -> NoReturn:
     if as_json:
         line = one_line(message)
         _print_json(_not_run(jobs, line), 0.0, error=line)
-    fail(message, json_printed=as_json)
+    fail(message)
 
 
 def refused_json(line: str) -> None:
