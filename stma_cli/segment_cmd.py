@@ -607,9 +607,10 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
             _refuse(jobs, f"{job.path}: {first_of[job.name]} is also named {job.name!r}, and outputs are named after "
                     "their input; rename one of them", as_json)
         first_of[job.name] = job.path
+    outputs = [all_output_paths(out, job.name, fmt_list) for job in jobs]  # each job's, handed to its run too
     owner: dict[Path, Path] = {}
-    for job in jobs:  # a.cutout.mp4's png folder is a.mp4's cutout folder: one would overwrite the other
-        for path in all_output_paths(out, job.name, fmt_list).values():
+    for job, paths in zip(jobs, outputs):  # a.cutout.mp4's png folder is a.mp4's cutout folder: one would overwrite
+        for path in paths.values():
             if path in owner:
                 _refuse(jobs, f"{job.path}: its output {path} is also an output of {owner[path]}; rename one of "
                         "them, or segment them into separate --out folders", as_json)
@@ -635,9 +636,9 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
     current: Job | None = None
     try:
         with frame_progress(console, disable=quiet) as progress:
-            for job in jobs:
+            for job, paths in zip(jobs, outputs):
                 current = job
-                outcome = _run_job(job, batch, fmt_list, out, overwrite, propagator, progress, console, quiet,
+                outcome = _run_job(job, paths, batch, fmt_list, out, overwrite, propagator, progress, console, quiet,
                                    extras or Extras(), direction)
                 outcomes.append(outcome)
                 if not as_json:
@@ -717,10 +718,11 @@ def _right_kind(fmt: str, path: Path) -> bool:
     return path.is_file() if fmt in FILE_FORMATS else path.is_dir()
 
 
-def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bool,
+def _run_job(job: Job, paths: dict[str, Path], batch: bool, formats: list[str], out: Path, overwrite: bool,
              propagator: Callable[[], Propagator], progress: Progress, console: Console, quiet: bool,
              extras: Extras | None = None, direction: Direction = Direction.FORWARD) -> Outcome:
-    """One video: bad input ends the command (exit 2) for a single video, or is recorded in a batch."""
+    """One video: bad input ends the command (exit 2) for a single video, or is recorded in a batch.
+    paths: its outputs (all_output_paths of `formats`)."""
     start = time.perf_counter()
     said: list[str] = []  # this video's warnings, also for its --json entry
 
@@ -733,21 +735,23 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
         if job.name in ("", ".", ".."):  # `..mp4`, or the root folder: the png output would be --out itself
             raise StmaInputError(f"{job.path}: its name {job.name!r} cannot name outputs (the png folder would be "
                                  "--out itself or its parent); rename it, or copy the frames into a named folder")
-        paths = all_output_paths(out, job.name, formats)
-        for fmt, path in paths.items():  # a file where a PNG folder goes is no finished output (nor the reverse)
-            if (path.exists() or path.is_symlink()) and not _right_kind(fmt, path):
+        present = {fmt: path for fmt, path in paths.items() if path.exists() or path.is_symlink()}
+        for fmt, path in present.items():  # a file where a PNG folder goes is no finished output (nor the reverse)
+            if not _right_kind(fmt, path):  # so a path left in `present` exists (a dangling link is refused)
                 raise StmaOutputError(f"{path}: is a {'folder' if path.is_dir() else 'file'}, not this video's {fmt} "
                                       f"output (a {'file' if fmt in FILE_FORMATS else 'folder'}); move it away or "
                                       "choose another --out")
+        protected = [(what, given, given.resolve()) for what, given in (
+            ("input", job.path), ("mask", job.mask_file), ("--mask-dir", job.mask_dir),
+            ("current folder", Path.cwd() if overwrite else None)) if given is not None]  # `cd out/clip; ... -o ..`
         for fmt, path in paths.items():  # `stma segment frames -o .`: the png folder IS the input (or its masks)
             final = path.resolve()
-            for what, given in (("input", job.path), ("mask", job.mask_file), ("--mask-dir", job.mask_dir),
-                                ("current folder", Path.cwd() if overwrite else None)):  # `cd out/clip; ... -o ..`
-                if given is not None and (given.resolve() == final or final in given.resolve().parents):
+            for what, given, resolved in protected:
+                if resolved == final or final in resolved.parents:
                     shown = "" if what == "current folder" else f" {given}"
                     raise StmaOutputError(f"{path}: the {fmt} output would replace the {what}{shown}; "
                                           "choose another --out")
-        todo = [f for f, p in paths.items() if overwrite or not p.exists()]
+        todo = [f for f in paths if overwrite or f not in present]
         if not todo and batch:
             return Outcome(job, "skipped", paths=list(paths.values()))
         if len(todo) < len(formats) and not batch:
@@ -816,13 +820,12 @@ def _run_job(job: Job, batch: bool, formats: list[str], out: Path, overwrite: bo
     except (StmaInputError, StmaOutputError) as exc:
         if not batch:
             raise _Stop(exc, EXIT_BAD_INPUT, said) from exc
-        finals = all_output_paths(out, job.name, formats)
-        if isinstance(exc, StmaOutputError) and not overwrite and all(_right_kind(f, p) for f, p in finals.items()):
+        if isinstance(exc, StmaOutputError) and not overwrite and all(_right_kind(f, p) for f, p in paths.items()):
             # another run (a second batch over the same folder) finished this video first: as if it had
             # been finished before this run started, it is skipped, with a note
             if not quiet:
                 info(console, f"{job.path}: another run wrote its outputs meanwhile; kept them (skipped)")
-            return Outcome(job, "skipped", paths=list(finals.values()), warnings=said)
+            return Outcome(job, "skipped", paths=list(paths.values()), warnings=said)
         print_error(exc)
         return Outcome(job, "failed", error=one_line(exc), bad_input=True, warnings=said)
     except Exception as exc:  # noqa: BLE001 - a batch must go on with the other videos
