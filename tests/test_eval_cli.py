@@ -395,30 +395,6 @@ def test_annotations_of_another_resolution_stop_the_run_before_any_video_is_writ
     assert not out.exists()
 
 
-def test_ytvos_reads_each_annotation_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first-frame annotation PNGs were read twice: once to check them against meta.json before anything is
-    segmented, again when their video ran. They are read once now, and what the run writes is the same."""
-    from stma_core.eval import run_dataset
-
-    root, video = _ytvos_root(tmp_path)
-    read: list[Path] = []
-    real = run_dataset.read_id_mask
-
-    def counted(path: Path, *args, **kwargs):
-        read.append(Path(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(run_dataset, "read_id_mask", counted)
-    out = tmp_path / "sub"
-    result = run("--dataset", "ytvos-valid", "--root", str(root), "--method", "copy", "--pred-out", str(out))
-    assert result.exit_code == 0, result.stderr
-    annotations = root / "valid" / "Annotations" / video
-    assert sorted(read) == [annotations / "00000.png", annotations / "00010.png"]
-    assert sorted(p.stem for p in (out / "Annotations" / video).glob("*.png")) == ["00000", "00005", "00010",
-                                                                                     "00015", "00020"]
-    assert 2 in np.unique(np.array(Image.open(out / "Annotations" / video / "00015.png")))
-
-
 def test_ytvos_says_which_frames_it_read_and_reads_valid_all_frames_when_present(tmp_path: Path) -> None:
     """valid_all_frames/ beside valid/ was read instead of valid/JPEGImages without a word (the results
     change with the frames the model sees, and nothing was tested); now the run names the folder it read

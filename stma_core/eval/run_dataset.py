@@ -208,15 +208,15 @@ def segment_ytvos(root: Path, make: Callable[[], Propagator], out_dir: Path,
         first = natural_key(min(keep, key=natural_key)) if keep else None
         frames = [p for p in frames if first is not None and natural_key(p.stem) >= first]
         by_name = {p.stem: p for p in frames}  # checked before any video is segmented:
-        given = _ytvos_given_masks(valid / "Annotations" / video, objects)  # read once, kept for the run
-        for name in given:
+        for name in _ytvos_given_masks(valid / "Annotations" / video, objects):
             if name in by_name:
                 check_annotation_size(by_name[name], valid / "Annotations" / video / f"{name}.png")
-        jobs.append((video, frames, given, keep))
+        jobs.append((video, frames, objects, keep))
     if progress is not None:
         progress.begin(sum(len(j[1]) for j in jobs))
     annotations_out = out_dir / "Annotations"
-    for video, frames, given, keep in jobs:
+    for video, frames, objects, keep in jobs:
+        given = _ytvos_given_masks(valid / "Annotations" / video, objects)
         _run_video(frames, given, make, annotations_out / video, keep, video, progress)
     _zip_annotations(annotations_out, [video for video, *_ in jobs], out_dir / "submission.zip")
     return annotations_out
