@@ -497,6 +497,22 @@ def test_training_reads_the_frame_types_segment_reads(tmp_path: Path) -> None:
     ({"frame_size": [48, 176], "crop": [48, 128]}, "frame_size [48, 176] must be at least 64"),
     ({"stage": "warmup"}, "stage 'warmup'"),
     ({"trunk_top_lr": -0.1}, "trunk_top_lr must be >= 0"),
+    # these trained silently wrong (a negative grad_clip flips every gradient: the loss climbed) or failed
+    # mid-run with a traceback after writing the run folder (ValueError, AssertionError, ZeroDivisionError)
+    ({"grad_clip": -1.0}, "grad_clip must be > 0"),
+    ({"lr": -0.001}, "lr must be > 0"),
+    ({"weight_decay": -1}, "weight_decay must be >= 0"),
+    ({"num_refs": 0}, "num_refs must be >= 1"),
+    ({"max_gap_low": 0}, "max_gap_low must be >= 1"),
+    ({"max_gap_low": 5, "max_gap_high": 3}, "max_gap_high >= max_gap_low"),
+    ({"threads": -1}, "threads must be >= 0"),
+    ({"bootstrap_warmup": -1}, "bootstrap_warmup must be >= 0"),
+    ({"model": {**TINY_MODEL, "lite_variant": "lite9"}}, "model.lite_variant 'lite9' is not one of"),
+    ({"model": {**TINY_MODEL, "backbone": "resnet"}}, "model.backbone 'resnet' is not one of"),
+    ({"model": {**TINY_MODEL, "embed_dim": 30, "num_heads": 4}}, "model.embed_dim 30 must be divisible by num_heads 4"),
+    ({"model": {**TINY_MODEL, "embed_dim": 0}}, "model.embed_dim 0 must be a whole number >= 1"),
+    ({"model": {**TINY_MODEL, "decoder_dims": [16, 0, 8]}}, "model.decoder_dims"),
+    ({"model": {**TINY_MODEL, "mlp_ratio": -1}}, "model.mlp_ratio -1.0 must be a number > 0"),
 ])
 def test_bad_config(tmp_path: Path, overrides: dict, fragment: str) -> None:
     result = train("--config", write_config(tmp_path / "c.yaml", **overrides), "--data", tmp_path,
