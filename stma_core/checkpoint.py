@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from stma_core.config import InferenceConfig, ModelConfig, from_dict, to_dict
+from stma_core.config import InferenceConfig, ModelConfig, from_dict, model_config_problems, to_dict
 from stma_core.errors import StmaInputError
 from stma_core.io.atomic import atomic_write, atomic_write_text
 
@@ -93,7 +93,37 @@ def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
     if "model_config" not in metadata:
         raise StmaInputError(f"{path}: checkpoint has no model_config metadata; "
                              "pass a file saved by `stma train` (or save_model)")
-    return from_dict(ModelConfig, json.loads(metadata["model_config"])), metadata
+    fix = "pass a model.safetensors saved by `stma train` (or save_model)"
+    try:
+        saved = json.loads(metadata["model_config"])
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        config = from_dict(ModelConfig, saved)
+    except (ValueError, TypeError) as exc:  # json's JSONDecodeError is a ValueError
+        raise StmaInputError(f"{path}: unreadable model_config metadata ({' '.join(str(exc).split())}); {fix}") from exc
+    problems = model_config_problems(config)
+    if problems:
+        raise StmaInputError(f"{path}: its model_config metadata describes no buildable network "
+                             f"({'; '.join(problems)}); {fix}")
+    return config, metadata
+
+
+def check_state_fits(network: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """One line when a checkpoint's tensors do not fit the network its model_config builds (tensors missing,
+    extra, or of another shape: weights of one model saved with another's config), instead of
+    load_state_dict's page of size mismatches."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        first = (f", e.g. {reshaped[0]} {list(state[reshaped[0]].shape)} where the config needs "
+                 f"{list(expected[reshaped[0]].shape)}" if reshaped else
+                 f", e.g. {(missing or unexpected)[0]}")
+        raise StmaInputError(f"{path}: checkpoint does not match its model config ({len(missing)} missing, "
+                             f"{len(unexpected)} unexpected, {len(reshaped)} of another shape{first}); the "
+                             "weights were saved with another model's config: pass a model.safetensors saved by "
+                             "`stma train` (or save_model)")
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu"):
@@ -112,8 +142,6 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     config, metadata = read_config(path)
     network = STMANetwork(config, pretrained_trunk=False)
     state = load_file(str(path))
-    missing, unexpected = network.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise StmaInputError(f"{path}: checkpoint does not match its model config "
-                             f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    check_state_fits(network, state, path)
+    network.load_state_dict(state)
     return network.to(device).eval(), config, metadata

@@ -504,6 +504,42 @@ def test_checkpoint_state_pt_names_the_model_beside_it(tmp_path: Path, train_run
     assert result.exit_code == 2 and "holds no model.safetensors" in result.stderr, result.stderr
 
 
+def test_checkpoint_of_another_config_or_broken_metadata_is_one_line(tmp_path: Path, davis16_root: Path) -> None:
+    """A checkpoint whose tensors are another model's than its model_config (Lite0 weights saved with the
+    shipped Lite2 config) printed load_state_dict's page of 115 size mismatches (segment: exit 1, 'report a
+    bug'; eval and export: a traceback); unparseable model_config metadata gave a bare JSON error or a
+    traceback without the file's name, and an unknown lite_variant the backbone's ValueError. Each is now one
+    line naming the file, exit 2, for every command and the API."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from stma_core import VideoSession
+    from stma_core.checkpoint import DEFAULT_CHECKPOINT, PREVIOUS_CHECKPOINT
+    from stma_core.errors import StmaInputError
+
+    with safe_open(str(DEFAULT_CHECKPOINT), "pt") as f:
+        metadata = f.metadata()
+    lite0 = load_file(str(PREVIOUS_CHECKPOINT))
+    cases = {"mixed.safetensors": (metadata, "checkpoint does not match its model config"),
+             "json.safetensors": ({"model_config": "{not json"}, "unreadable model_config metadata"),
+             "variant.safetensors": ({"model_config": '{"backbone": "lite", "lite_variant": "lite9"}'},
+                                     "lite_variant 'lite9' is not one of")}
+    for name, (meta, fragment) in cases.items():
+        path = tmp_path / name
+        save_file(lite0, str(path), metadata=meta)
+        for args in (["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o"],
+                     ["eval", "--dataset", "davis16-val", "--root", davis16_root, "--pred-out", tmp_path / "p"],
+                     ["export", "--out", tmp_path / "exp"]):
+            result = run(*args, "--checkpoint", path)
+            lines = result.stderr.splitlines()
+            assert result.exit_code == 2 and len(lines) == 1, (name, args[0], result.exit_code, result.stderr[-600:])
+            assert lines[0].startswith(f"error: {path}: ") and fragment in lines[0], lines[0]
+            assert "pass a model.safetensors saved by `stma train`" in lines[0], lines[0]
+        with pytest.raises(StmaInputError, match=fragment):
+            VideoSession.from_pretrained(path, device="cpu")
+    assert not any((tmp_path / d).exists() for d in ("o", "p", "exp"))
+
+
 def test_checkpoint_run_folder_is_its_model(tmp_path: Path, train_run: Path) -> None:
     """`--checkpoint RUN` (the folder stma train wrote) said 'checkpoint not found'; it now means
     RUN/model.safetensors, with a note, and gives the same masks as the file itself."""

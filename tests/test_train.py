@@ -548,6 +548,40 @@ def test_existing_run_and_missing_init(tmp_path: Path) -> None:
                            "--init-from", tmp_path / "static.safetensors"), "init_from checkpoint not found")
 
 
+def test_init_from_a_file_that_is_not_this_model_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """--init-from a PyTorch .pt (another project's weights, or the run's own state.pt) or a text file was a
+    SafetensorError traceback (exit 1); a checkpoint of another model config said only 'another model config'
+    (not which keys) after writing the run folder (cache, train_config.json, train_data.json); one whose
+    tensors do not fit its config was a page of size mismatches. Each is now one line, exit 2, before
+    anything is written (no shared data needed: the checks run before the data is read)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from stma_core.checkpoint import DEFAULT_CHECKPOINT, PREVIOUS_CHECKPOINT
+
+    config = write_config(tmp_path / "c.yaml", model={"lite_variant": "lite2"})  # the shipped model's config
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    torch.save({"step": 3}, tmp_path / "state.pt")
+    (tmp_path / "notes.safetensors").write_text("not a model\n")
+    with safe_open(str(DEFAULT_CHECKPOINT), "pt") as f:
+        save_file(load_file(str(PREVIOUS_CHECKPOINT)), str(tmp_path / "mixed.safetensors"), metadata=f.metadata())
+    cases = [(tmp_path / "other.pt", "not a safetensors model checkpoint (a .pt file is PyTorch's format"),
+             (tmp_path / "state.pt", "not a safetensors model checkpoint"),
+             (tmp_path / "notes.safetensors", "not a safetensors checkpoint"),
+             (PREVIOUS_CHECKPOINT, "another model config than the training config's `model:` (lite_variant: "
+                                   "'lite0' in the checkpoint, 'lite2' in the config"),
+             (tmp_path / "mixed.safetensors", "checkpoint does not match its model config")]
+    for source, fragment in cases:
+        out = tmp_path / f"run-{source.stem}"
+        result = train("--config", config, "--data", tmp_path, "--out", out, "--init-from", source,
+                       "--device", "cpu")
+        assert_bad_input(result, str(source), fragment)
+        assert not out.exists(), sorted(p.name for p in out.iterdir())
+    result = train("--config", write_config(tmp_path / "tiny.yaml"), "--data", tmp_path, "--out", tmp_path / "r",
+                   "--init-from", DEFAULT_CHECKPOINT, "--device", "cpu")
+    assert_bad_input(result, "embed_dim: 128 in the checkpoint, 32 in the config", "stma_lite2_duts_davis16.json")
+
+
 # ---- feature cache at another scale ---------------------------------------------------------------
 
 def test_upscaled_cache_masks_keep_ids_and_follow_the_true_outline() -> None:

@@ -25,7 +25,7 @@ from stma_core.training.config_io import load_train_config
 from stma_core.training.feature_cache import (build_cache, changed_sequences, check_sequences, data_record,
                                               load_cache)
 from stma_core.training.static_data import list_still_folder, list_still_pairs, stills_without_mask
-from stma_core.training.trainer import Trainer, cache_trunk_error, trunk_changes
+from stma_core.training.trainer import Trainer, cache_trunk_error, check_init_checkpoint, trunk_changes
 
 
 def find_split_file(root: Path, split: str) -> Path:
@@ -166,6 +166,8 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
     if fresh and cfg.init_from and not Path(cfg.init_from).is_file():
         raise StmaInputError(f"{cfg.init_from}: init_from checkpoint not found; train the earlier stage first "
                              "or fix init_from / --init-from")
+    if fresh and cfg.init_from:  # before anything is written: a file that is no stma model, or not this one
+        check_init_checkpoint(Path(cfg.init_from), cfg.model)
     if fresh and cfg.init_from and cfg.stage == "main":  # before the feature cache: a trunk it cannot serve
         check_init_trunk(Path(cfg.init_from), cfg.model.lite_variant)
     rank = distributed.current()

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from stma_core.checkpoint import read_config, recommended_inference, resolve_checkpoint, save_model
-from stma_core.config import InferenceConfig, to_dict
+from stma_core.checkpoint import check_state_fits, read_config, recommended_inference, resolve_checkpoint, save_model
+from stma_core.config import InferenceConfig, ModelConfig, to_dict
 from stma_core.errors import StmaInputError
 from stma_core.io.atomic import atomic_write, atomic_write_text
 from stma_core.model.network import STMANetwork
@@ -65,6 +65,28 @@ def trunk_changes(state: dict[str, torch.Tensor], reference: dict[str, torch.Ten
         else:
             below = True
     return top, below
+
+
+def check_init_checkpoint(path: Path, model: ModelConfig) -> dict[str, str]:
+    """A checkpoint to start training from (init_from / --init-from): a stma model (read_config's one-line
+    errors for a .pt, a text file, a safetensors file without model_config), of the training config's
+    `model:` (the differing keys named), whose tensors fit that model. Returns its metadata.
+    Cheap enough (headers, a CPU network without pretrained weights) to run before anything is written."""
+    from safetensors import safe_open
+
+    config, metadata = read_config(path)
+    ours, theirs = to_dict(model), to_dict(config)
+    changed = [k for k in ours if ours[k] != theirs.get(k)]
+    if changed:
+        shown = ", ".join(f"{k}: {theirs.get(k)!r} in the checkpoint, {ours[k]!r} in the config" for k in changed)
+        raise StmaInputError(f"{path}: init_from checkpoint has another model config than the training config's "
+                             f"`model:` ({shown}); set the config's `model:` section to the checkpoint's "
+                             f"({path.with_suffix('.json').name} beside it lists it) or start from another checkpoint")
+    with safe_open(str(path), framework="pt") as f:  # shapes from the header, no tensor data read
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    check_state_fits(STMANetwork(config, pretrained_trunk=False), {k: torch.empty(v, device="meta")
+                                                                    for k, v in shapes.items()}, path)
+    return metadata
 
 
 def cache_trunk_error(source: Path) -> str:
@@ -237,10 +259,7 @@ class Trainer:
         from safetensors.torch import load_file
 
         path = resolve_checkpoint(path)  # a run folder means its model.safetensors, as everywhere else
-        config, metadata = read_config(path)
-        if to_dict(config) != to_dict(self.cfg.model):
-            raise StmaInputError(f"{path}: init_from checkpoint has another model config than the training "
-                                 "config's `model:`; use the same model section in both stages")
+        metadata = check_init_checkpoint(path, self.cfg.model)
         self.network.load_state_dict(load_file(str(path), device=str(self.device)))
         self._match_cache_trunk(path)
         self.recommended = _inference_fields(recommended_inference(metadata)) or self.recommended
