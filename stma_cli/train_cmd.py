@@ -53,7 +53,8 @@ def train(
     static_images: Optional[Path] = typer.Option(None, "--static-images", help="Static stage: a folder of still "
                                                  "images (e.g. DUTS-TR-Image) instead of DAVIS frames."),
     static_masks: Optional[Path] = typer.Option(None, "--static-masks", help="Static stage: their masks, same file "
-                                                "names as .png (palette/id or soft grey, cut at 128)."),
+                                                "names as .png, each the size of its image (palette/id, soft grey "
+                                                "cut at 128, or colours read as segment reads them)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or notes (an unfinished run's line stays)."),
 ) -> None:

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -588,8 +589,6 @@ def test_upscaled_cache_masks_keep_ids_and_follow_the_true_outline() -> None:
     """Training at 480p from 288p DAVIS train masks: the smooth upscale is closer to the true 480p
     outline than nearest-neighbour stairs, keeps every id (void 255 included), and downscaling and
     equal sizes stay exact."""
-    import cv2
-
     from stma_core.training.feature_cache import resize_ids
 
     truth = np.asarray(Image.open(REPO / "examples" / "car-shadow_mask.png"))  # real 854x480 DAVIS mask
@@ -803,6 +802,59 @@ def test_every_annotation_is_checked_up_front(tmp_path: Path) -> None:
     result = train("--config", write_config(tmp_path / "c.yaml", **SMALL), "--data", root, "--out", tmp_path / "o")
     assert_bad_input(result, f"{root / 'Annotations' / '480p' / 'seq' / '00002.png'}: missing annotation",
                      "2 frame(s) of the split without a mask")
+
+
+def test_a_mask_of_another_size_than_its_frame_is_refused_up_front(tmp_path: Path) -> None:
+    """Training resized frames and masks to frame_size each on its own, so masks made for another
+    resolution (or another crop) of the frames trained without a word, misplaced wherever the aspect
+    ratio differed (stma eval refuses such data). Both stages and the still folder now say so, one line,
+    before anything is written."""
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    late = root / "Annotations" / "480p" / "seq" / "00002.png"
+    small = Image.open(late)
+    small.resize((80, 32), Image.NEAREST).save(late)
+    for stage in ("main", "static"):
+        out = tmp_path / f"o-{stage}"
+        result = train("--config", write_config(tmp_path / "c.yaml", **{**SMALL, "stage": stage}), "--data", root,
+                       "--out", out)
+        assert_bad_input(result, f"annotation {late} is 80x32 but its frame", "00002.jpg is 160x64")
+        assert not out.exists()
+    images, still_masks = tmp_path / "img", tmp_path / "mask"
+    images.mkdir()
+    still_masks.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((64, 160, 3), np.uint8)).save(images / f"{name}.jpg")
+        Image.fromarray(np.full((64, 160) if name == "a" else (40, 40), 255, np.uint8)).save(still_masks / f"{name}.png")
+    result = train("--config", write_config(tmp_path / "s.yaml", **{**SMALL, "stage": "static"}), "--static-images",
+                   images, "--static-masks", still_masks, "--out", tmp_path / "o-stills")
+    assert_bad_input(result, f"annotation {still_masks / 'b.png'} is 40x40 but its frame {images / 'b.jpg'} is 160x64")
+    assert not (tmp_path / "o-stills").exists()
+
+
+def test_colour_still_masks_keep_their_objects(tmp_path: Path) -> None:
+    """--static-masks read RGB masks as grey and cut at 128: DAVIS red (128, 0, 0) became 38, so every
+    object of a colour-coded mask folder was lost (all of them: 'no still with an object' traceback after
+    the run folder was written; some: trained on the rest without a word). Colour masks and cut-outs on
+    transparency are now read as `stma segment` reads them; grey ones (DUTS) as before."""
+    from stma_core.io.palette import DAVIS_PALETTE
+    from stma_core.training.static_data import read_still_mask
+
+    masks, regions = two_objects_with_void(1)
+    ids = np.where(masks[0] == 255, 0, masks[0])  # objects 1 and 2
+    Image.fromarray(DAVIS_PALETTE[ids].astype(np.uint8)).save(tmp_path / "davis_colours.png")
+    assert np.array_equal(read_still_mask(tmp_path / "davis_colours.png"), ids)
+    cutout = np.zeros((*ids.shape, 4), np.uint8)
+    cutout[..., :3] = np.random.default_rng(0).integers(0, 255, (*ids.shape, 3))  # a picture, opaque where the object is
+    cutout[..., 3] = np.where(ids == 1, 255, 0)
+    Image.fromarray(cutout, "RGBA").save(tmp_path / "cutout.png")
+    assert np.array_equal(read_still_mask(tmp_path / "cutout.png"), (ids == 1).astype(np.uint8))
+    soft = np.where(ids > 0, 200, 30).astype(np.uint8)  # grey RGB (a white-on-black mask saved as RGB): cut at 128
+    Image.fromarray(np.stack([soft] * 3, -1)).save(tmp_path / "grey_rgb.png")
+    assert np.array_equal(read_still_mask(tmp_path / "grey_rgb.png", (32, 80)),
+                          cv2.resize((ids > 0).astype(np.uint8), (80, 32), interpolation=cv2.INTER_NEAREST))
 
 
 @pytest.mark.parametrize("rgb_frame", [0, 2])

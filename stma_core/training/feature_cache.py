@@ -24,6 +24,7 @@ from PIL import Image
 
 from stma_core.errors import StmaInputError
 from stma_core.eval.datasets import frame_images, short_list
+from stma_core.eval.run_dataset import check_annotation_size
 from stma_core.eval.scoring import read_id_mask
 from stma_core.ids import VOID_ID
 from stma_core.io.atomic import atomic_write, atomic_write_text
@@ -65,6 +66,10 @@ def check_sequences(root: Path, names: list[str], split_file: Path, every_mask: 
                              "data such as YouTube-VOS train: keep only annotated frames in JPEGImages)")
     for mask in annotations:  # headers only: cheap for a whole data set
         read_id_mask(mask, "training annotation", header_only=True)
+    for name in names:  # frames and masks are resized to frame_size each on its own: another size went unnoticed
+        for frame, mask in zip(*frame_paths(root, name)):
+            if mask.is_file():
+                check_annotation_size(frame, mask)  # headers only, as `stma eval` checks them
 
 
 def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
