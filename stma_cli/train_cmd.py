@@ -30,6 +30,17 @@ def _device(name: str) -> str:
         fail(f"--device: {exc}")
 
 
+def _interrupted_note(trainer, out: Path) -> str:
+    """Where an interrupted run can go on from: the last state.pt it saved (every checkpoint_every steps)."""
+    saved, every = trainer.saved_step, trainer.cfg.checkpoint_every
+    if saved is None:
+        return (f"note: interrupted at step {trainer.step}, before the first checkpoint (step {every}): nothing to "
+                f"resume; run the same command again to start over in {out}")
+    later = f"; steps {saved + 1}-{trainer.step} are trained again" if trainer.step > saved else ""
+    return (f"note: interrupted at step {trainer.step}; {out} holds the training state of step {saved}: continue "
+            f"with the same command and --resume{later}")
+
+
 def train(
     config: Path = typer.Option(..., "--config", help="Training config YAML (see configs/)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root in DAVIS layout (JPEGImages/, Annotations/, "
@@ -56,7 +67,7 @@ def train(
                                                 "names as .png, each the size of its image (palette/id, soft grey "
                                                 "cut at 128, or colours read as segment reads them)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or notes (an unfinished run's line stays)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notes (an unfinished run's line stays)."),
 ) -> None:
     """Train STMA: stage static (synthetic clips from stills) or main (video clips), in DAVIS layout."""
     from stma_core.training import distributed
@@ -75,6 +86,7 @@ def train(
         rank, torch_device = distributed.current(), device
     err = stderr_console()
     quiet = quiet or not rank.is_main
+    trainer = None
     try:
         try:
             trainer = prepare_trainer(config, data, out, resume=resume, cache_dir=cache_dir,
@@ -116,6 +128,10 @@ def train(
                     progress.update(task, completed=step, **fields)
 
                 finished = trainer.run(until=total, on_step=on_step, deadline=deadline)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: say what the run folder holds (also with --quiet)
+        if trainer is not None and rank.is_main:
+            info(err, _interrupted_note(trainer, out))
+        raise
     finally:
         distributed.shutdown()
     if rank.is_main and not finished:  # also with --quiet: the run is unfinished (and exit code 3 says so)

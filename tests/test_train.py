@@ -834,6 +834,42 @@ def test_a_mask_of_another_size_than_its_frame_is_refused_up_front(tmp_path: Pat
     assert not (tmp_path / "o-stills").exists()
 
 
+def test_an_interrupted_run_says_where_resume_goes_on(tmp_path: Path) -> None:
+    """Ctrl-C (or SIGTERM) during training printed only 'interrupted ...; unfinished outputs were removed,
+    finished ones are kept', which leaves a user guessing whether the run is lost. It now also says which
+    step the run folder's state holds and to continue with --resume (also with -q, which train now takes
+    like the other commands), and --resume goes on from that step."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    config = write_config(tmp_path / "c.yaml", **{**SMALL, "steps": 100000, "checkpoint_every": 2})
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stma_cli.app", "train", "--config", str(config), "--data",
+                             str(root), "--out", str(out), "--device", "cpu", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "state.pt").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    saved = torch.load(out / "state.pt", weights_only=True)["step"]
+    lines = stderr.splitlines()
+    assert proc.returncode == 1 and len(lines) == 2 and lines[1].startswith("error: interrupted"), stderr
+    assert lines[0].startswith("note: interrupted at step ") and (
+        f"{out} holds the training state of step {saved}: continue with the same command and --resume") in lines[0]
+    result = train("--config", config, "--data", root, "--out", out, "--device", "cpu", "--resume",
+                   "--until", saved + 1)
+    assert result.exit_code == 0 and f"resumed at step {saved}" in result.stderr, result.output
+    assert log_records(out)[-1]["step"] == saved + 1
+
+
 def test_colour_still_masks_keep_their_objects(tmp_path: Path) -> None:
     """--static-masks read RGB masks as grey and cut at 128: DAVIS red (128, 0, 0) became 38, so every
     object of a colour-coded mask folder was lost (all of them: 'no still with an object' traceback after

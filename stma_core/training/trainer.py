@@ -169,6 +169,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.rng = random.Random(cfg.seed + self.dist.rank)
         self.step = 0
+        self.saved_step: int | None = None  # the step state.pt holds (save_state, resume): where --resume goes on
         # inference settings the saved models recommend: a run from scratch, the scale it learns at; a
         # fine-tune (init_from) keeps its starting model's (the shipped model's 480, chosen on full val)
         self.recommended: dict = {"size": min(cfg.frame_size)}
@@ -202,6 +203,7 @@ class Trainer:
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
+        self.saved_step = self.step
         save_model(self.network, self.cfg.model, self.run_dir / "model.safetensors",
                    {"train_step": str(self.step), "train_stage": self.cfg.stage},
                    inference=InferenceConfig(**self.recommended))
@@ -220,7 +222,7 @@ class Trainer:
         self._match_cache_trunk(self.state_path)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         if "recommended_inference" in state:  # runs saved before it was kept recommend the default
             self.recommended = _inference_fields(json.loads(state["recommended_inference"]))
         rank_rngs = state.get("rank_py_rngs") or [state["py_rng"]]
