@@ -426,6 +426,19 @@ def test_ship_takes_a_run_folder_and_replaces_a_model_only_when_asked(tmp_path: 
         code, out, err = ship(*args)
         assert code == 2 and err.startswith("error: ") and says in err and err.count("\n") == 1, err
         assert not args[1].exists()
+    # a target named model.json got the weights, then the config JSON written over them (save_model writes
+    # TARGET.json beside), and x.pt a safetensors file under PyTorch's suffix; tensors of another model than
+    # the source's config were load_state_dict's traceback. Each is one line now, nothing written.
+    other = ModelConfig(**{**TINY_MODEL, "embed_dim": 64})
+    save_model(STMANetwork(other, pretrained_trunk=False), config, tmp_path / "mixed.safetensors")
+    for args, says in (((tmp_path / "run", tmp_path / "model.json", "--size", 200),
+                        "model.json: a checkpoint is a .safetensors file"),
+                       ((tmp_path / "run", tmp_path / "model.pt", "--size", 200), "pass " + str(tmp_path / "model.safetensors")),
+                       ((tmp_path / "mixed.safetensors", tmp_path / "c.safetensors", "--size", 200),
+                        "checkpoint does not match its model config")):
+        code, out, err = ship(*args)
+        assert code == 2 and err.startswith("error: ") and says in err and err.count("\n") == 1, err
+        assert not args[1].exists() and not args[1].with_suffix(".json").exists()
 
 
 
