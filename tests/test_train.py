@@ -883,6 +883,36 @@ def test_an_interrupted_run_says_where_resume_goes_on(tmp_path: Path) -> None:
     assert log_records(out)[-1]["step"] == saved + 1
 
 
+def test_fine_tune_the_shipped_model_on_own_videos_as_readme_says(tmp_path: Path) -> None:
+    """A user with only their own videos had no config to fine-tune the shipped (Lite2) model with: every
+    Lite2 main config mixes in DUTS stills and said only 'static_mix_prob needs static_images'. README's
+    command with configs/lite2_finetune_videos_cpu.yaml trains from the shipped model on a DAVIS-layout
+    folder of videos, and its run folder segments; the other configs' error says how to do without stills."""
+    from stma_core.checkpoint import DEFAULT_CHECKPOINT
+
+    masks, _ = two_objects_with_void(6)
+    root = tmp_path / "mine"
+    write_sequence(root, "clip", masks)
+    write_split(root, "clip")
+    readme = (REPO / "README.md").read_text()
+    assert ("stma train --config configs/lite2_finetune_videos_cpu.yaml --data MY_DATA \\\n"
+            "           --init-from stma_core/weights/stma_lite2_duts_davis16.safetensors") in readme
+    out = tmp_path / "runs" / "my_finetune"
+    result = train("--config", REPO / "configs" / "lite2_finetune_videos_cpu.yaml", "--data", root,
+                   "--init-from", DEFAULT_CHECKPOINT, "--out", out, "--until", 1, "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    assert log_records(out)[-1]["step"] == 1
+    result = CliRunner().invoke(app, ["segment", str(root / "JPEGImages" / "480p" / "clip"), "--mask",
+                                      str(root / "Annotations" / "480p" / "clip" / "00000.png"), "--checkpoint",
+                                      str(out), "--out", str(tmp_path / "seg"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "seg" / "clip").glob("*.png"))) == 6
+    result = train("--config", REPO / "configs" / "lite2_davis16_main_cpu.yaml", "--data", root, "--out",
+                   tmp_path / "o")
+    assert_bad_input(result, "set static_mix_prob: 0 to train on the videos alone",
+                     "configs/lite2_finetune_videos_cpu.yaml")
+
+
 def test_colour_still_masks_keep_their_objects(tmp_path: Path) -> None:
     """--static-masks read RGB masks as grey and cut at 128: DAVIS red (128, 0, 0) became 38, so every
     object of a colour-coded mask folder was lost (all of them: 'no still with an object' traceback after

@@ -173,8 +173,10 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
     rank = distributed.current()
     mix = cfg.stage == "main" and cfg.static_mix_prob > 0
     if mix and cfg.static_images is None:
-        raise StmaInputError(f"{config_path}: static_mix_prob needs static_images and static_masks "
-                             "(or --static-images/--static-masks)")
+        raise StmaInputError(f"{config_path}: static_mix_prob {cfg.static_mix_prob:g} mixes in clips made from still "
+                             "images, and none were given; pass --static-images/--static-masks (or static_images/"
+                             "static_masks in the config), or set static_mix_prob: 0 to train on the videos alone "
+                             "(configs/lite2_finetune_videos_cpu.yaml does, from the shipped model)")
     folder_stills, held_out = list_still_folder(Path(cfg.static_images), Path(cfg.static_masks),
                                                 cfg.static_holdout) if stills or mix else ([], [])
     if mix and log and rank.is_main:
