@@ -76,10 +76,15 @@ def train(
     if max_minutes is not None and not max_minutes > 0:
         fail(f"--max-minutes {max_minutes}: the time budget must be a positive number of minutes; pass e.g. "
              "--max-minutes 4")
+    if until is not None and until < 1:  # a fresh run trained nothing, yet printed the path of a model never written
+        fail(f"--until {until}: the step to stop after must be at least 1; pass e.g. --until 100 (or leave it out "
+             "to train all the config's steps)")
     device = _device(device)
     new_run = not (out / "state.pt").exists()
     if not resume or new_run:
         check_output_dir(out)
+    if cache_dir is not None:  # a file there was a NotADirectoryError traceback once the data was checked
+        check_output_dir(cache_dir, "--cache-dir")
     if distributed.launched_by_torchrun():
         rank, torch_device = distributed.init_from_env(device)
     else:

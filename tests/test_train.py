@@ -481,6 +481,38 @@ def test_missing_split_file(tmp_path: Path) -> None:
     assert_bad_input(result, "ImageSets/2016/train.txt")
 
 
+def test_until_below_one_and_a_cache_dir_that_is_a_file_are_one_line(tmp_path: Path) -> None:
+    """`--until 0` (or negative) on a new run trained nothing, exited 0 and printed RUN/model.safetensors, a file
+    it never wrote, for the next command of a script to fail on; `--cache-dir` naming a file was a
+    NotADirectoryError traceback after the data was checked. Both are one line now, before any work."""
+    config = write_config(tmp_path / "c.yaml")
+    for until in (0, -5):
+        result = train("--config", config, "--data", tmp_path, "--out", tmp_path / "o", "--until", until)
+        assert_bad_input(result, f"--until {until}: the step to stop after must be at least 1")
+        assert result.stdout == ""
+    result = train("--config", config, "--data", tmp_path, "--out", tmp_path / "o", "--cache-dir", config)
+    assert_bad_input(result, f"{config}: --cache-dir is a file, not a folder")
+    assert not (tmp_path / "o").exists()
+
+
+def test_sequences_without_the_480p_level_are_named(tmp_path: Path) -> None:
+    """Own data laid out YouTube-VOS style (JPEGImages/<seq>/, no 480p/) was 'no frames for sequence' or 'no
+    sequence folders under JPEGImages/480p', which reads as if the frames were missing; the error now says
+    where they are and what to move."""
+    masks, _ = two_objects_with_void(3)
+    root = tmp_path / "mine"
+    write_sequence(root, "clip", masks)
+    for sub in ("JPEGImages", "Annotations"):
+        (root / sub / "480p" / "clip").rename(root / sub / "clip")
+        (root / sub / "480p").rmdir()
+    result = train("--config", write_config(tmp_path / "c.yaml", **SMALL), "--data", root, "--out", tmp_path / "o")
+    assert_bad_input(result, "no sequence folders under", f"but 1 under {root / 'JPEGImages'}", "into a 480p/ folder")
+    write_split(root, "clip")
+    result = train("--config", write_config(tmp_path / "c.yaml", **SMALL), "--data", root, "--out", tmp_path / "o")
+    assert_bad_input(result, f"no frames for sequence 'clip', but {root / 'JPEGImages' / 'clip'} holds them",
+                     "JPEGImages/480p/<seq>/, Annotations/480p/<seq>/")
+
+
 def test_split_naming_a_missing_sequence(tmp_path: Path) -> None:
     (tmp_path / "davis" / "ImageSets" / "2016").mkdir(parents=True)
     (tmp_path / "davis" / "ImageSets" / "2016" / "train.txt").write_text("ghost\n")

@@ -56,6 +56,12 @@ def check_sequences(root: Path, names: list[str], split_file: Path, every_mask: 
     for name in names:
         frames, masks = frame_paths(root, name)
         if not frames:
+            flat = root / "JPEGImages" / name
+            if frame_images(flat):  # YouTube-VOS style, no 480p/ level: the frames are there, one folder up
+                raise StmaInputError(f"{root / 'JPEGImages' / '480p' / name}: no frames for sequence {name!r}, but "
+                                     f"{flat} holds them; training reads the DAVIS layout: move the sequence folders "
+                                     "of JPEGImages/ and Annotations/ into a 480p/ folder in each "
+                                     "(JPEGImages/480p/<seq>/, Annotations/480p/<seq>/)")
             raise StmaInputError(f"{root / 'JPEGImages' / '480p' / name}: no frames (jpg, png, webp, tif, bmp) for sequence "
                                  f"{name!r} listed in {split_file.name}; fix the split or the data root")
         missing += [m for m in (masks if every_mask else masks[:1]) if not m.is_file()]

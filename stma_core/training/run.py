@@ -43,7 +43,10 @@ def find_split_file(root: Path, split: str) -> Path:
             return candidate
     frames = root / "JPEGImages" / "480p"
     found = sum(1 for p in frames.iterdir() if p.is_dir()) if frames.is_dir() else 0
-    where = f"{found} sequence folder(s) found under {frames}" if found else f"no sequence folders under {frames}"
+    flat = sum(1 for p in frames.parent.iterdir() if p.is_dir() and p.name != "480p") if frames.parent.is_dir() else 0
+    where = (f"{found} sequence folder(s) found under {frames}" if found else
+             f"no sequence folders under {frames}, but {flat} under {frames.parent}: training reads the DAVIS layout, "
+             "so move them (and Annotations/'s) into a 480p/ folder" if flat else f"no sequence folders under {frames}")
     raise StmaInputError(f"{root}: no ImageSets/2017/{split}.txt or ImageSets/2016/{split}.txt ({where}); "
                          f"create ImageSets/2017/{split}.txt listing the sequence folders to train on, one a line "
                          "(or set `split:` in the config to such a .txt file)")
