@@ -540,6 +540,29 @@ def test_checkpoint_of_another_config_or_broken_metadata_is_one_line(tmp_path: P
     assert not any((tmp_path / d).exists() for d in ("o", "p", "exp"))
 
 
+def test_model_flags_with_a_baseline_method_are_refused(tmp_path: Path, davis16_root: Path) -> None:
+    """`--method copy|flow` with --checkpoint (even a missing file) or --size/--top-k/... ran the baseline, exit 0,
+    the flags dropped without a word: a user comparing their checkpoint got the baseline's masks and scores
+    under its name. segment and eval --dataset now refuse them in one line (as eval --pred does), nothing
+    written; --device stays accepted (checked, unused), as before."""
+    for method in ("copy", "flow"):
+        for flags, named in ((["--checkpoint", tmp_path / "mine.safetensors"], "--checkpoint"),
+                             (["--size", "240", "--top-k", "5"], "--size, --top-k")):
+            for args, out in ((["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o"],
+                               tmp_path / "o"),
+                              (["eval", "--dataset", "davis16-val", "--root", davis16_root, "--pred-out", tmp_path / "p"],
+                               tmp_path / "p")):
+                result = run(*args, "--method", method, *flags)
+                lines = result.stderr.splitlines()
+                assert result.exit_code == 2 and len(lines) == 1, (args[0], method, result.stderr)
+                assert lines[0] == (f"error: {named}: not used by --method {method} (a baseline, no model); drop "
+                                    f"{'it' if ',' not in named else 'them'}, or use --method stma to run the model")
+                assert not out.exists()
+    result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o", "--method",
+                 "copy", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+
+
 def test_checkpoint_run_folder_is_its_model(tmp_path: Path, train_run: Path) -> None:
     """`--checkpoint RUN` (the folder stma train wrote) said 'checkpoint not found'; it now means
     RUN/model.safetensors, with a note, and gives the same masks as the file itself."""
