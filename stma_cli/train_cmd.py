@@ -133,6 +133,10 @@ def train(
                     progress.update(task, completed=step, **fields)
 
                 finished = trainer.run(until=total, on_step=on_step, deadline=deadline)
+    except StmaInputError as exc:  # found while training (static stills read as they are drawn): one line
+        if rank.is_main:
+            fail(exc)
+        raise typer.Exit(2)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM: say what the run folder holds (also with --quiet)
         if trainer is not None and rank.is_main:
             info(err, _interrupted_note(trainer, out))

@@ -945,6 +945,29 @@ def test_fine_tune_the_shipped_model_on_own_videos_as_readme_says(tmp_path: Path
                      "configs/lite2_finetune_videos_cpu.yaml")
 
 
+def test_masks_without_any_object_are_named(tmp_path: Path) -> None:
+    """A split whose masks hold no object at all (blank or inverted exports) trained the network to answer
+    'nothing', exit 0, without a word; the static stage on such stills was a ValueError traceback mid-run. Now
+    one line (exit 2), and a sequence without any object among others is a note naming it."""
+    masks, _ = two_objects_with_void(4)
+    blank = [np.zeros_like(m) for m in masks]
+    root = tmp_path / "davis"
+    write_sequence(root, "blank", blank)
+    write_split(root, "blank")
+    config = write_config(tmp_path / "c.yaml", **SMALL)
+    result = train("--config", config, "--data", root, "--out", tmp_path / "o1", "--device", "cpu", "-q")
+    assert_bad_input(result, f"{root / 'ImageSets' / '2017' / 'train.txt'}: no annotation of its 1 sequence(s) "
+                             "holds an object")
+    result = train("--config", write_config(tmp_path / "s.yaml", **{**SMALL, "stage": "static"}), "--data", root,
+                   "--out", tmp_path / "o2", "--device", "cpu", "-q")
+    assert_bad_input(result, "no mask with an object in 20 draws")
+    write_sequence(root, "objects", masks)
+    write_split(root, "blank", "objects")
+    result = train("--config", config, "--data", root, "--out", tmp_path / "o3", "--device", "cpu", "--until", 1)
+    assert result.exit_code == 0, result.output
+    assert "note: 1 sequence(s) have no object in any annotation and give no clips: blank" in result.stderr
+
+
 def test_colour_still_masks_keep_their_objects(tmp_path: Path) -> None:
     """--static-masks read RGB masks as grey and cut at 128: DAVIS red (128, 0, 0) became 38, so every
     object of a colour-coded mask folder was lost (all of them: 'no still with an object' traceback after

@@ -114,6 +114,19 @@ def check_init_trunk(path: Path, variant: str) -> None:
         raise StmaInputError(cache_trunk_error(path))
 
 
+def check_objects(sequences: list, split_file: Path, log: Callable[[str], None] | None) -> None:
+    """Masks with no object at all (every pixel background or void, e.g. inverted or blank exports) trained the
+    network to answer 'nothing' without a word: none in the whole split is one line; sequences without any
+    object (they give no clips) are a note naming them."""
+    empty = [s.name for s in sequences if not ((s.masks > 0) & (s.masks < 255)).any()]
+    if len(empty) == len(sequences):
+        raise StmaInputError(f"{split_file}: no annotation of its {len(sequences)} sequence(s) holds an object (every "
+                             "pixel is background 0 or void 255); masks are id PNGs whose pixel value is the object's "
+                             "id (1, 2, ...): check how they were exported")
+    if empty and log:
+        log(f"note: {len(empty)} sequence(s) have no object in any annotation and give no clips: {short_list(empty, 4)}")
+
+
 def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: bool = False,
                     cache_dir: Path | None = None, log: Callable[[str], None] | None = None,
                     stage: str | None = None, init_from: Path | None = None,
@@ -219,6 +232,7 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
                             device=device, note=log, current=record)
             distributed.barrier()
             train_data = load_cache(cache, names)
+            check_objects(train_data, split_file, log if rank.is_main else None)
     trainer = Trainer(cfg, train_data, out, device=device, stills=folder_stills if mix else None)
     if not fresh:
         trainer.resume()

@@ -139,7 +139,11 @@ def _pick(pairs: list[StillPair], size: tuple[int, int], gen: np.random.Generato
         loaded = _load_object(pairs[int(gen.integers(len(pairs)))], size, gen)
         if loaded is not None:
             return loaded
-    raise ValueError("no still with an object found in 20 draws; the split's masks look empty")
+    from stma_core.errors import StmaInputError
+
+    raise StmaInputError(f"{pairs[0].mask.parent}: no mask with an object in 20 draws from {len(pairs)} stills (every "
+                         "pixel background or void); masks are id or grey PNGs with the object non-zero: check how "
+                         "they were exported")
 
 
 def random_warp(h: int, w: int, gen: np.random.Generator) -> np.ndarray:
