@@ -968,6 +968,33 @@ def test_masks_without_any_object_are_named(tmp_path: Path) -> None:
     assert "note: 1 sequence(s) have no object in any annotation and give no clips: blank" in result.stderr
 
 
+def test_resume_from_a_damaged_or_foreign_state_is_one_line(tmp_path: Path) -> None:
+    """--resume with a state.pt cut off (copied in part, a full disk), replaced by another file, or of another
+    model was a PyTorch traceback (RuntimeError 'failed finding central directory', KeyError 101, size
+    mismatches), exit 1. Now one line naming the file and the way on, exit 2."""
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    config = write_config(tmp_path / "c.yaml", **SMALL)
+    run = tmp_path / "run"
+    assert train("--config", config, "--data", root, "--out", run, "--device", "cpu", "-q", "--until", 1).exit_code == 0
+    good = (run / "state.pt").read_bytes()
+    other = torch.load(run / "state.pt", weights_only=True)
+    other["model"] = {k: v for k, v in other["model"].items() if not k.startswith("decoder.")}
+    torch.save(other, tmp_path / "other.pt")
+    for damaged, says in ((good[:1000], "not a readable training state (RuntimeError: "),
+                          (b"hello\n", "not a readable training state (KeyError: "),
+                          ((tmp_path / "other.pt").read_bytes(), "its model does not fit the run's config")):
+        (run / "state.pt").write_bytes(damaged)
+        result = train("--config", config, "--data", root, "--out", run, "--device", "cpu", "-q", "--resume")
+        assert_bad_input(result, f"{run / 'state.pt'}: {says}",
+                         f"start a new --out (with --init-from {run / 'model.safetensors'} to keep its weights)")
+    (run / "state.pt").write_bytes(good)
+    result = train("--config", config, "--data", root, "--out", run, "--device", "cpu", "-q", "--resume")
+    assert result.exit_code == 0 and log_records(run)[-1]["step"] == 3, result.output
+
+
 def test_colour_still_masks_keep_their_objects(tmp_path: Path) -> None:
     """--static-masks read RGB masks as grey and cut at 128: DAVIS red (128, 0, 0) became 38, so every
     object of a colour-coded mask folder was lost (all of them: 'no still with an object' traceback after

@@ -214,11 +214,33 @@ class Trainer:
             if len(set(digests)) > 1:
                 raise RuntimeError(f"replicas diverged at step {self.step}: parameter digests {digests}")
 
+    def _read_state(self) -> dict:
+        """state.pt as save_state wrote it, or one line: a damaged file (copied in part, cut off by a full disk,
+        another file under its name) or another model's state was a PyTorch traceback."""
+        path = self.state_path
+        model = self.run_dir / "model.safetensors"
+        fix = (f"start a new --out (with --init-from {model} to keep its weights)" if model.is_file() else
+               "start a new --out")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not {"step", "model", "optimizer", "torch_rng"} <= state.keys():
+                raise ValueError("not the dict stma train saves")
+        except Exception as exc:  # torch.load raises RuntimeError, UnpicklingError, EOFError, KeyError, ...
+            why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:160]
+            raise StmaInputError(f"{path}: not a readable training state ({why}); it is damaged or not a `stma "
+                                 f"train` state.pt; {fix}") from None
+        try:
+            check_state_fits(self.network, state["model"], path)
+        except StmaInputError:
+            raise StmaInputError(f"{path}: its model does not fit the run's config (another run's state.pt?); "
+                                 f"{fix}") from None
+        self.network.load_state_dict(state["model"])
+        return state
+
     def resume(self) -> bool:
         if not self.state_path.exists():
             return False
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        self.network.load_state_dict(state["model"])
+        state = self._read_state()
         self._match_cache_trunk(self.state_path)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
