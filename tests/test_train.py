@@ -995,6 +995,25 @@ def test_resume_from_a_damaged_or_foreign_state_is_one_line(tmp_path: Path) -> N
     assert result.exit_code == 0 and log_records(run)[-1]["step"] == 3, result.output
 
 
+def test_a_new_run_does_not_append_to_a_log_without_state(tmp_path: Path) -> None:
+    """A run stopped before its first checkpoint leaves log.jsonl but no state.pt, and the way on is to run the
+    same command again; that new run appended to the old log, so log.jsonl and curves.png showed steps 1..
+    twice. A new run now starts its log afresh; a resumed one still keeps the lines up to its state."""
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text("".join(json.dumps({"step": i, "loss": 9.0, "lr": 1.0}) + "\n" for i in (1, 2)))
+    config = write_config(tmp_path / "c.yaml", **SMALL)
+    assert train("--config", config, "--data", root, "--out", out, "--device", "cpu", "-q", "--until", 2).exit_code == 0
+    records = log_records(out)
+    assert [r["step"] for r in records] == [1, 2] and all(r["loss"] != 9.0 for r in records), records
+    assert train("--config", config, "--data", root, "--out", out, "--device", "cpu", "-q", "--resume").exit_code == 0
+    assert [r["step"] for r in log_records(out)] == [1, 2, 3] and log_records(out)[:2] == records
+
+
 def test_colour_still_masks_keep_their_objects(tmp_path: Path) -> None:
     """--static-masks read RGB masks as grey and cut at 128: DAVIS red (128, 0, 0) became 38, so every
     object of a colour-coded mask folder was lost (all of them: 'no still with an object' traceback after

@@ -238,7 +238,9 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
         trainer.resume()
         if log and rank.is_main:
             log(f"resumed at step {trainer.step}")
-    elif cfg.init_from:
+    elif rank.is_main:  # a new run: the log of an attempt that stopped before its first checkpoint (no state.pt)
+        trainer.truncate_log()  # was appended to, so log.jsonl and curves.png showed steps 1.. twice
+    if fresh and cfg.init_from:
         trainer.load_initial_weights(Path(cfg.init_from))
         if log and rank.is_main:
             log(f"initialized from {cfg.init_from}")

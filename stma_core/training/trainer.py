@@ -260,11 +260,12 @@ class Trainer:
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         if self.dist.is_main:
-            self._truncate_log()
+            self.truncate_log()
         return True
 
-    def _truncate_log(self) -> None:
-        """Drops log lines written after the checkpoint, so a resumed log reads like an uninterrupted one."""
+    def truncate_log(self) -> None:
+        """Drops log lines written after the checkpoint, so a resumed log reads like an uninterrupted one (a new
+        run, at step 0, drops the lines of an attempt stopped before its first checkpoint)."""
         path = self.run_dir / "log.jsonl"
         if not path.exists():
             return
