@@ -1014,6 +1014,33 @@ def test_a_new_run_does_not_append_to_a_log_without_state(tmp_path: Path) -> Non
     assert [r["step"] for r in log_records(out)] == [1, 2, 3] and log_records(out)[:2] == records
 
 
+def test_a_run_records_where_it_started_from_as_a_full_path(tmp_path: Path, monkeypatch) -> None:
+    """train_config.json recorded --init-from as typed (relative to where the command ran), so the record named
+    nothing from elsewhere and reusing the file as --config failed with 'init_from checkpoint not found'. It is
+    now the full path; a resume from another directory with the same file still matches it."""
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    config = write_config(tmp_path / "c.yaml", **SMALL)
+    monkeypatch.chdir(tmp_path)
+    assert train("--config", config, "--data", root, "--out", "first", "--device", "cpu", "-q", "--until", 1).exit_code == 0
+    result = train("--config", config, "--data", root, "--out", "second", "--init-from", "first/model.safetensors",
+                   "--device", "cpu", "-q", "--until", 1)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "second" / "train_config.json").read_text())["init_from"]
+    assert recorded == str(tmp_path / "first" / "model.safetensors")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = train("--config", tmp_path / "second" / "train_config.json", "--data", root, "--out", "third",
+                   "--device", "cpu", "-q", "--until", 1)
+    assert result.exit_code == 0, result.output
+    result = train("--config", config, "--data", root, "--out", tmp_path / "second", "--resume", "--init-from",
+                   tmp_path / "first", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+
+
 def test_colour_still_masks_keep_their_objects(tmp_path: Path) -> None:
     """--static-masks read RGB masks as grey and cut at 128: DAVIS red (128, 0, 0) became 38, so every
     object of a colour-coded mask folder was lost (all of them: 'no still with an object' traceback after

@@ -186,6 +186,8 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
         check_init_checkpoint(Path(cfg.init_from), cfg.model)
     if fresh and cfg.init_from and cfg.stage == "main":  # before the feature cache: a trunk it cannot serve
         check_init_trunk(Path(cfg.init_from), cfg.model.lite_variant)
+    if fresh and cfg.init_from:  # train_config.json records it: as typed (relative to where the command ran) it
+        cfg.init_from = str(Path(cfg.init_from).resolve())  # named nothing from elsewhere (reused as --config)
     rank = distributed.current()
     mix = cfg.stage == "main" and cfg.static_mix_prob > 0
     if mix and cfg.static_images is None:
