@@ -1039,6 +1039,23 @@ def test_a_run_records_where_it_started_from_as_a_full_path(tmp_path: Path, monk
     result = train("--config", config, "--data", root, "--out", tmp_path / "second", "--resume", "--init-from",
                    tmp_path / "first", "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
+    # the still folders of the static stage, the same way
+    monkeypatch.chdir(tmp_path)
+    static = write_config(tmp_path / "s.yaml", **{**SMALL, "stage": "static"})
+    still = Image.open(root / "JPEGImages" / "480p" / "seq" / "00000.jpg")
+    for folder in ("img", "mask"):
+        (tmp_path / folder).mkdir()
+    still.save(tmp_path / "img" / "a.jpg")
+    Image.open(root / "Annotations" / "480p" / "seq" / "00000.png").save(tmp_path / "mask" / "a.png")
+    result = train("--config", static, "--static-images", "img", "--static-masks", "mask", "--out", "stills",
+                   "--device", "cpu", "-q", "--until", 1)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "stills" / "train_config.json").read_text())
+    assert (saved["static_images"], saved["static_masks"]) == (str(tmp_path / "img"), str(tmp_path / "mask"))
+    monkeypatch.chdir(elsewhere)
+    result = train("--config", tmp_path / "stills" / "train_config.json", "--out", "stills2", "--device", "cpu", "-q",
+                   "--until", 1)
+    assert result.exit_code == 0, result.output
 
 
 def test_colour_still_masks_keep_their_objects(tmp_path: Path) -> None:

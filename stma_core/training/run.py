@@ -235,6 +235,9 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
             distributed.barrier()
             train_data = load_cache(cache, names)
             check_objects(train_data, split_file, log if rank.is_main else None)
+    for key in ("static_images", "static_masks"):  # recorded in train_config.json: full paths, as init_from
+        if getattr(cfg, key):
+            setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
     trainer = Trainer(cfg, train_data, out, device=device, stills=folder_stills if mix else None)
     if not fresh:
         trainer.resume()
