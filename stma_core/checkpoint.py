@@ -6,6 +6,7 @@ also carries the InferenceConfig it recommends (`inference_config`; older ones o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ def save_model(network: torch.nn.Module, config: ModelConfig, path: str | Path,
         metadata["inference_config"] = json.dumps(to_dict(inference))
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     atomic_write_text(path.with_suffix(".json"), json.dumps(to_dict(config), indent=2) + "\n")
+
+
+INFERENCE_FIELDS = {f.name for f in dataclasses.fields(InferenceConfig)}
 
 
 def recommended_inference(metadata: dict[str, str]) -> dict[str, Any]:
@@ -79,8 +83,9 @@ def _not_safetensors(path: Path, exc: Exception) -> str:
             "`stma train` (or save_model), or its run folder")
 
 
-def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
-    """(ModelConfig, metadata) of a checkpoint file or run folder; one-line input errors otherwise."""
+def read_config(path: str | Path, check_inference: bool = True) -> tuple[ModelConfig, dict[str, str]]:
+    """(ModelConfig, metadata) of a checkpoint file or run folder; one-line input errors otherwise.
+    check_inference=False skips the recommended settings (ship, which replaces them)."""
     path = resolve_checkpoint(path)
     if not path.is_file():
         raise StmaInputError(f"{path}: checkpoint not found; pass an existing .safetensors file or a `stma train` "
@@ -105,6 +110,13 @@ def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
     if problems:
         raise StmaInputError(f"{path}: its model_config metadata describes no buildable network "
                              f"({'; '.join(problems)}); {fix}")
+    try:  # the settings it recommends: unreadable ones were a JSONDecodeError/TypeError traceback or a
+        recommended = recommended_inference(metadata) if check_inference else {}  # 'InferenceConfig.size is 10'
+        InferenceConfig(**{k: v for k, v in recommended.items() if k in INFERENCE_FIELDS})  # the user never typed
+    except (ValueError, TypeError) as exc:
+        raise StmaInputError(f"{path}: unusable inference_config metadata ({' '.join(str(exc).split())}); re-ship it "
+                             "with `python -m stma_core.training.ship FILE OUT.safetensors --size N`, or "
+                             f"{fix}") from None
     return config, metadata
 
 

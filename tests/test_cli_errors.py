@@ -519,14 +519,23 @@ def test_checkpoint_of_another_config_or_broken_metadata_is_one_line(tmp_path: P
 
     with safe_open(str(DEFAULT_CHECKPOINT), "pt") as f:
         metadata = f.metadata()
-    lite0 = load_file(str(PREVIOUS_CHECKPOINT))
-    cases = {"mixed.safetensors": (metadata, "checkpoint does not match its model config"),
-             "json.safetensors": ({"model_config": "{not json"}, "unreadable model_config metadata"),
-             "variant.safetensors": ({"model_config": '{"backbone": "lite", "lite_variant": "lite9"}'},
-                                     "lite_variant 'lite9' is not one of")}
-    for name, (meta, fragment) in cases.items():
+    lite0, lite2 = load_file(str(PREVIOUS_CHECKPOINT)), load_file(str(DEFAULT_CHECKPOINT))
+    # the recommended settings too: unparseable inference_config metadata was a JSONDecodeError (a bare line in
+    # segment, a traceback in export), a JSON list a TypeError 'segmentation failed ... report a bug', and a
+    # size under the minimum 'InferenceConfig.size is 10', a value the user never typed
+    cases = {"mixed.safetensors": (lite0, metadata, "checkpoint does not match its model config"),
+             "json.safetensors": (lite0, {"model_config": "{not json"}, "unreadable model_config metadata"),
+             "variant.safetensors": (lite0, {"model_config": '{"backbone": "lite", "lite_variant": "lite9"}'},
+                                     "lite_variant 'lite9' is not one of"),
+             "settings.safetensors": (lite2, {**metadata, "inference_config": "{bad"},
+                                      "unusable inference_config metadata (Expecting property name"),
+             "settings_list.safetensors": (lite2, {**metadata, "inference_config": "[1, 2]"},
+                                           "unusable inference_config metadata"),
+             "settings_size.safetensors": (lite2, {**metadata, "inference_config": '{"size": 10}'},
+                                           "unusable inference_config metadata (InferenceConfig.size is 10")}
+    for name, (tensors, meta, fragment) in cases.items():
         path = tmp_path / name
-        save_file(lite0, str(path), metadata=meta)
+        save_file(tensors, str(path), metadata=meta)
         for args in (["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o"],
                      ["eval", "--dataset", "davis16-val", "--root", davis16_root, "--pred-out", tmp_path / "p"],
                      ["export", "--out", tmp_path / "exp"]):
@@ -535,9 +544,17 @@ def test_checkpoint_of_another_config_or_broken_metadata_is_one_line(tmp_path: P
             assert result.exit_code == 2 and len(lines) == 1, (name, args[0], result.exit_code, result.stderr[-600:])
             assert lines[0].startswith(f"error: {path}: ") and fragment in lines[0], lines[0]
             assert "pass a model.safetensors saved by `stma train`" in lines[0], lines[0]
-        with pytest.raises(StmaInputError, match=fragment):
+        with pytest.raises(StmaInputError, match=re.escape(fragment)):
             VideoSession.from_pretrained(path, device="cpu")
     assert not any((tmp_path / d).exists() for d in ("o", "p", "exp"))
+    # ship, which the message points to, mends the recommended settings
+    from stma_core.training.ship import ship
+    from stma_core.config import InferenceConfig
+
+    ship(tmp_path / "settings.safetensors", tmp_path / "mended.safetensors", InferenceConfig(size=480))
+    result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o", "-q",
+                 "--checkpoint", tmp_path / "mended.safetensors")
+    assert result.exit_code == 0, result.output
 
 
 def test_model_flags_with_a_baseline_method_are_refused(tmp_path: Path, davis16_root: Path) -> None:

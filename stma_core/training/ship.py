@@ -27,7 +27,7 @@ def ship(source: Path, target: Path, inference: InferenceConfig, note: str = "")
     StmaInputError (from read_config) when `source` is not a checkpoint written by stma; a `stma train` run
     folder stands for its model.safetensors."""
     source = resolve_checkpoint(source)
-    config, metadata = read_config(source)
+    config, metadata = read_config(source, check_inference=False)  # replaced here: ship mends a broken one
     network = STMANetwork(config, pretrained_trunk=False)
     state = load_file(str(source))
     check_state_fits(network, state, source)  # one line, not load_state_dict's page of size mismatches
