@@ -79,6 +79,9 @@ def _not_safetensors(path: Path, exc: Exception) -> str:
                f"pass the {RUN_MODEL} `stma train` writes beside state.pt")
         return (f"{path}: not a safetensors model checkpoint (a {path.suffix} file is PyTorch's format; a `stma "
                 f"train` run's state.pt is its training state, for --resume); {fix}")
+    weights = path.with_suffix(".safetensors")
+    if path.suffix.lower() == ".json" and weights.is_file():  # the config save_model writes beside the weights
+        return (f"{path}: the model config written beside a checkpoint, not the checkpoint; pass {weights}")
     return (f"{path}: not a safetensors checkpoint ({' '.join(str(exc).split())}); pass a {RUN_MODEL} saved by "
             "`stma train` (or save_model), or its run folder")
 

@@ -476,6 +476,7 @@ def train_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     run_dir = tmp_path_factory.mktemp("run1")
     shutil.copy(DEFAULT_CHECKPOINT, run_dir / "model.safetensors")
+    shutil.copy(DEFAULT_CHECKPOINT.with_suffix(".json"), run_dir / "model.json")  # save_model writes it beside
     torch.save({"step": 3, "model": {}}, run_dir / "state.pt")
     return run_dir
 
@@ -496,6 +497,13 @@ def test_checkpoint_state_pt_names_the_model_beside_it(tmp_path: Path, train_run
         assert f"{state}: not a safetensors model checkpoint (a .pt file is PyTorch" in lines[0] and f"pass {model}" in lines[0] and "--resume" in lines[0]
     with pytest.raises(StmaInputError, match="pass .*model.safetensors, the model"):
         read_config(state)
+    # the model.json beside it (save_model's copy of the config) was 'not a safetensors checkpoint (Error while
+    # deserializing header: header too large)'; it now names the checkpoint beside it
+    result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o",
+                 "--checkpoint", train_run / "model.json")
+    assert result.exit_code == 2 and result.stderr == (
+        f"error: {train_run / 'model.json'}: the model config written beside a checkpoint, not the checkpoint; "
+        f"pass {model}\n"), result.stderr
     empty = tmp_path / "run-empty"
     empty.mkdir()
     (empty / "state.pt").write_bytes(b"x")
