@@ -1058,6 +1058,35 @@ def test_a_run_records_where_it_started_from_as_a_full_path(tmp_path: Path, monk
     assert result.exit_code == 0, result.output
 
 
+def test_a_cut_off_or_unreadable_image_is_named(tmp_path: Path) -> None:
+    """A frame cut off by a partial copy was 'OSError: image file is truncated' deep in the feature cache, and
+    a still image or mask that is cut off or no image at all a traceback mid-run (PIL's OSError or
+    UnidentifiedImageError), exit 1. Each is now one line naming the file, exit 2."""
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    frame = root / "JPEGImages" / "480p" / "seq" / "00002.jpg"
+    frame.write_bytes(frame.read_bytes()[:600])
+    result = train("--config", write_config(tmp_path / "c.yaml", **SMALL), "--data", root, "--out", tmp_path / "o",
+                   "-q")
+    assert_bad_input(result, f"{frame}: not a readable image, or truncated (")
+    images, still_masks = tmp_path / "img", tmp_path / "mask"
+    images.mkdir()
+    still_masks.mkdir()
+    Image.fromarray(np.full((64, 160, 3), 90, np.uint8)).save(images / "a.jpg")
+    Image.fromarray(masks[0]).save(still_masks / "a.png")
+    static = write_config(tmp_path / "s.yaml", **{**SMALL, "stage": "static"})
+    for bad, says in ((images / "a.jpg", "not a readable image, or truncated (cannot identify image file"),
+                      (still_masks / "a.png", "not a readable mask PNG, or truncated (")):
+        good = bad.read_bytes()
+        bad.write_bytes(b"not an image")
+        result = train("--config", static, "--static-images", images, "--static-masks", still_masks, "--out",
+                       tmp_path / f"o-{bad.stem}{bad.suffix}", "-q")
+        assert_bad_input(result, f"{bad}: {says}")
+        bad.write_bytes(good)
+
+
 def test_colour_still_masks_keep_their_objects(tmp_path: Path) -> None:
     """--static-masks read RGB masks as grey and cut at 128: DAVIS red (128, 0, 0) became 38, so every
     object of a colour-coded mask folder was lost (all of them: 'no still with an object' traceback after

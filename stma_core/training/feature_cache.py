@@ -20,7 +20,7 @@ import json
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError
 from stma_core.eval.datasets import frame_images, short_list
@@ -117,7 +117,18 @@ def read_resized_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
     cache applies (and benchmarks/gpu_campaign.py packs frames with, so the cache finds them at size).
     Upright (EXIF orientation applied) as `stma segment` reads frames; DAVIS JPEGs carry no orientation."""
     h, w = size
-    return np.asarray(open_upright(path).convert("RGB").resize((w, h), Image.BILINEAR))
+    return np.asarray(read_upright_rgb(path).resize((w, h), Image.BILINEAR))
+
+
+def read_upright_rgb(path: Path) -> Image.Image:
+    """A training image as PIL shows it (EXIF orientation applied), RGB, decoded in full here; a file that is no
+    image or is cut off (a partial copy: PIL stops with 'image file is truncated') was a traceback deep in
+    caching or mid-run, and is one line naming it now. Decoding is PIL's, as before, so caches stay the same."""
+    try:
+        return open_upright(path).convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise StmaInputError(f"{path}: not a readable image, or truncated ({' '.join(str(exc).split())}); replace "
+                             "it, or remove it (with its mask)") from None
 
 
 def resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -27,8 +27,7 @@ import torch
 from PIL import Image
 
 from stma_core.eval.run_dataset import check_annotation_size
-from stma_core.io.frames import open_upright
-from stma_core.training.feature_cache import frame_paths
+from stma_core.training.feature_cache import frame_paths, read_upright_rgb
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -49,7 +48,14 @@ def read_still_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarr
     colours, flat colours, a cut-out on transparency) as `stma segment` reads them (io.masks.load_mask):
     converted to grey, DAVIS red (128, 0, 0) came out 38 and fell below the cut, so every object was lost.
     """
-    image = Image.open(path)
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        from stma_core.errors import StmaInputError
+
+        raise StmaInputError(f"{path}: not a readable mask PNG, or truncated ({' '.join(str(exc).split())}); "
+                             "replace it, or remove it (with its image)") from None
     if image.mode in ("RGB", "RGBA") and not _opaque_grey(np.asarray(image.convert("RGBA"))):
         from stma_core.io.masks import load_mask
 
@@ -130,7 +136,7 @@ def _load_object(pair: StillPair, size: tuple[int, int], gen: np.random.Generato
     if not present:
         return None
     mask = ids == present[int(gen.integers(len(present)))]
-    image = np.asarray(open_upright(pair.image).convert("RGB").resize((w, h), Image.BILINEAR))  # EXIF-turned, as shown
+    image = np.asarray(read_upright_rgb(pair.image).resize((w, h), Image.BILINEAR))  # EXIF-turned, as shown
     return image, mask
 
 
