@@ -439,6 +439,11 @@ def test_ship_takes_a_run_folder_and_replaces_a_model_only_when_asked(tmp_path: 
         code, out, err = ship(*args)
         assert code == 2 and err.startswith("error: ") and says in err and err.count("\n") == 1, err
         assert not args[1].exists() and not args[1].with_suffix(".json").exists()
+    # someone's notes.json beside a new notes.safetensors was replaced by the config without asking
+    (tmp_path / "notes.json").write_text("mine\n")
+    code, out, err = ship(tmp_path / "run", tmp_path / "notes.safetensors", "--size", 200)
+    assert code == 2 and f"{tmp_path / 'notes.json'}: exists, and the checkpoint's config would be written over" in err
+    assert (tmp_path / "notes.json").read_text() == "mine\n" and not (tmp_path / "notes.safetensors").exists()
 
 
 

@@ -49,6 +49,10 @@ def main() -> None:
     try:
         if args.target.exists() and not args.overwrite:
             raise StmaInputError(f"{args.target}: exists; pass --overwrite to replace it, or another target")
+        beside = args.target.with_suffix(".json")  # save_model writes the config there
+        if beside.exists() and not args.overwrite:
+            raise StmaInputError(f"{beside}: exists, and the checkpoint's config would be written over it; pass "
+                                 "--overwrite to replace it, or another target")
         if args.target.is_dir():
             raise StmaInputError(f"{args.target}: is a folder; pass the .safetensors file to write")
         if args.target.suffix != ".safetensors":  # save_model writes TARGET.json beside: x.json was the weights' own name
