@@ -1178,7 +1178,13 @@ def test_missing_split_says_how_to_make_one(tmp_path: Path) -> None:
     assert [s.name for s in trainer.data] == ["b"]
     missing = write_config(tmp_path / "m.yaml", **SMALL, split=str(tmp_path / "nope.txt"))
     assert_bad_input(train("--config", missing, "--data", root, "--out", tmp_path / "o2"),
-                     "nope.txt: split file not found")
+                     "nope.txt: split file not found", f"looked from the current folder and in {root}")
+    # `split: ImageSets/2017/mine.txt`, written as a path inside the data root, was 'split file not found'
+    # unless the command ran from the data root; it is looked for there too
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "mine.txt").write_text("a\n")
+    inside = write_config(tmp_path / "i.yaml", **SMALL, split="ImageSets/2017/mine.txt")
+    assert [s.name for s in prepare_trainer(inside, root, tmp_path / "o3").data] == ["a"]
 
 
 def test_resume_of_a_run_saved_before_a_setting_existed(tmp_path: Path) -> None:

@@ -33,10 +33,12 @@ def find_split_file(root: Path, split: str) -> Path:
     else ImageSets/2017/<split>.txt or ImageSets/2016/<split>.txt under the data root."""
     if split.endswith(".txt"):
         given = Path(split).expanduser()
-        if given.is_file():
-            return given
-        raise StmaInputError(f"{given}: split file not found (the config's `split:`); list the sequence "
-                             "folders of JPEGImages/480p in it, one a line, or set `split:` to a split name")
+        for candidate in (given, root / given):  # as typed (from where the command runs), or inside the data root
+            if candidate.is_file():
+                return candidate
+        raise StmaInputError(f"{given}: split file not found (the config's `split:`; looked from the current folder "
+                             f"and in {root}); list the sequence folders of JPEGImages/480p in it, one a line, or set "
+                             "`split:` to a split name")
     for year in ("2017", "2016"):
         candidate = root / "ImageSets" / year / f"{split}.txt"
         if candidate.is_file():
