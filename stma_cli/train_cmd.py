@@ -67,7 +67,8 @@ def train(
                                                 "names as .png, each the size of its image (palette/id, soft grey "
                                                 "cut at 128, or colours read as segment reads them)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notes (an unfinished run's line stays)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="No progress bar or notes (an unfinished run's line stays)."),
 ) -> None:
     """Train STMA: stage static (synthetic clips from stills) or main (video clips), in DAVIS layout."""
     from stma_core.training import distributed

@@ -126,7 +126,8 @@ def check_objects(sequences: list, split_file: Path, log: Callable[[str], None] 
                              "pixel is background 0 or void 255); masks are id PNGs whose pixel value is the object's "
                              "id (1, 2, ...): check how they were exported")
     if empty and log:
-        log(f"note: {len(empty)} sequence(s) have no object in any annotation and give no clips: {short_list(empty, 4)}")
+        log(f"note: {len(empty)} sequence(s) have no object in any annotation and give no clips: "
+            f"{short_list(empty, 4)}")
 
 
 def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: bool = False,

@@ -55,7 +55,7 @@ def main() -> None:
                                  "--overwrite to replace it, or another target")
         if args.target.is_dir():
             raise StmaInputError(f"{args.target}: is a folder; pass the .safetensors file to write")
-        if args.target.suffix != ".safetensors":  # save_model writes TARGET.json beside: x.json was the weights' own name
+        if args.target.suffix != ".safetensors":  # save_model writes TARGET.json beside (x.json: over the weights)
             raise StmaInputError(f"{args.target}: a checkpoint is a .safetensors file (its config goes to the .json "
                                  f"beside it); pass {args.target.with_suffix('.safetensors')}")
         ship(args.source, args.target, InferenceConfig(size=args.size), args.note)
