@@ -65,6 +65,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         model = path / RUN_MODEL
         if model.is_file():
             return model
+        if (path / "manifest.json").is_file():  # a `stma export` folder: graphs, not a checkpoint
+            raise StmaInputError(f"{path}: a `stma export` folder (graphs and manifest.json), not a checkpoint; run it "
+                                 "with `stma segment --engine onnx|torchscript --export-dir` (as it was exported), "
+                                 "or pass the .safetensors checkpoint it was exported from")
         raise StmaInputError(f"{path}: a folder, and it holds no {RUN_MODEL}; pass a .safetensors checkpoint "
                              f"file, or a `stma train` run folder once it has saved {RUN_MODEL} (at its first "
                              "checkpoint)")

@@ -191,3 +191,17 @@ def test_a_damaged_graph_file_is_named(tmp_path: Path, tiny_exports) -> None:
         assert result.exit_code == 2 and len(lines) == 1, result.output
         assert f"{step}: not a readable {kind} graph (" in lines[0] and "re-run `stma export`" in lines[0], lines[0]
         assert not (tmp_path / "o").exists()
+
+
+def test_an_export_folder_given_as_a_checkpoint_says_what_it_is(tmp_path: Path, tiny_exports) -> None:
+    """--checkpoint EXPORT_DIR (segment, eval, export, train --init-from) said 'a folder, and it holds no
+    model.safetensors; pass ... a stma train run folder', which does not tell what the folder is or how to run it."""
+    folder = tiny_exports["torchscript"]
+    result = CliRunner().invoke(app, ["segment", str(EXAMPLES / "car-shadow.mp4"), "--mask",
+                                      str(EXAMPLES / "car-shadow_mask.png"), "--checkpoint", str(folder), "--end", "2",
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        f"error: {folder}: a `stma export` folder (graphs and manifest.json), not a checkpoint; run it with `stma "
+        "segment --engine onnx|torchscript --export-dir` (as it was exported), or pass the .safetensors checkpoint "
+        "it was exported from"], result.output
+    assert not (tmp_path / "o").exists()
