@@ -58,3 +58,16 @@ def settings_from_flags(size: Optional[int] = None, top_k: Optional[int] = None,
                      "or leave it out")
             fail(f"{FLAGS[name]}: {value} is too small; use at least {SETTING_MINIMUMS[name]} (or leave it out)")
     return given
+
+
+def refuse_model_flags_for_baseline(method: str, checkpoint: object, settings: dict[str, Any]) -> None:
+    """`--method copy|flow` runs no model: a --checkpoint or a model setting given with it changed nothing and
+    was dropped without a word (a user comparing their checkpoint got the baseline's numbers under its name).
+    One line naming the flags instead, as `stma eval --pred` does for flags that would set up segmenting."""
+    if method == "stma":
+        return
+    unused = (["--checkpoint"] if checkpoint is not None else []) + [
+        FLAGS[name] for name, value in settings.items() if value is not None]
+    if unused:
+        fail(f"{', '.join(unused)}: not used by --method {method} (a baseline, no model); drop "
+             f"{'it' if len(unused) == 1 else 'them'}, or use --method stma to run the model")

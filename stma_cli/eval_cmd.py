@@ -165,6 +165,8 @@ def evaluate(
             fail(f"{', '.join(unused)} set up segmenting, but --pred scores existing predictions (nothing is "
                  "segmented); drop them, or drop --pred to segment with --dataset")
     method = method or "stma"
+    if pred is None:
+        _settings.refuse_model_flags_for_baseline(method, checkpoint, settings)
     if dataset is not None and pred is None:
         device = check_device(device)
     if out is not None:

@@ -541,6 +541,7 @@ def segment(
         fail(f"--device: --engine {engine} runs on CPU, not {device!r}; use --device cpu (or --engine torch)")
     settings = _settings.settings_from_flags(size, top_k, spatial_capacity, spatial_every, temporal_capacity,
                                              temporal_every, kernel_sigma)
+    _settings.refuse_model_flags_for_baseline(method, checkpoint, settings)
     try:
         way = Direction(direction)
     except ValueError:

@@ -30,6 +30,17 @@ def _device(name: str) -> str:
         fail(f"--device: {exc}")
 
 
+def _interrupted_note(trainer, out: Path) -> str:
+    """Where an interrupted run can go on from: the last state.pt it saved (every checkpoint_every steps)."""
+    saved, every = trainer.saved_step, trainer.cfg.checkpoint_every
+    if saved is None:
+        return (f"note: interrupted at step {trainer.step}, before the first checkpoint (step {every}): nothing to "
+                f"resume; run the same command again to start over in {out}")
+    later = f"; steps {saved + 1}-{trainer.step} are trained again" if trainer.step > saved else ""
+    return (f"note: interrupted at step {trainer.step}; {out} holds the training state of step {saved}: continue "
+            f"with the same command and --resume{later}")
+
+
 def train(
     config: Path = typer.Option(..., "--config", help="Training config YAML (see configs/)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root in DAVIS layout (JPEGImages/, Annotations/, "
@@ -53,9 +64,11 @@ def train(
     static_images: Optional[Path] = typer.Option(None, "--static-images", help="Static stage: a folder of still "
                                                  "images (e.g. DUTS-TR-Image) instead of DAVIS frames."),
     static_masks: Optional[Path] = typer.Option(None, "--static-masks", help="Static stage: their masks, same file "
-                                                "names as .png (palette/id or soft grey, cut at 128)."),
+                                                "names as .png, each the size of its image (palette/id, soft grey "
+                                                "cut at 128, or colours read as segment reads them)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or notes (an unfinished run's line stays)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="No progress bar or notes (an unfinished run's line stays)."),
 ) -> None:
     """Train STMA: stage static (synthetic clips from stills) or main (video clips), in DAVIS layout."""
     from stma_core.training import distributed
@@ -64,16 +77,22 @@ def train(
     if max_minutes is not None and not max_minutes > 0:
         fail(f"--max-minutes {max_minutes}: the time budget must be a positive number of minutes; pass e.g. "
              "--max-minutes 4")
+    if until is not None and until < 1:  # a fresh run trained nothing, yet printed the path of a model never written
+        fail(f"--until {until}: the step to stop after must be at least 1; pass e.g. --until 100 (or leave it out "
+             "to train all the config's steps)")
     device = _device(device)
     new_run = not (out / "state.pt").exists()
     if not resume or new_run:
         check_output_dir(out)
+    if cache_dir is not None:  # a file there was a NotADirectoryError traceback once the data was checked
+        check_output_dir(cache_dir, "--cache-dir")
     if distributed.launched_by_torchrun():
         rank, torch_device = distributed.init_from_env(device)
     else:
         rank, torch_device = distributed.current(), device
     err = stderr_console()
     quiet = quiet or not rank.is_main
+    trainer = None
     try:
         try:
             trainer = prepare_trainer(config, data, out, resume=resume, cache_dir=cache_dir,
@@ -115,6 +134,14 @@ def train(
                     progress.update(task, completed=step, **fields)
 
                 finished = trainer.run(until=total, on_step=on_step, deadline=deadline)
+    except StmaInputError as exc:  # found while training (static stills read as they are drawn): one line
+        if rank.is_main:
+            fail(exc)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: say what the run folder holds (also with --quiet)
+        if trainer is not None and rank.is_main:
+            info(err, _interrupted_note(trainer, out))
+        raise
     finally:
         distributed.shutdown()
     if rank.is_main and not finished:  # also with --quiet: the run is unfinished (and exit code 3 says so)

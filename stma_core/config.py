@@ -37,6 +37,42 @@ class ModelConfig:
                            key_dim=64, value_dim=256, decoder_dims=(128, 64, 32), vit_weights=vit_weights)
 
 
+BACKBONES = ("lite", "vitb")
+
+
+def model_config_problems(config: ModelConfig) -> list[str]:
+    """What makes a ModelConfig unbuildable, as short phrases (empty when it is fine). One check for the
+    training config's `model:` section and a checkpoint's model_config metadata, so neither fails deep
+    inside the network's constructor (an assertion, a ZeroDivisionError, a negative tensor size)."""
+    from stma_core.model.lite_backbone import LITE_VARIANTS  # the variants it has stage tables for
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    problems = []
+    if config.backbone not in BACKBONES:
+        problems.append(f"backbone {config.backbone!r} is not one of {list(BACKBONES)}")
+    if config.backbone == "lite" and config.lite_variant not in LITE_VARIANTS:
+        problems.append(f"lite_variant {config.lite_variant!r} is not one of {list(LITE_VARIANTS)}")
+    for key in ("embed_dim", "stml_depth", "num_heads", "key_dim", "value_dim"):
+        value = getattr(config, key)
+        if not whole(value) or value < 1:
+            problems.append(f"{key} {value!r} must be a whole number >= 1")
+    dims = config.decoder_dims
+    if not isinstance(dims, (list, tuple)) or len(dims) != 3 or not all(whole(d) and d >= 1 for d in dims):
+        problems.append(f"decoder_dims {dims!r} must be 3 whole numbers >= 1 (stride 16, 8, 4)")
+    ratio = config.mlp_ratio
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio > 0:
+        problems.append(f"mlp_ratio {ratio!r} must be a number > 0")
+    embed, heads = config.embed_dim, config.num_heads
+    if whole(embed) and whole(heads) and embed >= 1 and heads >= 1:
+        if embed % heads:
+            problems.append(f"embed_dim {embed} must be divisible by num_heads {heads}")
+        elif embed % 4:  # the sinusoidal positional embedding splits it in four
+            problems.append(f"embed_dim {embed} must be a multiple of 4")
+    return problems
+
+
 class Direction(enum.Enum):
     """Which way `VideoSession.propagate` runs through a video (`stma segment --direction`)."""
 

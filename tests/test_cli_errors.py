@@ -476,6 +476,7 @@ def train_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     run_dir = tmp_path_factory.mktemp("run1")
     shutil.copy(DEFAULT_CHECKPOINT, run_dir / "model.safetensors")
+    shutil.copy(DEFAULT_CHECKPOINT.with_suffix(".json"), run_dir / "model.json")  # save_model writes it beside
     torch.save({"step": 3, "model": {}}, run_dir / "state.pt")
     return run_dir
 
@@ -496,12 +497,95 @@ def test_checkpoint_state_pt_names_the_model_beside_it(tmp_path: Path, train_run
         assert f"{state}: not a safetensors model checkpoint (a .pt file is PyTorch" in lines[0] and f"pass {model}" in lines[0] and "--resume" in lines[0]
     with pytest.raises(StmaInputError, match="pass .*model.safetensors, the model"):
         read_config(state)
+    # the model.json beside it (save_model's copy of the config) was 'not a safetensors checkpoint (Error while
+    # deserializing header: header too large)'; it now names the checkpoint beside it
+    result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o",
+                 "--checkpoint", train_run / "model.json")
+    assert result.exit_code == 2 and result.stderr == (
+        f"error: {train_run / 'model.json'}: the model config written beside a checkpoint, not the checkpoint; "
+        f"pass {model}\n"), result.stderr
     empty = tmp_path / "run-empty"
     empty.mkdir()
     (empty / "state.pt").write_bytes(b"x")
     result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o",
                  "--checkpoint", empty)
     assert result.exit_code == 2 and "holds no model.safetensors" in result.stderr, result.stderr
+
+
+def test_checkpoint_of_another_config_or_broken_metadata_is_one_line(tmp_path: Path, davis16_root: Path) -> None:
+    """A checkpoint whose tensors are another model's than its model_config (Lite0 weights saved with the
+    shipped Lite2 config) printed load_state_dict's page of 115 size mismatches (segment: exit 1, 'report a
+    bug'; eval and export: a traceback); unparseable model_config metadata gave a bare JSON error or a
+    traceback without the file's name, and an unknown lite_variant the backbone's ValueError. Each is now one
+    line naming the file, exit 2, for every command and the API."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from stma_core import VideoSession
+    from stma_core.checkpoint import DEFAULT_CHECKPOINT, PREVIOUS_CHECKPOINT
+    from stma_core.errors import StmaInputError
+
+    with safe_open(str(DEFAULT_CHECKPOINT), "pt") as f:
+        metadata = f.metadata()
+    lite0, lite2 = load_file(str(PREVIOUS_CHECKPOINT)), load_file(str(DEFAULT_CHECKPOINT))
+    # the recommended settings too: unparseable inference_config metadata was a JSONDecodeError (a bare line in
+    # segment, a traceback in export), a JSON list a TypeError 'segmentation failed ... report a bug', and a
+    # size under the minimum 'InferenceConfig.size is 10', a value the user never typed
+    cases = {"mixed.safetensors": (lite0, metadata, "checkpoint does not match its model config"),
+             "json.safetensors": (lite0, {"model_config": "{not json"}, "unreadable model_config metadata"),
+             "variant.safetensors": (lite0, {"model_config": '{"backbone": "lite", "lite_variant": "lite9"}'},
+                                     "lite_variant 'lite9' is not one of"),
+             "settings.safetensors": (lite2, {**metadata, "inference_config": "{bad"},
+                                      "unusable inference_config metadata (Expecting property name"),
+             "settings_list.safetensors": (lite2, {**metadata, "inference_config": "[1, 2]"},
+                                           "unusable inference_config metadata"),
+             "settings_size.safetensors": (lite2, {**metadata, "inference_config": '{"size": 10}'},
+                                           "unusable inference_config metadata (InferenceConfig.size is 10")}
+    for name, (tensors, meta, fragment) in cases.items():
+        path = tmp_path / name
+        save_file(tensors, str(path), metadata=meta)
+        for args in (["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o"],
+                     ["eval", "--dataset", "davis16-val", "--root", davis16_root, "--pred-out", tmp_path / "p"],
+                     ["export", "--out", tmp_path / "exp"]):
+            result = run(*args, "--checkpoint", path)
+            lines = result.stderr.splitlines()
+            assert result.exit_code == 2 and len(lines) == 1, (name, args[0], result.exit_code, result.stderr[-600:])
+            assert lines[0].startswith(f"error: {path}: ") and fragment in lines[0], lines[0]
+            assert "pass a model.safetensors saved by `stma train`" in lines[0], lines[0]
+        with pytest.raises(StmaInputError, match=re.escape(fragment)):
+            VideoSession.from_pretrained(path, device="cpu")
+    assert not any((tmp_path / d).exists() for d in ("o", "p", "exp"))
+    # ship, which the message points to, mends the recommended settings
+    from stma_core.training.ship import ship
+    from stma_core.config import InferenceConfig
+
+    ship(tmp_path / "settings.safetensors", tmp_path / "mended.safetensors", InferenceConfig(size=480))
+    result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o", "-q",
+                 "--checkpoint", tmp_path / "mended.safetensors")
+    assert result.exit_code == 0, result.output
+
+
+def test_model_flags_with_a_baseline_method_are_refused(tmp_path: Path, davis16_root: Path) -> None:
+    """`--method copy|flow` with --checkpoint (even a missing file) or --size/--top-k/... ran the baseline, exit 0,
+    the flags dropped without a word: a user comparing their checkpoint got the baseline's masks and scores
+    under its name. segment and eval --dataset now refuse them in one line (as eval --pred does), nothing
+    written; --device stays accepted (checked, unused), as before."""
+    for method in ("copy", "flow"):
+        for flags, named in ((["--checkpoint", tmp_path / "mine.safetensors"], "--checkpoint"),
+                             (["--size", "240", "--top-k", "5"], "--size, --top-k")):
+            for args, out in ((["segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o"],
+                               tmp_path / "o"),
+                              (["eval", "--dataset", "davis16-val", "--root", davis16_root, "--pred-out", tmp_path / "p"],
+                               tmp_path / "p")):
+                result = run(*args, "--method", method, *flags)
+                lines = result.stderr.splitlines()
+                assert result.exit_code == 2 and len(lines) == 1, (args[0], method, result.stderr)
+                assert lines[0] == (f"error: {named}: not used by --method {method} (a baseline, no model); drop "
+                                    f"{'it' if ',' not in named else 'them'}, or use --method stma to run the model")
+                assert not out.exists()
+    result = run("segment", EXAMPLE_VIDEO, "--mask", EXAMPLE_MASK, "--end", "2", "--out", tmp_path / "o", "--method",
+                 "copy", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
 
 
 def test_checkpoint_run_folder_is_its_model(tmp_path: Path, train_run: Path) -> None:

@@ -171,3 +171,37 @@ def test_torchscript_export_runs_from_the_cli(tmp_path: Path, tiny_exports) -> N
     ignored = runner.invoke(app, ["segment", str(clip), "--mask", str(mask), "--export-dir",
                                   str(tiny_exports["onnx"]), "--out", str(tmp_path / "w")])
     assert ignored.exit_code == 2 and "pass --engine onnx or --engine torchscript" in ignored.stderr, ignored.output
+
+
+def test_a_damaged_graph_file_is_named(tmp_path: Path, tiny_exports) -> None:
+    """An export folder whose graph file was cut off (a partial copy, a full disk) or replaced failed on the first
+    frame that needed the graph with 'segmentation failed (InvalidProtobuf ...); rerun, or report a bug', exit 1.
+    It now names the file and says to re-export, exit 2, nothing written."""
+    import shutil
+
+    clip, mask = EXAMPLES / "car-shadow.mp4", EXAMPLES / "car-shadow_mask.png"
+    for engine, kind in (("onnx", "ONNX"), ("torchscript", "TorchScript")):
+        folder = tmp_path / f"{engine}-copy"
+        shutil.copytree(tiny_exports[engine], folder)
+        step = folder / json.loads((folder / "manifest.json").read_text())["graphs"]["step_1"]["file"]
+        step.write_bytes(step.read_bytes()[:1000])
+        result = CliRunner().invoke(app, ["segment", str(clip), "--mask", str(mask), "--engine", engine,
+                                          "--export-dir", str(folder), "--end", "3", "--out", str(tmp_path / "o"), "-q"])
+        lines = result.stderr.splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert f"{step}: not a readable {kind} graph (" in lines[0] and "re-run `stma export`" in lines[0], lines[0]
+        assert not (tmp_path / "o").exists()
+
+
+def test_an_export_folder_given_as_a_checkpoint_says_what_it_is(tmp_path: Path, tiny_exports) -> None:
+    """--checkpoint EXPORT_DIR (segment, eval, export, train --init-from) said 'a folder, and it holds no
+    model.safetensors; pass ... a stma train run folder', which does not tell what the folder is or how to run it."""
+    folder = tiny_exports["torchscript"]
+    result = CliRunner().invoke(app, ["segment", str(EXAMPLES / "car-shadow.mp4"), "--mask",
+                                      str(EXAMPLES / "car-shadow_mask.png"), "--checkpoint", str(folder), "--end", "2",
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        f"error: {folder}: a `stma export` folder (graphs and manifest.json), not a checkpoint; run it with `stma "
+        "segment --engine onnx|torchscript --export-dir` (as it was exported), or pass the .safetensors checkpoint "
+        "it was exported from"], result.output
+    assert not (tmp_path / "o").exists()

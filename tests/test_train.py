@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -425,6 +426,24 @@ def test_ship_takes_a_run_folder_and_replaces_a_model_only_when_asked(tmp_path: 
         code, out, err = ship(*args)
         assert code == 2 and err.startswith("error: ") and says in err and err.count("\n") == 1, err
         assert not args[1].exists()
+    # a target named model.json got the weights, then the config JSON written over them (save_model writes
+    # TARGET.json beside), and x.pt a safetensors file under PyTorch's suffix; tensors of another model than
+    # the source's config were load_state_dict's traceback. Each is one line now, nothing written.
+    other = ModelConfig(**{**TINY_MODEL, "embed_dim": 64})
+    save_model(STMANetwork(other, pretrained_trunk=False), config, tmp_path / "mixed.safetensors")
+    for args, says in (((tmp_path / "run", tmp_path / "model.json", "--size", 200),
+                        "model.json: a checkpoint is a .safetensors file"),
+                       ((tmp_path / "run", tmp_path / "model.pt", "--size", 200), "pass " + str(tmp_path / "model.safetensors")),
+                       ((tmp_path / "mixed.safetensors", tmp_path / "c.safetensors", "--size", 200),
+                        "checkpoint does not match its model config")):
+        code, out, err = ship(*args)
+        assert code == 2 and err.startswith("error: ") and says in err and err.count("\n") == 1, err
+        assert not args[1].exists() and not args[1].with_suffix(".json").exists()
+    # someone's notes.json beside a new notes.safetensors was replaced by the config without asking
+    (tmp_path / "notes.json").write_text("mine\n")
+    code, out, err = ship(tmp_path / "run", tmp_path / "notes.safetensors", "--size", 200)
+    assert code == 2 and f"{tmp_path / 'notes.json'}: exists, and the checkpoint's config would be written over" in err
+    assert (tmp_path / "notes.json").read_text() == "mine\n" and not (tmp_path / "notes.safetensors").exists()
 
 
 
@@ -467,6 +486,38 @@ def test_missing_split_file(tmp_path: Path) -> None:
     assert_bad_input(result, "ImageSets/2016/train.txt")
 
 
+def test_until_below_one_and_a_cache_dir_that_is_a_file_are_one_line(tmp_path: Path) -> None:
+    """`--until 0` (or negative) on a new run trained nothing, exited 0 and printed RUN/model.safetensors, a file
+    it never wrote, for the next command of a script to fail on; `--cache-dir` naming a file was a
+    NotADirectoryError traceback after the data was checked. Both are one line now, before any work."""
+    config = write_config(tmp_path / "c.yaml")
+    for until in (0, -5):
+        result = train("--config", config, "--data", tmp_path, "--out", tmp_path / "o", "--until", until)
+        assert_bad_input(result, f"--until {until}: the step to stop after must be at least 1")
+        assert result.stdout == ""
+    result = train("--config", config, "--data", tmp_path, "--out", tmp_path / "o", "--cache-dir", config)
+    assert_bad_input(result, f"{config}: --cache-dir is a file, not a folder")
+    assert not (tmp_path / "o").exists()
+
+
+def test_sequences_without_the_480p_level_are_named(tmp_path: Path) -> None:
+    """Own data laid out YouTube-VOS style (JPEGImages/<seq>/, no 480p/) was 'no frames for sequence' or 'no
+    sequence folders under JPEGImages/480p', which reads as if the frames were missing; the error now says
+    where they are and what to move."""
+    masks, _ = two_objects_with_void(3)
+    root = tmp_path / "mine"
+    write_sequence(root, "clip", masks)
+    for sub in ("JPEGImages", "Annotations"):
+        (root / sub / "480p" / "clip").rename(root / sub / "clip")
+        (root / sub / "480p").rmdir()
+    result = train("--config", write_config(tmp_path / "c.yaml", **SMALL), "--data", root, "--out", tmp_path / "o")
+    assert_bad_input(result, "no sequence folders under", f"but 1 under {root / 'JPEGImages'}", "into a 480p/ folder")
+    write_split(root, "clip")
+    result = train("--config", write_config(tmp_path / "c.yaml", **SMALL), "--data", root, "--out", tmp_path / "o")
+    assert_bad_input(result, f"no frames for sequence 'clip', but {root / 'JPEGImages' / 'clip'} holds them",
+                     "JPEGImages/480p/<seq>/, Annotations/480p/<seq>/")
+
+
 def test_split_naming_a_missing_sequence(tmp_path: Path) -> None:
     (tmp_path / "davis" / "ImageSets" / "2016").mkdir(parents=True)
     (tmp_path / "davis" / "ImageSets" / "2016" / "train.txt").write_text("ghost\n")
@@ -497,6 +548,22 @@ def test_training_reads_the_frame_types_segment_reads(tmp_path: Path) -> None:
     ({"frame_size": [48, 176], "crop": [48, 128]}, "frame_size [48, 176] must be at least 64"),
     ({"stage": "warmup"}, "stage 'warmup'"),
     ({"trunk_top_lr": -0.1}, "trunk_top_lr must be >= 0"),
+    # these trained silently wrong (a negative grad_clip flips every gradient: the loss climbed) or failed
+    # mid-run with a traceback after writing the run folder (ValueError, AssertionError, ZeroDivisionError)
+    ({"grad_clip": -1.0}, "grad_clip must be > 0"),
+    ({"lr": -0.001}, "lr must be > 0"),
+    ({"weight_decay": -1}, "weight_decay must be >= 0"),
+    ({"num_refs": 0}, "num_refs must be >= 1"),
+    ({"max_gap_low": 0}, "max_gap_low must be >= 1"),
+    ({"max_gap_low": 5, "max_gap_high": 3}, "max_gap_high >= max_gap_low"),
+    ({"threads": -1}, "threads must be >= 0"),
+    ({"bootstrap_warmup": -1}, "bootstrap_warmup must be >= 0"),
+    ({"model": {**TINY_MODEL, "lite_variant": "lite9"}}, "model.lite_variant 'lite9' is not one of"),
+    ({"model": {**TINY_MODEL, "backbone": "resnet"}}, "model.backbone 'resnet' is not one of"),
+    ({"model": {**TINY_MODEL, "embed_dim": 30, "num_heads": 4}}, "model.embed_dim 30 must be divisible by num_heads 4"),
+    ({"model": {**TINY_MODEL, "embed_dim": 0}}, "model.embed_dim 0 must be a whole number >= 1"),
+    ({"model": {**TINY_MODEL, "decoder_dims": [16, 0, 8]}}, "model.decoder_dims"),
+    ({"model": {**TINY_MODEL, "mlp_ratio": -1}}, "model.mlp_ratio -1.0 must be a number > 0"),
 ])
 def test_bad_config(tmp_path: Path, overrides: dict, fragment: str) -> None:
     result = train("--config", write_config(tmp_path / "c.yaml", **overrides), "--data", tmp_path,
@@ -532,14 +599,46 @@ def test_existing_run_and_missing_init(tmp_path: Path) -> None:
                            "--init-from", tmp_path / "static.safetensors"), "init_from checkpoint not found")
 
 
+def test_init_from_a_file_that_is_not_this_model_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """--init-from a PyTorch .pt (another project's weights, or the run's own state.pt) or a text file was a
+    SafetensorError traceback (exit 1); a checkpoint of another model config said only 'another model config'
+    (not which keys) after writing the run folder (cache, train_config.json, train_data.json); one whose
+    tensors do not fit its config was a page of size mismatches. Each is now one line, exit 2, before
+    anything is written (no shared data needed: the checks run before the data is read)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from stma_core.checkpoint import DEFAULT_CHECKPOINT, PREVIOUS_CHECKPOINT
+
+    config = write_config(tmp_path / "c.yaml", model={"lite_variant": "lite2"})  # the shipped model's config
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    torch.save({"step": 3}, tmp_path / "state.pt")
+    (tmp_path / "notes.safetensors").write_text("not a model\n")
+    with safe_open(str(DEFAULT_CHECKPOINT), "pt") as f:
+        save_file(load_file(str(PREVIOUS_CHECKPOINT)), str(tmp_path / "mixed.safetensors"), metadata=f.metadata())
+    cases = [(tmp_path / "other.pt", "not a safetensors model checkpoint (a .pt file is PyTorch's format"),
+             (tmp_path / "state.pt", "not a safetensors model checkpoint"),
+             (tmp_path / "notes.safetensors", "not a safetensors checkpoint"),
+             (PREVIOUS_CHECKPOINT, "another model config than the training config's `model:` (lite_variant: "
+                                   "'lite0' in the checkpoint, 'lite2' in the config"),
+             (tmp_path / "mixed.safetensors", "checkpoint does not match its model config")]
+    for source, fragment in cases:
+        out = tmp_path / f"run-{source.stem}"
+        result = train("--config", config, "--data", tmp_path, "--out", out, "--init-from", source,
+                       "--device", "cpu")
+        assert_bad_input(result, str(source), fragment)
+        assert not out.exists(), sorted(p.name for p in out.iterdir())
+    result = train("--config", write_config(tmp_path / "tiny.yaml"), "--data", tmp_path, "--out", tmp_path / "r",
+                   "--init-from", DEFAULT_CHECKPOINT, "--device", "cpu")
+    assert_bad_input(result, "embed_dim: 128 in the checkpoint, 32 in the config", "stma_lite2_duts_davis16.json")
+
+
 # ---- feature cache at another scale ---------------------------------------------------------------
 
 def test_upscaled_cache_masks_keep_ids_and_follow_the_true_outline() -> None:
     """Training at 480p from 288p DAVIS train masks: the smooth upscale is closer to the true 480p
     outline than nearest-neighbour stairs, keeps every id (void 255 included), and downscaling and
     equal sizes stay exact."""
-    import cv2
-
     from stma_core.training.feature_cache import resize_ids
 
     truth = np.asarray(Image.open(REPO / "examples" / "car-shadow_mask.png"))  # real 854x480 DAVIS mask
@@ -755,6 +854,267 @@ def test_every_annotation_is_checked_up_front(tmp_path: Path) -> None:
                      "2 frame(s) of the split without a mask")
 
 
+def test_a_mask_of_another_size_than_its_frame_is_refused_up_front(tmp_path: Path) -> None:
+    """Training resized frames and masks to frame_size each on its own, so masks made for another
+    resolution (or another crop) of the frames trained without a word, misplaced wherever the aspect
+    ratio differed (stma eval refuses such data). Both stages and the still folder now say so, one line,
+    before anything is written."""
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    late = root / "Annotations" / "480p" / "seq" / "00002.png"
+    small = Image.open(late)
+    small.resize((80, 32), Image.NEAREST).save(late)
+    for stage in ("main", "static"):
+        out = tmp_path / f"o-{stage}"
+        result = train("--config", write_config(tmp_path / "c.yaml", **{**SMALL, "stage": stage}), "--data", root,
+                       "--out", out)
+        assert_bad_input(result, f"annotation {late} is 80x32 but its frame", "00002.jpg is 160x64")
+        assert not out.exists()
+    images, still_masks = tmp_path / "img", tmp_path / "mask"
+    images.mkdir()
+    still_masks.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((64, 160, 3), np.uint8)).save(images / f"{name}.jpg")
+        Image.fromarray(np.full((64, 160) if name == "a" else (40, 40), 255, np.uint8)).save(still_masks / f"{name}.png")
+    result = train("--config", write_config(tmp_path / "s.yaml", **{**SMALL, "stage": "static"}), "--static-images",
+                   images, "--static-masks", still_masks, "--out", tmp_path / "o-stills")
+    assert_bad_input(result, f"annotation {still_masks / 'b.png'} is 40x40 but its frame {images / 'b.jpg'} is 160x64")
+    assert not (tmp_path / "o-stills").exists()
+
+
+def test_an_interrupted_run_says_where_resume_goes_on(tmp_path: Path) -> None:
+    """Ctrl-C (or SIGTERM) during training printed only 'interrupted ...; unfinished outputs were removed,
+    finished ones are kept', which leaves a user guessing whether the run is lost. It now also says which
+    step the run folder's state holds and to continue with --resume (also with -q, which train now takes
+    like the other commands), and --resume goes on from that step."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    config = write_config(tmp_path / "c.yaml", **{**SMALL, "steps": 100000, "checkpoint_every": 2})
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stma_cli.app", "train", "--config", str(config), "--data",
+                             str(root), "--out", str(out), "--device", "cpu", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "state.pt").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    saved = torch.load(out / "state.pt", weights_only=True)["step"]
+    lines = stderr.splitlines()
+    assert proc.returncode == 1 and len(lines) == 2 and lines[1].startswith("error: interrupted"), stderr
+    assert lines[0].startswith("note: interrupted at step ") and (
+        f"{out} holds the training state of step {saved}: continue with the same command and --resume") in lines[0]
+    result = train("--config", config, "--data", root, "--out", out, "--device", "cpu", "--resume",
+                   "--until", saved + 1)
+    assert result.exit_code == 0 and f"resumed at step {saved}" in result.stderr, result.output
+    assert log_records(out)[-1]["step"] == saved + 1
+
+
+def test_fine_tune_the_shipped_model_on_own_videos_as_readme_says(tmp_path: Path) -> None:
+    """A user with only their own videos had no config to fine-tune the shipped (Lite2) model with: every
+    Lite2 main config mixes in DUTS stills and said only 'static_mix_prob needs static_images'. README's
+    command with configs/lite2_finetune_videos_cpu.yaml trains from the shipped model on a DAVIS-layout
+    folder of videos, and its run folder segments; the other configs' error says how to do without stills."""
+    from stma_core.checkpoint import DEFAULT_CHECKPOINT
+
+    masks, _ = two_objects_with_void(6)
+    root = tmp_path / "mine"
+    write_sequence(root, "clip", masks)
+    write_split(root, "clip")
+    readme = (REPO / "README.md").read_text()
+    assert ("stma train --config configs/lite2_finetune_videos_cpu.yaml --data MY_DATA \\\n"
+            "           --init-from stma_core/weights/stma_lite2_duts_davis16.safetensors") in readme
+    out = tmp_path / "runs" / "my_finetune"
+    result = train("--config", REPO / "configs" / "lite2_finetune_videos_cpu.yaml", "--data", root,
+                   "--init-from", DEFAULT_CHECKPOINT, "--out", out, "--until", 1, "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    assert log_records(out)[-1]["step"] == 1
+    result = CliRunner().invoke(app, ["segment", str(root / "JPEGImages" / "480p" / "clip"), "--mask",
+                                      str(root / "Annotations" / "480p" / "clip" / "00000.png"), "--checkpoint",
+                                      str(out), "--out", str(tmp_path / "seg"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "seg" / "clip").glob("*.png"))) == 6
+    result = train("--config", REPO / "configs" / "lite2_davis16_main_cpu.yaml", "--data", root, "--out",
+                   tmp_path / "o")
+    assert_bad_input(result, "set static_mix_prob: 0 to train on the videos alone",
+                     "configs/lite2_finetune_videos_cpu.yaml")
+
+
+def test_masks_without_any_object_are_named(tmp_path: Path) -> None:
+    """A split whose masks hold no object at all (blank or inverted exports) trained the network to answer
+    'nothing', exit 0, without a word; the static stage on such stills was a ValueError traceback mid-run. Now
+    one line (exit 2), and a sequence without any object among others is a note naming it."""
+    masks, _ = two_objects_with_void(4)
+    blank = [np.zeros_like(m) for m in masks]
+    root = tmp_path / "davis"
+    write_sequence(root, "blank", blank)
+    write_split(root, "blank")
+    config = write_config(tmp_path / "c.yaml", **SMALL)
+    result = train("--config", config, "--data", root, "--out", tmp_path / "o1", "--device", "cpu", "-q")
+    assert_bad_input(result, f"{root / 'ImageSets' / '2017' / 'train.txt'}: no annotation of its 1 sequence(s) "
+                             "holds an object")
+    result = train("--config", write_config(tmp_path / "s.yaml", **{**SMALL, "stage": "static"}), "--data", root,
+                   "--out", tmp_path / "o2", "--device", "cpu", "-q")
+    assert_bad_input(result, "no mask with an object in 20 draws")
+    write_sequence(root, "objects", masks)
+    write_split(root, "blank", "objects")
+    result = train("--config", config, "--data", root, "--out", tmp_path / "o3", "--device", "cpu", "--until", 1)
+    assert result.exit_code == 0, result.output
+    assert "note: 1 sequence(s) have no object in any annotation and give no clips: blank" in result.stderr
+
+
+def test_resume_from_a_damaged_or_foreign_state_is_one_line(tmp_path: Path) -> None:
+    """--resume with a state.pt cut off (copied in part, a full disk), replaced by another file, or of another
+    model was a PyTorch traceback (RuntimeError 'failed finding central directory', KeyError 101, size
+    mismatches), exit 1. Now one line naming the file and the way on, exit 2."""
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    config = write_config(tmp_path / "c.yaml", **SMALL)
+    run = tmp_path / "run"
+    assert train("--config", config, "--data", root, "--out", run, "--device", "cpu", "-q", "--until", 1).exit_code == 0
+    good = (run / "state.pt").read_bytes()
+    other = torch.load(run / "state.pt", weights_only=True)
+    other["model"] = {k: v for k, v in other["model"].items() if not k.startswith("decoder.")}
+    torch.save(other, tmp_path / "other.pt")
+    for damaged, says in ((good[:1000], "not a readable training state (RuntimeError: "),
+                          (b"hello\n", "not a readable training state (KeyError: "),
+                          ((tmp_path / "other.pt").read_bytes(), "its model does not fit the run's config")):
+        (run / "state.pt").write_bytes(damaged)
+        result = train("--config", config, "--data", root, "--out", run, "--device", "cpu", "-q", "--resume")
+        assert_bad_input(result, f"{run / 'state.pt'}: {says}",
+                         f"start a new --out (with --init-from {run / 'model.safetensors'} to keep its weights)")
+    (run / "state.pt").write_bytes(good)
+    result = train("--config", config, "--data", root, "--out", run, "--device", "cpu", "-q", "--resume")
+    assert result.exit_code == 0 and log_records(run)[-1]["step"] == 3, result.output
+
+
+def test_a_new_run_does_not_append_to_a_log_without_state(tmp_path: Path) -> None:
+    """A run stopped before its first checkpoint leaves log.jsonl but no state.pt, and the way on is to run the
+    same command again; that new run appended to the old log, so log.jsonl and curves.png showed steps 1..
+    twice. A new run now starts its log afresh; a resumed one still keeps the lines up to its state."""
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text("".join(json.dumps({"step": i, "loss": 9.0, "lr": 1.0}) + "\n" for i in (1, 2)))
+    config = write_config(tmp_path / "c.yaml", **SMALL)
+    assert train("--config", config, "--data", root, "--out", out, "--device", "cpu", "-q", "--until", 2).exit_code == 0
+    records = log_records(out)
+    assert [r["step"] for r in records] == [1, 2] and all(r["loss"] != 9.0 for r in records), records
+    assert train("--config", config, "--data", root, "--out", out, "--device", "cpu", "-q", "--resume").exit_code == 0
+    assert [r["step"] for r in log_records(out)] == [1, 2, 3] and log_records(out)[:2] == records
+
+
+def test_a_run_records_where_it_started_from_as_a_full_path(tmp_path: Path, monkeypatch) -> None:
+    """train_config.json recorded --init-from as typed (relative to where the command ran), so the record named
+    nothing from elsewhere and reusing the file as --config failed with 'init_from checkpoint not found'. It is
+    now the full path; a resume from another directory with the same file still matches it."""
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    config = write_config(tmp_path / "c.yaml", **SMALL)
+    monkeypatch.chdir(tmp_path)
+    assert train("--config", config, "--data", root, "--out", "first", "--device", "cpu", "-q", "--until", 1).exit_code == 0
+    result = train("--config", config, "--data", root, "--out", "second", "--init-from", "first/model.safetensors",
+                   "--device", "cpu", "-q", "--until", 1)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "second" / "train_config.json").read_text())["init_from"]
+    assert recorded == str(tmp_path / "first" / "model.safetensors")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = train("--config", tmp_path / "second" / "train_config.json", "--data", root, "--out", "third",
+                   "--device", "cpu", "-q", "--until", 1)
+    assert result.exit_code == 0, result.output
+    result = train("--config", config, "--data", root, "--out", tmp_path / "second", "--resume", "--init-from",
+                   tmp_path / "first", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    # the still folders of the static stage, the same way
+    monkeypatch.chdir(tmp_path)
+    static = write_config(tmp_path / "s.yaml", **{**SMALL, "stage": "static"})
+    still = Image.open(root / "JPEGImages" / "480p" / "seq" / "00000.jpg")
+    for folder in ("img", "mask"):
+        (tmp_path / folder).mkdir()
+    still.save(tmp_path / "img" / "a.jpg")
+    Image.open(root / "Annotations" / "480p" / "seq" / "00000.png").save(tmp_path / "mask" / "a.png")
+    result = train("--config", static, "--static-images", "img", "--static-masks", "mask", "--out", "stills",
+                   "--device", "cpu", "-q", "--until", 1)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "stills" / "train_config.json").read_text())
+    assert (saved["static_images"], saved["static_masks"]) == (str(tmp_path / "img"), str(tmp_path / "mask"))
+    monkeypatch.chdir(elsewhere)
+    result = train("--config", tmp_path / "stills" / "train_config.json", "--out", "stills2", "--device", "cpu", "-q",
+                   "--until", 1)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_cut_off_or_unreadable_image_is_named(tmp_path: Path) -> None:
+    """A frame cut off by a partial copy was 'OSError: image file is truncated' deep in the feature cache, and
+    a still image or mask that is cut off or no image at all a traceback mid-run (PIL's OSError or
+    UnidentifiedImageError), exit 1. Each is now one line naming the file, exit 2."""
+    masks, _ = two_objects_with_void(4)
+    root = tmp_path / "davis"
+    write_sequence(root, "seq", masks)
+    write_split(root, "seq")
+    frame = root / "JPEGImages" / "480p" / "seq" / "00002.jpg"
+    frame.write_bytes(frame.read_bytes()[:600])
+    result = train("--config", write_config(tmp_path / "c.yaml", **SMALL), "--data", root, "--out", tmp_path / "o",
+                   "-q")
+    assert_bad_input(result, f"{frame}: not a readable image, or truncated (")
+    images, still_masks = tmp_path / "img", tmp_path / "mask"
+    images.mkdir()
+    still_masks.mkdir()
+    Image.fromarray(np.full((64, 160, 3), 90, np.uint8)).save(images / "a.jpg")
+    Image.fromarray(masks[0]).save(still_masks / "a.png")
+    static = write_config(tmp_path / "s.yaml", **{**SMALL, "stage": "static"})
+    for bad, says in ((images / "a.jpg", "not a readable image, or truncated (cannot identify image file"),
+                      (still_masks / "a.png", "not a readable mask PNG, or truncated (")):
+        good = bad.read_bytes()
+        bad.write_bytes(b"not an image")
+        result = train("--config", static, "--static-images", images, "--static-masks", still_masks, "--out",
+                       tmp_path / f"o-{bad.stem}{bad.suffix}", "-q")
+        assert_bad_input(result, f"{bad}: {says}")
+        bad.write_bytes(good)
+
+
+def test_colour_still_masks_keep_their_objects(tmp_path: Path) -> None:
+    """--static-masks read RGB masks as grey and cut at 128: DAVIS red (128, 0, 0) became 38, so every
+    object of a colour-coded mask folder was lost (all of them: 'no still with an object' traceback after
+    the run folder was written; some: trained on the rest without a word). Colour masks and cut-outs on
+    transparency are now read as `stma segment` reads them; grey ones (DUTS) as before."""
+    from stma_core.io.palette import DAVIS_PALETTE
+    from stma_core.training.static_data import read_still_mask
+
+    masks, regions = two_objects_with_void(1)
+    ids = np.where(masks[0] == 255, 0, masks[0])  # objects 1 and 2
+    Image.fromarray(DAVIS_PALETTE[ids].astype(np.uint8)).save(tmp_path / "davis_colours.png")
+    assert np.array_equal(read_still_mask(tmp_path / "davis_colours.png"), ids)
+    cutout = np.zeros((*ids.shape, 4), np.uint8)
+    cutout[..., :3] = np.random.default_rng(0).integers(0, 255, (*ids.shape, 3))  # a picture, opaque where the object is
+    cutout[..., 3] = np.where(ids == 1, 255, 0)
+    Image.fromarray(cutout, "RGBA").save(tmp_path / "cutout.png")
+    assert np.array_equal(read_still_mask(tmp_path / "cutout.png"), (ids == 1).astype(np.uint8))
+    soft = np.where(ids > 0, 200, 30).astype(np.uint8)  # grey RGB (a white-on-black mask saved as RGB): cut at 128
+    Image.fromarray(np.stack([soft] * 3, -1)).save(tmp_path / "grey_rgb.png")
+    assert np.array_equal(read_still_mask(tmp_path / "grey_rgb.png", (32, 80)),
+                          cv2.resize((ids > 0).astype(np.uint8), (80, 32), interpolation=cv2.INTER_NEAREST))
+
+
 @pytest.mark.parametrize("rgb_frame", [0, 2])
 def test_rgb_annotations_are_one_line(tmp_path: Path, rgb_frame: int) -> None:
     """RGB annotation PNGs were a 'too many values to unpack' traceback; they are read by the evaluator's
@@ -818,7 +1178,13 @@ def test_missing_split_says_how_to_make_one(tmp_path: Path) -> None:
     assert [s.name for s in trainer.data] == ["b"]
     missing = write_config(tmp_path / "m.yaml", **SMALL, split=str(tmp_path / "nope.txt"))
     assert_bad_input(train("--config", missing, "--data", root, "--out", tmp_path / "o2"),
-                     "nope.txt: split file not found")
+                     "nope.txt: split file not found", f"looked from the current folder and in {root}")
+    # `split: ImageSets/2017/mine.txt`, written as a path inside the data root, was 'split file not found'
+    # unless the command ran from the data root; it is looked for there too
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "mine.txt").write_text("a\n")
+    inside = write_config(tmp_path / "i.yaml", **SMALL, split="ImageSets/2017/mine.txt")
+    assert [s.name for s in prepare_trainer(inside, root, tmp_path / "o3").data] == ["a"]
 
 
 def test_resume_of_a_run_saved_before_a_setting_existed(tmp_path: Path) -> None:

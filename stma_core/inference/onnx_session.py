@@ -33,6 +33,14 @@ class GraphRunner(Protocol):
         ...
 
 
+def _damaged_graph(path: Path, kind: str, exc: Exception) -> str:
+    """A graph file of an export folder that does not load (cut off by a copy or a full disk, replaced): it
+    was 'segmentation failed (...); rerun, or report a bug', exit 1, on the first frame that needed it."""
+    why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200]
+    return (f"{path}: not a readable {kind} graph ({why}); the export folder is damaged: re-run `stma export` "
+            "(or copy the folder again)")
+
+
 class OrtRunner:
     """onnxruntime sessions, created on first use (a 1-object video never loads step_3) and shared by videos."""
 
@@ -55,8 +63,12 @@ class OrtRunner:
     def run(self, name: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         spec = self.manifest.graphs[name]
         if name not in self._sessions:
-            self._sessions[name] = self._ort.InferenceSession(str(self.folder / spec.file), self.options,
-                                                              providers=["CPUExecutionProvider"])
+            path = self.folder / spec.file
+            try:
+                self._sessions[name] = self._ort.InferenceSession(str(path), self.options,
+                                                                  providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, NoSuchFile: a damaged export
+                raise StmaInputError(_damaged_graph(path, "ONNX", exc)) from None
         feeds = {n: np.ascontiguousarray(t.numpy(), np.float32) for n, t in zip(spec.input_names(), inputs)}
         return [torch.from_numpy(o) for o in self._sessions[name].run(None, feeds)]
 
@@ -73,7 +85,10 @@ class TorchScriptRunner:
             with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export, still works
                 warnings.simplefilter("ignore", FutureWarning)
                 path = self.folder / self.manifest.graphs[name].file
-                self._modules[name] = torch.jit.load(str(path), map_location="cpu")
+                try:
+                    self._modules[name] = torch.jit.load(str(path), map_location="cpu")
+                except Exception as exc:  # RuntimeError from the zip reader, ValueError: a damaged export
+                    raise StmaInputError(_damaged_graph(path, "TorchScript", exc)) from None
         out = self._modules[name](*inputs)
         return list(out) if isinstance(out, (tuple, list)) else [out]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from stma_core.config import MIN_SIZE, ModelConfig
+from stma_core.config import MIN_SIZE, ModelConfig, model_config_problems
 from stma_core.errors import StmaInputError
 from stma_core.io.text import read_user_text
 from stma_core.training.config import STAGES, TrainConfig
@@ -110,6 +110,21 @@ def validate(cfg: TrainConfig, path: Path) -> None:
         problems.append("static_images and static_masks go together (an image folder and its mask folder)")
     if cfg.static_max_objects < 2:
         problems.append("static_max_objects must be >= 2")
+    # the optimizer's numbers: a negative grad_clip flips every gradient (the loss climbs, no error) and 0
+    # zeroes them; lr <= 0 trains nothing or backwards; the rest fail mid-run or sample nonsense clips
+    for key in ("lr", "grad_clip", "lr_decay_factor"):
+        if not getattr(cfg, key) > 0:
+            problems.append(f"{key} must be > 0")
+    for key in ("weight_decay", "bootstrap_warmup", "bootstrap_ramp", "threads"):
+        if getattr(cfg, key) < 0:
+            problems.append(f"{key} must be >= 0")
+    if cfg.num_refs < 1:
+        problems.append("num_refs must be >= 1 (frame 0 is always a reference)")
+    if cfg.max_gap_low < 1 or cfg.max_gap_high < cfg.max_gap_low:
+        problems.append("max_gap_low must be >= 1 and max_gap_high >= max_gap_low")
+    if any(s < 0 for s in cfg.lr_decay_steps):
+        problems.append("lr_decay_steps must be steps >= 0")
+    problems += [f"model.{p}" for p in model_config_problems(cfg.model)]
     if problems:
         raise StmaInputError(f"{path}: {'; '.join(problems)}; fix the config")
 

@@ -20,10 +20,11 @@ import json
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from stma_core.errors import StmaInputError
 from stma_core.eval.datasets import frame_images, short_list
+from stma_core.eval.run_dataset import check_annotation_size
 from stma_core.eval.scoring import read_id_mask
 from stma_core.ids import VOID_ID
 from stma_core.io.atomic import atomic_write, atomic_write_text
@@ -55,6 +56,12 @@ def check_sequences(root: Path, names: list[str], split_file: Path, every_mask: 
     for name in names:
         frames, masks = frame_paths(root, name)
         if not frames:
+            flat = root / "JPEGImages" / name
+            if frame_images(flat):  # YouTube-VOS style, no 480p/ level: the frames are there, one folder up
+                raise StmaInputError(f"{root / 'JPEGImages' / '480p' / name}: no frames for sequence {name!r}, but "
+                                     f"{flat} holds them; training reads the DAVIS layout: move the sequence folders "
+                                     "of JPEGImages/ and Annotations/ into a 480p/ folder in each "
+                                     "(JPEGImages/480p/<seq>/, Annotations/480p/<seq>/)")
             raise StmaInputError(f"{root / 'JPEGImages' / '480p' / name}: no frames (jpg, png, webp, tif, bmp) for sequence "
                                  f"{name!r} listed in {split_file.name}; fix the split or the data root")
         missing += [m for m in (masks if every_mask else masks[:1]) if not m.is_file()]
@@ -65,6 +72,10 @@ def check_sequences(root: Path, names: list[str], split_file: Path, every_mask: 
                              "data such as YouTube-VOS train: keep only annotated frames in JPEGImages)")
     for mask in annotations:  # headers only: cheap for a whole data set
         read_id_mask(mask, "training annotation", header_only=True)
+    for name in names:  # frames and masks are resized to frame_size each on its own: another size went unnoticed
+        for frame, mask in zip(*frame_paths(root, name)):
+            if mask.is_file():
+                check_annotation_size(frame, mask)  # headers only, as `stma eval` checks them
 
 
 def frame_paths(root: Path, name: str) -> tuple[list[Path], list[Path]]:
@@ -106,7 +117,18 @@ def read_resized_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
     cache applies (and benchmarks/gpu_campaign.py packs frames with, so the cache finds them at size).
     Upright (EXIF orientation applied) as `stma segment` reads frames; DAVIS JPEGs carry no orientation."""
     h, w = size
-    return np.asarray(open_upright(path).convert("RGB").resize((w, h), Image.BILINEAR))
+    return np.asarray(read_upright_rgb(path).resize((w, h), Image.BILINEAR))
+
+
+def read_upright_rgb(path: Path) -> Image.Image:
+    """A training image as PIL shows it (EXIF orientation applied), RGB, decoded in full here; a file that is no
+    image or is cut off (a partial copy: PIL stops with 'image file is truncated') was a traceback deep in
+    caching or mid-run, and is one line naming it now. Decoding is PIL's, as before, so caches stay the same."""
+    try:
+        return open_upright(path).convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise StmaInputError(f"{path}: not a readable image, or truncated ({' '.join(str(exc).split())}); replace "
+                             "it, or remove it (with its mask)") from None
 
 
 def resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:

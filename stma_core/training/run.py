@@ -25,7 +25,7 @@ from stma_core.training.config_io import load_train_config
 from stma_core.training.feature_cache import (build_cache, changed_sequences, check_sequences, data_record,
                                               load_cache)
 from stma_core.training.static_data import list_still_folder, list_still_pairs, stills_without_mask
-from stma_core.training.trainer import Trainer, cache_trunk_error, trunk_changes
+from stma_core.training.trainer import Trainer, cache_trunk_error, check_init_checkpoint, trunk_changes
 
 
 def find_split_file(root: Path, split: str) -> Path:
@@ -33,17 +33,22 @@ def find_split_file(root: Path, split: str) -> Path:
     else ImageSets/2017/<split>.txt or ImageSets/2016/<split>.txt under the data root."""
     if split.endswith(".txt"):
         given = Path(split).expanduser()
-        if given.is_file():
-            return given
-        raise StmaInputError(f"{given}: split file not found (the config's `split:`); list the sequence "
-                             "folders of JPEGImages/480p in it, one a line, or set `split:` to a split name")
+        for candidate in (given, root / given):  # as typed (from where the command runs), or inside the data root
+            if candidate.is_file():
+                return candidate
+        raise StmaInputError(f"{given}: split file not found (the config's `split:`; looked from the current folder "
+                             f"and in {root}); list the sequence folders of JPEGImages/480p in it, one a line, or set "
+                             "`split:` to a split name")
     for year in ("2017", "2016"):
         candidate = root / "ImageSets" / year / f"{split}.txt"
         if candidate.is_file():
             return candidate
     frames = root / "JPEGImages" / "480p"
     found = sum(1 for p in frames.iterdir() if p.is_dir()) if frames.is_dir() else 0
-    where = f"{found} sequence folder(s) found under {frames}" if found else f"no sequence folders under {frames}"
+    flat = sum(1 for p in frames.parent.iterdir() if p.is_dir() and p.name != "480p") if frames.parent.is_dir() else 0
+    where = (f"{found} sequence folder(s) found under {frames}" if found else
+             f"no sequence folders under {frames}, but {flat} under {frames.parent}: training reads the DAVIS layout, "
+             "so move them (and Annotations/'s) into a 480p/ folder" if flat else f"no sequence folders under {frames}")
     raise StmaInputError(f"{root}: no ImageSets/2017/{split}.txt or ImageSets/2016/{split}.txt ({where}); "
                          f"create ImageSets/2017/{split}.txt listing the sequence folders to train on, one a line "
                          "(or set `split:` in the config to such a .txt file)")
@@ -111,6 +116,20 @@ def check_init_trunk(path: Path, variant: str) -> None:
         raise StmaInputError(cache_trunk_error(path))
 
 
+def check_objects(sequences: list, split_file: Path, log: Callable[[str], None] | None) -> None:
+    """Masks with no object at all (every pixel background or void, e.g. inverted or blank exports) trained the
+    network to answer 'nothing' without a word: none in the whole split is one line; sequences without any
+    object (they give no clips) are a note naming them."""
+    empty = [s.name for s in sequences if not ((s.masks > 0) & (s.masks < 255)).any()]
+    if len(empty) == len(sequences):
+        raise StmaInputError(f"{split_file}: no annotation of its {len(sequences)} sequence(s) holds an object (every "
+                             "pixel is background 0 or void 255); masks are id PNGs whose pixel value is the object's "
+                             "id (1, 2, ...): check how they were exported")
+    if empty and log:
+        log(f"note: {len(empty)} sequence(s) have no object in any annotation and give no clips: "
+            f"{short_list(empty, 4)}")
+
+
 def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: bool = False,
                     cache_dir: Path | None = None, log: Callable[[str], None] | None = None,
                     stage: str | None = None, init_from: Path | None = None,
@@ -166,13 +185,19 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
     if fresh and cfg.init_from and not Path(cfg.init_from).is_file():
         raise StmaInputError(f"{cfg.init_from}: init_from checkpoint not found; train the earlier stage first "
                              "or fix init_from / --init-from")
+    if fresh and cfg.init_from:  # before anything is written: a file that is no stma model, or not this one
+        check_init_checkpoint(Path(cfg.init_from), cfg.model)
     if fresh and cfg.init_from and cfg.stage == "main":  # before the feature cache: a trunk it cannot serve
         check_init_trunk(Path(cfg.init_from), cfg.model.lite_variant)
+    if fresh and cfg.init_from:  # train_config.json records it: as typed (relative to where the command ran) it
+        cfg.init_from = str(Path(cfg.init_from).resolve())  # named nothing from elsewhere (reused as --config)
     rank = distributed.current()
     mix = cfg.stage == "main" and cfg.static_mix_prob > 0
     if mix and cfg.static_images is None:
-        raise StmaInputError(f"{config_path}: static_mix_prob needs static_images and static_masks "
-                             "(or --static-images/--static-masks)")
+        raise StmaInputError(f"{config_path}: static_mix_prob {cfg.static_mix_prob:g} mixes in clips made from still "
+                             "images, and none were given; pass --static-images/--static-masks (or static_images/"
+                             "static_masks in the config), or set static_mix_prob: 0 to train on the videos alone "
+                             "(configs/lite2_finetune_videos_cpu.yaml does, from the shipped model)")
     folder_stills, held_out = list_still_folder(Path(cfg.static_images), Path(cfg.static_masks),
                                                 cfg.static_holdout) if stills or mix else ([], [])
     if mix and log and rank.is_main:
@@ -212,12 +237,18 @@ def prepare_trainer(config_path: Path, data: Path | None, out: Path, resume: boo
                             device=device, note=log, current=record)
             distributed.barrier()
             train_data = load_cache(cache, names)
+            check_objects(train_data, split_file, log if rank.is_main else None)
+    for key in ("static_images", "static_masks"):  # recorded in train_config.json: full paths, as init_from
+        if getattr(cfg, key):
+            setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
     trainer = Trainer(cfg, train_data, out, device=device, stills=folder_stills if mix else None)
     if not fresh:
         trainer.resume()
         if log and rank.is_main:
             log(f"resumed at step {trainer.step}")
-    elif cfg.init_from:
+    elif rank.is_main:  # a new run: the log of an attempt that stopped before its first checkpoint (no state.pt)
+        trainer.truncate_log()  # was appended to, so log.jsonl and curves.png showed steps 1.. twice
+    if fresh and cfg.init_from:
         trainer.load_initial_weights(Path(cfg.init_from))
         if log and rank.is_main:
             log(f"initialized from {cfg.init_from}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from stma_core.checkpoint import read_config, resolve_checkpoint, save_model
+from stma_core.checkpoint import check_state_fits, read_config, resolve_checkpoint, save_model
 from stma_core.config import InferenceConfig
 from stma_core.errors import StmaInputError
 from stma_core.model.network import STMANetwork
@@ -27,9 +27,11 @@ def ship(source: Path, target: Path, inference: InferenceConfig, note: str = "")
     StmaInputError (from read_config) when `source` is not a checkpoint written by stma; a `stma train` run
     folder stands for its model.safetensors."""
     source = resolve_checkpoint(source)
-    config, metadata = read_config(source)
+    config, metadata = read_config(source, check_inference=False)  # replaced here: ship mends a broken one
     network = STMANetwork(config, pretrained_trunk=False)
-    network.load_state_dict(load_file(str(source)))
+    state = load_file(str(source))
+    check_state_fits(network, state, source)  # one line, not load_state_dict's page of size mismatches
+    network.load_state_dict(state)
     keep = {k: v for k, v in metadata.items() if k.startswith("train_")}
     if note:
         keep["provenance"] = note
@@ -47,8 +49,15 @@ def main() -> None:
     try:
         if args.target.exists() and not args.overwrite:
             raise StmaInputError(f"{args.target}: exists; pass --overwrite to replace it, or another target")
+        beside = args.target.with_suffix(".json")  # save_model writes the config there
+        if beside.exists() and not args.overwrite:
+            raise StmaInputError(f"{beside}: exists, and the checkpoint's config would be written over it; pass "
+                                 "--overwrite to replace it, or another target")
         if args.target.is_dir():
             raise StmaInputError(f"{args.target}: is a folder; pass the .safetensors file to write")
+        if args.target.suffix != ".safetensors":  # save_model writes TARGET.json beside (x.json: over the weights)
+            raise StmaInputError(f"{args.target}: a checkpoint is a .safetensors file (its config goes to the .json "
+                                 f"beside it); pass {args.target.with_suffix('.safetensors')}")
         ship(args.source, args.target, InferenceConfig(size=args.size), args.note)
     except (StmaInputError, ValueError) as exc:  # ValueError: a --size under the minimum, named by InferenceConfig
         print(f"error: {exc}", file=sys.stderr)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stma_core.io.frames import open_upright
-from stma_core.training.feature_cache import frame_paths
+from stma_core.eval.run_dataset import check_annotation_size
+from stma_core.training.feature_cache import frame_paths, read_upright_rgb
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -44,9 +44,23 @@ def read_still_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarr
 
     Palette PNGs keep their indices. Grey masks whose values are all small (<= 10) are id masks;
     other grey masks (salient-object sets such as DUTS ship soft 0..255 edges) are thresholded at 128
-    into one object. RGB(A) masks are read as grey.
+    into one object. RGB(A) masks whose pixels are all opaque grey are read as grey; colour ones (DAVIS
+    colours, flat colours, a cut-out on transparency) as `stma segment` reads them (io.masks.load_mask):
+    converted to grey, DAVIS red (128, 0, 0) came out 38 and fell below the cut, so every object was lost.
     """
-    image = Image.open(path)
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        from stma_core.errors import StmaInputError
+
+        raise StmaInputError(f"{path}: not a readable mask PNG, or truncated ({' '.join(str(exc).split())}); "
+                             "replace it, or remove it (with its image)") from None
+    if image.mode in ("RGB", "RGBA") and not _opaque_grey(np.asarray(image.convert("RGBA"))):
+        from stma_core.io.masks import load_mask
+
+        ids = load_mask(path, require_object=False).ids
+        return ids if size is None else cv2.resize(ids, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     if image.mode != "P":
         image = image.convert("L")
     ids = np.array(image)
@@ -55,6 +69,11 @@ def read_still_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarr
     if size is not None:
         ids = cv2.resize(ids, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     return ids
+
+
+def _opaque_grey(rgba: np.ndarray) -> bool:
+    return bool((rgba[..., 3] == 255).all() and (rgba[..., 0] == rgba[..., 1]).all()
+                and (rgba[..., 1] == rgba[..., 2]).all())
 
 
 def list_still_folder(images: Path, masks: Path, holdout: int = 0) -> tuple[list[StillPair], list[StillPair]]:
@@ -78,6 +97,8 @@ def list_still_folder(images: Path, masks: Path, holdout: int = 0) -> tuple[list
     if holdout >= len(pairs):
         raise StmaInputError(f"{images}: static_holdout {holdout} leaves no training stills of {len(pairs)}; "
                              "lower static_holdout")
+    for pair in pairs:  # headers only (DUTS-TR's 10k pairs: about 2 s): both are resized to frame_size
+        check_annotation_size(pair.image, pair.mask)  # on their own, so another size went unnoticed
     cut = len(pairs) - holdout
     return pairs[:cut], pairs[cut:]
 
@@ -115,7 +136,7 @@ def _load_object(pair: StillPair, size: tuple[int, int], gen: np.random.Generato
     if not present:
         return None
     mask = ids == present[int(gen.integers(len(present)))]
-    image = np.asarray(open_upright(pair.image).convert("RGB").resize((w, h), Image.BILINEAR))  # EXIF-turned, as shown
+    image = np.asarray(read_upright_rgb(pair.image).resize((w, h), Image.BILINEAR))  # EXIF-turned, as shown
     return image, mask
 
 
@@ -124,7 +145,11 @@ def _pick(pairs: list[StillPair], size: tuple[int, int], gen: np.random.Generato
         loaded = _load_object(pairs[int(gen.integers(len(pairs)))], size, gen)
         if loaded is not None:
             return loaded
-    raise ValueError("no still with an object found in 20 draws; the split's masks look empty")
+    from stma_core.errors import StmaInputError
+
+    raise StmaInputError(f"{pairs[0].mask.parent}: no mask with an object in 20 draws from {len(pairs)} stills (every "
+                         "pixel background or void); masks are id or grey PNGs with the object non-zero: check how "
+                         "they were exported")
 
 
 def random_warp(h: int, w: int, gen: np.random.Generator) -> np.ndarray:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from stma_core.checkpoint import read_config, recommended_inference, resolve_checkpoint, save_model
-from stma_core.config import InferenceConfig, to_dict
+from stma_core.checkpoint import check_state_fits, read_config, recommended_inference, resolve_checkpoint, save_model
+from stma_core.config import InferenceConfig, ModelConfig, to_dict
 from stma_core.errors import StmaInputError
 from stma_core.io.atomic import atomic_write, atomic_write_text
 from stma_core.model.network import STMANetwork
@@ -65,6 +65,28 @@ def trunk_changes(state: dict[str, torch.Tensor], reference: dict[str, torch.Ten
         else:
             below = True
     return top, below
+
+
+def check_init_checkpoint(path: Path, model: ModelConfig) -> dict[str, str]:
+    """A checkpoint to start training from (init_from / --init-from): a stma model (read_config's one-line
+    errors for a .pt, a text file, a safetensors file without model_config), of the training config's
+    `model:` (the differing keys named), whose tensors fit that model. Returns its metadata.
+    Cheap enough (headers, a CPU network without pretrained weights) to run before anything is written."""
+    from safetensors import safe_open
+
+    config, metadata = read_config(path)
+    ours, theirs = to_dict(model), to_dict(config)
+    changed = [k for k in ours if ours[k] != theirs.get(k)]
+    if changed:
+        shown = ", ".join(f"{k}: {theirs.get(k)!r} in the checkpoint, {ours[k]!r} in the config" for k in changed)
+        raise StmaInputError(f"{path}: init_from checkpoint has another model config than the training config's "
+                             f"`model:` ({shown}); set the config's `model:` section to the checkpoint's "
+                             f"({path.with_suffix('.json').name} beside it lists it) or start from another checkpoint")
+    with safe_open(str(path), framework="pt") as f:  # shapes from the header, no tensor data read
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    check_state_fits(STMANetwork(config, pretrained_trunk=False), {k: torch.empty(v, device="meta")
+                                                                    for k, v in shapes.items()}, path)
+    return metadata
 
 
 def cache_trunk_error(source: Path) -> str:
@@ -147,6 +169,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.rng = random.Random(cfg.seed + self.dist.rank)
         self.step = 0
+        self.saved_step: int | None = None  # the step state.pt holds (save_state, resume): where --resume goes on
         # inference settings the saved models recommend: a run from scratch, the scale it learns at; a
         # fine-tune (init_from) keeps its starting model's (the shipped model's 480, chosen on full val)
         self.recommended: dict = {"size": min(cfg.frame_size)}
@@ -180,6 +203,7 @@ class Trainer:
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
+        self.saved_step = self.step
         save_model(self.network, self.cfg.model, self.run_dir / "model.safetensors",
                    {"train_step": str(self.step), "train_stage": self.cfg.stage},
                    inference=InferenceConfig(**self.recommended))
@@ -190,15 +214,37 @@ class Trainer:
             if len(set(digests)) > 1:
                 raise RuntimeError(f"replicas diverged at step {self.step}: parameter digests {digests}")
 
+    def _read_state(self) -> dict:
+        """state.pt as save_state wrote it, or one line: a damaged file (copied in part, cut off by a full disk,
+        another file under its name) or another model's state was a PyTorch traceback."""
+        path = self.state_path
+        model = self.run_dir / "model.safetensors"
+        fix = (f"start a new --out (with --init-from {model} to keep its weights)" if model.is_file() else
+               "start a new --out")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not {"step", "model", "optimizer", "torch_rng"} <= state.keys():
+                raise ValueError("not the dict stma train saves")
+        except Exception as exc:  # torch.load raises RuntimeError, UnpicklingError, EOFError, KeyError, ...
+            why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:160]
+            raise StmaInputError(f"{path}: not a readable training state ({why}); it is damaged or not a `stma "
+                                 f"train` state.pt; {fix}") from None
+        try:
+            check_state_fits(self.network, state["model"], path)
+        except StmaInputError:
+            raise StmaInputError(f"{path}: its model does not fit the run's config (another run's state.pt?); "
+                                 f"{fix}") from None
+        self.network.load_state_dict(state["model"])
+        return state
+
     def resume(self) -> bool:
         if not self.state_path.exists():
             return False
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        self.network.load_state_dict(state["model"])
+        state = self._read_state()
         self._match_cache_trunk(self.state_path)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         if "recommended_inference" in state:  # runs saved before it was kept recommend the default
             self.recommended = _inference_fields(json.loads(state["recommended_inference"]))
         rank_rngs = state.get("rank_py_rngs") or [state["py_rng"]]
@@ -214,11 +260,12 @@ class Trainer:
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         if self.dist.is_main:
-            self._truncate_log()
+            self.truncate_log()
         return True
 
-    def _truncate_log(self) -> None:
-        """Drops log lines written after the checkpoint, so a resumed log reads like an uninterrupted one."""
+    def truncate_log(self) -> None:
+        """Drops log lines written after the checkpoint, so a resumed log reads like an uninterrupted one (a new
+        run, at step 0, drops the lines of an attempt stopped before its first checkpoint)."""
         path = self.run_dir / "log.jsonl"
         if not path.exists():
             return
@@ -237,10 +284,7 @@ class Trainer:
         from safetensors.torch import load_file
 
         path = resolve_checkpoint(path)  # a run folder means its model.safetensors, as everywhere else
-        config, metadata = read_config(path)
-        if to_dict(config) != to_dict(self.cfg.model):
-            raise StmaInputError(f"{path}: init_from checkpoint has another model config than the training "
-                                 "config's `model:`; use the same model section in both stages")
+        metadata = check_init_checkpoint(path, self.cfg.model)
         self.network.load_state_dict(load_file(str(path), device=str(self.device)))
         self._match_cache_trunk(path)
         self.recommended = _inference_fields(recommended_inference(metadata)) or self.recommended
