@@ -38,14 +38,13 @@ class ModelConfig:
 
 
 BACKBONES = ("lite", "vitb")
+LITE_VARIANTS = ("lite0", "lite1", "lite2")  # EfficientNet-Lite trunks with stage tables in model/lite_backbone.py
 
 
 def model_config_problems(config: ModelConfig) -> list[str]:
     """What makes a ModelConfig unbuildable, as short phrases (empty when it is fine). One check for the
     training config's `model:` section and a checkpoint's model_config metadata, so neither fails deep
     inside the network's constructor (an assertion, a ZeroDivisionError, a negative tensor size)."""
-    from stma_core.model.lite_backbone import LITE_VARIANTS  # the variants it has stage tables for
-
     def whole(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from stma_core.config import LITE_VARIANTS
+
 # (expand ratio, kernel, stride, out channels, repeats) of the stages we keep (through stride 16), per
 # variant, as the PyPI weight files lay them out (Lite1 is deeper; Lite2 deeper and wider).
 _LITE_STAGES = {
@@ -24,7 +26,7 @@ _LITE_STAGES = {
     "lite1": [(1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 40, 3), (6, 3, 2, 80, 4), (6, 5, 1, 112, 4)],
     "lite2": [(1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 48, 3), (6, 3, 2, 88, 4), (6, 5, 1, 120, 4)],
 }
-LITE_VARIANTS = tuple(_LITE_STAGES)
+assert tuple(_LITE_STAGES) == LITE_VARIANTS  # config.LITE_VARIANTS names these, for checks below the model layer
 
 
 def lite_channels(variant: str = "lite0") -> dict[str, int]:
