@@ -741,13 +741,14 @@ def _run_job(job: Job, paths: dict[str, Path], batch: bool, formats: list[str], 
                 raise StmaOutputError(f"{path}: is a {'folder' if path.is_dir() else 'file'}, not this video's {fmt} "
                                       f"output (a {'file' if fmt in FILE_FORMATS else 'folder'}); move it away or "
                                       "choose another --out")
-        protected = [(what, given, given.resolve()) for what, given in (
+        # as given (a link to a mask elsewhere, kept in the output folder, goes with it) and with links followed
+        protected = [(what, given, {Path(os.path.abspath(given)), given.resolve()}) for what, given in (
             ("input", job.path), ("mask", job.mask_file), ("--mask-dir", job.mask_dir),
             ("current folder", Path.cwd() if overwrite else None)) if given is not None]  # `cd out/clip; ... -o ..`
         for fmt, path in paths.items():  # `stma segment frames -o .`: the png folder IS the input (or its masks)
-            final = path.resolve()
-            for what, given, resolved in protected:
-                if resolved == final or final in resolved.parents:
+            finals = {Path(os.path.abspath(path)), path.resolve()}
+            for what, given, spellings in protected:
+                if any(spelled == final or final in spelled.parents for spelled in spellings for final in finals):
                     shown = "" if what == "current folder" else f" {given}"
                     raise StmaOutputError(f"{path}: the {fmt} output would replace the {what}{shown}; "
                                           "choose another --out")

@@ -292,3 +292,23 @@ def test_the_current_folder_reached_through_a_link_is_named_as_the_shell_names_i
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str(tmp_path / "out2" / folder.name)]
+
+
+def test_overwrite_never_replaces_the_folder_holding_a_linked_mask_or_input(tmp_path: Path) -> None:
+    """`stma segment clip.mp4 --mask out/clip/first.png -o out --overwrite`, with first.png a link to the mask kept
+    elsewhere, replaced out/clip, the link with it: only the link's target was compared with the outputs. The
+    mask and the input as given are protected too: one error line, nothing replaced."""
+    out = tmp_path / "out"
+    (out / "car-shadow").mkdir(parents=True)
+    (out / "car-shadow" / "first.png").symlink_to(MASK)
+    (out / "car-shadow" / "car-shadow.mp4").symlink_to(VIDEO)
+    for args, what in (([str(VIDEO), "--mask", str(out / "car-shadow" / "first.png")],
+                        f"mask {out / 'car-shadow' / 'first.png'}"),
+                       ([str(out / "car-shadow" / "car-shadow.mp4"), "--mask", str(MASK)],
+                        f"input {out / 'car-shadow' / 'car-shadow.mp4'}")):
+        proc = subprocess.run([*CLI, "segment", *args, "--method", "copy", "-o", str(out), "--overwrite", "--end", "2",
+                               "-q"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == (f"error: {out / 'car-shadow'}: the png output would replace the {what}; "
+                               "choose another --out\n")
+    assert sorted(p.name for p in (out / "car-shadow").iterdir()) == ["car-shadow.mp4", "first.png"]
