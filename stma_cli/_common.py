@@ -166,15 +166,17 @@ def check_output_dir(folder: Path, option: str = "--out") -> None:
     if folder.exists() and not folder.is_dir():
         fail(f"{folder}: {option} is a file, not a folder; pass {option} with a folder path")
     existed = folder.exists()
+    new = [f for f in (folder, *folder.parents) if not f.exists()]  # `--out X/csv` creates X too
     try:
         ensure_writable_dir(folder)
     except StmaOutputError as exc:
         fail(str(exc).replace("pass --out", f"pass {option}"))
     if not existed:
-        try:
-            folder.rmdir()  # only proven creatable: nothing is left behind if the command fails later
-        except OSError:
-            pass
+        for created in new:  # only proven creatable: nothing is left behind if the command fails later
+            try:
+                created.rmdir()
+            except OSError:
+                break
 
 
 def stdout_closed(error: OSError | None = None) -> NoReturn:

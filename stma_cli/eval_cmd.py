@@ -9,6 +9,7 @@ Results: a table (stdout), the official CSV pair (in --out, default the predicti
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,8 +22,8 @@ from stma_cli import _settings
 from stma_cli._common import (DEVICES, check_device, check_output_dir, echo, echo_json, fail, frame_progress, info,
                               refuse_stdout_dash, stderr_console, note_run_folder, stdout_closed, warn)
 from stma_core.errors import StmaInputError, StmaOutputError
-from stma_core.eval.datasets import (DATASETS, DatasetSpec, check_davis_root, get_dataset, is_davis2016_split,
-                                     resolve_root, resolve_split, short_list)
+from stma_core.eval.datasets import (DATASETS, DAVIS_RESOLUTION, DatasetSpec, check_davis_root, get_dataset,
+                                     is_davis2016_split, resolve_root, resolve_split, short_list, split_candidates)
 from stma_core.eval.report import render_table, result_json, write_csvs
 from stma_core.eval.run_dataset import segment_davis, segment_ytvos, ytvos_all_frames_dir, ytvos_valid_dir
 from stma_core.eval.scoring import EvalResult, check_prediction_files, check_scorable, score_predictions
@@ -56,8 +57,17 @@ class _RichFrames:
 
 def _check_predictions_absent(folder: Path, overwrite: bool, sequences: list[str] | None = None) -> None:
     """Predictions of an earlier run are replaced only with --overwrite (nothing is overwritten unasked).
-    sequences: the folders this run writes (None: any folder in `folder`)."""
-    if overwrite or not folder.is_dir():
+    sequences: the folders this run writes (None: any folder in `folder`).
+    --overwrite replaces each sequence's folder whole: not one the shell is in (`cd PRED/bear; stma eval ...
+    --pred-out .. --overwrite` replaced the current folder, then failed with 'output folder is not writable')."""
+    if overwrite:
+        cwd, root = Path.cwd().resolve(), folder.resolve()
+        if root in cwd.parents and (sequences is None or cwd.relative_to(root).parts[0] in sequences):
+            sequence = folder / cwd.relative_to(root).parts[0]
+            fail(f"{sequence}: is or holds the current folder, which --overwrite would replace with this run's "
+                 f"predictions; run stma from outside it (e.g. cd {folder}) or choose another --pred-out")
+        return
+    if not folder.is_dir():
         return
     existing = sorted(p.name for p in folder.iterdir() if p.is_dir() and (sequences is None or p.name in sequences))
     if existing:
@@ -195,12 +205,14 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
                           keep=(("--pred", pred), ("--compare", compare), ("--gt", gt), ("--root", root),
                                 ("--out", out), ("--pred-out", pred_out or (
                                     _default_pred_out(get_dataset(dataset).name, method)
-                                    if dataset is not None and pred is None and report is not None else None))))
+                                    if dataset is not None and pred is None and report is not None else None)),
+                                ("dataset root", _found_root(dataset, root, gt, report))))
     if dataset is None:
         if pred is None or gt is None:
             raise StmaInputError("give --pred PRED_DIR --gt DAVIS_ROOT to score predictions, or --dataset NAME "
                                  f"({', '.join(DATASETS)}) to segment and score")
         gt_root, split_arg = gt, split or "val"
+        _check_report_spares_inputs(report, overwrite, gt_root, split_arg, pred, compare)
     else:
         spec = get_dataset(dataset)
         if split is not None:
@@ -239,6 +251,9 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
             return {"dataset": spec.name, "method": method, "predictions": str(annotations),
                     "submission": str(zip_path), "frames": str(frames_from), "scored": False}
         split_arg = str(gt_root / spec.marker)
+        _check_report_spares_inputs(report, overwrite, gt_root, split_arg,
+                                    pred if pred is not None else pred_out or _default_pred_out(spec.name, method),
+                                    compare, "--pred" if pred is not None else "--pred-out")
         if pred is None:
             _, sequences = resolve_split(gt_root, split_arg)
             pred = pred_out or _default_pred_out(spec.name, method)
@@ -292,6 +307,56 @@ def _evaluate(pred: Optional[Path], gt: Optional[Path], split: Optional[str], da
     return {}
 
 
+def _found_root(dataset: Optional[str], root: Optional[Path], gt: Optional[Path],
+                report: Optional[Path]) -> Optional[Path]:
+    """The --dataset root found without --root/--gt ($STMA_DAVIS16_ROOT, a conventional folder), for the --report
+    check (None: given by a flag, which the check names, not needed, or not found: that error comes later)."""
+    if dataset is None or report is None or root is not None or gt is not None:
+        return None
+    try:
+        return resolve_root(get_dataset(dataset))
+    except StmaInputError:
+        return None
+
+
+def _check_report_spares_inputs(report: Optional[Path], overwrite: bool, gt_root: Path, split_arg: str,
+                                pred: Optional[Path], compare: Optional[Path], pred_flag: str = "--pred") -> None:
+    """--report --overwrite replaces the report folder whole, after scoring: a folder that is or holds what the
+    run reads is refused before anything is scored, also one inside a folder given (`--report
+    ROOT/Annotations/480p` held every sequence's ground truth, `--report PRED/bear` the bear predictions), while a
+    report beside them (`--report PRED/report`) is kept replaceable."""
+    if report is None or not overwrite:
+        return
+    try:
+        _, sequences = resolve_split(gt_root, split_arg)
+    except StmaInputError:
+        return  # scoring says what is wrong with the root or split
+    from stma_core.io.atomic import check_not_replacing
+
+    folders = ((pred_flag, pred), ("--compare", compare),
+               ("ground truth", gt_root / "Annotations" / DAVIS_RESOLUTION),
+               ("frames", gt_root / "JPEGImages" / DAVIS_RESOLUTION))
+    keep = [(flag, folder / sequence) for sequence in sequences for flag, folder in folders if folder is not None]
+    split_file = Path(split_arg).expanduser() if Path(split_arg).expanduser().is_file() else next(
+        (p for p in split_candidates(gt_root, split_arg) if p.is_file()), None)
+    keep.append(("split file", split_file))
+    check_not_replacing(report, keep, "the report", "pass --report with a folder of its own, e.g. report/")
+
+
+def _check_report_not_written_first(report: Path, keep: tuple[tuple[str, Optional[Path]], ...]) -> None:
+    """`--out X --report X` (or --pred-out X, X new) scored, wrote the CSVs (predictions) into X, then failed with
+    'X: report folder already exists; pass --overwrite', which --overwrite then refused: a report folder that is or
+    holds a folder the run writes before the report is one error line before anything is segmented or scored."""
+    spellings = {Path(os.path.abspath(report)), report.resolve()}
+    for flag, path in keep:
+        if flag not in ("--out", "--pred-out") or path is None:
+            continue
+        for written in {Path(os.path.abspath(path)), path.resolve()}:
+            if any(written == folder or folder in written.parents for folder in spellings):
+                raise StmaOutputError(f"{report}: is or holds {flag} {path}, which this run writes before the report; "
+                                      "pass --report with a folder of its own, e.g. report/")
+
+
 def _check_report_options(report: Optional[Path], compare: Optional[Path], dataset: Optional[str],
                           overwrite: bool, keep: tuple[tuple[str, Optional[Path]], ...] = ()) -> None:
     """Problems with --report/--compare are reported before any segmenting or scoring."""
@@ -307,6 +372,7 @@ def _check_report_options(report: Optional[Path], compare: Optional[Path], datas
         from stma_core.eval.report_html import check_report_dir
 
         refuse_stdout_dash(report, "--report")  # `--report -` made a folder named '-'
+        _check_report_not_written_first(report, keep)
         check_report_dir(report, overwrite, keep)
         if not report.exists():  # creatable and writable, proven before scoring (a parent that is a file, /proc)
             check_output_dir(report, "--report")

@@ -524,6 +524,7 @@ def segment(
 
     Exit codes: 0 success, 1 some videos of a batch failed, interrupted or stdout closed, 2 bad input (nothing written).
     """
+    _run_warnings.clear()
     fmt_list = _parse_formats(formats)
     if method not in METHODS:
         fail(f"--method: unknown method {method!r}; use {', '.join(METHODS)}")
@@ -559,8 +560,8 @@ def segment(
         note_run_folder(checkpoint, quiet)
     extras = dataclasses.replace(_check_extras(start, end, stride, fps, objects, overlay_alpha, overlay_style,
                                                labels, alpha_codec), size=size if method == "stma" else None)
-    if fps is not None and not quiet and not set(VIDEO_FORMATS) & set(fmt_list):
-        warn(stderr_console(), f"--fps only sets the frame rate of {', '.join(VIDEO_FORMATS)} outputs; none is requested")
+    if fps is not None and not set(VIDEO_FORMATS) & set(fmt_list):
+        _run_warning(f"--fps only sets the frame rate of {', '.join(VIDEO_FORMATS)} outputs; none is requested")
     options = extras.options  # style options of outputs not requested would be silently ignored
     per_object = ("matte", "matte-video", "cutout", "cutout-video")
     for flag, given, applies in (("--objects", options.objects != "each", per_object),
@@ -568,9 +569,8 @@ def segment(
                                  ("--overlay-style", options.overlay_style != "fill", ("overlay",)),
                                  ("--labels", options.labels, ("overlay",)),
                                  ("--alpha-codec", options.alpha_codec != "vp9", ("cutout-video",))):
-        if given and not quiet and not set(applies) & set(fmt_list):
-            warn(stderr_console(), f"{flag} only applies to {', '.join(applies)} outputs; none is requested "
-                                   f"(add -f {applies[0]})")
+        if given and not set(applies) & set(fmt_list):
+            _run_warning(f"{flag} only applies to {', '.join(applies)} outputs; none is requested (add -f {applies[0]})")
     if str(input_path) == "-":
         fail("-: INPUT is read from a file, not stdin (a video is read with seeking); save it to a file and pass its "
              "path (for a file named '-', its full path)")
@@ -673,6 +673,16 @@ def _run_jobs(jobs: list[Job], batch: bool, fmt_list: list[str], out: Path, over
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+_run_warnings: list[str] = []
+"""This run's warnings about its options as a whole (not one video's), for the --json summary's `warnings`."""
+
+
+def _run_warning(message: str) -> None:
+    """A warning about the run's options: stderr, also with --quiet (which hides notes only), and --json."""
+    warn(stderr_console(), message)
+    _run_warnings.append(one_line(message))
+
+
 def _not_run(jobs: list[Job], line: str) -> list[Outcome]:
     """The --json outcomes of videos a refusal kept from running (bad input: the run, not the video, failed)."""
     return [Outcome(job, "failed", error=f"not run: {line}", bad_input=True) for job in jobs]
@@ -705,6 +715,7 @@ def _print_json(outcomes: list[Outcome], seconds: float, error: str = "") -> Non
         "done": sum(o.status == "done" for o in outcomes),
         "skipped": sum(o.status == "skipped" for o in outcomes),
         "failed": sum(o.status == "failed" for o in outcomes),
+        **({"warnings": list(_run_warnings)} if _run_warnings else {}),
         **({"error": error} if error else {}),
     }
     echo_json(payload)
@@ -742,13 +753,14 @@ def _run_job(job: Job, paths: dict[str, Path], batch: bool, formats: list[str], 
                 raise StmaOutputError(f"{path}: is a {'folder' if path.is_dir() else 'file'}, not this video's {fmt} "
                                       f"output (a {'file' if fmt in FILE_FORMATS else 'folder'}); move it away or "
                                       "choose another --out")
-        protected = [(what, given, given.resolve()) for what, given in (
+        # as given (a link to a mask elsewhere, kept in the output folder, goes with it) and with links followed
+        protected = [(what, given, {Path(os.path.abspath(given)), given.resolve()}) for what, given in (
             ("input", job.path), ("mask", job.mask_file), ("--mask-dir", job.mask_dir),
             ("current folder", Path.cwd() if overwrite else None)) if given is not None]  # `cd out/clip; ... -o ..`
         for fmt, path in paths.items():  # `stma segment frames -o .`: the png folder IS the input (or its masks)
-            final = path.resolve()
-            for what, given, resolved in protected:
-                if resolved == final or final in resolved.parents:
+            finals = {Path(os.path.abspath(path)), path.resolve()}
+            for what, given, spellings in protected:
+                if any(spelled == final or final in spelled.parents for spelled in spellings for final in finals):
                     shown = "" if what == "current folder" else f" {given}"
                     raise StmaOutputError(f"{path}: the {fmt} output would replace the {what}{shown}; "
                                           "choose another --out")

@@ -836,3 +836,81 @@ def test_eval_json_has_the_keys_the_readme_documents(tmp_path: Path) -> None:
     assert set(payload["per_object"][0]) == {"sequence", "object", "frames", "J-Mean", "J-Recall", "J-Decay",
                                              "F-Mean", "F-Recall", "F-Decay"}
     assert set(payload["csv"]) == {"global", "per_sequence"} and 0 <= payload["global"]["J-Mean"] <= 1
+
+
+def test_report_overwrite_never_replaces_what_the_run_reads_inside_its_folders(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--report ROOT/Annotations/480p --overwrite` scored, then replaced every sequence's ground truth with the
+    report (as did `--report PRED/toy` the toy predictions, `--report ROOT/ImageSets` the split), and with the
+    dataset root found through $STMA_DAVIS17_ROOT, `--report ROOT --overwrite` replaced the whole dataset: only
+    folders given by a flag were protected, and only when the report held them. Each is now one error line
+    before anything is scored; a report beside the predictions (`--report PRED/report`) is still replaced."""
+    names = [f"{i:05d}" for i in range(6)]
+    root = _tiny_root(tmp_path / "davis", names)
+    pred = tmp_path / "pred"
+    _copy_eval(root, pred, "-q")
+    snapshot = {p: p.read_bytes() for p in [*root.rglob("*"), *pred.rglob("*")] if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    for report, named in (("davis/Annotations/480p", f"ground truth {root / 'Annotations' / '480p' / 'toy'}"),
+                          ("davis/JPEGImages/480p/toy/", f"frames {root / 'JPEGImages' / '480p' / 'toy'}"),
+                          ("davis/ImageSets", f"split file {root / 'ImageSets' / '2017' / 'val.txt'}"),
+                          ("pred/toy", f"--pred {pred / 'toy'}"), ("pred/../pred/./toy", f"--pred {pred / 'toy'}")):
+        result = run("--pred", str(pred), "--gt", str(root), "--report", report, "--overwrite")
+        assert_input_error(result, f"{Path(report)}: is or holds {named}, which --overwrite would replace with the "
+                                   "report; pass --report with a folder of its own")
+    result = run("--dataset", "davis17-val", "--root", str(root), "--method", "copy", "--pred-out", str(pred),
+                 "--overwrite", "--report", "pred/toy")
+    assert_input_error(result, f"pred/toy: is or holds --pred-out {pred / 'toy'}, which --overwrite")
+    monkeypatch.setenv("STMA_DAVIS17_ROOT", str(root))
+    result = run("--dataset", "davis17-val", "--method", "copy", "--pred-out", str(pred), "--overwrite",
+                 "--report", "davis")
+    assert_input_error(result, f"davis: is or holds dataset root {root}, which --overwrite would replace")
+    assert {p: p.read_bytes() for p in snapshot} == snapshot
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["davis", "pred"]  # nothing scored, written or replaced
+    (pred / "report").mkdir()
+    result = run("--pred", str(pred), "--gt", str(root), "--report", "pred/report", "--overwrite", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (pred / "report" / "index.html").is_file()
+
+
+def test_pred_out_overwrite_never_replaces_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cd PRED/toy; stma eval --dataset ... --pred-out .. --overwrite` replaced the folder the shell is in (what
+    the user kept there lost) and then failed with '..: output folder is not writable (No such file or
+    directory)'. It is now refused with one line before anything is segmented."""
+    root = _tiny_root(tmp_path / "davis", [f"{i:05d}" for i in range(6)])
+    pred = tmp_path / "pred"
+    _copy_eval(root, pred, "-q")
+    (pred / "toy" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(pred / "toy")
+    result = run("--dataset", "davis17-val", "--root", str(root), "--method", "copy", "--pred-out", "..",
+                 "--overwrite")
+    assert_input_error(result, "../toy: is or holds the current folder, which --overwrite would replace with this "
+                               "run's predictions; run stma from outside it")
+    assert (pred / "toy" / "notes.txt").read_text() == "mine"
+    monkeypatch.chdir(pred)  # from the predictions folder itself: nothing of it is replaced but the sequences
+    payload, _ = _copy_eval(root, Path("."), "-q", "--overwrite")
+    assert payload["global"]["J-Mean"] > 0.5 and not (pred / "toy" / "notes.txt").exists()
+
+
+def test_a_report_folder_that_the_run_fills_first_is_refused_before_anything(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out X --report X` (X new) scored, wrote the CSVs into X and then failed 'X: report folder already exists;
+    pass --overwrite to replace it', which --overwrite then refused; `--dataset ... --pred-out P --report P` did so
+    after segmenting the whole dataset. A report folder that is or holds --out or --pred-out is now one error line
+    before anything is segmented or scored; one inside them (X/report) is fine."""
+    root = _tiny_root(tmp_path / "davis", [f"{i:05d}" for i in range(6)])
+    pred = tmp_path / "pred"
+    _copy_eval(root, pred, "-q")
+    monkeypatch.chdir(tmp_path)
+    for out, report in (("X", "X"), ("X/csv", "X/"), ("./X/csv", "X/../X")):
+        for extra in ((), ("--overwrite",)):
+            result = run("--pred", "pred", "--gt", "davis", "--out", out, "--report", report, *extra)
+            assert_input_error(result, f"{Path(report)}: is or holds --out {Path(out)}, which this run writes before "
+                                       "the report; pass --report with a folder of its own")
+    result = run("--dataset", "davis17-val", "--root", "davis", "--method", "copy", "--pred-out", "P", "--report", "P")
+    assert_input_error(result, "P: is or holds --pred-out P, which this run writes before the report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["davis", "pred"]
+    result = run("--pred", "pred", "--gt", "davis", "--out", "X", "--report", "X/report", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "X").iterdir()) == ["global_results-val.csv",
+                                                                  "per-sequence_results-val.csv", "report"]

@@ -322,3 +322,18 @@ def test_overwrite_never_replaces_the_folder_of_the_checkpoint(tiny_checkpoint: 
     assert_bad_input(result, ".: is or holds the current folder")
     assert sorted(p.name for p in run.iterdir()) == ["model.safetensors", "state.pt"]
     assert (run / "model.safetensors").read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_overwrite_never_replaces_the_folder_holding_a_linked_checkpoint(tiny_checkpoint: Path, tmp_path: Path):
+    """`--checkpoint models/m.safetensors --out models --overwrite`, with m.safetensors a symlink to the real file
+    elsewhere, replaced the folder the checkpoint was given in (the link and everything beside it) with the graphs:
+    only the link's target was compared with --out. The checkpoint as given is now protected too."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "m.safetensors").symlink_to(tiny_checkpoint)
+    (models / "notes.txt").write_text("mine")
+    for out in (models, tmp_path / "models" / ".." / "models"):
+        result = export_cli("--format", "torchscript", "--checkpoint", models / "m.safetensors", "--out", out,
+                            "--size", 64, 90, "--overwrite")
+        assert_bad_input(result, f"{out}: is or holds --checkpoint {models / 'm.safetensors'}, which --overwrite")
+    assert sorted(p.name for p in models.iterdir()) == ["m.safetensors", "notes.txt"]

@@ -585,3 +585,30 @@ def test_stale_partials_of_dead_runs_are_removed_not_those_of_live_ones(tmp_path
     finally:
         live.kill()
         live.wait()
+
+
+def test_an_annotation_folder_keeps_only_a_bounded_share_of_its_gray_masks_decoded(tmp_path: Path) -> None:
+    """Decoding each gray --mask-dir mask once held every decoded image of the folder until all were loaded: a
+    folder of 400 16-bit 854x480 masks peaked at 400 MB instead of 235 MB, one annotating every frame of a long
+    1080p video gigabytes more. SeriesRules.of now keeps images only up to a byte budget (the rest are decoded
+    again by load_mask), and the masks read are the same either way."""
+    from stma_core.io.masks import DECODED_BUDGET, ColorIds, SeriesRules
+
+    files = []
+    for i in range(6):
+        ids = np.zeros((60, 90), np.uint16)
+        ids[10:30, 5 + 5 * i:40 + 5 * i], ids[40:50, 60:80] = 1000, 300 + i % 2  # 16-bit instance ids
+        files.append(tmp_path / f"{i:05d}.png")
+        Image.fromarray(ids).save(files[-1])
+    decoded: dict[Path, Image.Image] = {}
+    rules = SeriesRules.of(files, decoded, budget=2 * 60 * 90 * 2)  # room for two 16-bit 60x90 masks
+    assert rules.exact and sorted(decoded) == files[:2]
+    assert sum(image.width * image.height * 2 for image in decoded.values()) <= 2 * 60 * 90 * 2
+    whole = load_mask_folder(tmp_path)  # the default budget holds them all: the same masks
+    assert DECODED_BUDGET >= 6 * 60 * 90 * 2
+    colors = ColorIds()
+    again = {p.stem: load_mask(p, colors, require_object=False, series=rules, image=decoded.pop(p, None))
+             for p in files}
+    for name, mask in whole.items():
+        assert np.array_equal(mask.ids, again[name].ids) and mask.mapping == again[name].mapping
+    assert [sorted(whole[p.stem].object_ids) for p in files] == [[1, 2], [2, 3]] * 3  # 300, 1000, 301

@@ -265,3 +265,50 @@ def test_overwrite_never_replaces_the_current_folder(tmp_path: Path, small_frame
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1] == "error: ../clip: the png output would replace the current folder; choose another --out"
     assert (out / "clip" / "notes.txt").read_text() == "mine"
+
+
+def test_the_current_folder_reached_through_a_link_is_named_as_the_shell_names_it(tmp_path: Path,
+                                                                                 small_frames) -> None:
+    """`cd clips/mylink && stma segment .` (mylink a link to a frame folder elsewhere) named the outputs after the
+    link's target and looked for its mask beside the target: 'no mask given and no clip.png beside .', while
+    `stma segment mylink` from clips/ found clips/mylink.png. `.` is now the folder the shell is in ($PWD), as
+    `pwd` shows it."""
+    folder, mask = small_frames
+    from PIL import Image
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "mylink").symlink_to(folder, target_is_directory=True)
+    Image.fromarray(mask).save(clips / "mylink.png")
+    env = {**os.environ, "PWD": str(clips / "mylink")}  # what a shell's `cd clips/mylink` sets
+    proc = subprocess.run([*CLI, "segment", ".", "--method", "copy", "-o", str(tmp_path / "out"), "--json", "-q"],
+                          capture_output=True, text=True, cwd=clips / "mylink", env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["videos"][0]["name"] == "mylink"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mylink"]
+    env["PWD"] = str(tmp_path)  # a stale $PWD (another folder) is not taken: the folder's own name
+    proc = subprocess.run([*CLI, "segment", ".", "--mask", str(clips / "mylink.png"), "--method", "copy", "-o",
+                           str(tmp_path / "out2"), "-q"], capture_output=True, text=True, cwd=clips / "mylink",
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(tmp_path / "out2" / folder.name)]
+
+
+def test_overwrite_never_replaces_the_folder_holding_a_linked_mask_or_input(tmp_path: Path) -> None:
+    """`stma segment clip.mp4 --mask out/clip/first.png -o out --overwrite`, with first.png a link to the mask kept
+    elsewhere, replaced out/clip, the link with it: only the link's target was compared with the outputs. The
+    mask and the input as given are protected too: one error line, nothing replaced."""
+    out = tmp_path / "out"
+    (out / "car-shadow").mkdir(parents=True)
+    (out / "car-shadow" / "first.png").symlink_to(MASK)
+    (out / "car-shadow" / "car-shadow.mp4").symlink_to(VIDEO)
+    for args, what in (([str(VIDEO), "--mask", str(out / "car-shadow" / "first.png")],
+                        f"mask {out / 'car-shadow' / 'first.png'}"),
+                       ([str(out / "car-shadow" / "car-shadow.mp4"), "--mask", str(MASK)],
+                        f"input {out / 'car-shadow' / 'car-shadow.mp4'}")):
+        proc = subprocess.run([*CLI, "segment", *args, "--method", "copy", "-o", str(out), "--overwrite", "--end", "2",
+                               "-q"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == (f"error: {out / 'car-shadow'}: the png output would replace the {what}; "
+                               "choose another --out\n")
+    assert sorted(p.name for p in (out / "car-shadow").iterdir()) == ["car-shadow.mp4", "first.png"]

@@ -3,6 +3,7 @@ the palette PNG masks of the same run (matte, cut-out, soft probabilities, style
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -340,6 +341,26 @@ def test_style_options_without_their_output_warn(tmp_path: Path, clip: tuple[Pat
     result = segment(video, "--mask", mask, "--out", tmp_path / "b", "--method", "copy", "-f", "overlay",
                      "-f", "matte", "--end", "2", "--labels", "--overlay-style", "contour", "--objects", "all")
     assert result.exit_code == 0 and "warning" not in result.stderr, result.output
+
+
+def test_option_warnings_reach_quiet_runs_and_the_json_summary(tmp_path: Path) -> None:
+    """`--fps 5 -f png -q` (or --labels without an overlay) said nothing: these warnings were hidden by --quiet,
+    which the README says hides notes only, and with --json a script never learnt of them (each video's entry has
+    only its own warnings). They now reach stderr with --quiet and the summary's top-level `warnings`."""
+    video, mask = EXAMPLES / "car-shadow.mp4", EXAMPLES / "car-shadow_mask.png"  # no shared data needed
+    result = segment(video, "--mask", mask, "--out", tmp_path / "a", "--method", "copy", "-f", "png", "--fps", "5",
+                     "--labels", "--end", "2", "-q")
+    assert result.exit_code == 0, result.output
+    lines = ["--fps only sets the frame rate of overlay, matte-video, cutout-video outputs; none is requested",
+             "--labels only applies to overlay outputs; none is requested (add -f overlay)"]
+    assert result.stderr.splitlines() == [f"warning: {line}" for line in lines]
+    result = segment(video, "--mask", mask, "--out", tmp_path / "b", "--method", "copy", "-f", "png", "--fps", "5",
+                     "--labels", "--end", "2", "-q", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["warnings"] == lines and "warnings" not in payload["videos"][0]
+    result = segment(video, "--mask", mask, "--out", tmp_path / "c", "--method", "copy", "--end", "2", "--json")
+    assert result.exit_code == 0 and "warnings" not in json.loads(result.stdout), result.output  # none: no key
 
 
 def test_batch_skips_videos_whose_new_outputs_exist(tmp_path: Path, clip: tuple[Path, Path, list[np.ndarray]]) -> None:

@@ -127,14 +127,16 @@ def check_not_replacing(final: Path, keep: Sequence[tuple[str, Path | None]], ou
     it exported. `output` names what would replace it ("the report"), `fix` says what to pass instead."""
     if not (final.exists() or final.is_symlink()):
         return
-    target = final.resolve()
+    # As spelled (a symlink given as --checkpoint lives in the folder it is given in) and with links followed
+    targets = {Path(os.path.abspath(final)), final.resolve()}
     for flag, path in (*keep, ("the current folder", Path.cwd())):
         if path is None:
             continue
-        resolved = path.resolve()
-        if resolved == target or target in resolved.parents:
-            what = flag if flag.startswith("the ") else f"{flag} {path}"
-            raise StmaOutputError(f"{final}: is or holds {what}, which --overwrite would replace with {output}; {fix}")
+        for spelled in {Path(os.path.abspath(path)), path.resolve()}:
+            if any(spelled == target or target in spelled.parents for target in targets):
+                what = flag if flag.startswith("the ") else f"{flag} {path}"
+                raise StmaOutputError(f"{final}: is or holds {what}, which --overwrite would replace with {output}; "
+                                      f"{fix}")
 
 
 def ensure_writable_dir(folder: Path) -> None:

@@ -201,8 +201,23 @@ def input_name(path: Path) -> str:
 
 
 def _named(path: Path) -> Path:
-    """`path`, or its absolute form when it ends in `.` or `..` (no name of its own; symlinks are kept)."""
-    return Path(os.path.abspath(path)) if path.name in ("", ".", "..") else path
+    """`path`, or its absolute form when it ends in `.` or `..` (no name of its own; symlinks are kept).
+
+    Relative ones are taken from the shell's current folder ($PWD) when it is the same folder: after `cd
+    clips/mylink` (a link to /data/x123) `.` is `clips/mylink`, as `stma segment mylink` from clips/ names it,
+    with its mask `clips/mylink.png` beside it, not x123 (os.getcwd() gives the link's target)."""
+    if path.name not in ("", ".", ".."):
+        return path
+    physical = os.path.abspath(path)
+    shell = os.environ.get("PWD", "")
+    if not path.is_absolute() and os.path.isabs(shell):
+        logical = os.path.normpath(os.path.join(shell, path))
+        try:
+            if logical != physical and os.path.samefile(logical, physical):
+                return Path(logical)
+        except OSError:
+            pass
+    return Path(physical)
 
 
 def mask_beside(path: Path) -> tuple[Path | None, list[Path]]:

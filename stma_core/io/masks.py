@@ -374,6 +374,11 @@ def _gray_void(path: Path, gray: np.ndarray, series_void: bool = False) -> str |
             "give that object another id if it is one")
 
 
+DECODED_BUDGET = 64 * 2**20
+"""Bytes of grayscale mask pixels SeriesRules.of keeps decoded for load_mask (the rest are decoded again)."""
+_BYTES_PER_PIXEL = {"L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "LA": 2, "I": 4, "F": 4}
+
+
 @dataclass
 class SeriesRules:
     """How the grayscale masks of one annotation folder are read, decided for the folder as a whole, so a
@@ -384,9 +389,14 @@ class SeriesRules:
     void255: bool = False
 
     @classmethod
-    def of(cls, files: Iterable[Path], decoded: dict[Path, Image.Image] | None = None) -> "SeriesRules":
-        """decoded: gets the grayscale images read here, by path, for load_mask(image=): they are decoded once."""
+    def of(cls, files: Iterable[Path], decoded: dict[Path, Image.Image] | None = None,
+           budget: int = DECODED_BUDGET) -> "SeriesRules":
+        """decoded: gets the grayscale images read here, by path, for load_mask(image=), so they are decoded once,
+        up to `budget` bytes of pixels in all; the rest are read again by load_mask. (All of them were held until
+        every mask was loaded: a folder of 400 16-bit 854x480 masks took 400 MB instead of 235 MB, and a folder
+        annotating every frame of a long 1080p video gigabytes more.)"""
         rules = cls()
+        held = 0
         for path in files:
             try:
                 with Image.open(path) as probe:  # the header only: palette and colour masks are not decoded twice
@@ -396,8 +406,10 @@ class SeriesRules:
             if not gray_file:
                 continue
             image = _read_image(path)
-            if decoded is not None:
+            size = image.width * image.height * _BYTES_PER_PIXEL.get(image.mode, 4)
+            if decoded is not None and held + size <= budget:
                 decoded[path] = image
+                held += size
             gray, exact = _gray_levels(path, image)
             rules.exact |= exact
             rules.void255 |= not exact and _is_void_label_map(gray)
