@@ -836,3 +836,19 @@ def test_odd_sized_video_outputs_and_the_note_on_padded_ones(tmp_path: Path) -> 
     quiet = segment(video, "--mask", tmp_path / "mask.png", "--method", "copy", "--out", tmp_path / "o2",
                     "-f", "png", "-f", "cutout-video")
     assert quiet.exit_code == 0 and "even sizes" not in quiet.stderr  # nothing padded, no note
+
+
+def test_frame_names_of_a_video_of_100000_frames_or_more_sort_in_frame_order(tmp_path: Path) -> None:
+    """Frame 100000 was named '100000' beside '99999', so tools that sort output names (ls, glob, the
+    DAVIS toolkit) put it between 10000 and 10001; a file of that many frames gets 6-digit names for every
+    frame, shorter ones keep DAVIS's 5."""
+    long, short = tmp_path / "long.mp4", tmp_path / "short.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:size=32x32:rate=1000", "-frames:v", "100001", "-c:v", "libx264",
+           "-preset", "ultrafast", "-g", "1000", long)
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:size=32x32:rate=1000", "-frames:v", "100000", "-c:v", "libx264",
+           "-preset", "ultrafast", "-g", "1000", short)
+    source = VideoFileSource(long)
+    names = [source.frame_name(i) for i in (0, 9, 10000, 99999, 100000)]
+    assert names == ["000000", "000009", "010000", "099999", "100000"]
+    assert names == sorted(names)
+    assert [VideoFileSource(short).frame_name(i) for i in (0, 99999)] == ["00000", "99999"]

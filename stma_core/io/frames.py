@@ -301,7 +301,8 @@ class _StderrCollector(threading.Thread):
 
 
 class VideoFileSource(FrameSource):
-    """A video file decoded by ffmpeg; frames are named 00000, 00001, ... like DAVIS frames."""
+    """A video file decoded by ffmpeg; frames are named 00000, 00001, ... like DAVIS frames (000000, ... in a
+    file of 100,000 frames or more, so names sort in frame order)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -330,6 +331,9 @@ class VideoFileSource(FrameSource):
         (an audio or subtitle track often outlasts the video), so it only counts when the packets of every
         stream stop clearly before it: a cut-off file, which then promises duration x average rate."""
         self.frame_count = self.expected_frames or self.packets or 1
+        self._digits = max(5, len(str(max(self.packets, self.frame_count) - 1)))
+        """Digits of frame names: 5 as DAVIS, more when the file holds 100,000 frames or more, so that the
+        names of every frame sort in frame order (the packets bound the frames a decode delivers)."""
 
     def _probe(self) -> tuple[str, np.ndarray]:
         """ffmpeg's description of the file, and its first frame decoded (to learn the displayed size)."""
@@ -368,7 +372,7 @@ class VideoFileSource(FrameSource):
         return _PacketScan.parse(result.stdout.decode("utf-8", "replace"))
 
     def frame_name(self, index: int) -> str:
-        return f"{index:05d}"
+        return f"{index:0{self._digits}d}"
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         width, height = self.size
