@@ -17,6 +17,7 @@ Objects first given on the same frame form a group that reads only the memory wr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,6 +85,7 @@ class VideoSession:
         self.frame_index = 0
         self.probabilities: torch.Tensor | None = None
         self._frame_shape: tuple[int, int] | None = None  # (H, W) of this video's frames, from its first one
+        self._seen: list[bytes] = []  # a digest of each processed frame: propagate skips frames given again
         self._size: int | None = None  # config.size this video's first frame was processed at
         self._last_spatial = -1
         self._last_temporal = -1
@@ -174,7 +176,11 @@ class VideoSession:
         frames: HxWx3 uint8 RGB arrays or PIL images; or the path of a video file or frame folder (or a
         FrameSource from stma_core.io.frames.open_frames), read as `stma segment` reads it (StmaInputError
         for an unreadable one). masks: optional {frame index: id mask}, as add_mask.
-        direction: FORWARD streams any iterable, in order. BACKWARD and BOTH need `frames` with len()
+        direction: FORWARD streams any iterable, in order, from the session's next frame (`frame_index`):
+        after breaking out of the loop (to correct a frame with add_mask), pass the frames still to do, or
+        the whole video again: frames given from frame 0 that are the frames already segmented (the same
+        pixels) are skipped, so it continues where it stopped; ValueError if they start like the video and
+        then differ. BACKWARD and BOTH need `frames` with len()
         and indexing (a list, or anything that reads frame i on demand, so memory stays bounded) and a
         fresh session; they yield in processing order: BACKWARD from the last frame down to 0, BOTH
         first the frames from the first mask on (forward), then the frames before it, nearest first
@@ -205,7 +211,20 @@ class VideoSession:
         if self.frame_index == 0:  # an export's fixed memory must hold what these masks pin: say so now
             self.check_annotations([self.pending_masks[i] for i in sorted(self.pending_masks)], direction)
         if direction is Direction.FORWARD:
-            for frame in frames:
+            done = len(self._seen)  # frames given again from frame 0 (the whole video, after a break) are skipped
+            for position, frame in enumerate(frames):
+                if position < done and done == self.frame_index:
+                    arr = _as_frame(frame, position)
+                    if _digest(arr) == self._seen[position]:
+                        continue  # this video's frame `position`, already segmented: go on after it
+                    if position:
+                        raise ValueError(
+                            f"frames 0..{position - 1} given are this video's frames already processed, but frame "
+                            f"{position} differs from the frame {position} processed; pass the whole video again "
+                            f"(it continues at frame {self.frame_index}) or only the frames from frame "
+                            f"{self.frame_index} on")
+                    done = 0  # new frames: the ones after the last processed
+                    frame = arr
                 index = self.frame_index
                 yield index, self.step(frame)
             unused = sorted(i for i in self.pending_masks if i >= self.frame_index)
@@ -356,6 +375,7 @@ class VideoSession:
             raise
         self.pending_masks.pop(self.frame_index, None)
         self._frame_shape = frame.shape[:2]
+        self._seen.append(_digest(frame))
         if self._size is None:
             self._size = self.config.size
         self.frame_index += 1
@@ -570,6 +590,12 @@ def _as_frame(frame: object, index: int) -> np.ndarray:
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(f"a frame must be an HxWx3 uint8 RGB array; got {frame.dtype} {frame.shape} (frame {index})")
     return frame
+
+
+def _digest(frame: np.ndarray) -> bytes:
+    """A 16-byte digest of a frame's pixels (about 1 ms for 480p): tells a frame given again from a new one."""
+    return hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16,
+                           person=str(frame.shape).encode()[:16]).digest()
 
 
 def merge_masks(earlier: np.ndarray | None, later: np.ndarray) -> np.ndarray:
