@@ -485,3 +485,95 @@ def test_one_object_masks_take_an_object_id_and_two_boolean_masks_warn():
             session.add_mask(0, a, object_id=bad)
     with pytest.raises(ValueError, match="threshold a soft mask"):
         session.add_mask(0, a * 0.7, object_id=3)
+
+
+def test_breaking_out_of_propagate_and_passing_the_whole_video_again_continues_where_it_stopped(clip):
+    """SAM 2 / Cutie style interaction: stop the generator at frame k, correct frame k+1, run over the same list.
+
+    The frames given again (0..k) are this video's frames already segmented: they are skipped, not taken for
+    frames k+1, k+2, … (which yielded indices past the video's end and masks of the wrong pictures)."""
+    frames, mask, config, forward = clip
+    k = 4
+    session = VideoSession.from_pretrained(device="cpu", config=config)
+    session.add_mask(0, mask)
+    for index, _ in session.propagate(frames):
+        if index == k:
+            break
+    again = list(session.propagate(frames))  # the whole list again, no correction: exactly the plain run
+    assert [i for i, _ in again] == list(range(k + 1, FRAMES))
+    assert all(np.array_equal(m, forward[i]) for i, m in again)
+
+    session = VideoSession.from_pretrained(device="cpu", config=config)
+    session.add_mask(0, mask)
+    for index, _ in session.propagate(frames):
+        if index == k:
+            break
+    rest = list(session.propagate(frames[k + 1:]))  # the remaining frames only: the same continuation
+    assert [i for i, _ in rest] == list(range(k + 1, FRAMES))
+    assert all(np.array_equal(m, forward[i]) for i, m in rest)
+
+
+def test_a_correction_after_a_break_is_used_when_the_whole_video_is_given_again(clip):
+    frames, mask, config, forward = clip
+    k = 4
+    half = mask.copy()
+    half[:, int(np.median(np.nonzero(mask)[1])):] = 0
+    session = VideoSession.from_pretrained(device="cpu", config=config)
+    session.add_mask(0, half)
+    for index, _ in session.propagate(frames):
+        if index == k:
+            break
+    session.add_mask(k + 1, forward[k + 1])
+    out = dict(session.propagate(frames))
+    assert sorted(out) == list(range(k + 1, FRAMES))
+    assert np.array_equal(out[k + 1], forward[k + 1])  # the correction's own pixels on its frame
+    assert _iou(out[FRAMES - 1] == 1, forward[FRAMES - 1] == 1) > 0.8
+
+
+def test_other_frames_after_a_break_are_refused_when_they_only_start_like_the_video(clip):
+    frames, mask, config, _ = clip
+    session = VideoSession.from_pretrained(device="cpu", config=config)
+    session.add_mask(0, mask)
+    for index, _ in session.propagate(frames):
+        if index == 3:
+            break
+    with pytest.raises(ValueError, match="frame 1 differs"):
+        list(session.propagate([frames[0], frames[7], frames[8]]))
+    assert session.frame_index == 4
+
+
+def test_an_object_smaller_than_a_network_cell_at_the_processing_size_is_a_warning_not_a_silent_loss():
+    """A 30x30-pixel square on car-shadow's car at size 128 (8x8 pixels there, under one 16x16 cell) was gone
+    on the next frame without a word; now a warning names it and the size to use. At the frame's own size
+    (480) the same square is no warning, and it is still tracked three frames on."""
+    from conftest import example_frames
+
+    frames = example_frames(4)
+    from PIL import Image
+    car = np.array(Image.open(EXAMPLES / "car-shadow_mask.png")) > 0
+    ys, xs = np.nonzero(car)
+    square = np.zeros(car.shape, np.uint8)
+    square[int(ys.mean()):int(ys.mean()) + 30, int(xs.mean()):int(xs.mean()) + 30] = 3
+    session = VideoSession.from_pretrained(device="cpu", config=InferenceConfig(size=128))
+    with pytest.warns(UserWarning, match=r"frame 0: object 3 \(900 pixels, 64 at the processing size\).*"
+                                         r"likely lost.*about 256"):
+        masks = [m for _, m in session.propagate(frames, {0: square})]
+    assert (masks[1] == 3).sum() == 0  # what the warning is about
+
+    session = VideoSession.from_pretrained(device="cpu", config=InferenceConfig(size=480))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*likely lost")
+        masks = [m for _, m in session.propagate(frames, {0: square})]
+    assert (masks[3] == 3).sum() > 300
+
+
+def test_propagating_the_same_frames_twice_says_nothing_new_was_segmented(clip):
+    """A second propagate over the frames a session already did took them for frames 12..23; now they are
+    skipped, and since nothing is left a warning says so and how to run again (reset)."""
+    frames, mask, config, _ = clip
+    session = VideoSession.from_pretrained(device="cpu", config=config)
+    session.add_mask(0, mask)
+    list(session.propagate(frames[:3]))
+    with pytest.warns(UserWarning, match=r"nothing segmented: the 3 frame\(s\) given .* reset\(\)"):
+        assert list(session.propagate(frames[:3])) == []
+    assert session.frame_index == 3

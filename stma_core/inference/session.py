@@ -17,6 +17,7 @@ Objects first given on the same frame form a group that reads only the memory wr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,6 +85,7 @@ class VideoSession:
         self.frame_index = 0
         self.probabilities: torch.Tensor | None = None
         self._frame_shape: tuple[int, int] | None = None  # (H, W) of this video's frames, from its first one
+        self._seen: list[bytes] = []  # a digest of each processed frame: propagate skips frames given again
         self._size: int | None = None  # config.size this video's first frame was processed at
         self._last_spatial = -1
         self._last_temporal = -1
@@ -174,7 +176,11 @@ class VideoSession:
         frames: HxWx3 uint8 RGB arrays or PIL images; or the path of a video file or frame folder (or a
         FrameSource from stma_core.io.frames.open_frames), read as `stma segment` reads it (StmaInputError
         for an unreadable one). masks: optional {frame index: id mask}, as add_mask.
-        direction: FORWARD streams any iterable, in order. BACKWARD and BOTH need `frames` with len()
+        direction: FORWARD streams any iterable, in order, from the session's next frame (`frame_index`):
+        after breaking out of the loop (to correct a frame with add_mask), pass the frames still to do, or
+        the whole video again: frames given from frame 0 that are the frames already segmented (the same
+        pixels) are skipped, so it continues where it stopped; ValueError if they start like the video and
+        then differ. BACKWARD and BOTH need `frames` with len()
         and indexing (a list, or anything that reads frame i on demand, so memory stays bounded) and a
         fresh session; they yield in processing order: BACKWARD from the last frame down to 0, BOTH
         first the frames from the first mask on (forward), then the frames before it, nearest first
@@ -205,9 +211,28 @@ class VideoSession:
         if self.frame_index == 0:  # an export's fixed memory must hold what these masks pin: say so now
             self.check_annotations([self.pending_masks[i] for i in sorted(self.pending_masks)], direction)
         if direction is Direction.FORWARD:
-            for frame in frames:
+            done = len(self._seen)  # frames given again from frame 0 (the whole video, after a break) are skipped
+            skipped, start = 0, self.frame_index
+            for position, frame in enumerate(frames):
+                if position < done and done == self.frame_index:
+                    arr = _as_frame(frame, position)
+                    if _digest(arr) == self._seen[position]:
+                        skipped = position + 1
+                        continue  # this video's frame `position`, already segmented: go on after it
+                    if position:
+                        raise ValueError(
+                            f"frames 0..{position - 1} given are this video's frames already processed, but frame "
+                            f"{position} differs from the frame {position} processed; pass the whole video again "
+                            f"(it continues at frame {self.frame_index}) or only the frames from frame "
+                            f"{self.frame_index} on")
+                    done = 0  # new frames: the ones after the last processed
+                    frame = arr
                 index = self.frame_index
                 yield index, self.step(frame)
+            if skipped and self.frame_index == start:
+                warnings.warn(f"nothing segmented: the {skipped} frame(s) given are frames this session already "
+                              f"segmented (it is at frame {start}); reset() to segment the video again",
+                              stacklevel=2)
             unused = sorted(i for i in self.pending_masks if i >= self.frame_index)
             if unused:
                 warnings.warn(f"masks given for frame(s) {unused} were not used: the video ended at frame "
@@ -320,7 +345,8 @@ class VideoSession:
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Segments the next frame (HxWx3 uint8 RGB array, or a PIL image of any mode) -> its HxW uint8 user-id mask.
 
-        mask: optional id mask for this frame (as add_mask). After the call, `probabilities` holds
+        mask: optional id mask for this frame (as add_mask); an object in it smaller than one 16x16 cell of the
+        network at the processing size is a UserWarning (it is likely lost within a few frames). After the call, `probabilities` holds
         this frame's (n+1, H, W) float32 probabilities (background first, then objects in
         `objects.user_ids` order) on the session's device.
         """
@@ -354,8 +380,11 @@ class VideoSession:
         except BaseException:
             self.objects.user_ids, self.objects.groups = user_ids, groups
             raise
+        if mask is not None:
+            _warn_small_objects(mask, frame.shape[:2], self.config.size, self.frame_index)
         self.pending_masks.pop(self.frame_index, None)
         self._frame_shape = frame.shape[:2]
+        self._seen.append(_digest(frame))
         if self._size is None:
             self._size = self.config.size
         self.frame_index += 1
@@ -570,6 +599,35 @@ def _as_frame(frame: object, index: int) -> np.ndarray:
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(f"a frame must be an HxWx3 uint8 RGB array; got {frame.dtype} {frame.shape} (frame {index})")
     return frame
+
+
+def _warn_small_objects(mask: np.ndarray, frame_shape: tuple[int, ...], size: int, index: int) -> None:
+    """UserWarning naming the objects of a given mask that cover less than one TOKEN_CELL x TOKEN_CELL cell of
+    the network at the processing size: the network cannot see them and they vanish within a few frames
+    (car-shadow at size 128: a 30x30-pixel object is gone on the next frame), which was silent."""
+    h, w = frame_shape[:2]
+    ph, pw = processing_size(h, w, size)
+    ids, counts = np.unique(mask, return_counts=True)
+    small = [(int(i), int(c), c * ph * pw / (h * w)) for i, c in zip(ids, counts)
+             if i and c * ph * pw / (h * w) < TOKEN_CELL * TOKEN_CELL]
+    if not small:
+        return
+    least = min(a for _, _, a in small)
+    need = int(np.ceil(size * np.sqrt(TOKEN_CELL * TOKEN_CELL / max(least, 1e-6)) / 16) * 16)
+    if need > min(h, w):  # more than the frame's own pixels: a larger size only blows up the same pixels
+        fix = f"even the frame's own resolution (size {min(h, w)}) is too coarse for it; track a larger region"
+    else:
+        fix = f"use a larger size (about {need}: InferenceConfig(size=...), --size) or track a larger region"
+    what = ", ".join(f"object {i} ({c} pixels, {a:.0f} at the processing size)" for i, c, a in small)
+    warnings.warn(f"frame {index}: {what} covers less than one {TOKEN_CELL}x{TOKEN_CELL} cell the network sees at "
+                  f"the processing size {pw}x{ph} (size {size}), so it is likely lost within a few frames; {fix}",
+                  stacklevel=3)
+
+
+def _digest(frame: np.ndarray) -> bytes:
+    """A 16-byte digest of a frame's pixels (about 1 ms for 480p): tells a frame given again from a new one."""
+    return hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16,
+                           person=str(frame.shape).encode()[:16]).digest()
 
 
 def merge_masks(earlier: np.ndarray | None, later: np.ndarray) -> np.ndarray:
