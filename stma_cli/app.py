@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import sys
+import warnings
 from typing import Any, Iterator
 
 # Idle OpenMP workers sleep instead of spinning: on a busy 2-core machine spinning made inference
@@ -18,7 +19,7 @@ from typer.core import TyperGroup  # noqa: E402
 
 from stma_cli import eval_cmd, export_cmd, segment_cmd, train_cmd  # noqa: E402
 from stma_cli._common import (Refusal, click_errors, command_starts, fail, json_was_printed,  # noqa: E402
-                              usage_error_line)
+                              stderr_console, usage_error_line, warn)
 
 # Commands with --json: what each prints on stdout when it is refused before writing its own summary
 # (a bad option, a usage error), so a script parsing stdout never gets nothing.
@@ -85,6 +86,17 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """Semi-supervised video object segmentation with STMA."""
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A library's UserWarning (the session's: an object smaller than a network cell, ...) is one
+    `warning:` line on stderr like the CLI's own, not Python's two lines with a source file and line."""
+    if issubclass(category, UserWarning):
+        warn(stderr_console(), str(message))
+    else:
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 app.command("segment")(segment_cmd.segment)

@@ -566,3 +566,18 @@ def test_an_output_that_would_replace_the_input_frames_or_masks_is_refused(tmp_p
     assert result.exit_code == 2 and "would replace the --mask-dir" in result.stderr, result.output
     assert [p.name for p in (out / "frames").iterdir()] == ["frame_0010.png"]
     assert np.array_equal(png_ids(out / "frames" / "frame_0010.png"), png_ids(mask))
+
+
+def test_a_library_warning_is_one_warning_line(tmp_path: Path) -> None:
+    """The session's warning for an object smaller than one network cell reached the terminal as Python's
+    two lines (`.../session.py:NNN: UserWarning: ...` and the source line `warnings.warn(`); the CLI shows
+    it as its own one `warning:` line."""
+    tiny = np.zeros(np.array(Image.open(EXAMPLES / "car-shadow_mask.png")).shape[:2], np.uint8)
+    tiny[100:104, 200:204] = 1  # 16 pixels: under one 16x16 cell at any processing size up to the frame's
+    save_palette_png(tiny, tmp_path / "tiny.png")
+    result = segment(EXAMPLES / "car-shadow.mp4", "--mask", tmp_path / "tiny.png", "--end", 2, "--size", 128,
+                     "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "network sees" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: frame 0: object 1 (16 pixels"), result.stderr
+    assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr, result.stderr
