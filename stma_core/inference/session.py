@@ -619,7 +619,8 @@ def _warn_small_objects(mask: np.ndarray, frame_shape: tuple[int, ...], size: in
     else:
         fix = f"use a larger size (about {need}: InferenceConfig(size=...), --size) or track a larger region"
     what = ", ".join(f"object {i} ({c} pixels, {a:.0f} at the processing size)" for i, c, a in small)
-    warnings.warn(f"frame {index}: {what} covers less than one {TOKEN_CELL}x{TOKEN_CELL} cell the network sees at "
+    verb = "covers" if len(small) == 1 else "cover"
+    warnings.warn(f"frame {index}: {what} {verb} less than one {TOKEN_CELL}x{TOKEN_CELL} cell the network sees at "
                   f"the processing size {pw}x{ph} (size {size}), so it is likely lost within a few frames; {fix}",
                   stacklevel=3)
 
