@@ -86,17 +86,23 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """Semi-supervised video object segmentation with STMA."""
-    warnings.showwarning = _show_warning
+    if not getattr(warnings.showwarning, "stma_hook", False):
+        warnings.showwarning = _user_warnings_as_lines(warnings.showwarning)
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: Any = None, line: str | None = None) -> None:
+def _user_warnings_as_lines(previous: Any) -> Any:
     """A library's UserWarning (the session's: an object smaller than a network cell, ...) is one
-    `warning:` line on stderr like the CLI's own, not Python's two lines with a source file and line."""
-    if issubclass(category, UserWarning):
-        warn(stderr_console(), str(message))
-    else:
-        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+    `warning:` line on stderr like the CLI's own, not Python's two lines with a source file and line;
+    other warnings go where they went before (Python's default, or a test runner's record)."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if issubclass(category, UserWarning):
+            warn(stderr_console(), str(message))
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show.stma_hook = True  # type: ignore[attr-defined]
+    return show
 
 
 app.command("segment")(segment_cmd.segment)
