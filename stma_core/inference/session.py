@@ -297,15 +297,18 @@ class VideoSession:
         per frame giving new objects, one slot for the latest correction, beside the recent frames. Without
         it the run stops mid-video. So does an export made for fewer objects than the masks give.
         Engines without fixed sizes (PyTorch) accept anything."""
-        id_sets = [{int(i) for i in np.unique(m) if i} for m in masks]  # each mask's object ids, in frame order
         most = getattr(self.engine, "object_limit", None)
-        if most is not None and masks:
+        limits = getattr(self.engine, "memory_limits", None)
+        if (most is None and limits is None) or not masks:  # PyTorch: nothing to check, no mask read
+            return
+        id_sets = [{int(i) for i in np.unique(m) if i} for m in masks]  # each mask's object ids, in frame order
+        if most is not None:
             ids = sorted(set(self.objects.user_ids).union(*id_sets))
             if len(ids) > most:
                 raise StmaInputError(f"{len(masks)} annotated frame(s) give {len(ids)} objects ({ids[:8]}) but this "
                                      f"export handles at most {most}; re-export with `stma export --objects "
                                      f"{len(ids)}`")
-        if getattr(self.engine, "memory_limits", None) is None or not masks:
+        if limits is None:
             return
         direction = Direction(direction)
         orders = {Direction.FORWARD: [id_sets], Direction.BACKWARD: [id_sets[::-1]],
